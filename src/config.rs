@@ -1,0 +1,1704 @@
+//! Configuration: one validated [`Config`] built from a TOML file, `RESPIPE_*` environment variables and
+//! flags, in that order of precedence (flags win over env, env over the file, the file over defaults).
+//!
+//! Every setting has one key and three spellings: `pool_size` in the file, `--pool-size` on the command
+//! line and `RESPIPE_POOL_SIZE` in the environment. [`SETTINGS`] is the single list of them; the clap
+//! command, the file's allowed keys and the environment lookup are all generated from it, and every value,
+//! whatever its source, goes through the same parser. So an error reads the same wherever the bad value
+//! came from, and names the key in all its spellings:
+//!
+//! ```text
+//! invalid pool_size (--pool-size, RESPIPE_POOL_SIZE): must be at least 1 (from config file /etc/respipe.toml)
+//! ```
+//!
+//! Durations are humantime strings everywhere (`"500ms"`, `"2s"`, `"1m"`); in the file they must be
+//! strings, never bare integers, so a unit is never guessed. Empty environment variables count as unset.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, Command};
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+
+/// The proxy's whole configuration, validated. Build it with [`Config::load`] (or [`Config::load_from`]
+/// in tests); [`Config::default`] gives every default without touching DNS, for other modules' tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to accept clients on: TCP `HOST:PORT` (a host name is resolved once, at load, and the
+    /// first address is used) or `unix:/path`. Default `["127.0.0.1:6380"]`. At least one, no duplicates.
+    pub listen: Vec<ListenAddr>,
+    /// The Redis server every command is forwarded to. Default `127.0.0.1:6379`, db 0, no auth, no TLS.
+    /// `upstream_user` / `upstream_password` override the URL's credentials.
+    pub upstream: Upstream,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP. Default: none, the admin endpoint
+    /// is disabled (and then nothing answers `/readyz`). It binds exactly what is given: the example
+    /// config uses `127.0.0.1`, only say `0.0.0.0` where the network is private (a pod).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Upstream connections shared by all clients for ordinary commands. Default 2. Clients are spread
+    /// over them; more connections help only when one connection's socket is the bottleneck.
+    pub pool_size: NonZeroUsize,
+    /// Most commands written to an upstream connection in one batch. Default 1024. When a batch is full
+    /// it is written and the rest of the queue waits for the next write.
+    pub max_batch_commands: NonZeroUsize,
+    /// Most request bytes in one upstream batch (a single larger command still goes alone). Default
+    /// 1048576 (1 MiB), at least 64. When full, the batch is written and the next one starts.
+    pub max_batch_bytes: NonZeroUsize,
+    /// How long a batch may wait for more commands before it is written. Default 0: adaptive, write
+    /// whatever is queued as soon as the socket can take it. Set in microseconds, at most 1 second.
+    pub batch_window: Duration,
+    /// Time allowed to connect (and authenticate) to the upstream. Default 1s, must be more than 0.
+    /// When it expires the attempt counts as failed and reconnect backoff applies.
+    pub connect_timeout: Duration,
+    /// Time allowed for a forwarded command's reply. Default 10s; `None` (set `0` / `"0s"`) waits forever.
+    /// When it expires the client gets `-ERR respipe: ... did not answer within ...`; the reply slot
+    /// stays in the connection's FIFO so the late reply is read and dropped, never handed to the next
+    /// client. It also bounds how long a request may wait for room in a full upstream queue.
+    pub command_timeout: Option<Duration>,
+    /// Cap on the reconnect delay: backoff starts at 10ms and doubles up to this. Default 500ms, at
+    /// least 10ms. Commands arriving between attempts fail fast with `-ERR respipe: upstream
+    /// unavailable ...`; those arriving during an attempt wait for it (at most `connect_timeout`).
+    pub reconnect_backoff_max: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight commands may take to finish after accepting stops.
+    /// Default 10s, must be more than 0. When it expires the remaining connections are dropped, that is
+    /// logged, and the process still exits 0.
+    pub drain_timeout: Duration,
+    /// Most clients connected at once. Default 10000 (Redis's `maxclients`). Past it a new connection
+    /// gets Redis's `-ERR max number of clients reached` and is closed.
+    pub max_clients: NonZeroUsize,
+    /// Commands one client may have in flight (sent, reply not yet written back). Default 4096. At the
+    /// limit respipe stops reading that client until replies drain: backpressure, not an error.
+    pub max_client_inflight: NonZeroUsize,
+    /// Reply bytes waiting to be written to one client. Default 268435456 (256 MiB). Past it the client
+    /// is closed (it is not reading its replies) and the reason is logged.
+    pub max_client_reply_bytes: NonZeroUsize,
+    /// Largest single request, in bytes. Default 536870912 (512 MiB, Redis's `proto-max-bulk-len`).
+    /// A larger request is a protocol error: the client gets `-ERR Protocol error` and is closed.
+    pub max_request_bytes: NonZeroUsize,
+    /// Most arguments in one request. Default 16777216. More is a protocol error, as above.
+    pub max_request_args: NonZeroUsize,
+    /// Commands in flight on one upstream connection. Default 65536. At the limit new requests wait
+    /// for replies to come back: backpressure that reaches the clients through `max_client_inflight`.
+    pub max_upstream_inflight: NonZeroUsize,
+    /// Log filter when `RUST_LOG` is not set, a tracing `EnvFilter` directive such as `info` or
+    /// `respipe=debug,warn`. Default `info`. Must not be empty; its syntax is checked where it is used.
+    pub log_level: String,
+    /// Log line format on stderr. Default [`LogFormat::Text`].
+    pub log_format: LogFormat,
+}
+
+/// One address to accept clients on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListenAddr {
+    /// `HOST:PORT`, already resolved.
+    Tcp(SocketAddr),
+    /// `unix:/path` (never empty).
+    Unix(PathBuf),
+}
+
+/// The Redis server respipe forwards to. Its `Display` (and `Debug`) never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// `rediss://`: speak TLS to the upstream (recorded here; TLS is implemented in the connection).
+    pub tls: bool,
+    /// ACL user for `AUTH user password`; `None` means `AUTH password` (the default user) or no AUTH.
+    pub username: Option<String>,
+    /// Password for `AUTH`; `None` means no AUTH. Never logged.
+    pub password: Option<String>,
+    /// Database selected with `SELECT` after connecting. Default 0.
+    pub db: u32,
+}
+
+/// Where an upstream lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Host name or IP literal (IPv6 without brackets), resolved at connect time since DNS can change.
+    Tcp { host: String, port: u16 },
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (`text`).
+    #[default]
+    Text,
+    /// One JSON object per line (`json`).
+    Json,
+}
+
+/// Why a configuration could not be loaded. `main` should call [`ConfigError::exit`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Command-line parsing stopped: a usage error, or `--help` / `--version` (not errors really; clap
+    /// prints them and they exit 0, see [`ConfigError::exit`]).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// The config file could not be read.
+    #[error("config file {}: {source}", path.display())]
+    ReadFile { path: PathBuf, source: io::Error },
+    /// The config file is not valid TOML, or a value has a type no setting takes.
+    #[error("config file {}: {source}", path.display())]
+    ParseFile {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    /// The config file has a key that is not a setting (a typo, usually).
+    #[error("config file {}: unknown key {key:?}{}", path.display(), suggest(key))]
+    UnknownKey { path: PathBuf, key: String },
+    /// A setting's value is wrong: names the key in every spelling, why, and where the value came from.
+    #[error("invalid {key} ({flag}, {env}): {reason} ({origin})")]
+    Invalid {
+        key: &'static str,
+        flag: &'static str,
+        env: &'static str,
+        reason: String,
+        origin: Origin,
+    },
+}
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Nobody set it: the built-in default.
+    Default,
+    /// The config file at this path.
+    File(PathBuf),
+    /// This environment variable.
+    Env(&'static str),
+    /// This flag.
+    Flag(&'static str),
+}
+
+/// One setting's names and help. The TOML key is `key`, the flag `flag`, the environment variable `env`.
+#[derive(Debug)]
+pub struct Setting {
+    /// Key in the config file, and the field of [`Config`] it sets (modulo `upstream_*`, `batch_window_us`).
+    pub key: &'static str,
+    /// The flag, with its dashes.
+    pub flag: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// Placeholder in `--help`.
+    pub value_name: &'static str,
+    /// The default, as it would be written on the command line (`""` for none).
+    pub default: &'static str,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
+
+/// Every setting, in `--help` order. `--config` / `RESPIPE_CONFIG` is not here: it is not a file key.
+#[rustfmt::skip]
+pub const SETTINGS: &[Setting] = &[
+    setting("listen", "--listen", "RESPIPE_LISTEN", "ADDR", "127.0.0.1:6380",
+        "Accept clients on HOST:PORT or unix:/path; repeat the flag, or comma-separate in the env, for several"),
+    setting("upstream", "--upstream", "RESPIPE_UPSTREAM", "URL", "127.0.0.1:6379",
+        "Redis to forward to: HOST:PORT, redis://[[user]:password@]host[:port][/db], rediss://..., unix:/path[?db=N]"),
+    setting("upstream_user", "--upstream-user", "RESPIPE_UPSTREAM_USER", "USER", "",
+        "ACL user for AUTH; overrides the URL's user"),
+    setting("upstream_password", "--upstream-password", "RESPIPE_UPSTREAM_PASSWORD", "PASSWORD", "",
+        "Password for AUTH; overrides the URL's password (prefer the env var or file to keep it out of ps)"),
+    setting("metrics_listen", "--metrics-listen", "RESPIPE_METRICS_LISTEN", "ADDR", "",
+        "Serve /metrics, /healthz and /readyz on HOST:PORT; disabled when unset"),
+    setting("pool_size", "--pool-size", "RESPIPE_POOL_SIZE", "N", "2",
+        "Upstream connections shared by all clients"),
+    setting("max_batch_commands", "--max-batch-commands", "RESPIPE_MAX_BATCH_COMMANDS", "N", "1024",
+        "Most commands in one upstream write"),
+    setting("max_batch_bytes", "--max-batch-bytes", "RESPIPE_MAX_BATCH_BYTES", "N", "1048576",
+        "Most bytes in one upstream write (at least 64)"),
+    setting("batch_window_us", "--batch-window-us", "RESPIPE_BATCH_WINDOW_US", "N", "0",
+        "Microseconds a batch may wait for more commands; 0 = adaptive (write as soon as the socket can take it); at most 1000000"),
+    setting("connect_timeout", "--connect-timeout", "RESPIPE_CONNECT_TIMEOUT", "DURATION", "1s",
+        "Time allowed to connect to the upstream"),
+    setting("command_timeout", "--command-timeout", "RESPIPE_COMMAND_TIMEOUT", "DURATION", "10s",
+        "Time allowed for a reply; 0 disables"),
+    setting("reconnect_backoff_max", "--reconnect-backoff-max", "RESPIPE_RECONNECT_BACKOFF_MAX", "DURATION", "500ms",
+        "Cap on the reconnect delay, which starts at 10ms and doubles"),
+    setting("drain_timeout", "--drain-timeout", "RESPIPE_DRAIN_TIMEOUT", "DURATION", "10s",
+        "On SIGTERM/SIGINT, time allowed for in-flight commands to finish"),
+    setting("max_clients", "--max-clients", "RESPIPE_MAX_CLIENTS", "N", "10000",
+        "Most clients at once; past it accepting pauses"),
+    setting("max_client_inflight", "--max-client-inflight", "RESPIPE_MAX_CLIENT_INFLIGHT", "N", "4096",
+        "Commands one client may have in flight; past it respipe stops reading that client"),
+    setting("max_client_reply_bytes", "--max-client-reply-bytes", "RESPIPE_MAX_CLIENT_REPLY_BYTES", "N", "268435456",
+        "Unsent reply bytes one client may have; past it the client is closed"),
+    setting("max_request_bytes", "--max-request-bytes", "RESPIPE_MAX_REQUEST_BYTES", "N", "536870912",
+        "Largest single request in bytes; larger is a protocol error"),
+    setting("max_request_args", "--max-request-args", "RESPIPE_MAX_REQUEST_ARGS", "N", "16777216",
+        "Most arguments in one request; more is a protocol error"),
+    setting("max_upstream_inflight", "--max-upstream-inflight", "RESPIPE_MAX_UPSTREAM_INFLIGHT", "N", "65536",
+        "Commands in flight on one upstream connection; past it new requests wait"),
+    setting("log_level", "--log-level", "RESPIPE_LOG_LEVEL", "FILTER", "info",
+        "Log filter (tracing EnvFilter syntax) used when RUST_LOG is unset"),
+    setting("log_format", "--log-format", "RESPIPE_LOG_FORMAT", "text|json", "text",
+        "Log line format on stderr"),
+];
+
+/// The environment variable naming the config file (the flag is `--config`).
+pub const CONFIG_ENV: &str = "RESPIPE_CONFIG";
+
+/// First reconnect delay; `reconnect_backoff_max` may not be below it.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+impl Config {
+    /// Loads the configuration from the process's arguments and environment. See [`Config::load_from`].
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(std::env::args_os(), &|name: &str| {
+            // Lossy rather than silently ignoring a non-UTF-8 value: the parser then rejects it loudly.
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
+    }
+
+    /// Loads the configuration from `args` (including argv\[0\]) and the environment lookup `env`:
+    /// reads the file named by `--config` or `RESPIPE_CONFIG`, overlays `RESPIPE_*` variables, then
+    /// flags, parses and validates every value, and resolves listen and metrics host names.
+    pub fn load_from<I, T>(
+        args: I,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = command().try_get_matches_from(args)?;
+        let lookup = |name: &str| env(name).filter(|v| !v.is_empty());
+        let mut values = Values::default();
+
+        let config_file = matches
+            .get_one::<PathBuf>("config")
+            .cloned()
+            .or_else(|| lookup(CONFIG_ENV).map(PathBuf::from));
+        if let Some(path) = config_file {
+            values.read_file(path)?;
+        }
+        for s in SETTINGS {
+            if let Some(text) = lookup(s.env) {
+                values.set(s.key, Raw::Text(text), Origin::Env(s.env));
+            }
+        }
+        for s in SETTINGS {
+            if matches.value_source(s.key) != Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let mut given = matches
+                .get_many::<String>(s.key)
+                .into_iter()
+                .flatten()
+                .cloned();
+            let raw = if s.key == "listen" {
+                Raw::List(given.collect())
+            } else {
+                Raw::Text(given.next_back().unwrap_or_default())
+            };
+            values.set(s.key, raw, Origin::Flag(s.flag));
+        }
+        values.build()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![ListenAddr::Tcp(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                6380,
+            ))],
+            upstream: Upstream::default(),
+            metrics_listen: None,
+            pool_size: nz(2),
+            max_batch_commands: nz(1024),
+            max_batch_bytes: nz(1 << 20),
+            batch_window: Duration::ZERO,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Some(Duration::from_secs(10)),
+            reconnect_backoff_max: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(10),
+            max_clients: nz(10_000),
+            max_client_inflight: nz(4096),
+            max_client_reply_bytes: nz(256 << 20),
+            max_request_bytes: nz(512 << 20),
+            max_request_args: nz(16 << 20),
+            max_upstream_inflight: nz(65_536),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Upstream {
+    /// A plain TCP upstream: no TLS, no auth, db 0.
+    pub fn tcp(host: impl Into<String>, port: u16) -> Upstream {
+        Upstream {
+            endpoint: Endpoint::Tcp {
+                host: host.into(),
+                port,
+            },
+            ..Upstream::default()
+        }
+    }
+
+    /// A unix-socket upstream: no auth, db 0.
+    pub fn unix(path: impl Into<PathBuf>) -> Upstream {
+        Upstream {
+            endpoint: Endpoint::Unix(path.into()),
+            ..Upstream::default()
+        }
+    }
+
+    /// Parses every `--upstream` form (see [`SETTINGS`]); the error never repeats the input, which may
+    /// hold a password.
+    fn parse(s: &str) -> Result<Upstream, String> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("unix:") {
+            return parse_unix_upstream(rest);
+        }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            let (host, port) = split_host_port(s)?.ok_or(
+                "expected HOST:PORT, redis://host[:port][/db], rediss://... or unix:/path",
+            )?;
+            return Ok(Upstream::tcp(host, nonzero_port(port)?));
+        };
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => false,
+            "rediss" => true,
+            _ => return Err(format!("unsupported scheme {scheme:?}: expected redis://, rediss://, unix:/path or HOST:PORT")),
+        };
+        if rest.contains(['?', '#']) {
+            return Err("query parameters and fragments are not supported in redis:// URLs".into());
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => (Some(userinfo), hostport),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(userinfo) => {
+                let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                let user = percent_decode(user).map_err(|e| format!("user: {e}"))?;
+                let pass = percent_decode(pass).map_err(|e| format!("password: {e}"))?;
+                (non_empty(user), non_empty(pass))
+            }
+        };
+        let (host, port) = match split_host_port(hostport)? {
+            Some(host_port) => host_port,
+            None => (parse_host(hostport)?, 6379),
+        };
+        let db = match path {
+            "" => 0,
+            db => parse_db(db)?,
+        };
+        let port = nonzero_port(port)?;
+        Ok(Upstream {
+            endpoint: Endpoint::Tcp { host, port },
+            tls,
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            endpoint: Endpoint::Tcp {
+                host: "127.0.0.1".to_owned(),
+                port: 6379,
+            },
+            tls: false,
+            username: None,
+            password: None,
+            db: 0,
+        }
+    }
+}
+
+impl fmt::Display for Upstream {
+    /// `redis://user:***@host:6379/2`, `rediss://...`, `host:port` style hosts bracketed when IPv6,
+    /// `unix:/path?db=2`. The password is always `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.endpoint {
+            Endpoint::Tcp { .. } => {
+                f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
+                match (&self.username, &self.password) {
+                    (None, None) => {}
+                    (user, pass) => {
+                        write!(
+                            f,
+                            "{}",
+                            user.as_deref().map(percent_encode).unwrap_or_default()
+                        )?;
+                        f.write_str(if pass.is_some() { ":***@" } else { "@" })?;
+                    }
+                }
+                write!(f, "{}", self.endpoint)?;
+                if self.db != 0 {
+                    write!(f, "/{}", self.db)?;
+                }
+                Ok(())
+            }
+            Endpoint::Unix(_) => {
+                write!(f, "{}", self.endpoint)?;
+                if self.db != 0 {
+                    write!(f, "?db={}", self.db)?;
+                }
+                if self.username.is_some() || self.password.is_some() {
+                    write!(
+                        f,
+                        " (auth as {}:***)",
+                        self.username.as_deref().unwrap_or("default")
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Upstream {
+    /// Like the derived `Debug`, with the password replaced by `"***"` so `{config:?}` is safe to log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// `host:port` (`[::1]:6379` for IPv6) or `unix:/path`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// Parses `unix:/path` or `HOST:PORT`, resolving a host name to its first address.
+    fn parse(s: &str) -> Result<ListenAddr, String> {
+        let s = s.trim();
+        match s.strip_prefix("unix:") {
+            Some(path) => Ok(ListenAddr::Unix(parse_unix_path(path)?)),
+            None => resolve(s).map(ListenAddr::Tcp),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    /// `127.0.0.1:6380`, `[::1]:6380` or `unix:/path`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+impl ConfigError {
+    /// What `main` does with a load error: `--help` and `--version` print to stdout and exit 0; a usage
+    /// error prints clap's message and usage; any other error prints `error: {self}`; both exit 64
+    /// (EX_USAGE).
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Clap(err) if !err.use_stderr() => err.exit(),
+            ConfigError::Clap(err) => {
+                let _ = err.print();
+            }
+            other => eprintln!("error: {other}"),
+        }
+        std::process::exit(64)
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the default"),
+            Origin::File(path) => write!(f, "from config file {}", path.display()),
+            Origin::Env(name) | Origin::Flag(name) => write!(f, "from {name}"),
+        }
+    }
+}
+
+/// A value as given, before it is parsed: command-line and environment values are always text, the
+/// file's may also be integers or lists of strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Raw {
+    Text(String),
+    Integer(i64),
+    List(Vec<String>),
+}
+
+/// The values given so far, by key; a later source replaces an earlier one (flags replace env, env
+/// replaces the file), whole lists included.
+#[derive(Debug, Default)]
+struct Values(BTreeMap<&'static str, (Raw, Origin)>);
+
+impl Values {
+    fn set(&mut self, key: &'static str, raw: Raw, origin: Origin) {
+        self.0.insert(key, (raw, origin));
+    }
+
+    fn read_file(&mut self, path: PathBuf) -> Result<(), ConfigError> {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(source) => return Err(ConfigError::ReadFile { path, source }),
+        };
+        let table: BTreeMap<String, Raw> = match toml::from_str(&text) {
+            Ok(table) => table,
+            Err(source) => {
+                return Err(ConfigError::ParseFile {
+                    path,
+                    source: Box::new(source),
+                })
+            }
+        };
+        for (key, raw) in table {
+            let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+                return Err(ConfigError::UnknownKey { path, key });
+            };
+            self.set(setting.key, raw, Origin::File(path.clone()));
+        }
+        Ok(())
+    }
+
+    /// Parses the value of `key` if one was given; a failure names the key and the value's origin.
+    fn get<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&Raw) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some((raw, origin)) => parse(raw)
+                .map(Some)
+                .map_err(|reason| invalid(key, reason, origin.clone())),
+        }
+    }
+
+    fn origin(&self, key: &str) -> Origin {
+        self.0
+            .get(key)
+            .map_or(Origin::Default, |(_, origin)| origin.clone())
+    }
+
+    /// Parses and checks every value, falling back to the defaults.
+    fn build(&self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let listen = self.get("listen", parse_listen)?.unwrap_or(d.listen);
+
+        let mut upstream = self
+            .get("upstream", |raw| Upstream::parse(text(raw)?))?
+            .unwrap_or(d.upstream);
+        if let Some(user) = self.get("upstream_user", |raw| {
+            text(raw).map(|s| non_empty(s.to_owned()))
+        })? {
+            upstream.username = user;
+        }
+        if let Some(password) = self.get("upstream_password", |raw| {
+            text(raw).map(|s| non_empty(s.to_owned()))
+        })? {
+            upstream.password = password;
+        }
+        if upstream.username.is_some() && upstream.password.is_none() {
+            let key = if self.0.contains_key("upstream_user") {
+                "upstream_user"
+            } else {
+                "upstream"
+            };
+            let reason =
+                "a user needs a password (Redis AUTH takes both); set upstream_password".to_owned();
+            return Err(invalid(key, reason, self.origin(key)));
+        }
+
+        let batch_window_us =
+            self.get("batch_window_us", |raw| at_most(integer(raw)?, 1_000_000))?;
+        let command_timeout = self.get("command_timeout", |raw| {
+            let timeout = duration(raw)?;
+            Ok((!timeout.is_zero()).then_some(timeout))
+        })?;
+        Ok(Config {
+            listen,
+            upstream,
+            metrics_listen: self
+                .get("metrics_listen", |raw| resolve(text(raw)?))?
+                .or(d.metrics_listen),
+            pool_size: self.get("pool_size", count(1))?.unwrap_or(d.pool_size),
+            max_batch_commands: self
+                .get("max_batch_commands", count(1))?
+                .unwrap_or(d.max_batch_commands),
+            max_batch_bytes: self
+                .get("max_batch_bytes", count(64))?
+                .unwrap_or(d.max_batch_bytes),
+            batch_window: batch_window_us.map_or(d.batch_window, Duration::from_micros),
+            connect_timeout: self
+                .get("connect_timeout", positive_duration)?
+                .unwrap_or(d.connect_timeout),
+            command_timeout: command_timeout.unwrap_or(d.command_timeout),
+            reconnect_backoff_max: self
+                .get("reconnect_backoff_max", |raw| {
+                    let max = duration(raw)?;
+                    if max < RECONNECT_BACKOFF_MIN {
+                        return Err(format!(
+                            "must be at least {}",
+                            humantime::format_duration(RECONNECT_BACKOFF_MIN)
+                        ));
+                    }
+                    Ok(max)
+                })?
+                .unwrap_or(d.reconnect_backoff_max),
+            drain_timeout: self
+                .get("drain_timeout", positive_duration)?
+                .unwrap_or(d.drain_timeout),
+            max_clients: self.get("max_clients", count(1))?.unwrap_or(d.max_clients),
+            max_client_inflight: self
+                .get("max_client_inflight", count(1))?
+                .unwrap_or(d.max_client_inflight),
+            max_client_reply_bytes: self
+                .get("max_client_reply_bytes", count(1))?
+                .unwrap_or(d.max_client_reply_bytes),
+            max_request_bytes: self
+                .get("max_request_bytes", count(1))?
+                .unwrap_or(d.max_request_bytes),
+            max_request_args: self
+                .get("max_request_args", count(1))?
+                .unwrap_or(d.max_request_args),
+            max_upstream_inflight: self
+                .get("max_upstream_inflight", count(1))?
+                .unwrap_or(d.max_upstream_inflight),
+            log_level: self
+                .get("log_level", |raw| match text(raw)?.trim() {
+                    "" => Err("must not be empty".to_owned()),
+                    level => Ok(level.to_owned()),
+                })?
+                .unwrap_or(d.log_level),
+            log_format: self
+                .get("log_format", |raw| {
+                    match text(raw)?.trim().to_ascii_lowercase().as_str() {
+                        "text" => Ok(LogFormat::Text),
+                        "json" => Ok(LogFormat::Json),
+                        _ => Err("expected text or json".to_owned()),
+                    }
+                })?
+                .unwrap_or(d.log_format),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Raw, D::Error> {
+        struct RawVisitor;
+
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = Raw;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, an integer or a list of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+                Ok(Raw::Text(v.to_owned()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+                Ok(Raw::Integer(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+                i64::try_from(v)
+                    .map(Raw::Integer)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(Raw::List(items))
+            }
+        }
+
+        deserializer.deserialize_any(RawVisitor)
+    }
+}
+
+/// Shortens the [`SETTINGS`] table.
+const fn setting(
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    value_name: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        flag,
+        env,
+        value_name,
+        default,
+        help,
+    }
+}
+
+/// The clap command, generated from [`SETTINGS`]. Values stay strings here and are parsed like env and
+/// file values; a repeated flag (other than `--listen`) keeps its last value.
+fn command() -> Command {
+    let cmd = Command::new("respipe")
+        .bin_name("respipe")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A transparent pipelining proxy for Redis")
+        .after_help(
+            "Every flag can also be set as RESPIPE_<NAME> (e.g. RESPIPE_POOL_SIZE) or as a key in the \
+             --config file (e.g. pool_size = 4). Flags win over the environment, which wins over the file. \
+             Durations are written like 500ms, 2s or 1m.",
+        )
+        .args_override_self(true)
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!("TOML config file (examples in config/) [env: {CONFIG_ENV}]")),
+        );
+    SETTINGS.iter().fold(cmd, |cmd, s| {
+        let default = if s.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", s.default)
+        };
+        let arg = Arg::new(s.key)
+            .long(&s.flag[2..])
+            .value_name(s.value_name)
+            .allow_negative_numbers(true)
+            .help(format!("{}{default} [env: {}]", s.help, s.env));
+        cmd.arg(if s.key == "listen" {
+            arg.action(ArgAction::Append)
+        } else {
+            arg
+        })
+    })
+}
+
+fn invalid(key: &'static str, reason: String, origin: Origin) -> ConfigError {
+    let setting = SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .expect("every key used in build() is in SETTINGS");
+    ConfigError::Invalid {
+        key,
+        flag: setting.flag,
+        env: setting.env,
+        reason,
+        origin,
+    }
+}
+
+/// The `, did you mean "x"?` for an unknown file key, when a setting is one edit or swap away.
+fn suggest(key: &str) -> String {
+    let close = |s: &Setting| {
+        let (a, b) = (key.as_bytes(), s.key.as_bytes());
+        if a.len() == b.len() {
+            let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+            diff.len() == 1
+                || (diff.len() == 2
+                    && diff[1] == diff[0] + 1
+                    && a[diff[0]] == b[diff[1]]
+                    && a[diff[1]] == b[diff[0]])
+        } else {
+            let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
+            long.len() == short.len() + 1
+                && (0..long.len()).any(|i| long[..i] == short[..i] && long[i + 1..] == short[i..])
+        }
+    };
+    let normalized = key.replace('-', "_").to_ascii_lowercase();
+    match SETTINGS.iter().find(|s| s.key == normalized || close(s)) {
+        Some(s) => format!(", did you mean {:?}?", s.key),
+        None => String::new(),
+    }
+}
+
+const fn nz(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => panic!("zero default"),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn text(raw: &Raw) -> Result<&str, String> {
+    match raw {
+        Raw::Text(s) => Ok(s),
+        Raw::Integer(_) => Err("expected a string, not an integer".to_owned()),
+        Raw::List(_) => Err("expected a single value, not a list".to_owned()),
+    }
+}
+
+fn integer(raw: &Raw) -> Result<u64, String> {
+    match raw {
+        Raw::Integer(n) => u64::try_from(*n).map_err(|_| "must not be negative".to_owned()),
+        Raw::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| "expected a non-negative integer".to_owned()),
+        Raw::List(_) => Err("expected a single value, not a list".to_owned()),
+    }
+}
+
+fn at_most(n: u64, max: u64) -> Result<u64, String> {
+    if n > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(n)
+}
+
+/// A count that must be at least `min` (and so at least 1).
+fn count(min: usize) -> impl Fn(&Raw) -> Result<NonZeroUsize, String> {
+    move |raw| {
+        let n = usize::try_from(integer(raw)?).map_err(|_| "too large".to_owned())?;
+        match NonZeroUsize::new(n) {
+            Some(n) if n.get() >= min => Ok(n),
+            _ => Err(format!("must be at least {min}")),
+        }
+    }
+}
+
+fn duration(raw: &Raw) -> Result<Duration, String> {
+    match raw {
+        Raw::Text(s) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("expected a duration such as \"500ms\" or \"2s\": {e}")),
+        Raw::Integer(_) => Err(
+            "expected a duration string such as \"500ms\" (a bare number has no unit)".to_owned(),
+        ),
+        Raw::List(_) => Err("expected a single value, not a list".to_owned()),
+    }
+}
+
+fn positive_duration(raw: &Raw) -> Result<Duration, String> {
+    match duration(raw)? {
+        d if d.is_zero() => Err("must be more than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// A list of listen addresses: a TOML array, repeated flags, or one comma-separated string.
+fn parse_listen(raw: &Raw) -> Result<Vec<ListenAddr>, String> {
+    let items: Vec<&str> = match raw {
+        Raw::List(items) => items
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .collect(),
+        Raw::Text(s) => s.split(',').filter(|s| !s.trim().is_empty()).collect(),
+        Raw::Integer(_) => return Err("expected a list of addresses, not an integer".to_owned()),
+    };
+    if items.is_empty() {
+        return Err("at least one address is needed".to_owned());
+    }
+    let mut listen: Vec<ListenAddr> = Vec::with_capacity(items.len());
+    for item in items {
+        let addr = ListenAddr::parse(item)?;
+        if listen.contains(&addr) {
+            return Err(format!("{addr} is given twice"));
+        }
+        listen.push(addr);
+    }
+    Ok(listen)
+}
+
+/// `HOST:PORT` to its first socket address; host may be a name, an IPv4 or a bracketed IPv6 literal.
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if split_host_port(s)?.is_none() {
+        return Err(format!("expected HOST:PORT, got {s:?}"));
+    }
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// Splits `host:port` / `[v6]:port` into an unbracketed host and a port; `Ok(None)` when there is no
+/// port at all (the caller decides whether that is allowed).
+fn split_host_port(s: &str) -> Result<Option<(String, u16)>, String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, port),
+            None if after.is_empty() => return Ok(None),
+            None => return Err("expected ':' and a port after ']'".to_owned()),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err("an IPv6 address needs brackets: [::1]:6379".to_owned());
+            }
+            Some(host_port) => host_port,
+            None => return Ok(None),
+        }
+    };
+    let host = parse_host(host)?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| "port must be a number from 0 to 65535".to_owned())?;
+    Ok(Some((host, port)))
+}
+
+fn nonzero_port(port: u16) -> Result<u16, String> {
+    match port {
+        0 => Err("port 0 is not a place to connect to".to_owned()),
+        port => Ok(port),
+    }
+}
+
+fn parse_host(host: &str) -> Result<String, String> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err("missing host".to_owned());
+    }
+    if host.contains(|c: char| c.is_whitespace() || "/@?#[]".contains(c)) {
+        return Err("host contains a character not allowed in a host name".to_owned());
+    }
+    Ok(host.to_owned())
+}
+
+fn parse_db(s: &str) -> Result<u32, String> {
+    s.parse()
+        .map_err(|_| "database must be a non-negative integer (redis://host:port/DB)".to_owned())
+}
+
+/// `unix:` already stripped: `/path` or `///path`, then an optional `?db=N`.
+fn parse_unix_upstream(rest: &str) -> Result<Upstream, String> {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut upstream = Upstream::unix(parse_unix_path(path)?);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("db", db)) => upstream.db = parse_db(db)?,
+            _ => {
+                return Err(
+                    "the only query parameter a unix:/path upstream takes is db=N".to_owned(),
+                )
+            }
+        }
+    }
+    Ok(upstream)
+}
+
+fn parse_unix_path(path: &str) -> Result<PathBuf, String> {
+    let path = path.strip_prefix("//").unwrap_or(path);
+    if path.is_empty() {
+        return Err("unix socket path must not be empty (unix:/path/to/socket)".to_owned());
+    }
+    Ok(Path::new(path).to_path_buf())
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad percent-encoding (expected %XX)")?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-encoding does not decode to UTF-8".to_owned())
+}
+
+/// Escapes what would make a displayed user name ambiguous in a URL.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || "-._~".contains(c) {
+            out.push(c);
+        } else {
+            let mut buf = [0; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args = std::iter::once("respipe").chain(args.iter().copied());
+        Config::load_from(args, &|name: &str| env.get(name).cloned())
+    }
+
+    fn load_err(args: &[&str], env: &[(&str, &str)]) -> String {
+        load(args, env).expect_err("should fail").to_string()
+    }
+
+    fn upstream(s: &str) -> Upstream {
+        Upstream::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// A config file in a fresh temp dir, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> TempFile {
+            let dir = std::env::temp_dir()
+                .join(format!("respipe-config-test-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("respipe.toml");
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    fn tcp(s: &str) -> ListenAddr {
+        ListenAddr::Tcp(s.parse().unwrap())
+    }
+
+    #[test]
+    fn nothing_given_is_the_default() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen, vec![tcp("127.0.0.1:6380")]);
+        assert_eq!(config.upstream.to_string(), "redis://127.0.0.1:6379");
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.pool_size.get(), 2);
+        assert_eq!(config.max_batch_bytes.get(), 1_048_576);
+        assert_eq!(config.max_client_reply_bytes.get(), 268_435_456);
+        assert_eq!(config.max_request_bytes.get(), 536_870_912);
+        assert_eq!(config.max_request_args.get(), 16_777_216);
+        assert_eq!(config.command_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_default_in_the_table_parses_to_the_default() {
+        let mut args = Vec::new();
+        for s in SETTINGS.iter().filter(|s| !s.default.is_empty()) {
+            args.push(s.flag);
+            args.push(s.default);
+        }
+        assert_eq!(load(&args, &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn setting_names_follow_one_rule() {
+        for s in SETTINGS {
+            assert_eq!(s.flag, format!("--{}", s.key.replace('_', "-")));
+            assert_eq!(s.env, format!("RESPIPE_{}", s.key.to_ascii_uppercase()));
+        }
+        command().debug_assert();
+    }
+
+    #[test]
+    fn help_and_version_go_through_clap() {
+        for (flag, kind) in [
+            ("--help", clap::error::ErrorKind::DisplayHelp),
+            ("--version", clap::error::ErrorKind::DisplayVersion),
+        ] {
+            match load(&[flag], &[]) {
+                Err(ConfigError::Clap(err)) => {
+                    assert_eq!(err.kind(), kind);
+                    assert!(!err.use_stderr());
+                }
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+        let help = command().render_long_help().to_string();
+        assert!(
+            help.contains("RESPIPE_POOL_SIZE") && help.contains("[default: 1024]"),
+            "{help}"
+        );
+        match load(&["--pool-sise", "3"], &[]) {
+            Err(ConfigError::Clap(err)) => assert!(err.use_stderr()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upstream_forms() {
+        assert_eq!(upstream("localhost:6379"), Upstream::tcp("localhost", 6379));
+        assert_eq!(upstream("10.0.0.1:7000"), Upstream::tcp("10.0.0.1", 7000));
+        assert_eq!(upstream("[::1]:6379"), Upstream::tcp("::1", 6379));
+        assert_eq!(upstream("redis://redis"), Upstream::tcp("redis", 6379));
+        assert_eq!(
+            upstream("redis://redis:7000/"),
+            Upstream::tcp("redis", 7000)
+        );
+        assert_eq!(
+            upstream("redis://[::1]/3"),
+            Upstream {
+                db: 3,
+                ..Upstream::tcp("::1", 6379)
+            }
+        );
+        assert_eq!(upstream("REDIS://h:1"), Upstream::tcp("h", 1));
+        assert_eq!(
+            upstream("redis://alice:s3cret@h:6380/2"),
+            Upstream {
+                username: Some("alice".into()),
+                password: Some("s3cret".into()),
+                db: 2,
+                ..Upstream::tcp("h", 6380)
+            }
+        );
+        assert_eq!(
+            upstream("redis://:pass@h"),
+            Upstream {
+                password: Some("pass".into()),
+                ..Upstream::tcp("h", 6379)
+            }
+        );
+        assert_eq!(
+            upstream("rediss://u:p@cache.example.com:6380"),
+            Upstream {
+                tls: true,
+                username: Some("u".into()),
+                password: Some("p".into()),
+                ..Upstream::tcp("cache.example.com", 6380)
+            }
+        );
+        assert_eq!(
+            upstream("unix:/run/redis.sock"),
+            Upstream::unix("/run/redis.sock")
+        );
+        assert_eq!(
+            upstream("unix:///run/redis.sock"),
+            Upstream::unix("/run/redis.sock")
+        );
+        assert_eq!(
+            upstream("unix:/run/redis.sock?db=5"),
+            Upstream {
+                db: 5,
+                ..Upstream::unix("/run/redis.sock")
+            }
+        );
+    }
+
+    #[test]
+    fn upstream_credentials_are_percent_decoded() {
+        let u = upstream("redis://us%40er:p%3Aa%2Fs%25s%20%C3%A9@h:1");
+        assert_eq!(u.username.as_deref(), Some("us@er"));
+        assert_eq!(u.password.as_deref(), Some("p:a/s%s é"));
+        // An unencoded '@' in the password still works: the last '@' ends the user info.
+        assert_eq!(
+            upstream("redis://:p@ss@h").password.as_deref(),
+            Some("p@ss")
+        );
+    }
+
+    #[test]
+    fn bad_upstreams_say_why_without_echoing_the_secret() {
+        for (url, why) in [
+            ("http://h:1", "unsupported scheme \"http\""),
+            ("redis://", "missing host"),
+            ("redis://:pw@:6379", "missing host"),
+            ("redis://h:notaport", "port must be a number"),
+            ("redis://h:70000", "port must be a number"),
+            ("redis://h:0", "port 0"),
+            ("h:0", "port 0"),
+            ("redis://h/x", "database must be a non-negative integer"),
+            ("redis://h/-1", "database must be a non-negative integer"),
+            ("redis://h?protocol=resp3", "query parameters"),
+            ("redis://:bad%zzpw@h", "password: bad percent-encoding"),
+            (
+                "redis://:%FFpw@h",
+                "password: percent-encoding does not decode to UTF-8",
+            ),
+            ("redis://[::1:6379", "unclosed '['"),
+            ("::1:6379", "needs brackets"),
+            ("justahost", "expected HOST:PORT"),
+            ("unix:", "unix socket path must not be empty"),
+            ("unix:/s?password=x", "only query parameter"),
+        ] {
+            let err = load_err(&["--upstream", url], &[]);
+            assert!(
+                err.starts_with("invalid upstream (--upstream, RESPIPE_UPSTREAM): "),
+                "{url}: {err}"
+            );
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(!err.contains("pw"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn display_never_shows_the_password() {
+        let cases = [
+            (
+                "redis://alice:hunter2@h:6380/2",
+                "redis://alice:***@h:6380/2",
+            ),
+            ("redis://:hunter2@h", "redis://:***@h:6379"),
+            (
+                "rediss://a%40b:hunter2@[::1]:1",
+                "rediss://a%40b:***@[::1]:1",
+            ),
+            ("unix:/s?db=1", "unix:/s?db=1"),
+            ("h:1", "redis://h:1"),
+        ];
+        for (url, shown) in cases {
+            let u = upstream(url);
+            assert_eq!(u.to_string(), shown);
+            assert!(!format!("{u:?}").contains("hunter2"));
+        }
+        let mut u = Upstream::unix("/s");
+        u.password = Some("hunter2".into());
+        assert_eq!(u.to_string(), "unix:/s (auth as default:***)");
+        let config = load(&["--upstream", "redis://u:hunter2@h"], &[]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(
+            Endpoint::Tcp {
+                host: "::1".into(),
+                port: 1
+            }
+            .to_string(),
+            "[::1]:1"
+        );
+        assert_eq!(Endpoint::Unix("/a/b".into()).to_string(), "unix:/a/b");
+    }
+
+    #[test]
+    fn user_and_password_settings_override_the_url() {
+        let c = load(
+            &["--upstream", "redis://a:b@h", "--upstream-password", "c"],
+            &[("RESPIPE_UPSTREAM_USER", "d")],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.upstream.username.as_deref(),
+                c.upstream.password.as_deref()
+            ),
+            (Some("d"), Some("c"))
+        );
+        let c = load(
+            &["--upstream", "unix:/s"],
+            &[("RESPIPE_UPSTREAM_PASSWORD", "x")],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.password.as_deref(), Some("x"));
+        let err = load_err(&["--upstream-user", "bob"], &[]);
+        assert!(err.starts_with("invalid upstream_user (--upstream-user, RESPIPE_UPSTREAM_USER): a user needs a password"), "{err}");
+        let err = load_err(&["--upstream", "redis://bob@h"], &[]);
+        assert!(
+            err.starts_with(
+                "invalid upstream (--upstream, RESPIPE_UPSTREAM): a user needs a password"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listen_forms() {
+        let c = load(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--listen",
+                "[::1]:7000",
+                "--listen",
+                "unix:/tmp/r.sock",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                tcp("127.0.0.1:0"),
+                tcp("[::1]:7000"),
+                ListenAddr::Unix("/tmp/r.sock".into())
+            ]
+        );
+        assert_eq!(c.listen[1].to_string(), "[::1]:7000");
+        assert_eq!(c.listen[2].to_string(), "unix:/tmp/r.sock");
+        let c = load(&[], &[("RESPIPE_LISTEN", "0.0.0.0:1, localhost:2,")]).unwrap();
+        assert_eq!(c.listen[0], tcp("0.0.0.0:1"));
+        assert!(
+            matches!(c.listen[1], ListenAddr::Tcp(a) if a.ip().is_loopback() && a.port() == 2),
+            "{:?}",
+            c.listen
+        );
+        let c = load(&["--metrics-listen", "localhost:9121"], &[]).unwrap();
+        assert!(c.metrics_listen.unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn bad_listen_addresses() {
+        for (args, why) in [
+            (
+                vec!["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1"],
+                "127.0.0.1:1 is given twice",
+            ),
+            (
+                vec!["--listen", "unix:/a", "--listen", "unix:/a"],
+                "unix:/a is given twice",
+            ),
+            (
+                vec!["--listen", "unix:"],
+                "unix socket path must not be empty",
+            ),
+            (vec!["--listen", "6380"], "expected HOST:PORT"),
+            (vec!["--listen", "no-such-host.invalid:1"], "cannot resolve"),
+            (vec!["--listen", ""], "at least one address"),
+        ] {
+            let err = load_err(&args, &[]);
+            assert!(
+                err.starts_with("invalid listen (--listen, RESPIPE_LISTEN): "),
+                "{err}"
+            );
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
+        let file = TempFile::new("empty-listen", "listen = []\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.contains("at least one address") && err.contains(file.path()),
+            "{err}"
+        );
+        let err = load_err(&["--metrics-listen", "unix:/m"], &[]);
+        assert!(
+            err.starts_with("invalid metrics_listen (--metrics-listen, RESPIPE_METRICS_LISTEN): "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let file = TempFile::new(
+            "precedence",
+            r#"
+            listen = ["127.0.0.1:1", "127.0.0.1:2"]
+            pool_size = 3
+            max_clients = 30
+            connect_timeout = "3s"
+            log_format = "json"
+            upstream = "redis://file:6379"
+            "#,
+        );
+        let f = file.path();
+        let from_file = load(&["--config", f], &[]).unwrap();
+        assert_eq!(
+            from_file.listen,
+            vec![tcp("127.0.0.1:1"), tcp("127.0.0.1:2")]
+        );
+        assert_eq!(
+            (from_file.pool_size.get(), from_file.max_clients.get()),
+            (3, 30)
+        );
+        assert_eq!(from_file.connect_timeout, Duration::from_secs(3));
+        assert_eq!(from_file.log_format, LogFormat::Json);
+        assert_eq!(
+            from_file.drain_timeout,
+            Duration::from_secs(10),
+            "unset keys keep their default"
+        );
+
+        let env = [
+            ("RESPIPE_CONFIG", f),
+            ("RESPIPE_LISTEN", "127.0.0.1:3"),
+            ("RESPIPE_POOL_SIZE", "4"),
+            ("RESPIPE_CONNECT_TIMEOUT", "4s"),
+            ("RESPIPE_UPSTREAM", "env:6379"),
+            ("RESPIPE_MAX_CLIENTS", ""), // empty counts as unset
+        ];
+        let from_env = load(&[], &env).unwrap();
+        assert_eq!(
+            from_env.listen,
+            vec![tcp("127.0.0.1:3")],
+            "a list is replaced, not merged"
+        );
+        assert_eq!(
+            (from_env.pool_size.get(), from_env.max_clients.get()),
+            (4, 30)
+        );
+        assert_eq!(from_env.connect_timeout, Duration::from_secs(4));
+        assert_eq!(from_env.upstream, Upstream::tcp("env", 6379));
+        assert_eq!(from_env.log_format, LogFormat::Json);
+
+        let flags = [
+            "--listen",
+            "127.0.0.1:5",
+            "--listen",
+            "127.0.0.1:6",
+            "--pool-size",
+            "5",
+            "--upstream",
+            "flag:1",
+            "--pool-size",
+            "6",
+        ];
+        let from_flags = load(&flags, &env).unwrap();
+        assert_eq!(
+            from_flags.listen,
+            vec![tcp("127.0.0.1:5"), tcp("127.0.0.1:6")]
+        );
+        assert_eq!(
+            from_flags.pool_size.get(),
+            6,
+            "a repeated flag keeps its last value"
+        );
+        assert_eq!(from_flags.connect_timeout, Duration::from_secs(4));
+        assert_eq!(from_flags.upstream, Upstream::tcp("flag", 1));
+        assert_eq!(from_flags.max_clients.get(), 30);
+
+        let other = TempFile::new("precedence-flag", "pool_size = 9\n");
+        assert_eq!(
+            load(&["--config", other.path()], &env)
+                .unwrap()
+                .pool_size
+                .get(),
+            4,
+            "--config beats RESPIPE_CONFIG"
+        );
+        assert_eq!(
+            load(&["--config", other.path()], &[])
+                .unwrap()
+                .pool_size
+                .get(),
+            9
+        );
+    }
+
+    #[test]
+    fn durations_and_windows() {
+        let c = load(
+            &["--batch-window-us", "250", "--command-timeout", "0"],
+            &[("RESPIPE_DRAIN_TIMEOUT", "1m 30s")],
+        )
+        .unwrap();
+        assert_eq!(c.batch_window, Duration::from_micros(250));
+        assert_eq!(c.command_timeout, None);
+        assert_eq!(c.drain_timeout, Duration::from_secs(90));
+        assert_eq!(
+            load(&["--command-timeout", "0s"], &[])
+                .unwrap()
+                .command_timeout,
+            None
+        );
+        assert_eq!(
+            load(&["--command-timeout", "250ms"], &[])
+                .unwrap()
+                .command_timeout,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            load(&["--batch-window-us", "1000000"], &[])
+                .unwrap()
+                .batch_window,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            load(&["--reconnect-backoff-max", "10ms"], &[])
+                .unwrap()
+                .reconnect_backoff_max,
+            Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn every_validation_error_names_the_key_and_the_source() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("pool_size", "0", "must be at least 1"),
+            ("pool_size", "-1", "expected a non-negative integer"),
+            ("pool_size", "two", "expected a non-negative integer"),
+            ("max_batch_commands", "0", "must be at least 1"),
+            ("max_batch_bytes", "63", "must be at least 64"),
+            ("batch_window_us", "1000001", "must be at most 1000000"),
+            ("connect_timeout", "0s", "must be more than 0"),
+            ("connect_timeout", "5", "expected a duration"),
+            ("command_timeout", "soon", "expected a duration"),
+            ("reconnect_backoff_max", "9ms", "must be at least 10ms"),
+            ("drain_timeout", "0", "must be more than 0"),
+            ("max_clients", "0", "must be at least 1"),
+            ("max_client_inflight", "0", "must be at least 1"),
+            ("max_client_reply_bytes", "0", "must be at least 1"),
+            ("max_request_bytes", "0", "must be at least 1"),
+            ("max_request_args", "0", "must be at least 1"),
+            ("max_upstream_inflight", "0", "must be at least 1"),
+            (
+                "max_upstream_inflight",
+                "99999999999999999999999",
+                "expected a non-negative integer",
+            ),
+            ("log_level", " ", "must not be empty"),
+            ("log_format", "yaml", "expected text or json"),
+            ("metrics_listen", "nope", "expected HOST:PORT"),
+            ("upstream", "ftp://x", "unsupported scheme"),
+            ("listen", "x", "expected HOST:PORT"),
+        ];
+        for &(key, value, why) in cases {
+            let s = SETTINGS.iter().find(|s| s.key == key).unwrap();
+            let named = format!("invalid {key} ({}, {}): ", s.flag, s.env);
+            let by_flag = load_err(&[s.flag, value], &[]);
+            let by_env = load_err(&[], &[(s.env, value)]);
+            for (err, origin) in [(by_flag, s.flag), (by_env, s.env)] {
+                assert!(err.starts_with(&named), "{err}");
+                assert!(err.contains(why), "{key}={value}: {err}");
+                assert!(err.ends_with(&format!("(from {origin})")), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn file_values_are_checked_like_the_others() {
+        let file = TempFile::new("file-errors", "pool_size = 0\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert_eq!(err, format!("invalid pool_size (--pool-size, RESPIPE_POOL_SIZE): must be at least 1 (from config file {})", file.path()));
+
+        for (toml, why) in [
+            ("pool_size = -3", "must not be negative"),
+            ("connect_timeout = 5", "a bare number has no unit"),
+            ("upstream = 6379", "expected a string, not an integer"),
+            ("upstream = [\"a:1\"]", "not a list"),
+            ("pool_size = \"4x\"", "expected a non-negative integer"),
+        ] {
+            let file = TempFile::new("file-types", toml);
+            let err = load_err(&["--config", file.path()], &[]);
+            assert!(
+                err.starts_with("invalid ") && err.contains(why),
+                "{toml}: {err}"
+            );
+        }
+        // Integers may be written as strings in the file too, as they are in the environment.
+        let file = TempFile::new(
+            "file-string-int",
+            "pool_size = \"4\"\nlisten = \"127.0.0.1:1,127.0.0.1:2\"\n",
+        );
+        let c = load(&["--config", file.path()], &[]).unwrap();
+        assert_eq!((c.pool_size.get(), c.listen.len()), (4, 2));
+    }
+
+    #[test]
+    fn file_errors() {
+        let file = TempFile::new("unknown-key", "pool_sise = 4\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert_eq!(
+            err,
+            format!(
+                "config file {}: unknown key \"pool_sise\", did you mean \"pool_size\"?",
+                file.path()
+            )
+        );
+        let file = TempFile::new("unknown-key-far", "colour = \"blue\"\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert_eq!(
+            err,
+            format!("config file {}: unknown key \"colour\"", file.path())
+        );
+        let file = TempFile::new("dashed-key", "pool-size = 4\n");
+        assert!(load_err(&["--config", file.path()], &[]).ends_with("did you mean \"pool_size\"?"));
+
+        let file = TempFile::new("bad-toml", "pool_size = = 4\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.starts_with(&format!("config file {}: ", file.path())),
+            "{err}"
+        );
+        let file = TempFile::new("bad-type", "pool_size = true\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.contains("expected a string, an integer or a list of strings")
+                && err.contains("pool_size"),
+            "{err}"
+        );
+        let file = TempFile::new("table", "[upstream]\nhost = \"h\"\n");
+        assert!(load_err(&["--config", file.path()], &[])
+            .contains("expected a string, an integer or a list of strings"));
+
+        let err = load_err(&[], &[("RESPIPE_CONFIG", "/nonexistent/respipe.toml")]);
+        assert!(
+            err.starts_with("config file /nonexistent/respipe.toml: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                let config = load(&["--config", path.to_str().unwrap()], &[])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                seen.insert(name, config);
+            }
+        }
+        for name in ["minimal.toml", "respipe.toml", "sidecar.toml"] {
+            assert!(seen.contains_key(name), "config/{name} is missing");
+        }
+        // respipe.toml sets every key to its default (or shows it commented out when it has none).
+        assert_eq!(seen["respipe.toml"], Config::default());
+        let text = std::fs::read_to_string(dir.join("respipe.toml")).unwrap();
+        for s in SETTINGS {
+            let line = format!("{} = ", s.key);
+            let documented = text
+                .lines()
+                .any(|l| l.trim_start_matches("# ").starts_with(&line));
+            assert!(documented, "respipe.toml lacks {}", s.key);
+        }
+        let sidecar = &seen["sidecar.toml"];
+        assert_eq!(sidecar.listen.len(), 2);
+        assert_eq!(sidecar.upstream, Upstream::tcp("redis", 6379));
+        assert!(sidecar.metrics_listen.is_some());
+    }
+}

@@ -1,0 +1,46 @@
+//! respipe: a transparent pipelining proxy for Redis.
+//!
+//! Many ordinary client connections come in; their commands are coalesced into pipelined batches on
+//! a few shared upstream connections; every reply goes back to the client that sent the command, by
+//! FIFO order.
+//!
+//! ```text
+//!  client A ──┐                                  ┌── upstream conn 1 ──┐
+//!  client B ──┼─► session ─► router ─► batcher ──┤                     ├─► Redis
+//!  client C ──┘   (parse,     (pick a    (coalesce├── upstream conn 2 ──┘
+//!                  state)      conn)      & flush)│
+//!  client A ◄── session ◄──── reply FIFO ◄────────┘  (each reply goes to the slot at the head of the FIFO)
+//! ```
+//!
+//! # Layout
+//! - [`config`]: one validated `Config` from file < env < flags.
+//! - [`resp`]: RESP2/RESP3 scanners yielding frame boundaries; bounded, resumable, never panic.
+//! - [`command`]: the table that classifies every command (forward, answer locally, refuse).
+//! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
+//! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
+//! - [`pool`]: the upstream connections and the routing step.
+//! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
+//! - [`batch`]: the coalescing policy as pure logic.
+//! - [`chunks`]: byte chunks drained by vectored writes.
+//! - [`reply`]: replies travelling back to sessions and respipe's own `-ERR` texts.
+//! - [`error`]: typed errors recording which side failed.
+//! - [`metrics`]: metric names, the Prometheus recorder, handles.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+
+pub mod admin;
+pub mod batch;
+pub mod chunks;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod pool;
+pub mod reply;
+pub mod resp;
+pub mod server;
+pub mod session;
+pub mod upstream;
+
+pub use admin::Admin;
+pub use config::Config;
+pub use server::{run, Listener};

@@ -1,0 +1,125 @@
+//! The respipe binary: config → tracing → bind → run until a signal → drain with a timeout.
+//! Exits 64 on a bad configuration, 1 when a listener cannot be bound, 0 after a clean shutdown.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use respipe::config::{ListenAddr, LogFormat};
+use respipe::{Admin, Config, Listener};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::load().unwrap_or_else(|err| err.exit());
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = format!("{err:#}"), "respipe stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds everything, runs the proxy until SIGTERM or SIGINT, and drains.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for addr in &config.listen {
+        match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("listen {a}"))?;
+                bound.push(l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+                listeners.push(Listener::Tcp(l));
+            }
+            ListenAddr::Unix(path) => {
+                // A stale socket file from an earlier run would make bind fail.
+                if path.exists() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let l = UnixListener::bind(path)
+                    .with_context(|| format!("listen unix:{}", path.display()))?;
+                bound.push(format!("unix:{}", path.display()));
+                listeners.push(Listener::Unix(l));
+            }
+        }
+    }
+    let admin = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics listen {addr}"))?;
+            let local = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            bound.push(format!("metrics=http://{local}"));
+            Some(Admin {
+                listener,
+                metrics: respipe::metrics::install(),
+            })
+        }
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal(shutdown.clone()));
+    info!(
+        listen = %bound.join(" "),
+        upstream = %config.upstream,
+        pool_size = config.pool_size.get(),
+        "respipe ready"
+    );
+    respipe::run(config, listeners, admin, shutdown).await;
+    info!("respipe stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop respipe with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(
+        signal = name,
+        "shutdown requested: no new clients, draining in-flight commands"
+    );
+    shutdown.cancel();
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

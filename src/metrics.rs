@@ -1,0 +1,273 @@
+//! Metric names, their descriptions, the Prometheus recorder and small record helpers.
+//!
+//! Hot paths never look a metric up by name: components take handles once (`ClientMetrics`,
+//! `UpstreamMetrics`) and record through them. Labels never carry keys, values or client addresses.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::batch::FlushReason;
+
+/// Client connections open now.
+pub const CLIENT_CONNECTIONS: &str = "respipe_client_connections";
+/// Client connections accepted since start.
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "respipe_client_connections_total";
+/// Client connections refused because `max_clients` was reached.
+pub const CLIENT_CONNECTIONS_REJECTED: &str = "respipe_client_connections_rejected_total";
+/// Client connections closed by respipe, by reason.
+pub const CLIENT_CLOSED_BY_PROXY: &str = "respipe_client_closed_by_proxy_total";
+/// Commands by outcome.
+pub const COMMANDS: &str = "respipe_commands_total";
+/// Commands per upstream write (batch).
+pub const BATCH_COMMANDS: &str = "respipe_batch_commands";
+/// Bytes per upstream write (batch).
+pub const BATCH_BYTES: &str = "respipe_batch_bytes";
+/// Batches written, by flush reason.
+pub const BATCH_FLUSHES: &str = "respipe_batch_flushes_total";
+/// Time from a request being queued for an upstream connection to its batch being written.
+pub const QUEUE_WAIT: &str = "respipe_queue_wait_seconds";
+/// Time from a batch being written to the last reply of that batch arriving.
+pub const UPSTREAM_RTT: &str = "respipe_upstream_rtt_seconds";
+/// Commands in flight on each upstream connection.
+pub const UPSTREAM_INFLIGHT: &str = "respipe_upstream_inflight";
+/// 1 while an upstream connection is established, else 0.
+pub const UPSTREAM_UP: &str = "respipe_upstream_up";
+/// Upstream connections established after the first (reconnects).
+pub const UPSTREAM_RECONNECTS: &str = "respipe_upstream_reconnects_total";
+/// Upstream connection failures, by kind.
+pub const UPSTREAM_ERRORS: &str = "respipe_upstream_errors_total";
+/// Commands answered with a timeout error because the upstream did not reply in time.
+pub const COMMAND_TIMEOUTS: &str = "respipe_command_timeouts_total";
+
+/// Outcome label values of `respipe_commands_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Sent upstream and answered by Redis.
+    Forwarded,
+    /// Answered by respipe itself (QUIT, CLIENT SETNAME, ...).
+    Local,
+    /// Refused with a respipe `-ERR` (connection state not supported).
+    Refused,
+    /// Answered with an error because the upstream failed, timed out or was unavailable.
+    Failed,
+}
+
+/// Per-session handles, shared by all sessions (cloning a handle is one reference count).
+#[derive(Clone)]
+pub struct ClientMetrics {
+    /// `respipe_client_connections`.
+    pub connections: Gauge,
+    /// `respipe_client_connections_total`.
+    pub accepted: Counter,
+    /// `respipe_client_connections_rejected_total`.
+    pub rejected: Counter,
+    /// `respipe_client_closed_by_proxy_total{reason="protocol_error"}`.
+    pub closed_protocol: Counter,
+    /// `respipe_client_closed_by_proxy_total{reason="reply_limit"}`.
+    pub closed_reply_limit: Counter,
+    /// `respipe_commands_total{outcome="forwarded"}`.
+    pub forwarded: Counter,
+    /// `respipe_commands_total{outcome="local"}`.
+    pub local: Counter,
+    /// `respipe_commands_total{outcome="refused"}`.
+    pub refused: Counter,
+    /// `respipe_commands_total{outcome="failed"}`.
+    pub failed: Counter,
+}
+
+/// Handles of one upstream connection (labelled by its index in the pool).
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// `respipe_upstream_inflight{conn}`.
+    pub inflight: Gauge,
+    /// `respipe_upstream_up{conn}`.
+    pub up: Gauge,
+    /// `respipe_upstream_reconnects_total{conn}`.
+    pub reconnects: Counter,
+    /// `respipe_batch_commands`.
+    pub batch_commands: Histogram,
+    /// `respipe_batch_bytes`.
+    pub batch_bytes: Histogram,
+    /// `respipe_batch_flushes_total{reason}`, indexed like `FlushReason::ALL`.
+    pub flushes: [Counter; 4],
+    /// `respipe_queue_wait_seconds`.
+    pub queue_wait: Histogram,
+    /// `respipe_upstream_rtt_seconds`.
+    pub rtt: Histogram,
+    /// `respipe_command_timeouts_total`.
+    pub timeouts: Counter,
+}
+
+impl ClientMetrics {
+    /// Takes the handles (once per proxy).
+    pub fn new() -> Self {
+        let outcome = |o: Outcome| metrics::counter!(COMMANDS, "outcome" => o.as_str());
+        ClientMetrics {
+            connections: metrics::gauge!(CLIENT_CONNECTIONS),
+            accepted: metrics::counter!(CLIENT_CONNECTIONS_TOTAL),
+            rejected: metrics::counter!(CLIENT_CONNECTIONS_REJECTED),
+            closed_protocol: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "protocol_error"),
+            closed_reply_limit: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "reply_limit"),
+            forwarded: outcome(Outcome::Forwarded),
+            local: outcome(Outcome::Local),
+            refused: outcome(Outcome::Refused),
+            failed: outcome(Outcome::Failed),
+        }
+    }
+}
+
+impl Default for ClientMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UpstreamMetrics {
+    /// Takes the handles of upstream connection number `conn`.
+    pub fn new(conn: usize) -> Self {
+        let conn = conn.to_string();
+        UpstreamMetrics {
+            inflight: metrics::gauge!(UPSTREAM_INFLIGHT, "conn" => conn.clone()),
+            up: metrics::gauge!(UPSTREAM_UP, "conn" => conn.clone()),
+            reconnects: metrics::counter!(UPSTREAM_RECONNECTS, "conn" => conn),
+            batch_commands: metrics::histogram!(BATCH_COMMANDS),
+            batch_bytes: metrics::histogram!(BATCH_BYTES),
+            flushes: FlushReason::ALL
+                .map(|r| metrics::counter!(BATCH_FLUSHES, "reason" => r.as_str())),
+            queue_wait: metrics::histogram!(QUEUE_WAIT),
+            rtt: metrics::histogram!(UPSTREAM_RTT),
+            timeouts: metrics::counter!(COMMAND_TIMEOUTS),
+        }
+    }
+
+    /// Records one written batch.
+    pub fn flushed(&self, reason: FlushReason, commands: usize, bytes: usize) {
+        let i = FlushReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.flushes[i].increment(1);
+        self.batch_commands.record(commands as f64);
+        self.batch_bytes.record(bytes as f64);
+    }
+}
+
+/// Counts one upstream connection failure of `kind` (see `UpstreamError::kind`).
+pub fn upstream_error(kind: &'static str) {
+    metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Local => "local",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle) and
+/// describes every metric.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let counts = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+            ];
+            let bytes = [
+                64.0,
+                256.0,
+                1024.0,
+                4096.0,
+                16384.0,
+                65536.0,
+                262_144.0,
+                1_048_576.0,
+                4_194_304.0,
+                16_777_216.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(UPSTREAM_RTT.into()), &seconds)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_COMMANDS.into()), &counts)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_BYTES.into()), &bytes))
+                .expect("bucket lists are non-empty constants");
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (an embedding program): render an empty registry.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now.");
+    describe_counter!(
+        CLIENT_CONNECTIONS_TOTAL,
+        "Client connections accepted since start."
+    );
+    describe_counter!(
+        CLIENT_CONNECTIONS_REJECTED,
+        "Client connections refused because max_clients was reached."
+    );
+    describe_counter!(
+        CLIENT_CLOSED_BY_PROXY,
+        "Client connections closed by respipe, by reason (protocol_error, reply_limit)."
+    );
+    describe_counter!(
+        COMMANDS,
+        "Commands by outcome: forwarded, local, refused, failed."
+    );
+    describe_histogram!(BATCH_COMMANDS, Unit::Count, "Commands per upstream write.");
+    describe_histogram!(BATCH_BYTES, Unit::Bytes, "Bytes per upstream write.");
+    describe_counter!(
+        BATCH_FLUSHES,
+        "Upstream writes by flush reason: adaptive, max_commands, max_bytes, window."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from a batch's oldest request being queued to the batch being written upstream."
+    );
+    describe_histogram!(
+        UPSTREAM_RTT,
+        Unit::Seconds,
+        "Time from a batch being written to the last of its replies arriving."
+    );
+    describe_gauge!(
+        UPSTREAM_INFLIGHT,
+        "Commands in flight per upstream connection."
+    );
+    describe_gauge!(
+        UPSTREAM_UP,
+        "1 while the upstream connection is established."
+    );
+    describe_counter!(
+        UPSTREAM_RECONNECTS,
+        "Upstream connections re-established after a loss."
+    );
+    describe_counter!(UPSTREAM_ERRORS, "Upstream connection failures by kind.");
+    describe_counter!(
+        COMMAND_TIMEOUTS,
+        "Commands answered with a timeout error because the upstream did not reply in time."
+    );
+}

@@ -1,0 +1,137 @@
+//! Replies travelling back to a session, and the one place respipe's own `-ERR` texts are written.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::error::UpstreamError;
+
+/// What an upstream connection hands back for one request (a run of `count` commands from one session).
+///
+/// A request may be answered in several pieces (a long pipeline streams back as replies arrive), but
+/// the pieces of one request arrive in order and their counts add up to the request's count exactly.
+#[derive(Debug)]
+pub enum Response {
+    /// `count` complete reply frames, contiguous raw bytes as Redis sent them.
+    Replies {
+        /// The reply frames, a slice of the upstream read buffer.
+        bytes: Bytes,
+        /// How many reply frames `bytes` holds.
+        count: u32,
+    },
+    /// The next `count` commands of the request failed; answer each with `error` (one whole `-ERR` line).
+    Failed {
+        /// How many commands this covers.
+        count: u32,
+        /// A complete RESP error line, e.g. `-ERR respipe: ...\r\n`.
+        error: Bytes,
+    },
+}
+
+/// The sending side of a session's reply channel. Each reply slot in an upstream FIFO holds a clone;
+/// the session holds the receiver. Unbounded in type, bounded in practice: a session never has more than
+/// `max_client_inflight` commands outstanding, and each gets at most one `Response` piece per reply.
+/// If the session is gone, sends fail and the replies are dropped (the slot still consumes them).
+pub type ReplyTx = mpsc::UnboundedSender<Response>;
+/// The receiving side of a session's reply channel, owned by the session task.
+pub type ReplyRx = mpsc::UnboundedReceiver<Response>;
+
+/// `+OK`.
+pub const OK: Bytes = Bytes::from_static(b"+OK\r\n");
+/// RESP2 null bulk string.
+pub const NULL_BULK: Bytes = Bytes::from_static(b"$-1\r\n");
+/// Redis's answer to a connection past `maxclients`.
+pub const MAX_CLIENTS: Bytes = Bytes::from_static(b"-ERR max number of clients reached\r\n");
+
+/// Builds an error reply `-<text>\r\n` with any CR/LF in `text` replaced by spaces (a reply line must
+/// stay one line).
+pub fn error(text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(text.len() + 3);
+    buf.put_u8(b'-');
+    for b in text.bytes() {
+        buf.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+    }
+    buf.put_slice(b"\r\n");
+    buf.freeze()
+}
+
+/// A RESP bulk string.
+pub fn bulk(value: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(value.len() + 16);
+    buf.put_u8(b'$');
+    buf.put_slice(value.len().to_string().as_bytes());
+    buf.put_slice(b"\r\n");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+    buf.freeze()
+}
+
+/// The request stream was not valid RESP; Redis's wording (`-ERR Protocol error: ...`).
+pub fn protocol_error(err: &crate::resp::ProtocolError) -> Bytes {
+    error(&format!("ERR {err}"))
+}
+
+/// A command respipe refuses because it would leak connection state into a shared connection.
+pub fn refused(name: &[u8], why: &str) -> Bytes {
+    error(&format!(
+        "ERR respipe: '{}' is not supported yet ({why})",
+        String::from_utf8_lossy(name).to_lowercase()
+    ))
+}
+
+/// In-flight commands on an upstream connection that was lost.
+pub fn upstream_lost(err: &UpstreamError) -> Bytes {
+    error(&format!(
+        "ERR respipe: upstream connection lost ({err}); the command may or may not have run"
+    ))
+}
+
+/// New commands while the upstream cannot be reached: failed fast, not sent.
+pub fn upstream_unavailable(err: &UpstreamError) -> Bytes {
+    error(&format!(
+        "ERR respipe: upstream unavailable ({err}); the command was not sent"
+    ))
+}
+
+/// A command that got no reply within the command timeout; its late reply will be dropped.
+pub fn timed_out(addr: &str, timeout: Duration) -> Bytes {
+    error(&format!(
+        "ERR respipe: upstream {addr} did not answer within {timeout:?}; the command may or may not have run"
+    ))
+}
+
+/// A request that could not even be queued to the upstream within the command timeout (backpressure).
+pub fn queue_timeout(addr: &str, timeout: Duration) -> Bytes {
+    error(&format!(
+        "ERR respipe: upstream {addr} busy, the command could not be queued within {timeout:?}; it was not sent"
+    ))
+}
+
+/// The proxy is shutting down and no upstream connection is left to take the command.
+pub fn shutting_down() -> Bytes {
+    error("ERR respipe: shutting down; the command was not sent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_stay_one_line() {
+        assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
+    }
+
+    #[test]
+    fn refused_names_the_command_in_lowercase() {
+        assert_eq!(
+            &refused(b"MULTI", "connection state")[..],
+            &b"-ERR respipe: 'multi' is not supported yet (connection state)\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn bulk_encodes_length_and_value() {
+        assert_eq!(&bulk(b"abc")[..], b"$3\r\nabc\r\n");
+        assert_eq!(&bulk(b"")[..], b"$0\r\n\r\n");
+    }
+}

@@ -1,0 +1,194 @@
+//! The accept side: listeners (TCP and unix), the connection limit, and `run`, which serves until
+//! shutdown and then drains.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::metrics::ClientMetrics;
+use crate::pool::Pools;
+use crate::reply;
+use crate::resp::RequestLimits;
+use crate::session::{self, SessionLimits, Shared};
+
+/// First pause after a failed `accept` (for example out of file descriptors); doubles up to
+/// `ACCEPT_BACKOFF_MAX` while accepts keep failing, so a full fd table is not a busy loop.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a refused connection (past `max_clients`) gets to take its error line.
+const REJECT_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A bound client listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A unix socket listener.
+    Unix(UnixListener),
+}
+
+/// Serves clients on `listeners` until `shutdown` is cancelled, then stops accepting, lets sessions
+/// finish what they have in flight (bounded by `drain_timeout`) and returns.
+///
+/// Listeners are bound by the caller, so tests bind port 0 and know the address before the proxy
+/// starts. `admin`, when given, serves `/metrics`, `/healthz` and `/readyz`.
+pub async fn run(
+    config: Config,
+    listeners: Vec<Listener>,
+    admin: Option<Admin>,
+    shutdown: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        pools: Pools::start(&config),
+        metrics: ClientMetrics::new(),
+        limits: SessionLimits {
+            max_inflight: config.max_client_inflight.get(),
+            max_reply_bytes: config.max_client_reply_bytes.get(),
+            request: RequestLimits {
+                max_request_bytes: config.max_request_bytes.get(),
+                max_args: config.max_request_args.get(),
+            },
+            command_timeout: config.command_timeout,
+        },
+        shutdown: shutdown.clone(),
+    });
+    if let Some(admin) = admin {
+        let ready = {
+            let shared = Arc::downgrade(&shared);
+            let shutdown = shutdown.clone();
+            move || !shutdown.is_cancelled() && shared.upgrade().is_some_and(|s| s.pools.any_up())
+        };
+        tokio::spawn(admin::serve(admin, ready, shutdown.clone()));
+    }
+    // Permits for client connections: `max_clients`. A connection holds one for its whole life;
+    // when none is left, new connections get Redis's "max number of clients reached" and are closed.
+    let permits = Arc::new(Semaphore::new(config.max_clients.get()));
+    let sessions = TaskTracker::new();
+    let ids = Arc::new(AtomicU64::new(0));
+    let mut accepting = Vec::new();
+    for listener in listeners {
+        let accept = Accept {
+            shared: shared.clone(),
+            sessions: sessions.clone(),
+            permits: permits.clone(),
+            ids: ids.clone(),
+        };
+        accepting.push(tokio::spawn(accept.run(listener)));
+    }
+    shutdown.cancelled().await;
+    for task in accepting {
+        let _ = task.await;
+    }
+    sessions.close();
+    let open = sessions.len();
+    drop(shared);
+    info!(sessions = open, "shutting down: draining client sessions");
+    if tokio::time::timeout(config.drain_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = sessions.len(),
+            timeout = ?config.drain_timeout,
+            "drain timeout expired; closing the remaining sessions"
+        );
+    }
+}
+
+/// One listener's accept loop.
+struct Accept {
+    shared: Arc<Shared>,
+    sessions: TaskTracker,
+    permits: Arc<Semaphore>,
+    ids: Arc<AtomicU64>,
+}
+
+impl Accept {
+    async fn run(self, listener: Listener) {
+        let shutdown = self.shared.shutdown.clone();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = accept(&listener) => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    self.spawn(stream, peer);
+                }
+                Err(err) => {
+                    warn!(error = %err, pause = ?backoff, "accept failed; pausing before the next accept");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, stream: ClientStream, peer: String) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.shared.metrics.rejected.increment(1);
+            debug!(client.addr = %peer, "max_clients reached; refusing connection");
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, reject(stream)).await;
+            });
+            return;
+        };
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let span = tracing::debug_span!("client", client.addr = %peer, session = id);
+        self.sessions.spawn(
+            async move {
+                match stream {
+                    ClientStream::Tcp(s) => session::serve(s, id, shared).await,
+                    ClientStream::Unix(s) => session::serve(s, id, shared).await,
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// An accepted client connection.
+enum ClientStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(ClientStream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            // Replies must leave at once; batching is done by respipe, not by Nagle.
+            s.set_nodelay(true)?;
+            Ok((ClientStream::Tcp(s), peer.to_string()))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok((ClientStream::Unix(s), "unix".to_owned()))
+        }
+    }
+}
+
+/// Tells a client past `max_clients` why it is refused, as Redis does, and closes it.
+async fn reject(stream: ClientStream) {
+    let _ = match stream {
+        ClientStream::Tcp(mut s) => s.write_all(&reply::MAX_CLIENTS).await,
+        ClientStream::Unix(mut s) => s.write_all(&reply::MAX_CLIENTS).await,
+    };
+}

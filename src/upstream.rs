@@ -1,0 +1,759 @@
+//! One upstream connection: a cloneable handle plus one driver task that alone owns the socket,
+//! the batch being collected and the FIFO of reply slots (redis-rs `multiplexed_connection.rs`).
+//!
+//! The driver survives connection loss: it fails every in-flight command with an explicit error,
+//! fails new commands fast while Redis is unreachable, and reconnects with capped exponential
+//! backoff. The handle therefore stays valid for the life of the proxy.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
+use tracing::{debug, info, warn};
+
+use crate::batch::{Batch, BatchPolicy};
+use crate::chunks::Chunks;
+use crate::config::{Endpoint, Upstream};
+use crate::error::UpstreamError;
+use crate::metrics::{self, UpstreamMetrics};
+use crate::reply::{self, ReplyTx, Response};
+use crate::resp::{self, ReplyScanner};
+
+/// First reconnect delay; doubles after each failed attempt up to `reconnect_backoff_max`.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Requests smaller than this are copied into one contiguous write buffer; larger ones are written
+/// from their own buffers (vectored), so a 16 MB value is never copied.
+const COALESCE_MAX: usize = 4 * 1024;
+/// The read buffer is topped up to at least this much free space before each read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One request for an upstream connection: a run of complete request frames from one session.
+#[derive(Debug)]
+pub struct Request {
+    /// One or more complete RESP request frames, contiguous, forwarded byte for byte.
+    pub bytes: Bytes,
+    /// How many commands (and so replies) `bytes` holds; at least 1.
+    pub count: u32,
+    /// Where the replies go: the session's reply channel.
+    pub reply: ReplyTx,
+}
+
+/// Everything a driver needs to know, fixed at start.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Where Redis is, and the credentials and db of the handshake.
+    pub upstream: Upstream,
+    /// The coalescing policy.
+    pub policy: BatchPolicy,
+    /// Bound on connect plus handshake.
+    pub connect_timeout: Duration,
+    /// A command without a reply after this long is answered with an error; `None` waits forever.
+    pub command_timeout: Option<Duration>,
+    /// Cap of the reconnect backoff.
+    pub backoff_max: Duration,
+    /// Commands in flight on this connection at most; past it the driver stops taking requests,
+    /// its queue fills and senders wait (backpressure reaches the clients).
+    pub max_inflight: usize,
+    /// Requests the handle's queue holds before `send` waits.
+    pub queue_capacity: usize,
+}
+
+/// The cloneable handle of one upstream connection.
+#[derive(Debug, Clone)]
+pub struct UpstreamHandle {
+    /// Requests to the driver. Bounded by `queue_capacity`: a full queue makes `send` wait. The driver
+    /// holds the receiver and exits when every handle is dropped.
+    tx: mpsc::Sender<Request>,
+    /// True while the driver has an established connection (set by the driver only).
+    up: Arc<AtomicBool>,
+    /// The endpoint, for messages (never with credentials).
+    addr: Arc<str>,
+}
+
+/// Why a connection's life ended.
+enum Ended {
+    /// Every handle is gone: the proxy is shutting down.
+    Closed,
+    /// The connection failed; in-flight commands were answered with errors.
+    Lost(UpstreamError),
+}
+
+/// What woke the connection loop.
+enum Event {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Request(Option<Request>),
+    Tick,
+}
+
+/// A reply slot: where the replies of one request go, in the FIFO in exactly the order its bytes were
+/// queued for the socket.
+struct Slot {
+    reply: ReplyTx,
+    /// Replies still owed to this slot.
+    remaining: u32,
+    /// When the command timeout expires (`None`: no timeout).
+    deadline: Option<Instant>,
+    /// Timed out: the session was already answered, late replies are read and dropped.
+    dead: bool,
+}
+
+/// A written batch, remembered until its last reply arrives (for the round-trip metric).
+struct WrittenBatch {
+    last_seq: u64,
+    written_at: Instant,
+}
+
+/// Bytes waiting to be written: small requests coalesced into one buffer, large ones kept as they are.
+#[derive(Default)]
+struct WriteBuf {
+    chunks: Chunks,
+    tail: BytesMut,
+}
+
+/// The state of one established connection, owned by the driver task.
+struct Conn<'a> {
+    settings: &'a UpstreamSettings,
+    metrics: &'a UpstreamMetrics,
+    addr: &'a str,
+    rbuf: BytesMut,
+    scanner: ReplyScanner,
+    fifo: VecDeque<Slot>,
+    /// How many slots at the front of the FIFO are dead (deadlines are monotonic, so dead slots
+    /// always form a prefix).
+    dead_prefix: usize,
+    /// Commands in the FIFO (written or queued) whose replies are still owed.
+    inflight: usize,
+    /// Sequence number of the FIFO's head slot and of the next slot pushed.
+    head_seq: u64,
+    next_seq: u64,
+    /// The batch being collected and its bytes.
+    batch: Batch,
+    batch_buf: WriteBuf,
+    /// The batch being written.
+    out: WriteBuf,
+    written: VecDeque<WrittenBatch>,
+    /// Bytes of complete replies at the front of `rbuf` that belong to the head slot and are not yet
+    /// handed over, and how many replies they are.
+    chunk_len: usize,
+    chunk_count: u32,
+}
+
+impl UpstreamHandle {
+    /// Starts the driver of upstream connection number `index` and returns its handle.
+    pub fn spawn(index: usize, settings: Arc<UpstreamSettings>) -> Self {
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let up = Arc::new(AtomicBool::new(false));
+        let addr: Arc<str> = settings.upstream.endpoint.to_string().into();
+        let driver = Driver {
+            rx,
+            settings,
+            up: up.clone(),
+            metrics: UpstreamMetrics::new(index),
+            addr: addr.clone(),
+        };
+        tokio::spawn(driver.run());
+        UpstreamHandle { tx, up, addr }
+    }
+
+    /// Queues a request, waiting while the queue is full. Gives the request back if the driver is gone.
+    pub async fn send(&self, request: Request) -> Result<(), Request> {
+        self.tx.send(request).await.map_err(|e| e.0)
+    }
+
+    /// True while the connection is established.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The upstream endpoint (no credentials).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// The task behind a handle: connects, runs the connection, and on loss reconnects.
+struct Driver {
+    rx: mpsc::Receiver<Request>,
+    settings: Arc<UpstreamSettings>,
+    up: Arc<AtomicBool>,
+    metrics: UpstreamMetrics,
+    addr: Arc<str>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut connected_before = false;
+        // While the upstream stays unreachable, log the first failure only (at warn) and the rest at debug.
+        let mut failing = false;
+        loop {
+            let err = match self.connect().await {
+                Ok(stream) => {
+                    if connected_before {
+                        self.metrics.reconnects.increment(1);
+                    }
+                    info!(upstream.addr = %self.addr, "upstream connected");
+                    connected_before = true;
+                    backoff = BACKOFF_MIN;
+                    self.set_up(true);
+                    let ended = match stream {
+                        Stream::Tcp(mut s) => {
+                            let (r, w) = s.split();
+                            self.serve(r, w).await
+                        }
+                        Stream::Unix(mut s) => {
+                            let (r, w) = s.split();
+                            self.serve(r, w).await
+                        }
+                    };
+                    self.set_up(false);
+                    match ended {
+                        Ended::Closed => return,
+                        Ended::Lost(err) => {
+                            warn!(upstream.addr = %self.addr, error = %err, "upstream connection lost");
+                            err
+                        }
+                    }
+                }
+                Err(err) => {
+                    if failing {
+                        debug!(upstream.addr = %self.addr, error = %err, "upstream still unavailable");
+                    } else {
+                        warn!(upstream.addr = %self.addr, error = %err, "upstream unavailable");
+                    }
+                    err
+                }
+            };
+            failing = true;
+            metrics::upstream_error(err.kind());
+            if !self.fail_fast(backoff, &err).await {
+                return;
+            }
+            backoff = (backoff * 2).min(self.settings.backoff_max);
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.metrics.up.set(if up { 1.0 } else { 0.0 });
+        if !up {
+            self.metrics.inflight.set(0.0);
+        }
+    }
+
+    /// Connects and runs the handshake (AUTH, SELECT), bounded by the connect timeout.
+    async fn connect(&self) -> Result<Stream, UpstreamError> {
+        let limit = self.settings.connect_timeout;
+        match timeout(limit, self.connect_unbounded()).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                addr: self.addr.to_string(),
+                timeout: limit,
+            }),
+        }
+    }
+
+    async fn connect_unbounded(&self) -> Result<Stream, UpstreamError> {
+        let io = |e| UpstreamError::io(&self.addr, e);
+        let mut stream = match &self.settings.upstream.endpoint {
+            Endpoint::Tcp { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(io)?;
+                s.set_nodelay(true).map_err(io)?;
+                Stream::Tcp(s)
+            }
+            Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await.map_err(io)?),
+        };
+        let hello = handshake_commands(&self.settings.upstream);
+        if !hello.is_empty() {
+            match &mut stream {
+                Stream::Tcp(s) => handshake(s, &hello, &self.addr).await?,
+                Stream::Unix(s) => handshake(s, &hello, &self.addr).await?,
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Waits out one backoff period, answering every request that arrives meanwhile with an
+    /// "unavailable" error. Returns false when every handle is gone.
+    async fn fail_fast(&mut self, period: Duration, err: &UpstreamError) -> bool {
+        let error = reply::upstream_unavailable(err);
+        let pause = sleep(period);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                biased;
+                request = self.rx.recv() => match request {
+                    Some(r) => {
+                        let _ = r.reply.send(Response::Failed { count: r.count, error: error.clone() });
+                    }
+                    None => return false,
+                },
+                _ = &mut pause => return true,
+            }
+        }
+    }
+
+    /// Runs one established connection until it fails or every handle is gone.
+    ///
+    /// The loop always reads while it writes: a large pipeline whose replies fill the socket buffers
+    /// would otherwise deadlock, Redis blocked on writing replies we do not read while we block on
+    /// writing requests it does not read (redis-rs issue #1955).
+    async fn serve<R, W>(&mut self, mut rd: R, mut wr: W) -> Ended
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut conn = Conn::new(&self.settings, &self.metrics, &self.addr);
+        // Fires at the batch window's end; re-armed when a batch starts.
+        let mut window: Pin<Box<Sleep>> = Box::pin(sleep_until(Instant::now()));
+        // Fires at (or before) the head slot's command deadline; re-armed lazily after firing.
+        let mut expiry: Pin<Box<Sleep>> = Box::pin(sleep_until(Instant::now()));
+        let mut expiry_armed = false;
+        loop {
+            let now = Instant::now();
+            conn.start_write(now);
+            let writing = !conn.out.chunks.is_empty();
+            let can_take = !conn.batch.is_full(&self.settings.policy)
+                && conn.inflight < self.settings.max_inflight;
+            let window_due =
+                conn.out.is_empty() && conn.batch.deadline(&self.settings.policy).is_some();
+            let live =
+                conn.fifo.len() > conn.dead_prefix && self.settings.command_timeout.is_some();
+            if live && !expiry_armed {
+                if let Some(deadline) = conn.fifo.get(conn.dead_prefix).and_then(|s| s.deadline) {
+                    expiry.as_mut().reset(deadline);
+                    expiry_armed = true;
+                }
+            }
+            if conn.rbuf.capacity() - conn.rbuf.len() < READ_CHUNK / 4 {
+                conn.rbuf.reserve(READ_CHUNK);
+            }
+            let event = tokio::select! {
+                biased;
+                r = rd.read_buf(&mut conn.rbuf) => Event::Read(r),
+                r = conn.out.chunks.write_to(&mut wr), if writing => Event::Wrote(r),
+                r = self.rx.recv(), if can_take => Event::Request(r),
+                _ = &mut window, if window_due => Event::Tick,
+                _ = &mut expiry, if live && expiry_armed => {
+                    expiry_armed = false;
+                    Event::Tick
+                }
+            };
+            let result = match event {
+                Event::Read(Ok(0)) => Err(UpstreamError::Closed {
+                    addr: self.addr.to_string(),
+                }),
+                Event::Read(Ok(_)) => conn.on_read(),
+                Event::Read(Err(e)) | Event::Wrote(Err(e)) => Err(UpstreamError::io(&self.addr, e)),
+                Event::Wrote(Ok(0)) => Err(UpstreamError::Closed {
+                    addr: self.addr.to_string(),
+                }),
+                Event::Wrote(Ok(n)) => {
+                    conn.out.chunks.advance(n);
+                    Ok(())
+                }
+                Event::Request(None) => return Ended::Closed,
+                Event::Request(Some(request)) => {
+                    let was_empty = conn.batch.is_empty();
+                    conn.enqueue(request);
+                    // Take whatever else is already queued, up to the caps: this is where batches form.
+                    while !conn.batch.is_full(&self.settings.policy)
+                        && conn.inflight < self.settings.max_inflight
+                    {
+                        match self.rx.try_recv() {
+                            Ok(request) => conn.enqueue(request),
+                            Err(_) => break,
+                        }
+                    }
+                    if was_empty {
+                        if let Some(deadline) = conn.batch.deadline(&self.settings.policy) {
+                            window.as_mut().reset(Instant::from_std(deadline));
+                        }
+                    }
+                    Ok(())
+                }
+                Event::Tick => {
+                    conn.expire(Instant::now());
+                    Ok(())
+                }
+            };
+            if let Err(err) = result {
+                conn.fail_all(&err);
+                return Ended::Lost(err);
+            }
+            self.metrics.inflight.set(conn.inflight as f64);
+        }
+    }
+}
+
+impl<'a> Conn<'a> {
+    fn new(settings: &'a UpstreamSettings, metrics: &'a UpstreamMetrics, addr: &'a str) -> Self {
+        Conn {
+            settings,
+            metrics,
+            addr,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            scanner: ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH),
+            fifo: VecDeque::new(),
+            dead_prefix: 0,
+            inflight: 0,
+            head_seq: 0,
+            next_seq: 0,
+            batch: Batch::default(),
+            batch_buf: WriteBuf::default(),
+            out: WriteBuf::default(),
+            written: VecDeque::new(),
+            chunk_len: 0,
+            chunk_count: 0,
+        }
+    }
+
+    /// Adds a request to the batch and its slot to the FIFO. Bytes and slots are both appended in
+    /// arrival order and batches are written in order, so the FIFO order is the byte order on the
+    /// socket (invariant 1).
+    fn enqueue(&mut self, request: Request) {
+        let now = Instant::now();
+        self.batch
+            .push(request.count as usize, request.bytes.len(), now.into_std());
+        self.batch_buf.push(request.bytes);
+        self.inflight += request.count as usize;
+        self.fifo.push_back(Slot {
+            reply: request.reply,
+            remaining: request.count,
+            deadline: self.settings.command_timeout.map(|t| now + t),
+            dead: false,
+        });
+        self.next_seq += 1;
+    }
+
+    /// Moves the collected batch to the socket when nothing is being written and the policy says so.
+    fn start_write(&mut self, now: Instant) {
+        if !self.out.is_empty() {
+            return;
+        }
+        let Some(reason) = self
+            .batch
+            .flush_reason(&self.settings.policy, now.into_std())
+        else {
+            return;
+        };
+        let batch = self.batch.take();
+        self.metrics
+            .flushed(reason, batch.commands(), batch.bytes());
+        if let Some(oldest) = batch.oldest() {
+            self.metrics.queue_wait.record(
+                now.into_std()
+                    .saturating_duration_since(oldest)
+                    .as_secs_f64(),
+            );
+        }
+        self.batch_buf.seal();
+        std::mem::swap(&mut self.out, &mut self.batch_buf);
+        self.written.push_back(WrittenBatch {
+            last_seq: self.next_seq - 1,
+            written_at: now,
+        });
+    }
+
+    /// Hands every complete reply in the read buffer to its slot, in FIFO order.
+    fn on_read(&mut self) -> Result<(), UpstreamError> {
+        loop {
+            let Some(slot) = self.fifo.front_mut() else {
+                return self.unsolicited();
+            };
+            let frame = match self.scanner.scan(&self.rbuf[self.chunk_len..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(UpstreamError::Protocol {
+                        addr: self.addr.to_owned(),
+                        source,
+                    })
+                }
+            };
+            if frame.push {
+                // An out-of-band RESP3 push belongs to no command: hand over what precedes it, drop it.
+                self.hand_over();
+                self.rbuf.advance(frame.len);
+                continue;
+            }
+            self.chunk_len += frame.len;
+            self.chunk_count += 1;
+            slot.remaining -= 1;
+            if slot.remaining == 0 {
+                self.hand_over();
+                self.pop_slot();
+            }
+        }
+        self.hand_over();
+        Ok(())
+    }
+
+    /// Bytes arrived while no command is in flight: only pushes may do that.
+    fn unsolicited(&mut self) -> Result<(), UpstreamError> {
+        while !self.rbuf.is_empty() {
+            match self.scanner.scan(&self.rbuf) {
+                Ok(Some(frame)) if frame.push => self.rbuf.advance(frame.len),
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) => {
+                    return Err(UpstreamError::Protocol {
+                        addr: self.addr.to_owned(),
+                        source: resp::ProtocolError("reply without a request".into()),
+                    })
+                }
+                Err(source) => {
+                    return Err(UpstreamError::Protocol {
+                        addr: self.addr.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the complete replies gathered for the head slot to its session (or drops them if the
+    /// slot timed out or the session is gone).
+    fn hand_over(&mut self) {
+        if self.chunk_count == 0 {
+            return;
+        }
+        let bytes = self.rbuf.split_to(self.chunk_len).freeze();
+        let count = self.chunk_count;
+        self.chunk_len = 0;
+        self.chunk_count = 0;
+        self.inflight -= count as usize;
+        if let Some(slot) = self.fifo.front() {
+            if !slot.dead {
+                // A send error means the client went away: its replies are dropped (invariant 4).
+                let _ = slot.reply.send(Response::Replies { bytes, count });
+            }
+        }
+    }
+
+    fn pop_slot(&mut self) {
+        if let Some(slot) = self.fifo.pop_front() {
+            if slot.dead {
+                self.dead_prefix -= 1;
+            }
+        }
+        let seq = self.head_seq;
+        self.head_seq += 1;
+        if self.written.front().is_some_and(|w| w.last_seq == seq) {
+            if let Some(w) = self.written.pop_front() {
+                self.metrics.rtt.record(
+                    Instant::now()
+                        .saturating_duration_since(w.written_at)
+                        .as_secs_f64(),
+                );
+            }
+        }
+    }
+
+    /// Answers every slot whose deadline has passed with a timeout error and marks it dead, so its
+    /// late replies are read and dropped instead of reaching the next slot's client.
+    fn expire(&mut self, now: Instant) {
+        let Some(limit) = self.settings.command_timeout else {
+            return;
+        };
+        let mut error = None;
+        let mut timed_out = 0u64;
+        for slot in self.fifo.iter_mut().skip(self.dead_prefix) {
+            if slot.deadline.is_none_or(|d| d > now) {
+                break;
+            }
+            let error = error.get_or_insert_with(|| reply::timed_out(self.addr, limit));
+            // Replies already handed over for this slot stay delivered; the rest time out.
+            let _ = slot.reply.send(Response::Failed {
+                count: slot.remaining,
+                error: error.clone(),
+            });
+            slot.dead = true;
+            self.dead_prefix += 1;
+            timed_out += u64::from(slot.remaining);
+        }
+        if timed_out > 0 {
+            self.metrics.timeouts.increment(timed_out);
+            debug!(upstream.addr = %self.addr, commands = timed_out, "commands timed out");
+        }
+    }
+
+    /// The connection is gone: every live slot gets an error for the replies it is still owed.
+    fn fail_all(&mut self, err: &UpstreamError) {
+        let error = reply::upstream_lost(err);
+        // Complete replies already read still go to their slot first.
+        self.hand_over();
+        for slot in self.fifo.drain(..) {
+            if !slot.dead && slot.remaining > 0 {
+                let _ = slot.reply.send(Response::Failed {
+                    count: slot.remaining,
+                    error: error.clone(),
+                });
+            }
+        }
+        self.inflight = 0;
+        self.dead_prefix = 0;
+    }
+}
+
+impl WriteBuf {
+    fn push(&mut self, bytes: Bytes) {
+        if bytes.len() < COALESCE_MAX {
+            self.tail.extend_from_slice(&bytes);
+        } else {
+            self.seal();
+            self.chunks.push(bytes);
+        }
+    }
+
+    /// Closes the coalescing buffer so the chunks are complete and in order.
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push(self.tail.split().freeze());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.tail.is_empty()
+    }
+}
+
+/// An established upstream socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// The handshake as raw RESP: `AUTH` when credentials are configured, `SELECT` for a non-zero db.
+fn handshake_commands(upstream: &Upstream) -> Vec<Bytes> {
+    let mut commands = Vec::new();
+    if let Some(password) = &upstream.password {
+        commands.push(match &upstream.username {
+            Some(user) if !user.is_empty() => {
+                resp::encode_request(&[b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()])
+            }
+            _ => resp::encode_request(&[b"AUTH".as_slice(), password.as_bytes()]),
+        });
+    }
+    if upstream.db != 0 {
+        let db = upstream.db.to_string();
+        commands.push(resp::encode_request(&[b"SELECT".as_slice(), db.as_bytes()]));
+    }
+    commands
+}
+
+/// Sends the handshake commands pipelined and checks that none was refused.
+async fn handshake<S>(stream: &mut S, commands: &[Bytes], addr: &str) -> Result<(), UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let io = |e| UpstreamError::io(addr, e);
+    let mut out = BytesMut::new();
+    for c in commands {
+        out.extend_from_slice(c);
+    }
+    stream.write_all(&out).await.map_err(io)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scanner = ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH);
+    let mut answered = 0;
+    while answered < commands.len() {
+        match scanner.scan(&buf) {
+            Ok(Some(frame)) => {
+                let reply = buf.split_to(frame.len);
+                if reply.first() == Some(&b'-') {
+                    let line = String::from_utf8_lossy(&reply[1..]).trim_end().to_owned();
+                    return Err(UpstreamError::Handshake {
+                        addr: addr.to_owned(),
+                        reply: line,
+                    });
+                }
+                answered += 1;
+            }
+            Ok(None) => {
+                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err(UpstreamError::Closed {
+                        addr: addr.to_owned(),
+                    });
+                }
+            }
+            Err(source) => {
+                return Err(UpstreamError::Protocol {
+                    addr: addr.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Endpoint;
+
+    fn upstream(user: Option<&str>, password: Option<&str>, db: u32) -> Upstream {
+        Upstream {
+            endpoint: Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 6379,
+            },
+            tls: false,
+            username: user.map(Into::into),
+            password: password.map(Into::into),
+            db,
+        }
+    }
+
+    #[test]
+    fn handshake_is_empty_without_credentials_or_db() {
+        assert!(handshake_commands(&upstream(None, None, 0)).is_empty());
+    }
+
+    #[test]
+    fn handshake_authenticates_then_selects() {
+        let cmds = handshake_commands(&upstream(Some("app"), Some("secret"), 2));
+        assert_eq!(
+            &cmds[0][..],
+            b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$6\r\nsecret\r\n"
+        );
+        assert_eq!(&cmds[1][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n");
+        let cmds = handshake_commands(&upstream(Some(""), Some("pw"), 0));
+        assert_eq!(
+            &cmds[..],
+            &[Bytes::from_static(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")]
+        );
+    }
+
+    #[tokio::test]
+    async fn write_buf_coalesces_small_and_keeps_large() {
+        let mut w = WriteBuf::default();
+        w.push(Bytes::from_static(b"ab"));
+        w.push(Bytes::from_static(b"cd"));
+        w.push(Bytes::from(vec![b'x'; COALESCE_MAX]));
+        w.push(Bytes::from_static(b"ef"));
+        w.seal();
+        assert_eq!(w.chunks.bytes(), 4 + COALESCE_MAX + 2);
+        let mut written = Vec::new();
+        let n = w
+            .chunks
+            .write_to(&mut written)
+            .await
+            .expect("a Vec takes every byte");
+        assert_eq!(n, 4 + COALESCE_MAX + 2);
+        assert_eq!(&written[..4], b"abcd");
+        assert_eq!(&written[n - 2..], b"ef");
+        w.chunks.advance(n);
+        assert!(w.is_empty());
+    }
+}
