@@ -8,6 +8,7 @@ use anyhow::Context;
 use respipe::config::{ListenAddr, LogFormat};
 use respipe::{Admin, Config, Listener};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -77,7 +78,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal(shutdown.clone()));
+    // Installed before "ready" is logged: until then SIGTERM would still kill the process outright.
+    let (term, int) = (
+        signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+    );
+    tokio::spawn(on_signal(term, int, shutdown.clone()));
     info!(
         listen = %bound.join(" "),
         upstream = %config.upstream,
@@ -90,15 +96,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop respipe with SIGKILL");
-        return;
-    };
+async fn on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

@@ -1,0 +1,797 @@
+//! Test harness shared by the integration tests: a real `redis-server` on a free loopback port
+//! (killed on drop), respipe running in-process on a port the test knows before it starts, a raw RESP
+//! client that shows replies exactly as they came, and helpers for the respipe binary.
+//!
+//! Nothing here sleeps to synchronise: every wait polls a condition under a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use respipe::config::Upstream;
+use respipe::{Config, Listener};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How long a redis-server (or the proxy) may take to start answering.
+pub const START_DEADLINE: Duration = Duration::from_secs(10);
+/// Interval between polls of a condition.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Runs `fut` and fails the test if it takes longer than `limit`.
+pub async fn bounded<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: did not finish within {limit:?}"),
+    }
+}
+
+/// Polls `cond` every [`POLL`] until it returns `Some`, failing the test after `limit`.
+pub async fn poll_until<T, F, Fut>(limit: Duration, what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what}: condition not reached within {limit:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A port nothing listens on right now (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-server
+// ---------------------------------------------------------------------------------------------
+
+/// A redis-server child process on 127.0.0.1, killed (SIGKILL) and reaped on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port and waits until it answers PING.
+    pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // The free port may be taken between our probe and redis's bind: retry with another.
+        for _ in 0..20 {
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                extra: extra.clone(),
+            };
+            if server.spawn_and_wait().await {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on any free port");
+    }
+
+    /// Starts redis-server on exactly `port` (which the caller knows to be free).
+    pub async fn start_on(port: u16) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: Vec::new(),
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        while !server.spawn_and_wait().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not bind port {port}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        server
+    }
+
+    /// Spawns the process and waits until it answers PING. False if it exited (port taken).
+    async fn spawn_and_wait(&mut self) -> bool {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (is it installed?)");
+        self.child = Some(child);
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1).cloned());
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                eprintln!(
+                    "redis-server on port {} exited early ({status}): {log}",
+                    self.port
+                );
+                self.child = None;
+                return false;
+            }
+            if ping_direct(self.addr(), password.as_deref()).await {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within {START_DEADLINE:?}",
+                self.port
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The process id (for SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("redis-server is running").id() as i32
+    }
+
+    /// SIGKILL now and reap.
+    pub fn kill(&mut self) {
+        self.kill_child();
+    }
+
+    fn kill_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts redis-server again on the same port (empty dataset), waiting until it answers PING.
+    pub async fn restart(&mut self) {
+        self.kill_child();
+        let deadline = Instant::now() + START_DEADLINE;
+        while !self.spawn_and_wait().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not be restarted on port {}",
+                self.port
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends a signal to the process (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// One field of `INFO stats`, read over a direct connection.
+    pub async fn info_stat(&self, field: &str) -> u64 {
+        let mut c = RawClient::connect(self.addr()).await;
+        let info = match c.cmd(&["INFO", "stats"]).await {
+            Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("INFO stats: {other:?}"),
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("INFO stats has no {field}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// A raw client connected directly to this Redis (not through the proxy).
+    pub async fn direct(&self) -> RawClient {
+        RawClient::connect(self.addr()).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process still dies on SIGKILL, but resume it anyway so nothing lingers.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
+        self.kill_child();
+    }
+}
+
+/// True if a direct connection to `addr` answers PING with PONG.
+async fn ping_direct(addr: SocketAddr, password: Option<&str>) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut req = Vec::new();
+        if let Some(pw) = password {
+            req.extend_from_slice(&encode(&["AUTH", pw]));
+        }
+        req.extend_from_slice(b"PING\r\n");
+        s.write_all(&req).await.ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return Some(false);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(5).any(|w| w == b"+PONG") {
+                return Some(true);
+            }
+            if buf.starts_with(b"-") && buf.ends_with(b"\r\n") {
+                return Some(false);
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// respipe in-process
+// ---------------------------------------------------------------------------------------------
+
+/// respipe running in the test's runtime on a loopback port; cancelled on drop.
+pub struct Proxy {
+    addr: SocketAddr,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts respipe in front of the Redis on `upstream_port`, with `tweak` applied to the defaults.
+    pub async fn start(upstream_port: u16, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let mut config = Config {
+            upstream: Upstream::tcp("127.0.0.1", upstream_port),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy listener");
+        let addr = listener.local_addr().unwrap();
+        config.listen = vec![respipe::config::ListenAddr::Tcp(addr)];
+        let token = CancellationToken::new();
+        let task = tokio::spawn(respipe::run(
+            config,
+            vec![Listener::Tcp(listener)],
+            None,
+            token.clone(),
+        ));
+        Proxy {
+            addr,
+            token,
+            task: Some(task),
+        }
+    }
+
+    /// Starts respipe with the defaults in front of `redis` and waits until it answers PING.
+    pub async fn ready(redis: &RedisServer) -> Proxy {
+        let p = Proxy::start(redis.port(), |_| {}).await;
+        p.wait_ready().await;
+        p
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// Polls PING through the proxy until it answers PONG (the upstream connects asynchronously).
+    pub async fn wait_ready(&self) {
+        let addr = self.addr;
+        poll_until(START_DEADLINE, "proxy answers PING", || async move {
+            let mut c = RawClient::try_connect(addr).await.ok()?;
+            match tokio::time::timeout(Duration::from_secs(2), c.cmd(&["PING"])).await {
+                Ok(Reply::Simple(s)) if s == "PONG" => Some(()),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// Cancels the proxy and waits (bounded) for `run` to return.
+    pub async fn shutdown(mut self) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            bounded(Duration::from_secs(15), "proxy shutdown", task)
+                .await
+                .expect("proxy task panicked");
+        }
+    }
+
+    /// A raw client connected to the proxy.
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr).await
+    }
+
+    /// A `redis` crate connection of its own (its own socket) to the proxy, without the crate's
+    /// response timeout (tests bound their waits themselves).
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect through the proxy")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw RESP client
+// ---------------------------------------------------------------------------------------------
+
+/// A reply as it came over the wire (RESP2 plus what RESP3 types a test might meet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    pub fn bulk(v: impl AsRef<[u8]>) -> Reply {
+        Reply::Bulk(Some(v.as_ref().to_vec()))
+    }
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+    pub fn nil() -> Reply {
+        Reply::Bulk(None)
+    }
+    /// The error text without the leading `-`, or None.
+    pub fn error_text(&self) -> Option<&str> {
+        match self {
+            Reply::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        let a = a.as_ref();
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Parses one reply from the front of `buf`: `Ok(Some((reply, len)))`, `Ok(None)` if incomplete.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
+        let pos = buf.windows(2).position(|w| w == b"\r\n")?;
+        Some((&buf[..pos], pos + 2))
+    }
+    fn int(b: &[u8]) -> Result<i64, String> {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad integer {:?}", String::from_utf8_lossy(b)))
+    }
+    let Some(&tag) = buf.first() else {
+        return Ok(None);
+    };
+    let Some((head, head_len)) = line(&buf[1..]) else {
+        return Ok(None);
+    };
+    let head_len = head_len + 1;
+    let text = || String::from_utf8_lossy(head).into_owned();
+    match tag {
+        b'+' => Ok(Some((Reply::Simple(text()), head_len))),
+        b'-' => Ok(Some((Reply::Error(text()), head_len))),
+        b':' => Ok(Some((Reply::Int(int(head)?), head_len))),
+        b'$' => {
+            let n = int(head)?;
+            if n < 0 {
+                return Ok(Some((Reply::Bulk(None), head_len)));
+            }
+            let n = n as usize;
+            if buf.len() < head_len + n + 2 {
+                return Ok(None);
+            }
+            if &buf[head_len + n..head_len + n + 2] != b"\r\n" {
+                return Err("bulk string not terminated by CRLF".into());
+            }
+            Ok(Some((
+                Reply::Bulk(Some(buf[head_len..head_len + n].to_vec())),
+                head_len + n + 2,
+            )))
+        }
+        b'*' => {
+            let n = int(head)?;
+            if n < 0 {
+                return Ok(Some((Reply::Array(None), head_len)));
+            }
+            let mut items = Vec::with_capacity(n as usize);
+            let mut at = head_len;
+            for _ in 0..n {
+                match parse_reply(&buf[at..])? {
+                    Some((r, len)) => {
+                        items.push(r);
+                        at += len;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(Some(items)), at)))
+        }
+        other => Err(format!("unexpected reply type byte {:?}", other as char)),
+    }
+}
+
+/// A client on a plain TcpStream: writes whatever bytes the test gives, reads replies exactly.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        Self::try_connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    }
+
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<RawClient> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write to server");
+    }
+
+    /// Reads the next reply; `Ok(None)` on a clean EOF with nothing buffered.
+    pub async fn try_read_reply(&mut self) -> Result<Option<Reply>, String> {
+        loop {
+            if let Some((reply, len)) = parse_reply(&self.buf)? {
+                self.buf.advance(len);
+                return Ok(Some(reply));
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(format!(
+                    "EOF inside a reply; {} bytes buffered: {:?}",
+                    self.buf.len(),
+                    String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
+                ));
+            }
+        }
+    }
+
+    /// Reads the next reply; panics on EOF or garbage.
+    pub async fn read_reply(&mut self) -> Reply {
+        match self.try_read_reply().await {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!("connection closed while a reply was expected"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Reads `n` replies.
+    pub async fn read_replies(&mut self, n: usize) -> Vec<Reply> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.read_reply().await);
+        }
+        out
+    }
+
+    /// Sends one command (RESP-encoded) and reads its reply.
+    pub async fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        self.send(&encode(args)).await;
+        self.read_reply().await
+    }
+
+    /// Like [`RawClient::cmd`], but errors are returned instead of panicking.
+    pub async fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Reply, String> {
+        self.stream
+            .write_all(&encode(args))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        match self.try_read_reply().await? {
+            Some(r) => Ok(r),
+            None => Err("connection closed by the proxy".into()),
+        }
+    }
+
+    /// Asserts that the server closes the connection (EOF, or a reset) with no further reply bytes.
+    pub async fn expect_eof(&mut self) {
+        match self.try_read_reply().await {
+            Ok(None) => {}
+            Err(e) if e.starts_with("read:") => {} // reset counts as closed
+            Ok(Some(r)) => panic!("expected the connection to close, got another reply {r:?}"),
+            Err(e) => panic!("expected a clean close: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The respipe binary
+// ---------------------------------------------------------------------------------------------
+
+/// The respipe binary running as a child process; SIGKILLed on drop if still running.
+pub struct Binary {
+    pub child: Child,
+    /// Every stderr line, as it comes (ANSI colours stripped).
+    lines: std_mpsc::Receiver<String>,
+    /// Every line seen so far.
+    pub seen: Vec<String>,
+}
+
+/// A `Command` for the respipe binary with colours off and a clean environment for its settings.
+pub fn respipe_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_respipe"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RESPIPE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1").env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs the binary to completion (bounded) and returns (exit code, stdout, stderr).
+pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn respipe");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "respipe did not exit within {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    let out = child.wait_with_output().expect("wait respipe");
+    (
+        out.status.code(),
+        strip_ansi(&String::from_utf8_lossy(&out.stdout)),
+        strip_ansi(&String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Binary {
+    /// Spawns the binary with `cmd` (see [`respipe_command`]) and collects its stderr lines.
+    pub fn spawn(mut cmd: Command) -> Binary {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn respipe");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(strip_ansi(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Binary {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle` and returns it.
+    pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "respipe logged no line containing {needle:?} within {limit:?}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the `respipe ready` line and returns the value of `key=` in it (e.g. `listen`).
+    pub fn ready_field(&mut self, key: &str) -> String {
+        let line = self.wait_line("respipe ready", START_DEADLINE);
+        field(&line, key).unwrap_or_else(|| panic!("no {key}= in ready line: {line}"))
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill respipe with {sig}");
+    }
+
+    /// Waits (bounded, polling) for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.drain_lines();
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.drain_lines();
+                panic!(
+                    "respipe did not exit within {limit:?}; stderr:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Moves every line logged so far into `seen`.
+    pub fn drain_lines(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=value` in a log line (values end at whitespace).
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|tok| tok.strip_prefix(&prefix))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+/// A plain HTTP/1.1 GET over a TcpStream: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A scratch path inside `dir`.
+pub fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
