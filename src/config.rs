@@ -226,7 +226,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("drain_timeout", "--drain-timeout", "RESPIPE_DRAIN_TIMEOUT", "DURATION", "10s",
         "On SIGTERM/SIGINT, time allowed for in-flight commands to finish"),
     setting("max_clients", "--max-clients", "RESPIPE_MAX_CLIENTS", "N", "10000",
-        "Most clients at once; past it accepting pauses"),
+        "Most clients at once; past it new clients get -ERR max number of clients reached"),
     setting("max_client_inflight", "--max-client-inflight", "RESPIPE_MAX_CLIENT_INFLIGHT", "N", "4096",
         "Commands one client may have in flight; past it respipe stops reading that client"),
     setting("max_client_reply_bytes", "--max-client-reply-bytes", "RESPIPE_MAX_CLIENT_REPLY_BYTES", "N", "268435456",
@@ -634,6 +634,11 @@ impl Values {
             let reason =
                 "a user needs a password (Redis AUTH takes both); set upstream_password".to_owned();
             return Err(invalid(key, reason, self.origin(key)));
+        }
+        if upstream.tls {
+            let reason =
+                "rediss:// (TLS to the upstream) is not supported yet; use redis://".to_owned();
+            return Err(invalid("upstream", reason, self.origin("upstream")));
         }
 
         let batch_window_us =
@@ -1550,6 +1555,15 @@ mod tests {
                 .unwrap()
                 .reconnect_backoff_max,
             Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn tls_upstream_is_refused_until_supported() {
+        let err = load_err(&["--upstream", "rediss://h:6380"], &[]);
+        assert!(
+            err.contains("invalid upstream") && err.contains("not supported yet"),
+            "{err}"
         );
     }
 

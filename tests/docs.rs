@@ -1,0 +1,85 @@
+//! The README's settings table and metrics list are checked against the code, so they cannot rot.
+
+use respipe::config::SETTINGS;
+
+const README: &str = include_str!("../README.md");
+
+/// The settings table as it must appear in the README, between the `settings` markers.
+fn settings_table() -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    let mut table =
+        String::from("| flag | env | file key | default | what it does |\n|---|---|---|---|---|\n");
+    for s in SETTINGS {
+        let default = if s.default.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("`{}`", s.default)
+        };
+        table.push_str(&format!(
+            "| `{} {}` | `{}` | `{}` | {} | {} |\n",
+            s.flag,
+            cell(s.value_name),
+            s.env,
+            s.key,
+            default,
+            cell(s.help)
+        ));
+    }
+    table
+}
+
+fn between<'a>(text: &'a str, begin: &str, end: &str) -> &'a str {
+    let start = text
+        .find(begin)
+        .unwrap_or_else(|| panic!("README lacks the marker {begin}"))
+        + begin.len();
+    let stop = text[start..]
+        .find(end)
+        .unwrap_or_else(|| panic!("README lacks the marker {end}"));
+    text[start..start + stop].trim_matches('\n')
+}
+
+#[test]
+fn readme_settings_table_matches_the_code() {
+    let expected = settings_table();
+    let actual = between(README, "<!-- settings:begin -->", "<!-- settings:end -->");
+    assert_eq!(
+        actual.trim(),
+        expected.trim(),
+        "README settings table is stale; replace it with:\n{expected}"
+    );
+}
+
+#[test]
+fn readme_lists_every_metric() {
+    let names = [
+        respipe::metrics::CLIENT_CONNECTIONS,
+        respipe::metrics::CLIENT_CONNECTIONS_TOTAL,
+        respipe::metrics::CLIENT_CONNECTIONS_REJECTED,
+        respipe::metrics::CLIENT_CLOSED_BY_PROXY,
+        respipe::metrics::COMMANDS,
+        respipe::metrics::BATCH_COMMANDS,
+        respipe::metrics::BATCH_BYTES,
+        respipe::metrics::BATCH_FLUSHES,
+        respipe::metrics::QUEUE_WAIT,
+        respipe::metrics::UPSTREAM_RTT,
+        respipe::metrics::UPSTREAM_INFLIGHT,
+        respipe::metrics::UPSTREAM_UP,
+        respipe::metrics::UPSTREAM_RECONNECTS,
+        respipe::metrics::UPSTREAM_ERRORS,
+        respipe::metrics::COMMAND_TIMEOUTS,
+    ];
+    let listed = between(README, "<!-- metrics:begin -->", "<!-- metrics:end -->");
+    for name in names {
+        assert!(
+            listed.contains(&format!("`{name}`")),
+            "README metrics list lacks {name}"
+        );
+    }
+    let rows = listed.lines().filter(|l| l.starts_with("| `")).count();
+    assert_eq!(
+        rows,
+        names.len(),
+        "README lists a metric the code does not export"
+    );
+}
