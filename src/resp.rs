@@ -186,6 +186,27 @@ enum LineError {
     TooBig,
 }
 
+/// What the integer of a `<type><integer>\r\n` header counts; it decides how a bad header is worded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    /// Elements: a request's `*` and the reply aggregates (`multibulk` in Redis's errors).
+    Count,
+    /// Payload bytes: a request's `$` and the reply blobs `$`, `!`, `=` (`bulk` in Redis's errors).
+    Length,
+}
+
+/// How far one step of a [`ReplyScanner`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// The buffer ran out; the scanner has saved where to resume.
+    Pending,
+    /// A value ended at `pos`: a line, a bulk with its CRLF, a null, an empty aggregate.
+    Value,
+    /// A header was read whose content is still to come: a bulk payload, an aggregate's elements,
+    /// or an attribute (even an empty one, which annotates the value after it).
+    Opened,
+}
+
 /// Result of scanning a reply's simple `<type><text>\r\n` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TextLine {
@@ -307,15 +328,13 @@ impl RequestScanner {
         buf: &[u8],
         searched: usize,
     ) -> Result<Option<RequestFrame>, ProtocolError> {
-        let (value, next) = match scan_int_line(buf, 0, searched) {
-            Ok(IntLine::Pending(at)) => {
+        let (value, next) = match scan_header_line(buf, 0, searched, Header::Count)? {
+            IntLine::Pending(at) => {
                 self.tick(at.saturating_sub(searched));
                 self.state = RequestState::Count { searched: at };
                 return Ok(None);
             }
-            Ok(IntLine::Done { value, next }) => (value, next),
-            Err(LineError::TooBig) => return Err(protocol_error("too big mbulk count string")),
-            Err(LineError::Invalid) => return Err(protocol_error("invalid multibulk length")),
+            IntLine::Done { value, next } => (value, next),
         };
         self.tick(next.saturating_sub(searched));
         if next > self.limits.max_request_bytes {
@@ -353,15 +372,10 @@ impl RequestScanner {
         loop {
             self.tick(1);
             if let Some(end) = p.body_end {
-                let after = end.saturating_add(2);
-                match buf.get(end..after) {
-                    None => {
-                        self.state = RequestState::Args(p);
-                        return Ok(None);
-                    }
-                    Some(b"\r\n") => {}
-                    Some(_) => return Err(protocol_error("expected CRLF after bulk")),
-                }
+                let Some(after) = bulk_crlf(buf, end)? else {
+                    self.state = RequestState::Args(p);
+                    return Ok(None);
+                };
                 p.body_end = None;
                 p.pos = after;
                 p.searched = after;
@@ -388,16 +402,14 @@ impl RequestScanner {
                     )))
                 }
             }
-            let (value, next) = match scan_int_line(buf, p.pos, p.searched) {
-                Ok(IntLine::Pending(at)) => {
+            let (value, next) = match scan_header_line(buf, p.pos, p.searched, Header::Length)? {
+                IntLine::Pending(at) => {
                     self.tick(at.saturating_sub(p.searched));
                     p.searched = at;
                     self.state = RequestState::Args(p);
                     return Ok(None);
                 }
-                Ok(IntLine::Done { value, next }) => (value, next),
-                Err(LineError::TooBig) => return Err(protocol_error("too big bulk count string")),
-                Err(LineError::Invalid) => return Err(protocol_error("invalid bulk length")),
+                IntLine::Done { value, next } => (value, next),
             };
             self.tick(next.saturating_sub(p.searched));
             let max = self.limits.max_request_bytes;
@@ -501,139 +513,128 @@ impl ReplyScanner {
     fn scan_values(&mut self, buf: &[u8]) -> Result<Option<ReplyFrame>, ProtocolError> {
         loop {
             self.tick(1);
-            if let Some(end) = self.body_end {
-                let after = end.saturating_add(2);
-                match buf.get(end..after) {
-                    None => return Ok(None),
-                    Some(b"\r\n") => {}
-                    Some(_) => return Err(protocol_error("expected CRLF after bulk")),
-                }
-                self.body_end = None;
-                self.pos = after;
-                self.searched = after;
-                if let Some(frame) = self.finish_value() {
-                    return Ok(Some(frame));
-                }
-                continue;
-            }
-            let Some(&kind) = buf.get(self.pos) else {
-                return Ok(None);
-            };
-            if self.open.is_empty() && kind != b'|' {
-                self.push = kind == b'>';
-            }
-            match kind {
-                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
-                    let (text, next) = match scan_text_line(buf, self.pos, self.searched)? {
-                        TextLine::Pending(at) => {
-                            self.tick(at.saturating_sub(self.searched));
-                            self.searched = at;
-                            return Ok(None);
-                        }
-                        TextLine::Done { text, next } => (text, next),
-                    };
-                    self.tick(next.saturating_sub(self.searched));
-                    let text = buf.get(text).unwrap_or_default();
-                    match kind {
-                        b'_' if !text.is_empty() => {
-                            return Err(protocol_error("invalid null reply"))
-                        }
-                        b'#' if text != b"t" && text != b"f" => {
-                            return Err(protocol_error("invalid boolean reply"))
-                        }
-                        _ => {}
-                    }
-                    self.pos = next;
-                    self.searched = next;
+            match self.scan_step(buf)? {
+                Progress::Pending => return Ok(None),
+                Progress::Value => {
                     if let Some(frame) = self.finish_value() {
                         return Ok(Some(frame));
                     }
                 }
-                b'$' | b'!' | b'=' => {
-                    let Some((value, next)) = self.scan_header(buf, kind)? else {
-                        return Ok(None);
-                    };
-                    self.pos = next;
-                    self.searched = next;
-                    if value == -1 && kind == b'$' {
-                        if let Some(frame) = self.finish_value() {
-                            return Ok(Some(frame));
-                        }
-                        continue;
-                    }
-                    let end = usize::try_from(value)
-                        .ok()
-                        .and_then(|len| next.checked_add(len))
-                        .filter(|end| end.checked_add(2).is_some())
-                        .ok_or_else(|| protocol_error("invalid bulk length"))?;
-                    self.body_end = Some(end);
-                }
-                b'*' | b'%' | b'~' | b'>' | b'|' => {
-                    let Some((value, next)) = self.scan_header(buf, kind)? else {
-                        return Ok(None);
-                    };
-                    self.pos = next;
-                    self.searched = next;
-                    if value == -1 && kind == b'*' {
-                        if let Some(frame) = self.finish_value() {
-                            return Ok(Some(frame));
-                        }
-                        continue;
-                    }
-                    let pairs = kind == b'%' || kind == b'|';
-                    let count = usize::try_from(value)
-                        .ok()
-                        .and_then(|n| if pairs { n.checked_mul(2) } else { Some(n) })
-                        .ok_or_else(|| protocol_error("invalid multibulk length"))?;
-                    if self.open.len() >= self.max_depth {
-                        return Err(ProtocolError(format!(
-                            "reply nested deeper than {} levels",
-                            self.max_depth
-                        )));
-                    }
-                    if count > 0 {
-                        self.open.push(Aggregate {
-                            remaining: count,
-                            attribute: kind == b'|',
-                        });
-                    } else if kind != b'|' {
-                        if let Some(frame) = self.finish_value() {
-                            return Ok(Some(frame));
-                        }
-                    }
-                }
-                other => {
-                    return Err(ProtocolError(format!(
-                        "unexpected reply type byte '{}'",
-                        printable(other)
-                    )))
-                }
+                Progress::Opened => {}
             }
         }
     }
 
-    /// Scans the `<kind><integer>\r\n` header at `pos`; `Ok(None)` when incomplete.
-    fn scan_header(&mut self, buf: &[u8], kind: u8) -> Result<Option<(i64, usize)>, ProtocolError> {
-        let aggregate = !matches!(kind, b'$' | b'!' | b'=');
+    /// Scans one line, header or bulk ending at `pos`, moving `pos` past it when it is complete.
+    fn scan_step(&mut self, buf: &[u8]) -> Result<Progress, ProtocolError> {
+        if let Some(end) = self.body_end {
+            let Some(after) = bulk_crlf(buf, end)? else {
+                return Ok(Progress::Pending);
+            };
+            self.body_end = None;
+            self.pos = after;
+            self.searched = after;
+            return Ok(Progress::Value);
+        }
+        let Some(&kind) = buf.get(self.pos) else {
+            return Ok(Progress::Pending);
+        };
+        if self.open.is_empty() && kind != b'|' {
+            self.push = kind == b'>';
+        }
+        match kind {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+                let (text, next) = match scan_text_line(buf, self.pos, self.searched)? {
+                    TextLine::Pending(at) => {
+                        self.tick(at.saturating_sub(self.searched));
+                        self.searched = at;
+                        return Ok(Progress::Pending);
+                    }
+                    TextLine::Done { text, next } => (text, next),
+                };
+                self.tick(next.saturating_sub(self.searched));
+                let text = buf.get(text).unwrap_or_default();
+                match kind {
+                    b'_' if !text.is_empty() => return Err(protocol_error("invalid null reply")),
+                    b'#' if text != b"t" && text != b"f" => {
+                        return Err(protocol_error("invalid boolean reply"))
+                    }
+                    _ => {}
+                }
+                self.pos = next;
+                self.searched = next;
+                Ok(Progress::Value)
+            }
+            b'$' | b'!' | b'=' | b'*' | b'%' | b'~' | b'>' | b'|' => {
+                let Some(value) = self.scan_header(buf, kind)? else {
+                    return Ok(Progress::Pending);
+                };
+                if value == -1 && matches!(kind, b'$' | b'*') {
+                    // RESP2's null bulk string and null array.
+                    return Ok(Progress::Value);
+                }
+                if header_of(kind) == Header::Length {
+                    let end = usize::try_from(value)
+                        .ok()
+                        .and_then(|len| self.pos.checked_add(len))
+                        .filter(|end| end.checked_add(2).is_some())
+                        .ok_or_else(|| protocol_error("invalid bulk length"))?;
+                    self.body_end = Some(end);
+                    return Ok(Progress::Opened);
+                }
+                self.open_aggregate(kind, value)
+            }
+            other => Err(ProtocolError(format!(
+                "unexpected reply type byte '{}'",
+                printable(other)
+            ))),
+        }
+    }
+
+    /// Scans the `<kind><integer>\r\n` header at `pos` and moves `pos` past it; `Ok(None)` when
+    /// incomplete.
+    fn scan_header(&mut self, buf: &[u8], kind: u8) -> Result<Option<i64>, ProtocolError> {
         if buf.get(self.pos + 1) == Some(&b'?') {
             return Err(protocol_error("streamed replies are not supported"));
         }
-        match scan_int_line(buf, self.pos, self.searched) {
-            Ok(IntLine::Pending(at)) => {
+        match scan_header_line(buf, self.pos, self.searched, header_of(kind))? {
+            IntLine::Pending(at) => {
                 self.tick(at.saturating_sub(self.searched));
                 self.searched = at;
                 Ok(None)
             }
-            Ok(IntLine::Done { value, next }) => {
+            IntLine::Done { value, next } => {
                 self.tick(next.saturating_sub(self.searched));
-                Ok(Some((value, next)))
+                self.pos = next;
+                self.searched = next;
+                Ok(Some(value))
             }
-            Err(LineError::TooBig) if aggregate => {
-                Err(protocol_error("too big mbulk count string"))
-            }
-            Err(LineError::TooBig) => Err(protocol_error("too big bulk count string")),
-            Err(LineError::Invalid) if aggregate => Err(protocol_error("invalid multibulk length")),
-            Err(LineError::Invalid) => Err(protocol_error("invalid bulk length")),
+        }
+    }
+
+    /// Opens the aggregate whose `<kind><count>` header was just read (`%` and `|` count pairs).
+    fn open_aggregate(&mut self, kind: u8, count: i64) -> Result<Progress, ProtocolError> {
+        let pairs = kind == b'%' || kind == b'|';
+        let count = usize::try_from(count)
+            .ok()
+            .and_then(|n| if pairs { n.checked_mul(2) } else { Some(n) })
+            .ok_or_else(|| protocol_error("invalid multibulk length"))?;
+        if self.open.len() >= self.max_depth {
+            return Err(ProtocolError(format!(
+                "reply nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        if count > 0 {
+            self.open.push(Aggregate {
+                remaining: count,
+                attribute: kind == b'|',
+            });
+            Ok(Progress::Opened)
+        } else if kind == b'|' {
+            Ok(Progress::Opened)
+        } else {
+            Ok(Progress::Value)
         }
     }
 
@@ -763,6 +764,42 @@ fn scan_int_line(buf: &[u8], start: usize, from: usize) -> Result<IntLine, LineE
     }
 }
 
+/// [`scan_int_line`] with Redis's wording for a bad header of that kind.
+fn scan_header_line(
+    buf: &[u8],
+    start: usize,
+    from: usize,
+    header: Header,
+) -> Result<IntLine, ProtocolError> {
+    scan_int_line(buf, start, from).map_err(|error| {
+        protocol_error(match (error, header) {
+            (LineError::TooBig, Header::Count) => "too big mbulk count string",
+            (LineError::TooBig, Header::Length) => "too big bulk count string",
+            (LineError::Invalid, Header::Count) => "invalid multibulk length",
+            (LineError::Invalid, Header::Length) => "invalid bulk length",
+        })
+    })
+}
+
+/// Which header a reply type byte that carries an integer starts.
+fn header_of(kind: u8) -> Header {
+    match kind {
+        b'$' | b'!' | b'=' => Header::Length,
+        _ => Header::Count,
+    }
+}
+
+/// Checks the CRLF that must follow a bulk payload ending at `end`: the offset just past it, or
+/// `Ok(None)` while it has not all arrived.
+fn bulk_crlf(buf: &[u8], end: usize) -> Result<Option<usize>, ProtocolError> {
+    let after = end.saturating_add(2);
+    match buf.get(end..after) {
+        None => Ok(None),
+        Some(b"\r\n") => Ok(Some(after)),
+        Some(_) => Err(protocol_error("expected CRLF after bulk")),
+    }
+}
+
 /// Scans a reply's `<type><text>\r\n` line whose type byte is at `start`, resuming at `from`. A `\r`
 /// or `\n` anywhere but in the final CRLF is an error.
 fn scan_text_line(buf: &[u8], start: usize, from: usize) -> Result<TextLine, ProtocolError> {
@@ -842,7 +879,9 @@ fn split_inline(
         }
         let start = p;
         let mut end = p;
-        let (mut in_double, mut in_single, mut quoted, mut done) = (false, false, false, false);
+        // The quote the token is inside (`"` or `'`); a token ends at its closing quote.
+        let mut open: Option<u8> = None;
+        let mut done = false;
         let mut current = Vec::new();
         let collect = out.is_some();
         let mut push = |byte: u8| {
@@ -852,11 +891,17 @@ fn split_inline(
         };
         while !done {
             let c = at(p);
-            if in_double {
-                if c == b'\\' && at(p + 1) == b'x' && is_hex(at(p + 2)) && is_hex(at(p + 3)) {
+            if let Some(quote) = open {
+                let double = quote == b'"';
+                if double
+                    && c == b'\\'
+                    && at(p + 1) == b'x'
+                    && is_hex(at(p + 2))
+                    && is_hex(at(p + 3))
+                {
                     push(hex_value(at(p + 2)) * 16 + hex_value(at(p + 3)));
                     p += 3;
-                } else if c == b'\\' && at(p + 1) != 0 {
+                } else if double && c == b'\\' && at(p + 1) != 0 {
                     p += 1;
                     push(match at(p) {
                         b'n' => b'\n',
@@ -866,21 +911,11 @@ fn split_inline(
                         b'a' => 0x07,
                         other => other,
                     });
-                } else if c == b'"' {
-                    if at(p + 1) != 0 && !is_c_space(at(p + 1)) {
-                        return Err(unbalanced());
-                    }
-                    done = true;
-                } else if c == 0 {
-                    return Err(unbalanced());
-                } else {
-                    push(c);
-                }
-            } else if in_single {
-                if c == b'\\' && at(p + 1) == b'\'' {
+                } else if !double && c == b'\\' && at(p + 1) == b'\'' {
                     p += 1;
                     push(b'\'');
-                } else if c == b'\'' {
+                } else if c == quote {
+                    // A closing quote must be followed by whitespace or the end of the line.
                     if at(p + 1) != 0 && !is_c_space(at(p + 1)) {
                         return Err(unbalanced());
                     }
@@ -896,8 +931,7 @@ fn split_inline(
                         end = p;
                         done = true;
                     }
-                    b'"' => (in_double, quoted) = (true, true),
-                    b'\'' => (in_single, quoted) = (true, true),
+                    b'"' | b'\'' => open = Some(c),
                     _ => push(c),
                 }
             }
@@ -905,7 +939,7 @@ fn split_inline(
                 p += 1;
             }
         }
-        if summary.argc == 0 && !quoted {
+        if summary.argc == 0 && open.is_none() {
             summary.name = start..end;
         }
         summary.argc += 1;
@@ -1008,31 +1042,6 @@ mod tests {
 
     type Outcome<F> = Vec<Result<F, ProtocolError>>;
 
-    /// Scans `data` as the caller would when it arrives all at once; stops at the first error.
-    fn scan_whole<S: Scanner>(scanner: &mut S, data: &[u8]) -> Outcome<S::Frame> {
-        let mut out = Vec::new();
-        let mut offset = 0;
-        loop {
-            let rest = &data[offset..];
-            match scanner.scan_buf(rest) {
-                Ok(Some(frame)) => {
-                    let len = S::frame_len(&frame);
-                    assert!(
-                        len > 0 && len <= rest.len(),
-                        "frame {frame:?} outside buffer"
-                    );
-                    offset += len;
-                    out.push(Ok(frame));
-                }
-                Ok(None) => return out,
-                Err(e) => {
-                    out.push(Err(e));
-                    return out;
-                }
-            }
-        }
-    }
-
     /// Scans `data` arriving in pieces of the given sizes (then the rest), removing each frame from
     /// the front of the buffer as the caller would.
     fn scan_chunked<S: Scanner>(scanner: &mut S, data: &[u8], cuts: &[usize]) -> Outcome<S::Frame> {
@@ -1069,22 +1078,51 @@ mod tests {
         out
     }
 
-    fn requests() -> RequestScanner {
-        RequestScanner::new(RequestLimits::default())
+    /// Scans `data` as the caller would when it arrives all at once; stops at the first error.
+    fn scan_whole<S: Scanner>(scanner: &mut S, data: &[u8]) -> Outcome<S::Frame> {
+        scan_chunked(scanner, data, &[])
     }
 
-    fn request(input: &[u8]) -> RequestFrame {
-        match requests().scan(input) {
+    /// Feeds `data` to `scanner` 4 KiB more at a time, as a slow socket would, until a frame
+    /// completes; returns the frame and the number of calls.
+    fn scan_growing<S: Scanner>(scanner: &mut S, data: &[u8]) -> (S::Frame, usize) {
+        let (mut end, mut calls) = (0, 0);
+        loop {
+            assert!(end < data.len(), "no frame in {} bytes", data.len());
+            end = (end + 4096).min(data.len());
+            calls += 1;
+            if let Some(frame) = scanner.scan_buf(&data[..end]).unwrap() {
+                return (frame, calls);
+            }
+        }
+    }
+
+    /// The frame `scanner` finds at the start of `input`; anything else fails the test.
+    fn first_frame<S: Scanner>(mut scanner: S, input: &[u8]) -> S::Frame {
+        match scanner.scan_buf(input) {
             Ok(Some(frame)) => frame,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
         }
     }
 
-    fn request_error_with(limits: RequestLimits, input: &[u8]) -> String {
-        match RequestScanner::new(limits).scan(input) {
+    /// The error message `scanner` gives for `input`; anything else fails the test.
+    fn first_error<S: Scanner>(mut scanner: S, input: &[u8]) -> String {
+        match scanner.scan_buf(input) {
             Err(ProtocolError(message)) => message,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
         }
+    }
+
+    fn requests() -> RequestScanner {
+        RequestScanner::new(RequestLimits::default())
+    }
+
+    fn request(input: &[u8]) -> RequestFrame {
+        first_frame(requests(), input)
+    }
+
+    fn request_error_with(limits: RequestLimits, input: &[u8]) -> String {
+        first_error(RequestScanner::new(limits), input)
     }
 
     fn request_error(input: &[u8]) -> String {
@@ -1092,17 +1130,11 @@ mod tests {
     }
 
     fn reply(input: &[u8]) -> ReplyFrame {
-        match ReplyScanner::default().scan(input) {
-            Ok(Some(frame)) => frame,
-            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
-        }
+        first_frame(ReplyScanner::default(), input)
     }
 
     fn reply_error(input: &[u8]) -> String {
-        match ReplyScanner::default().scan(input) {
-            Err(ProtocolError(message)) => message,
-            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
-        }
+        first_error(ReplyScanner::default(), input)
     }
 
     fn args(list: &[&str]) -> Vec<Vec<u8>> {
@@ -1333,14 +1365,7 @@ mod tests {
             data.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
         }
         let mut scanner = requests();
-        let (mut end, mut calls) = (0, 0);
-        let frame = loop {
-            end = (end + 4096).min(data.len());
-            calls += 1;
-            if let Some(frame) = scanner.scan(&data[..end]).unwrap() {
-                break frame;
-            }
-        };
+        let (frame, calls) = scan_growing(&mut scanner, &data);
         assert_eq!((frame.len, frame.argc), (data.len(), n));
         assert!(calls > 400);
         // Rescanning from the start on every call would cost about calls * len / 2 steps.
@@ -1660,13 +1685,7 @@ mod tests {
             data.extend_from_slice(format!("%1\r\n+k{i}\r\n$3\r\nabc\r\n").as_bytes());
         }
         let mut scanner = ReplyScanner::default();
-        let mut end = 0;
-        let frame = loop {
-            end = (end + 4096).min(data.len());
-            if let Some(frame) = scanner.scan(&data[..end]).unwrap() {
-                break frame;
-            }
-        };
+        let (frame, _) = scan_growing(&mut scanner, &data);
         assert_eq!(frame.len, data.len());
         assert!(
             scanner.steps <= data.len() as u64,

@@ -2,11 +2,13 @@
 //! and write every reply back in command order.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -22,8 +24,10 @@ use crate::upstream::{Request, UpstreamHandle};
 /// While this many reply bytes wait for the client to read them, respipe stops reading the client's
 /// requests (backpressure); the hard limit that closes the client is `max_client_reply_bytes`.
 const READ_PAUSE_REPLY_BYTES: usize = 1024 * 1024;
-/// Free space topped up in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Free space a read buffer starts with; doubled (up to `READ_CHUNK_MAX`) whenever a read fills it.
+const READ_CHUNK_MIN: usize = 4 * 1024;
+/// Most free space topped up before a read (larger announced requests reserve more, see `reserve`).
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// The most a single reserve grows the read buffer when a large request is announced.
 const MAX_RESERVE: usize = 4 * 1024 * 1024;
 
@@ -63,8 +67,9 @@ enum Pending {
 /// What woke the session loop.
 enum Event {
     Reply(Option<Response>),
-    Wrote(std::io::Result<usize>),
-    Read(std::io::Result<usize>),
+    /// The socket became writable (again).
+    Ready(io::Result<()>),
+    Readable(io::Result<()>),
     Shutdown,
 }
 
@@ -77,6 +82,8 @@ struct Session {
     shared: Arc<Shared>,
     scanner: RequestScanner,
     inbuf: BytesMut,
+    /// Free space to have before a read: grows while the client sends a lot at once.
+    read_chunk: usize,
     /// Replies ready for the client, written with one vectored write where possible.
     out: Chunks,
     pending: VecDeque<Pending>,
@@ -94,17 +101,50 @@ struct Session {
     name: Option<Vec<u8>>,
 }
 
+/// A client socket driven by readiness and non-blocking calls, so one task can wait to read and to
+/// write at once without splitting the socket (no lock), and a client that is idle holds no read
+/// buffer at all (memory is spent only while it has data in flight).
+pub trait ClientIo {
+    /// Resolves when the socket may be readable.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Resolves when the socket may be writable.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads what is there into `buf`; `WouldBlock` when nothing is.
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Writes what the socket takes; `WouldBlock` when it takes nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+macro_rules! client_io {
+    ($($stream:ty),*) => {$(
+        impl ClientIo for $stream {
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$stream>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$stream>::writable(self)
+            }
+            fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+                <$stream>::try_read_buf(self, buf)
+            }
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                <$stream>::try_write_vectored(self, bufs)
+            }
+        }
+    )*};
+}
+
+client_io!(TcpStream, UnixStream);
+
 /// Serves one client until it leaves, QUITs, breaks the protocol, or the proxy shuts down.
-pub async fn serve<S>(stream: S, id: u64, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve<S: ClientIo>(stream: S, id: u64, shared: Arc<Shared>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut session = Session {
         id,
         scanner: RequestScanner::new(shared.limits.request),
         shared,
         inbuf: BytesMut::new(),
+        read_chunk: READ_CHUNK_MIN,
         out: Chunks::default(),
         pending: VecDeque::new(),
         inflight: 0,
@@ -116,36 +156,33 @@ where
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
-    let (rd, wr) = tokio::io::split(stream);
-    let _ = session.run(rd, wr).await;
+    let _ = session.run(&stream).await;
     session.shared.metrics.connections.decrement(1.0);
     debug!(session = session.id, "client session ended");
 }
 
 impl Session {
-    async fn run<R, W>(&mut self, mut rd: R, mut wr: W) -> Result<(), Close>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    async fn run<S: ClientIo>(&mut self, io: &S) -> Result<(), Close> {
         let shutdown = self.shared.shutdown.clone();
         loop {
+            // Write eagerly: the socket almost always takes everything, without a readiness round.
+            self.flush(io)?;
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
-                let _ = wr.shutdown().await;
                 return Ok(());
+            }
+            if self.inbuf.is_empty() && self.pending.is_empty() {
+                // Idle: give the read buffer back; the next read takes a fresh one.
+                self.inbuf = BytesMut::new();
             }
             let can_read = !self.closing
                 && self.inflight < self.shared.limits.max_inflight
                 && self.out.bytes() < READ_PAUSE_REPLY_BYTES;
-            if can_read {
-                self.reserve();
-            }
             let writing = !self.out.is_empty();
             let event = tokio::select! {
                 biased;
                 r = self.rx.recv() => Event::Reply(r),
-                r = self.out.write_to(&mut wr), if writing => Event::Wrote(r),
-                r = rd.read_buf(&mut self.inbuf), if can_read => Event::Read(r),
+                r = io.writable(), if writing => Event::Ready(r),
+                r = io.readable(), if can_read => Event::Readable(r),
                 _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
             };
             match event {
@@ -157,16 +194,42 @@ impl Session {
                     }
                 }
                 // Unreachable while the session holds `tx`; treat as closed.
-                Event::Reply(None) => return Err(Close),
-                Event::Wrote(Ok(0)) | Event::Wrote(Err(_)) | Event::Read(Err(_)) => {
+                Event::Reply(None) | Event::Ready(Err(_)) | Event::Readable(Err(_)) => {
                     return Err(Close)
                 }
-                Event::Wrote(Ok(n)) => self.out.advance(n),
-                Event::Read(Ok(0)) => self.closing = true,
-                Event::Read(Ok(_)) => self.on_input().await?,
+                Event::Ready(Ok(())) => {}
+                Event::Readable(Ok(())) => {
+                    self.reserve();
+                    let free = self.inbuf.capacity() - self.inbuf.len();
+                    match io.try_read_buf(&mut self.inbuf) {
+                        Ok(0) => self.closing = true,
+                        Ok(n) => {
+                            if n == free {
+                                // The client sends more than a small buffer holds: read bigger.
+                                self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
+                            }
+                            self.on_input().await?;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(Close),
+                    }
+                }
                 Event::Shutdown => self.closing = true,
             }
         }
+    }
+
+    /// Writes as much of the output as the socket takes now.
+    fn flush<S: ClientIo>(&mut self, io: &S) -> Result<(), Close> {
+        while !self.out.is_empty() {
+            match self.out.try_write(|iov| io.try_write_vectored(iov)) {
+                Ok(0) => return Err(Close),
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(Close),
+            }
+        }
+        Ok(())
     }
 
     /// Makes room for the next read, more when a large request has announced its size.
@@ -175,10 +238,10 @@ impl Session {
         let wanted = match self.scanner.needed() {
             Some(total) => total
                 .saturating_sub(self.inbuf.len())
-                .clamp(READ_CHUNK, MAX_RESERVE),
-            None => READ_CHUNK,
+                .clamp(self.read_chunk, MAX_RESERVE),
+            None => self.read_chunk,
         };
-        if free < wanted.min(READ_CHUNK) || (free < wanted && free < MAX_RESERVE) {
+        if free < wanted {
             self.inbuf.reserve(wanted);
         }
     }

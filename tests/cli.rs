@@ -89,13 +89,9 @@ fn flags_win_over_env_over_file() {
     // File only.
     let mut cmd = respipe_command();
     cmd.arg("--config").arg(&file);
-    let mut bin = Binary::spawn(cmd);
-    assert_eq!(
-        bin.ready_field("listen"),
-        format!("unix:{}", file_sock.display())
-    );
-    assert_eq!(bin.ready_field("pool_size"), "3");
-    drop(bin);
+    let (listen, pool_size) = listen_and_pool_size(cmd);
+    assert_eq!(listen, format!("unix:{}", file_sock.display()));
+    assert_eq!(pool_size, "3");
 
     // Env beats the file.
     let mut cmd = respipe_command();
@@ -103,13 +99,9 @@ fn flags_win_over_env_over_file() {
         .arg(&file)
         .env("RESPIPE_LISTEN", format!("unix:{}", env_sock.display()))
         .env("RESPIPE_POOL_SIZE", "4");
-    let mut bin = Binary::spawn(cmd);
-    assert_eq!(
-        bin.ready_field("listen"),
-        format!("unix:{}", env_sock.display())
-    );
-    assert_eq!(bin.ready_field("pool_size"), "4");
-    drop(bin);
+    let (listen, pool_size) = listen_and_pool_size(cmd);
+    assert_eq!(listen, format!("unix:{}", env_sock.display()));
+    assert_eq!(pool_size, "4");
 
     // The flag beats both (and RESPIPE_CONFIG works like --config).
     let mut cmd = respipe_command();
@@ -117,12 +109,17 @@ fn flags_win_over_env_over_file() {
         .env("RESPIPE_LISTEN", format!("unix:{}", env_sock.display()))
         .env("RESPIPE_POOL_SIZE", "4")
         .args(["--listen", "127.0.0.1:0", "--pool-size", "5"]);
-    let mut bin = Binary::spawn(cmd);
-    let listen = bin.ready_field("listen");
+    let (listen, pool_size) = listen_and_pool_size(cmd);
     let addr: std::net::SocketAddr = listen.parse().unwrap_or_else(|_| panic!("listen={listen}"));
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{listen}");
-    assert_eq!(bin.ready_field("pool_size"), "5");
-    drop(bin);
+    assert_eq!(pool_size, "5");
+}
+
+/// Runs `cmd` until its ready line, returns that line's `listen=` and `pool_size=`, and kills it.
+fn listen_and_pool_size(cmd: std::process::Command) -> (String, String) {
+    let mut bin = Binary::spawn(cmd);
+    let listen = bin.ready_field("listen");
+    (listen, bin.ready_field("pool_size"))
 }
 
 /// SIGTERM and wait for exit 0.
@@ -137,16 +134,12 @@ fn stop(bin: &mut Binary) {
     );
 }
 
-/// Starts the binary in front of `redis` with extra args, returns it and its client address.
-fn spawn_proxy(redis: &RedisServer, extra: &[&str]) -> (Binary, String) {
+/// Starts the binary in front of `upstream` with extra args, returns it and its client address once
+/// it is ready.
+fn spawn_proxy(upstream: &str, extra: &[&str]) -> (Binary, String) {
     let mut cmd = respipe_command();
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &redis.addr().to_string(),
-    ])
-    .args(extra);
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+        .args(extra);
     let mut bin = Binary::spawn(cmd);
     let listen = bin.ready_field("listen");
     (bin, listen)
@@ -176,7 +169,7 @@ async fn sigterm_drains_in_flight_commands() {
     bounded(Duration::from_secs(60), "SIGTERM drain", async {
         let redis = RedisServer::start().await;
         let (mut bin, listen) = spawn_proxy(
-            &redis,
+            &redis.addr().to_string(),
             &[
                 "--drain-timeout",
                 "20s",
@@ -285,15 +278,7 @@ async fn sigterm_drains_in_flight_commands() {
 fn sigterm_right_after_ready_exits_0() {
     // The race is narrow: try several times.
     for _ in 0..20 {
-        let mut cmd = respipe_command();
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("127.0.0.1:{}", free_port()),
-        ]);
-        let mut bin = Binary::spawn(cmd);
-        bin.ready_field("listen");
+        let (mut bin, _) = spawn_proxy(&format!("127.0.0.1:{}", free_port()), &[]);
         stop(&mut bin);
     }
 }
@@ -320,7 +305,10 @@ fn gauge_sum(body: &str, name: &str) -> f64 {
 async fn metrics_endpoint() {
     bounded(Duration::from_secs(60), "metrics endpoint", async {
         let mut redis = RedisServer::start().await;
-        let (mut bin, listen) = spawn_proxy(&redis, &["--metrics-listen", "127.0.0.1:0"]);
+        let (mut bin, listen) = spawn_proxy(
+            &redis.addr().to_string(),
+            &["--metrics-listen", "127.0.0.1:0"],
+        );
         let admin = admin_addr(&mut bin);
         let (status, body) = http_get(&admin, "/healthz").await.unwrap();
         assert_eq!(status, 200, "/healthz: {body}");

@@ -36,12 +36,11 @@ async fn upstream_killed_mid_load() {
         "upstream killed mid-load",
         async {
             let mut redis = RedisServer::start().await;
-            let proxy = Proxy::start(redis.port(), |c| {
+            let proxy = Proxy::ready_with(&redis, |c| {
                 c.command_timeout = Some(Duration::from_secs(3));
                 c.reconnect_backoff_max = Duration::from_millis(100);
             })
             .await;
-            proxy.wait_ready().await;
             let counts = Arc::new(Counts::default());
             let stop = Arc::new(AtomicBool::new(false));
             let mut tasks = Vec::new();
@@ -238,6 +237,25 @@ async fn upstream_down_at_start() {
     .await
 }
 
+/// Redis (started with `redis_args`) behind a proxy whose commands time out after 300ms (`tweak`
+/// changes more), and two clients `a` and `b` of it, after `a` has set `a` to `1` and `b` to `2`.
+async fn timeout_fixture(
+    redis_args: &[&str],
+    tweak: impl FnOnce(&mut respipe::Config),
+) -> (RedisServer, Proxy, RawClient, RawClient) {
+    let redis = RedisServer::start_with(redis_args).await;
+    let proxy = Proxy::ready_with(&redis, |c| {
+        c.command_timeout = Some(Duration::from_millis(300));
+        tweak(c);
+    })
+    .await;
+    let mut a = proxy.raw().await;
+    let b = proxy.raw().await;
+    assert_eq!(a.cmd(&["SET", "a", "1"]).await, Reply::ok());
+    assert_eq!(a.cmd(&["SET", "b", "2"]).await, Reply::ok());
+    (redis, proxy, a, b)
+}
+
 /// Redis frozen with SIGSTOP: the command times out with an explicit error; after SIGCONT the late
 /// reply is dropped and the next command gets its own reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,16 +264,7 @@ async fn command_timeout_with_frozen_redis() {
         Duration::from_secs(60),
         "command timeout (SIGSTOP)",
         async {
-            let redis = RedisServer::start().await;
-            let proxy = Proxy::start(redis.port(), |c| {
-                c.command_timeout = Some(Duration::from_millis(300));
-            })
-            .await;
-            proxy.wait_ready().await;
-            let mut a = proxy.raw().await;
-            let mut b = proxy.raw().await;
-            assert_eq!(a.cmd(&["SET", "a", "1"]).await, Reply::ok());
-            assert_eq!(a.cmd(&["SET", "b", "2"]).await, Reply::ok());
+            let (redis, _proxy, mut a, mut b) = timeout_fixture(&[], |_| {}).await;
             assert_eq!(b.cmd(&["SET", "c", "3"]).await, Reply::ok());
 
             redis.signal(libc::SIGSTOP);
@@ -306,17 +315,11 @@ async fn late_reply_after_timeout_is_dropped() {
         Duration::from_secs(60),
         "command timeout (DEBUG SLEEP)",
         async {
-            let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]).await;
-            let proxy = Proxy::start(redis.port(), |c| {
-                c.command_timeout = Some(Duration::from_millis(300));
-                c.pool_size = 1.try_into().unwrap();
-            })
-            .await;
-            proxy.wait_ready().await;
-            let mut a = proxy.raw().await;
-            let mut b = proxy.raw().await;
-            assert_eq!(a.cmd(&["SET", "a", "1"]).await, Reply::ok());
-            assert_eq!(a.cmd(&["SET", "b", "2"]).await, Reply::ok());
+            let (_redis, _proxy, mut a, mut b) =
+                timeout_fixture(&["--enable-debug-command", "yes"], |c| {
+                    c.pool_size = 1.try_into().unwrap()
+                })
+                .await;
 
             a.send(&common::encode(&["DEBUG", "SLEEP", "1"])).await;
             // b's GET goes on the same upstream connection, behind the sleep.

@@ -83,17 +83,9 @@ async fn deep_pipeline_in_one_write() {
         let proxy = Proxy::ready(&redis).await;
         let raw = proxy.raw().await;
         let (req, want) = set_get_pipeline("p", 5_000);
-        // One write_all of all 10,000 commands, on its own task while we read, as a pipelining
-        // client must (the replies would otherwise fill the socket buffers).
-        let (rd, mut wr) = raw.stream.into_split();
-        let w = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            wr.write_all(&req).await.unwrap();
-            wr
-        });
-        let mut reader = ReadHalfClient::new(rd);
-        let got = reader.read_replies(want.len()).await;
-        let _wr = w.await.unwrap();
+        // One write_all of all 10,000 commands.
+        let write = req.len();
+        let got = write_while_reading(raw, req, write, want.len()).await;
         check_in_order("pipeline", &got, &want);
     })
     .await
@@ -137,8 +129,7 @@ async fn pipelines_with_tiny_batches() {
 async fn batching_is_real() {
     bounded(Duration::from_secs(120), "batching", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::start(redis.port(), |c| c.pool_size = 1.try_into().unwrap()).await;
-        proxy.wait_ready().await;
+        let proxy = Proxy::ready_with(&redis, |c| c.pool_size = 1.try_into().unwrap()).await;
         let mut clients = Vec::new();
         for _ in 0..100 {
             clients.push(proxy.raw().await);
@@ -234,8 +225,7 @@ async fn run_pipelines(
     rounds: usize,
     tag: &str,
 ) {
-    let proxy = Proxy::start(redis.port(), tweak).await;
-    proxy.wait_ready().await;
+    let proxy = Proxy::ready_with(redis, tweak).await;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let raw = RawClient::connect(proxy.addr()).await;
@@ -255,24 +245,31 @@ async fn run_pipelines(
                 req.extend(encode(&["GET", &k]));
                 want.push(Reply::bulk(v));
             }
-            let (rd, mut wr) = raw.stream.into_split();
-            let w = tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                // Several writes of odd sizes, so frames straddle reads.
-                for chunk in req.chunks(7_919) {
-                    wr.write_all(chunk).await.unwrap();
-                }
-                wr
-            });
-            let mut reader = ReadHalfClient::new(rd);
-            let got = reader.read_replies(want.len()).await;
-            let _wr = w.await.unwrap();
+            // Several writes of odd sizes, so frames straddle reads.
+            let got = write_while_reading(raw, req, 7_919, want.len()).await;
             check_in_order(&tag, &got, &want);
         }));
     }
     for t in tasks {
         t.await.expect("pipelining client");
     }
+}
+
+/// Writes `req` in `write`-byte pieces on its own task while reading `n` replies, as a pipelining
+/// client must (the replies would otherwise fill the socket buffers); returns the replies.
+async fn write_while_reading(raw: RawClient, req: Vec<u8>, write: usize, n: usize) -> Vec<Reply> {
+    let (rd, mut wr) = raw.stream.into_split();
+    let w = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for chunk in req.chunks(write) {
+            wr.write_all(chunk).await.unwrap();
+        }
+        wr
+    });
+    let mut reader = ReadHalfClient::new(rd);
+    let got = reader.read_replies(n).await;
+    let _wr = w.await.unwrap();
+    got
 }
 
 /// Reads replies from the read half of a split socket.
@@ -317,8 +314,7 @@ impl ReadHalfClient {
 async fn vanished_clients_do_not_disturb_others() {
     bounded(Duration::from_secs(120), "vanishing clients", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::start(redis.port(), |c| c.pool_size = 1.try_into().unwrap()).await;
-        proxy.wait_ready().await;
+        let proxy = Proxy::ready_with(&redis, |c| c.pool_size = 1.try_into().unwrap()).await;
         let big = "z".repeat(32 * 1024);
         assert_eq!(
             proxy.raw().await.cmd(&["SET", "big", &big]).await,

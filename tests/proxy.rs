@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{bounded, encode, Proxy, RawClient, RedisServer, Reply};
+use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -17,128 +18,57 @@ async fn basic_commands_round_trip() {
         let proxy = Proxy::ready(&redis).await;
         let mut con = proxy.redis().await;
 
-        let ok: String = redis::cmd("SET")
-            .arg("s")
-            .arg("v1")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let ok: String = query(&mut con, &["SET", "s", "v1"]).await.unwrap();
         assert_eq!(ok, "OK");
-        let v: String = redis::cmd("GET")
-            .arg("s")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let v: String = query(&mut con, &["GET", "s"]).await.unwrap();
         assert_eq!(v, "v1");
-        let n: i64 = redis::cmd("INCR")
-            .arg("n")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let n: i64 = query(&mut con, &["INCR", "n"]).await.unwrap();
         assert_eq!(n, 1);
-        let n: i64 = redis::cmd("INCR")
-            .arg("n")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let n: i64 = query(&mut con, &["INCR", "n"]).await.unwrap();
         assert_eq!(n, 2);
-        let vals: Vec<Option<String>> = redis::cmd("MGET")
-            .arg("s")
-            .arg("missing")
-            .arg("n")
-            .query_async(&mut con)
+        let vals: Vec<Option<String>> = query(&mut con, &["MGET", "s", "missing", "n"])
             .await
             .unwrap();
         assert_eq!(vals, vec![Some("v1".into()), None, Some("2".into())]);
-        let added: i64 = redis::cmd("HSET")
-            .arg("h")
-            .arg("f1")
-            .arg("a")
-            .arg("f2")
-            .arg("b")
-            .query_async(&mut con)
+        let added: i64 = query(&mut con, &["HSET", "h", "f1", "a", "f2", "b"])
             .await
             .unwrap();
         assert_eq!(added, 2);
-        let mut all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg("h")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let mut all: Vec<(String, String)> = query(&mut con, &["HGETALL", "h"]).await.unwrap();
         all.sort();
         assert_eq!(
             all,
             vec![("f1".into(), "a".into()), ("f2".into(), "b".into())]
         );
-        let len: i64 = redis::cmd("LPUSH")
-            .arg("l")
-            .arg("x")
-            .arg("y")
-            .arg("z")
-            .query_async(&mut con)
+        let len: i64 = query(&mut con, &["LPUSH", "l", "x", "y", "z"])
             .await
             .unwrap();
         assert_eq!(len, 3);
-        let range: Vec<String> = redis::cmd("LRANGE")
-            .arg("l")
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let range: Vec<String> = query(&mut con, &["LRANGE", "l", "0", "-1"]).await.unwrap();
         assert_eq!(range, vec!["z", "y", "x"]);
-        let deleted: i64 = redis::cmd("DEL")
-            .arg("s")
-            .arg("h")
-            .arg("nope")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let deleted: i64 = query(&mut con, &["DEL", "s", "h", "nope"]).await.unwrap();
         assert_eq!(deleted, 2);
 
         // Nil replies.
-        let nil: Value = redis::cmd("GET")
-            .arg("s")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let nil: Value = query(&mut con, &["GET", "s"]).await.unwrap();
         assert_eq!(nil, Value::Nil);
-        let nil: Value = redis::cmd("HGET")
-            .arg("h")
-            .arg("f1")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let nil: Value = query(&mut con, &["HGET", "h", "f1"]).await.unwrap();
         assert_eq!(nil, Value::Nil);
 
         // Redis's own errors pass through untouched.
-        let _: String = redis::cmd("SET")
-            .arg("str")
-            .arg("abc")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let err = redis::cmd("INCR")
-            .arg("str")
-            .query_async::<i64>(&mut con)
-            .await
-            .unwrap_err();
+        let _: String = query(&mut con, &["SET", "str", "abc"]).await.unwrap();
+        let err = query::<i64>(&mut con, &["INCR", "str"]).await.unwrap_err();
         assert_eq!(err.code(), Some("ERR"), "{err}");
         assert_eq!(
             err.detail(),
             Some("value is not an integer or out of range"),
             "{err}"
         );
-        let err = redis::cmd("LPUSH")
-            .arg("str")
-            .arg("x")
-            .query_async::<i64>(&mut con)
+        let err = query::<i64>(&mut con, &["LPUSH", "str", "x"])
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some("WRONGTYPE"), "{err}");
-        let err = redis::cmd("NOSUCHCMD")
-            .arg("a")
-            .query_async::<Value>(&mut con)
+        let err = query::<Value>(&mut con, &["NOSUCHCMD", "a"])
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some("ERR"), "{err}");
@@ -268,6 +198,14 @@ async fn values_round_trip_byte_exact() {
         assert!(b == big, "pipelined 1 MiB value differs");
     })
     .await
+}
+
+/// Sends `args` over the redis crate connection `con` and converts the reply to `T`.
+async fn query<T: redis::FromRedisValue>(
+    con: &mut MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    redis::cmd(args[0]).arg(&args[1..]).query_async(con).await
 }
 
 fn summarize(r: &Reply) -> String {
@@ -490,8 +428,7 @@ async fn protocol_error_closes_only_that_client() {
 async fn max_clients_refuses_extra_connections() {
     bounded(LIMIT, "max clients", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::start(redis.port(), |c| c.max_clients = 2.try_into().unwrap()).await;
-        proxy.wait_ready().await;
+        let proxy = Proxy::ready_with(&redis, |c| c.max_clients = 2.try_into().unwrap()).await;
         let mut a = proxy.raw().await;
         assert_eq!(a.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
         let mut b = proxy.raw().await;

@@ -101,15 +101,20 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("tempdir"),
             extra: Vec::new(),
         };
+        server
+            .spawn_until_up(&format!("redis-server could not bind port {port}"))
+            .await;
+        server
+    }
+
+    /// Spawns until the process answers PING (its port may still be held by a dying one), failing
+    /// the test with `failure` after [`START_DEADLINE`].
+    async fn spawn_until_up(&mut self, failure: &str) {
         let deadline = Instant::now() + START_DEADLINE;
-        while !server.spawn_and_wait().await {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server could not bind port {port}"
-            );
+        while !self.spawn_and_wait().await {
+            assert!(Instant::now() < deadline, "{failure}");
             tokio::time::sleep(POLL).await;
         }
-        server
     }
 
     /// Spawns the process and waits until it answers PING. False if it exited (port taken).
@@ -187,15 +192,8 @@ impl RedisServer {
     /// Starts redis-server again on the same port (empty dataset), waiting until it answers PING.
     pub async fn restart(&mut self) {
         self.kill_child();
-        let deadline = Instant::now() + START_DEADLINE;
-        while !self.spawn_and_wait().await {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server could not be restarted on port {}",
-                self.port
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        let failure = format!("redis-server could not be restarted on port {}", self.port);
+        self.spawn_until_up(&failure).await;
     }
 
     /// Sends a signal to the process (SIGSTOP, SIGCONT, ...).
@@ -307,7 +305,12 @@ impl Proxy {
 
     /// Starts respipe with the defaults in front of `redis` and waits until it answers PING.
     pub async fn ready(redis: &RedisServer) -> Proxy {
-        let p = Proxy::start(redis.port(), |_| {}).await;
+        Proxy::ready_with(redis, |_| {}).await
+    }
+
+    /// Like [`Proxy::ready`], with `tweak` applied to the defaults.
+    pub async fn ready_with(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let p = Proxy::start(redis.port(), tweak).await;
         p.wait_ready().await;
         p
     }
@@ -497,10 +500,7 @@ impl RawClient {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         stream.set_nodelay(true)?;
-        Ok(RawClient {
-            stream,
-            buf: BytesMut::with_capacity(64 * 1024),
-        })
+        Ok(RawClient::from_stream(stream))
     }
 
     /// Wraps an already connected stream.
@@ -618,26 +618,14 @@ pub fn respipe_command() -> Command {
 
 /// Runs the binary to completion (bounded) and returns (exit code, stdout, stderr).
 pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn respipe");
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "respipe did not exit within {limit:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(POLL);
+    let mut child = spawn_respipe(&mut cmd, Stdio::piped());
+    if wait_child(&mut child, limit).is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "respipe did not exit within {limit:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = child.wait_with_output().expect("wait respipe");
     (
@@ -645,6 +633,29 @@ pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String, S
         strip_ansi(&String::from_utf8_lossy(&out.stdout)),
         strip_ansi(&String::from_utf8_lossy(&out.stderr)),
     )
+}
+
+/// Spawns the binary's `cmd` with no stdin, `stdout` as given and stderr piped to the test.
+fn spawn_respipe(cmd: &mut Command, stdout: Stdio) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn respipe")
+}
+
+/// Polls `child` until it exits (its status) or `limit` passes (`None`, still running).
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Removes ANSI escape sequences (`ESC [ ... letter`).
@@ -671,12 +682,7 @@ pub fn strip_ansi(s: &str) -> String {
 impl Binary {
     /// Spawns the binary with `cmd` (see [`respipe_command`]) and collects its stderr lines.
     pub fn spawn(mut cmd: Command) -> Binary {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn respipe");
+        let mut child = spawn_respipe(&mut cmd, Stdio::null());
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std_mpsc::channel();
         std::thread::spawn(move || {
@@ -731,21 +737,14 @@ impl Binary {
 
     /// Waits (bounded, polling) for the process to exit; returns its status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.drain_lines();
-                return status;
-            }
-            if Instant::now() >= deadline {
-                self.drain_lines();
-                panic!(
-                    "respipe did not exit within {limit:?}; stderr:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(POLL);
-        }
+        let status = wait_child(&mut self.child, limit);
+        self.drain_lines();
+        status.unwrap_or_else(|| {
+            panic!(
+                "respipe did not exit within {limit:?}; stderr:\n{}",
+                self.seen.join("\n")
+            )
+        })
     }
 
     /// Moves every line logged so far into `seen`.
