@@ -54,16 +54,6 @@ impl Chunks {
         wr.write_vectored(&iov[..n]).await
     }
 
-    /// One vectored write through a non-blocking `write` (for sockets used by readiness).
-    pub fn try_write(
-        &self,
-        write: impl FnOnce(&[IoSlice<'_>]) -> std::io::Result<usize>,
-    ) -> std::io::Result<usize> {
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = self.fill_iov(&mut iov);
-        write(&iov[..n])
-    }
-
     /// Drops the first `n` bytes (they were written).
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n.min(self.bytes);

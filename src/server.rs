@@ -154,8 +154,14 @@ impl Accept {
         self.sessions.spawn(
             async move {
                 match stream {
-                    ClientStream::Tcp(s) => session::serve(s, id, shared).await,
-                    ClientStream::Unix(s) => session::serve(s, id, shared).await,
+                    ClientStream::Tcp(mut s) => {
+                        let (rd, wr) = s.split();
+                        session::serve(rd, wr, id, shared).await
+                    }
+                    ClientStream::Unix(mut s) => {
+                        let (rd, wr) = s.split();
+                        session::serve(rd, wr, id, shared).await
+                    }
                 }
                 drop(permit);
             }

@@ -3,12 +3,13 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{tcp, unix};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -67,9 +68,9 @@ enum Pending {
 /// What woke the session loop.
 enum Event {
     Reply(Option<Response>),
-    /// The socket became writable (again).
-    Ready(io::Result<()>),
-    Readable(io::Result<()>),
+    Wrote(io::Result<usize>),
+    /// `None`: the socket became readable while the session had no buffer.
+    Read(io::Result<Option<usize>>),
     Shutdown,
 }
 
@@ -101,43 +102,33 @@ struct Session {
     name: Option<Vec<u8>>,
 }
 
-/// A client socket driven by readiness and non-blocking calls, so one task can wait to read and to
-/// write at once without splitting the socket (no lock), and a client that is idle holds no read
-/// buffer at all (memory is spent only while it has data in flight).
-pub trait ClientIo {
+/// The read half of a client socket: bytes through `AsyncRead` (whose short reads clear tokio's
+/// cached readiness, so a drained socket costs no extra `EAGAIN` read), plus a readiness wait used
+/// while the session holds no read buffer at all (an idle client spends no memory on one).
+pub trait ClientRead: AsyncRead + Unpin {
     /// Resolves when the socket may be readable.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Resolves when the socket may be writable.
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Reads what is there into `buf`; `WouldBlock` when nothing is.
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
-    /// Writes what the socket takes; `WouldBlock` when it takes nothing.
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
-macro_rules! client_io {
-    ($($stream:ty),*) => {$(
-        impl ClientIo for $stream {
+macro_rules! client_read {
+    ($($half:ty),*) => {$(
+        impl ClientRead for $half {
             fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-                <$stream>::readable(self)
-            }
-            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-                <$stream>::writable(self)
-            }
-            fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-                <$stream>::try_read_buf(self, buf)
-            }
-            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-                <$stream>::try_write_vectored(self, bufs)
+                <$half>::readable(self)
             }
         }
     )*};
 }
 
-client_io!(TcpStream, UnixStream);
+client_read!(tcp::ReadHalf<'_>, unix::ReadHalf<'_>);
 
-/// Serves one client until it leaves, QUITs, breaks the protocol, or the proxy shuts down.
-pub async fn serve<S: ClientIo>(stream: S, id: u64, shared: Arc<Shared>) {
+/// Serves one client until it leaves, QUITs, breaks the protocol, or the proxy shuts down. The
+/// halves are the socket's borrowed split: no lock between reading and writing.
+pub async fn serve<R, W>(rd: R, wr: W, id: u64, shared: Arc<Shared>)
+where
+    R: ClientRead,
+    W: AsyncWrite + Unpin,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     let mut session = Session {
         id,
@@ -156,33 +147,39 @@ pub async fn serve<S: ClientIo>(stream: S, id: u64, shared: Arc<Shared>) {
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
-    let _ = session.run(&stream).await;
+    let _ = session.run(rd, wr).await;
     session.shared.metrics.connections.decrement(1.0);
     debug!(session = session.id, "client session ended");
 }
 
 impl Session {
-    async fn run<S: ClientIo>(&mut self, io: &S) -> Result<(), Close> {
+    async fn run<R, W>(&mut self, mut rd: R, mut wr: W) -> Result<(), Close>
+    where
+        R: ClientRead,
+        W: AsyncWrite + Unpin,
+    {
         let shutdown = self.shared.shutdown.clone();
         loop {
-            // Write eagerly: the socket almost always takes everything, without a readiness round.
-            self.flush(io)?;
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
+                let _ = wr.shutdown().await;
                 return Ok(());
-            }
-            if self.inbuf.is_empty() && self.pending.is_empty() {
-                // Idle: give the read buffer back; the next read takes a fresh one.
-                self.inbuf = BytesMut::new();
             }
             let can_read = !self.closing
                 && self.inflight < self.shared.limits.max_inflight
                 && self.out.bytes() < READ_PAUSE_REPLY_BYTES;
             let writing = !self.out.is_empty();
+            let inbuf = &mut self.inbuf;
             let event = tokio::select! {
                 biased;
                 r = self.rx.recv() => Event::Reply(r),
-                r = io.writable(), if writing => Event::Ready(r),
-                r = io.readable(), if can_read => Event::Readable(r),
+                r = self.out.write_to(&mut wr), if writing => Event::Wrote(r),
+                r = async {
+                    if inbuf.capacity() == 0 {
+                        rd.readable().await.map(|()| None)
+                    } else {
+                        rd.read_buf(inbuf).await.map(Some)
+                    }
+                }, if can_read => Event::Read(r),
                 _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
             };
             match event {
@@ -192,44 +189,36 @@ impl Session {
                     while let Ok(response) = self.rx.try_recv() {
                         self.on_response(response)?;
                     }
+                    self.release_if_idle();
                 }
                 // Unreachable while the session holds `tx`; treat as closed.
-                Event::Reply(None) | Event::Ready(Err(_)) | Event::Readable(Err(_)) => {
+                Event::Reply(None) => return Err(Close),
+                Event::Wrote(Ok(0)) | Event::Wrote(Err(_)) | Event::Read(Err(_)) => {
                     return Err(Close)
                 }
-                Event::Ready(Ok(())) => {}
-                Event::Readable(Ok(())) => {
-                    self.reserve();
-                    let free = self.inbuf.capacity() - self.inbuf.len();
-                    match io.try_read_buf(&mut self.inbuf) {
-                        Ok(0) => self.closing = true,
-                        Ok(n) => {
-                            if n == free {
-                                // The client sends more than a small buffer holds: read bigger.
-                                self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
-                            }
-                            self.on_input().await?;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(Close),
+                Event::Wrote(Ok(n)) => self.out.advance(n),
+                // Readable with no buffer: take one; the read itself happens next round.
+                Event::Read(Ok(None)) => self.reserve(),
+                Event::Read(Ok(Some(0))) => self.closing = true,
+                Event::Read(Ok(Some(n))) => {
+                    if self.inbuf.capacity() == self.inbuf.len() && n >= self.read_chunk {
+                        // The client sends more than the buffer held: read bigger next time.
+                        self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
                     }
+                    self.on_input().await?;
+                    self.release_if_idle();
                 }
                 Event::Shutdown => self.closing = true,
             }
         }
     }
 
-    /// Writes as much of the output as the socket takes now.
-    fn flush<S: ClientIo>(&mut self, io: &S) -> Result<(), Close> {
-        while !self.out.is_empty() {
-            match self.out.try_write(|iov| io.try_write_vectored(iov)) {
-                Ok(0) => return Err(Close),
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(_) => return Err(Close),
-            }
+    /// Gives the read buffer back when nothing is owed and no partial request is buffered: an idle
+    /// client holds no buffer, and the next readable event takes a fresh one.
+    fn release_if_idle(&mut self) {
+        if self.inbuf.is_empty() && self.pending.is_empty() && self.inbuf.capacity() > 0 {
+            self.inbuf = BytesMut::new();
         }
-        Ok(())
     }
 
     /// Makes room for the next read, more when a large request has announced its size.

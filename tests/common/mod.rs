@@ -273,7 +273,8 @@ async fn ping_direct(addr: SocketAddr, password: Option<&str>) -> bool {
 pub struct Proxy {
     addr: SocketAddr,
     token: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The proxy's own thread, running a current-thread runtime exactly as the binary does.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -284,22 +285,29 @@ impl Proxy {
             ..Config::default()
         };
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy listener");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let addr = listener.local_addr().unwrap();
         config.listen = vec![respipe::config::ListenAddr::Tcp(addr)];
         let token = CancellationToken::new();
-        let task = tokio::spawn(respipe::run(
-            config,
-            vec![Listener::Tcp(listener)],
-            None,
-            token.clone(),
-        ));
+        let cancel = token.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("register listener");
+                respipe::run(config, vec![Listener::Tcp(listener)], None, cancel).await
+            });
+        });
         Proxy {
             addr,
             token,
-            task: Some(task),
+            thread: Some(thread),
         }
     }
 
@@ -340,10 +348,15 @@ impl Proxy {
     /// Cancels the proxy and waits (bounded) for `run` to return.
     pub async fn shutdown(mut self) {
         self.token.cancel();
-        if let Some(task) = self.task.take() {
-            bounded(Duration::from_secs(15), "proxy shutdown", task)
-                .await
-                .expect("proxy task panicked");
+        if let Some(thread) = self.thread.take() {
+            bounded(
+                Duration::from_secs(15),
+                "proxy shutdown",
+                tokio::task::spawn_blocking(move || thread.join()),
+            )
+            .await
+            .expect("join the proxy thread")
+            .expect("proxy thread panicked");
         }
     }
 
