@@ -807,3 +807,159 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
 pub fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The respipe binary with its admin endpoint, for tests that read its memory or its metrics
+// ---------------------------------------------------------------------------------------------
+
+/// The respipe binary in front of an upstream, with `--metrics-listen` on a free loopback port.
+pub struct BinProxy {
+    pub bin: Binary,
+    /// The client address from the ready line.
+    pub listen: SocketAddr,
+    /// The admin address (`HOST:PORT`) from the ready line.
+    pub admin: String,
+}
+
+impl BinProxy {
+    /// Spawns the binary (`--listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --upstream UPSTREAM`
+    /// plus `extra`) and waits for its ready line.
+    pub fn spawn(upstream: &str, extra: &[&str]) -> BinProxy {
+        let mut cmd = respipe_command();
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--upstream", upstream])
+            .args(extra);
+        let mut bin = Binary::spawn(cmd);
+        let listen = bin.ready_field("listen");
+        let listen = listen
+            .parse()
+            .unwrap_or_else(|_| panic!("ready line listen={listen}"));
+        let metrics = bin.ready_field("metrics");
+        let admin = metrics
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("ready line metrics={metrics}"))
+            .trim_end_matches('/')
+            .to_owned();
+        BinProxy { bin, listen, admin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.bin.child.id()
+    }
+
+    /// Resident memory of the process now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+
+    /// Peak resident memory of the process so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM")
+    }
+
+    /// Polls PING until PONG (the upstream connects in the background) and returns that client.
+    pub async fn wait_pong(&self) -> RawClient {
+        let addr = self.listen;
+        poll_until(START_DEADLINE, "respipe answers PING", || async move {
+            let mut c = RawClient::try_connect(addr).await.ok()?;
+            match tokio::time::timeout(Duration::from_secs(2), c.cmd(&["PING"])).await {
+                Ok(Reply::Simple(s)) if s == "PONG" => Some(c),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// The sum of every sample of metric `name` on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, body) = http_get(&self.admin, "/metrics")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        metric_sum(&body, name)
+    }
+
+    /// Polls metric `name` until `ok(value)`; fails the test after `limit` with the last value.
+    pub async fn wait_metric(&self, name: &str, limit: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(name).await;
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is still {v} after {limit:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The status of `GET path` on the admin endpoint.
+    pub async fn status(&self, path: &str) -> u16 {
+        http_get(&self.admin, path).await.expect("admin GET").0
+    }
+
+    /// Polls `GET path` until it answers `want`, returning how long that took.
+    pub async fn wait_status(&self, path: &str, want: u16, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = self.status(path).await;
+            if got == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{path} still {got} after {limit:?}, expected {want}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Sum of every sample of a metric family in Prometheus text (0 when absent).
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (children inherit it) and returns
+/// the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// True if `r` is one of respipe's explicit upstream failures (`-ERR respipe: upstream ...`).
+pub fn is_upstream_error(r: &Reply) -> bool {
+    r.error_text()
+        .is_some_and(|e| e.starts_with("ERR respipe: upstream"))
+}
