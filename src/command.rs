@@ -1,32 +1,64 @@
-//! A view of one client request and the table that classifies every command: forward, answer
-//! locally, or refuse. The only place in respipe that knows Redis command semantics.
+//! A view of one client request and the table that classifies every command by what it does to
+//! connection state. The only place in respipe that knows Redis command semantics; the session
+//! decides from the kind and its own state where a command goes.
 
 use crate::resp;
 
-/// What the session does with one request.
+/// What a command does to connection state, which decides where it may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Send it to the session's shared upstream connection; Redis answers it.
-    Forward,
-    /// The session answers it itself.
-    Answer(Local),
+pub enum Kind {
+    /// Stateless: runs on whatever connection the session is using.
+    Plain,
+    /// `QUIT`: `+OK`, then close once every earlier reply is written.
+    Quit,
+    /// `RESET`: the session's state back to a new connection's, `+RESET`.
+    Reset,
+    /// `SELECT db` (well-formed: one argument).
+    Select,
+    /// `AUTH [user] password` (well-formed: one or two arguments).
+    Auth,
+    /// `HELLO [protover [AUTH user password] [SETNAME name]]`.
+    Hello,
+    /// `CLIENT SETNAME name` with a valid name.
+    SetName(Vec<u8>),
+    /// `CLIENT GETNAME`.
+    GetName,
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value` with a valid value, or `CLIENT NO-EVICT ON|OFF`:
+    /// accepted for the session, `+OK`.
+    Accept,
+    /// `CLIENT REPLY ON|OFF|SKIP`.
+    Reply(ReplyMode),
+    /// `MULTI`: starts a transaction (needs a dedicated connection).
+    Multi,
+    /// `EXEC` or `DISCARD`: ends a transaction.
+    EndMulti,
+    /// `WATCH key...`: needs a dedicated connection until the transaction ends.
+    Watch,
+    /// `UNWATCH`.
+    Unwatch,
+    /// A command that may block (BLPOP, XREAD BLOCK, WAIT...): runs on a dedicated connection.
+    Blocking,
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`: the connection streams messages from now on.
+    Subscribe,
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE`.
+    Unsubscribe,
+    /// `MONITOR`: the connection streams every command Redis runs, for the rest of the connection.
+    Monitor,
+    /// Answered with this exact error line by the session itself.
+    Error(&'static str),
+    /// Refused: no way to give it Redis's semantics through respipe (the reason).
+    Refuse(&'static str),
 }
 
-/// A request the session answers without Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Local {
-    /// `QUIT`: answer `+OK`, then close once every earlier reply is written.
-    Quit,
-    /// `CLIENT SETNAME name`: kept in the session, answered `+OK`.
-    SetName(Vec<u8>),
-    /// `CLIENT GETNAME`: answered from the session.
-    GetName,
-    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: accepted and answered `+OK` by the session.
-    SetInfo,
-    /// Answered with this exact error line (a Redis error the session can give by itself).
-    Error(&'static str),
-    /// Refused: the command would put connection-exclusive state on a shared connection.
-    Refuse(&'static str),
+/// `CLIENT REPLY` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// Every reply is sent (the default).
+    On,
+    /// No reply is sent until `CLIENT REPLY ON`.
+    Off,
+    /// The next command's reply is not sent.
+    Skip,
 }
 
 /// The arguments of one request, as the session has them: the raw RESP frame (arguments are
@@ -39,12 +71,13 @@ pub enum Args<'a> {
     Inline(&'a [Vec<u8>]),
 }
 
-/// Why a command is refused until full connection-state support lands.
-const CONNECTION_STATE: &str = "connection state";
-/// Why blocking commands are refused: they would stall every client sharing the connection.
-const BLOCKING: &str = "blocking command";
-/// Why replication and monitoring streams are refused: their replies never end.
-const STREAM: &str = "connection-exclusive reply stream";
+/// Why replication and cluster-state commands are refused: a shared or lent connection cannot give
+/// them their meaning.
+const REPLICATION: &str = "replication stream";
+/// Why per-connection client-side caching and `NO-TOUCH` are refused for now.
+const TRACKING: &str = "per-connection client tracking";
+/// Why cluster connection flags are refused: the upstream is a standalone Redis.
+const CLUSTER: &str = "cluster connection state";
 
 /// Longest command name we classify; longer names are unknown commands and go to Redis.
 const MAX_NAME: usize = 32;
@@ -74,95 +107,102 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Classifies one request. `name` is the command name as the client sent it; `db` is the database
-/// the session's shared connection is in. Only commands that need their arguments pay for parsing
-/// them; everything else is one table lookup.
-pub fn classify(name: &[u8], args: Args<'_>, db: u32) -> Action {
+/// Classifies one request. `name` is the command name as the client sent it. Only commands that
+/// need their arguments pay for parsing them; everything else is one table lookup.
+pub fn classify(name: &[u8], args: Args<'_>) -> Kind {
     let mut upper = [0u8; MAX_NAME];
     if name.len() > MAX_NAME {
-        return Action::Forward;
+        return Kind::Plain;
     }
     let upper = &mut upper[..name.len()];
     upper.copy_from_slice(name);
     upper.make_ascii_uppercase();
     match &*upper {
-        b"QUIT" => Action::Answer(Local::Quit),
-        b"SELECT" => select(args, db),
+        b"QUIT" => Kind::Quit,
+        b"RESET" => Kind::Reset,
+        // Malformed forms go to Redis, which answers its own arity error and changes nothing.
+        b"SELECT" if args.len() == 2 => Kind::Select,
+        b"AUTH" if matches!(args.len(), 2 | 3) => Kind::Auth,
+        b"HELLO" => Kind::Hello,
         b"CLIENT" => client(args),
+        b"MULTI" => Kind::Multi,
+        b"EXEC" | b"DISCARD" => Kind::EndMulti,
+        b"WATCH" => Kind::Watch,
+        b"UNWATCH" => Kind::Unwatch,
         b"XREAD" | b"XREADGROUP" => {
             if args
                 .iter()
                 .skip(1)
                 .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
             {
-                Action::Answer(Local::Refuse(BLOCKING))
+                Kind::Blocking
             } else {
-                Action::Forward
+                Kind::Plain
             }
         }
-        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" | b"AUTH" | b"HELLO" | b"RESET"
-        | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
-        | b"SUNSUBSCRIBE" | b"READONLY" | b"READWRITE" | b"ASKING" => {
-            Action::Answer(Local::Refuse(CONNECTION_STATE))
-        }
         b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
-        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Action::Answer(Local::Refuse(BLOCKING)),
-        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Action::Answer(Local::Refuse(STREAM)),
-        _ => Action::Forward,
+        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Kind::Blocking,
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => Kind::Subscribe,
+        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Kind::Unsubscribe,
+        b"MONITOR" => Kind::Monitor,
+        b"SYNC" | b"PSYNC" | b"REPLCONF" => Kind::Refuse(REPLICATION),
+        b"READONLY" | b"READWRITE" | b"ASKING" => Kind::Refuse(CLUSTER),
+        _ => Kind::Plain,
     }
 }
 
-/// `SELECT n`: forwarded when it names the shared connection's own database (a no-op there) or is
-/// malformed (Redis answers the error and nothing changes); refused when it would switch databases.
-fn select(args: Args<'_>, db: u32) -> Action {
-    if args.len() != 2 {
-        return Action::Forward;
-    }
-    match args.get(1).and_then(parse_i64) {
-        Some(n) if n == i64::from(db) => Action::Forward,
-        Some(_) => Action::Answer(Local::Refuse(CONNECTION_STATE)),
-        None => Action::Forward,
-    }
-}
-
-/// `CLIENT <subcommand>`: per-connection settings are kept in the session or refused; the rest are
-/// server-wide (or read-only) and go to Redis.
-fn client(args: Args<'_>) -> Action {
+/// `CLIENT <subcommand>`: per-connection settings are kept in the session (or refused); the rest
+/// are server-wide or read-only and go to Redis.
+fn client(args: Args<'_>) -> Kind {
     let Some(sub) = args.get(1) else {
-        return Action::Forward;
+        return Kind::Plain;
     };
     let mut upper = sub.to_ascii_uppercase();
     upper.truncate(MAX_NAME);
+    let argc = args.len();
     match upper.as_slice() {
-        b"SETNAME" => match (args.len(), args.get(2)) {
-            (3, Some(name)) if valid_client_name(name) => {
-                Action::Answer(Local::SetName(name.to_vec()))
-            }
-            (3, Some(_)) => Action::Answer(Local::Error(
+        b"SETNAME" if argc == 3 => match args.get(2) {
+            Some(name) if valid_client_name(name) => Kind::SetName(name.to_vec()),
+            _ => Kind::Error(
                 "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
-            )),
-            _ => Action::Forward,
+            ),
         },
-        b"GETNAME" if args.len() == 2 => Action::Answer(Local::GetName),
-        b"SETINFO" => match (args.len(), args.get(2)) {
-            (4, Some(attr))
-                if attr.eq_ignore_ascii_case(b"LIB-NAME")
-                    || attr.eq_ignore_ascii_case(b"LIB-VER") =>
-            {
-                if args.get(3).is_some_and(valid_client_name) {
-                    Action::Answer(Local::SetInfo)
-                } else {
-                    Action::Answer(Local::Error(
-                        "-ERR lib-name or lib-ver cannot contain spaces, newlines or special characters.\r\n",
-                    ))
-                }
+        b"GETNAME" if argc == 2 => Kind::GetName,
+        b"SETINFO" if argc == 4 => {
+            let attr = args.get(2).unwrap_or_default();
+            if !attr.eq_ignore_ascii_case(b"LIB-NAME") && !attr.eq_ignore_ascii_case(b"LIB-VER") {
+                return Kind::Plain;
             }
-            _ => Action::Forward,
-        },
-        b"REPLY" | b"TRACKING" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" => {
-            Action::Answer(Local::Refuse(CONNECTION_STATE))
+            if args.get(3).is_some_and(valid_client_name) {
+                Kind::Accept
+            } else {
+                Kind::Error(
+                    "-ERR lib-name or lib-ver cannot contain spaces, newlines or special characters.\r\n",
+                )
+            }
         }
-        _ => Action::Forward,
+        b"REPLY" if argc == 3 => {
+            let mode = args.get(2).unwrap_or_default();
+            if mode.eq_ignore_ascii_case(b"ON") {
+                Kind::Reply(ReplyMode::On)
+            } else if mode.eq_ignore_ascii_case(b"OFF") {
+                Kind::Reply(ReplyMode::Off)
+            } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                Kind::Reply(ReplyMode::Skip)
+            } else {
+                Kind::Error("-ERR syntax error\r\n")
+            }
+        }
+        b"NO-EVICT" if argc == 3 => {
+            let flag = args.get(2).unwrap_or_default();
+            if flag.eq_ignore_ascii_case(b"ON") || flag.eq_ignore_ascii_case(b"OFF") {
+                Kind::Accept
+            } else {
+                Kind::Error("-ERR syntax error\r\n")
+            }
+        }
+        b"TRACKING" | b"CACHING" | b"NO-TOUCH" => Kind::Refuse(TRACKING),
+        _ => Kind::Plain,
     }
 }
 
@@ -172,7 +212,7 @@ fn valid_client_name(name: &[u8]) -> bool {
 }
 
 /// A strict decimal integer, as Redis's `string2ll` reads it.
-fn parse_i64(arg: &[u8]) -> Option<i64> {
+pub fn parse_i64(arg: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(arg).ok()?;
     if text.starts_with('+') || text.len() > 1 && text.starts_with('0') {
         return None;
@@ -188,94 +228,96 @@ mod tests {
         words.iter().map(|w| w.as_bytes().to_vec()).collect()
     }
 
-    fn classify_words(words: &[&str], db: u32) -> Action {
+    fn classify_words(words: &[&str]) -> Kind {
         let args = inline(words);
-        classify(&args[0], Args::Inline(&args), db)
+        classify(&args[0], Args::Inline(&args))
     }
 
     #[test]
-    fn plain_commands_are_forwarded_in_any_case() {
+    fn plain_commands_in_any_case() {
         for cmd in [
             ["get", "k"],
             ["SeT", "k"],
             ["PING", "x"],
             ["nosuchcommand", "x"],
         ] {
-            assert_eq!(classify_words(&cmd, 0), Action::Forward, "{cmd:?}");
+            assert_eq!(classify_words(&cmd), Kind::Plain, "{cmd:?}");
         }
     }
 
     #[test]
-    fn stateful_and_blocking_commands_are_refused() {
-        for cmd in [
-            "multi",
-            "EXEC",
-            "watch",
-            "auth",
-            "hello",
-            "subscribe",
-            "monitor",
-            "blpop",
-            "wait",
-        ] {
-            assert!(
-                matches!(
-                    classify_words(&[cmd, "x"], 0),
-                    Action::Answer(Local::Refuse(_))
-                ),
-                "{cmd}"
-            );
-        }
+    fn connection_state_commands_have_their_kinds() {
+        assert_eq!(classify_words(&["multi"]), Kind::Multi);
+        assert_eq!(classify_words(&["EXEC"]), Kind::EndMulti);
+        assert_eq!(classify_words(&["discard"]), Kind::EndMulti);
+        assert_eq!(classify_words(&["watch", "k"]), Kind::Watch);
+        assert_eq!(classify_words(&["unwatch"]), Kind::Unwatch);
+        assert_eq!(classify_words(&["blpop", "l", "0"]), Kind::Blocking);
+        assert_eq!(classify_words(&["WAIT", "1", "0"]), Kind::Blocking);
+        assert_eq!(classify_words(&["subscribe", "c"]), Kind::Subscribe);
+        assert_eq!(classify_words(&["PUNSUBSCRIBE"]), Kind::Unsubscribe);
+        assert_eq!(classify_words(&["monitor"]), Kind::Monitor);
+        assert_eq!(classify_words(&["reset"]), Kind::Reset);
+        assert_eq!(classify_words(&["quit"]), Kind::Quit);
+        assert!(matches!(
+            classify_words(&["psync", "?", "-1"]),
+            Kind::Refuse(_)
+        ));
     }
 
     #[test]
-    fn xread_is_refused_only_with_block() {
+    fn select_auth_and_hello_only_when_well_formed() {
+        assert_eq!(classify_words(&["SELECT", "1"]), Kind::Select);
+        assert_eq!(classify_words(&["SELECT"]), Kind::Plain);
+        assert_eq!(classify_words(&["SELECT", "1", "2"]), Kind::Plain);
+        assert_eq!(classify_words(&["AUTH", "pw"]), Kind::Auth);
+        assert_eq!(classify_words(&["auth", "user", "pw"]), Kind::Auth);
+        assert_eq!(classify_words(&["AUTH"]), Kind::Plain);
+        assert_eq!(classify_words(&["HELLO", "3"]), Kind::Hello);
+    }
+
+    #[test]
+    fn xread_blocks_only_with_block() {
         let plain = ["XREAD", "COUNT", "1", "STREAMS", "s", "0"];
-        assert_eq!(classify_words(&plain, 0), Action::Forward);
+        assert_eq!(classify_words(&plain), Kind::Plain);
         let blocking = ["xread", "block", "0", "STREAMS", "s", "$"];
-        assert_eq!(
-            classify_words(&blocking, 0),
-            Action::Answer(Local::Refuse(BLOCKING))
-        );
-    }
-
-    #[test]
-    fn select_of_the_pool_db_is_forwarded_and_others_refused() {
-        assert_eq!(classify_words(&["SELECT", "0"], 0), Action::Forward);
-        assert_eq!(classify_words(&["select", "3"], 3), Action::Forward);
-        assert_eq!(
-            classify_words(&["SELECT", "1"], 0),
-            Action::Answer(Local::Refuse(CONNECTION_STATE))
-        );
-        // Malformed: Redis gives its own error and changes nothing.
-        assert_eq!(classify_words(&["SELECT", "abc"], 0), Action::Forward);
-        assert_eq!(classify_words(&["SELECT"], 0), Action::Forward);
+        assert_eq!(classify_words(&blocking), Kind::Blocking);
     }
 
     #[test]
     fn client_subcommands() {
         assert_eq!(
-            classify_words(&["CLIENT", "SETNAME", "app"], 0),
-            Action::Answer(Local::SetName(b"app".to_vec()))
+            classify_words(&["CLIENT", "SETNAME", "app"]),
+            Kind::SetName(b"app".to_vec())
         );
         assert!(matches!(
-            classify_words(&["client", "setname", "a b"], 0),
-            Action::Answer(Local::Error(_))
+            classify_words(&["client", "setname", "a b"]),
+            Kind::Error(_)
         ));
+        assert_eq!(classify_words(&["client", "getname"]), Kind::GetName);
         assert_eq!(
-            classify_words(&["client", "getname"], 0),
-            Action::Answer(Local::GetName)
+            classify_words(&["CLIENT", "SETINFO", "lib-name", "redis-rs"]),
+            Kind::Accept
         );
         assert_eq!(
-            classify_words(&["CLIENT", "SETINFO", "lib-name", "redis-rs"], 0),
-            Action::Answer(Local::SetInfo)
+            classify_words(&["CLIENT", "REPLY", "off"]),
+            Kind::Reply(ReplyMode::Off)
+        );
+        assert_eq!(
+            classify_words(&["CLIENT", "REPLY", "SKIP"]),
+            Kind::Reply(ReplyMode::Skip)
         );
         assert!(matches!(
-            classify_words(&["CLIENT", "REPLY", "OFF"], 0),
-            Action::Answer(Local::Refuse(_))
+            classify_words(&["CLIENT", "REPLY", "maybe"]),
+            Kind::Error(_)
         ));
-        assert_eq!(classify_words(&["CLIENT", "ID"], 0), Action::Forward);
-        assert_eq!(classify_words(&["CLIENT", "LIST"], 0), Action::Forward);
+        assert!(matches!(
+            classify_words(&["CLIENT", "TRACKING", "on"]),
+            Kind::Refuse(_)
+        ));
+        assert_eq!(classify_words(&["CLIENT", "NO-EVICT", "on"]), Kind::Accept);
+        assert_eq!(classify_words(&["CLIENT", "ID"]), Kind::Plain);
+        assert_eq!(classify_words(&["CLIENT", "LIST"]), Kind::Plain);
     }
 
     #[test]

@@ -86,11 +86,32 @@ pub struct Config {
     /// Commands in flight on one upstream connection. Default 65536. At the limit new requests wait
     /// for replies to come back: backpressure that reaches the clients through `max_client_inflight`.
     pub max_upstream_inflight: NonZeroUsize,
+    /// Dedicated upstream connections lent to clients at once, for transactions (MULTI/WATCH),
+    /// blocking commands, subscriptions and MONITOR. Default 256. Past it such a command gets
+    /// `-ERR respipe: no dedicated upstream connection available (max_leases ...)`; nothing waits.
+    pub max_leases: NonZeroUsize,
+    /// Distinct shared pools (one per db, protocol and user in use). Default 32. Past it a client that
+    /// needs another pool gets `-ERR respipe: too many upstream pools (max_pools ...)`.
+    pub max_pools: NonZeroUsize,
+    /// Password clients must give (`AUTH password` or `HELLO 3 AUTH default password`) before any
+    /// other command; `NOAUTH` until then, as Redis answers. Default: none (respipe asks for nothing
+    /// and `AUTH` goes to Redis). When set, `AUTH` is checked by respipe, not by Redis.
+    pub requirepass: Option<Secret>,
     /// Log filter when `RUST_LOG` is not set, a tracing `EnvFilter` directive such as `info` or
     /// `respipe=debug,warn`. Default `info`. Must not be empty; its syntax is checked where it is used.
     pub log_level: String,
     /// Log line format on stderr. Default [`LogFormat::Text`].
     pub log_format: LogFormat,
+}
+
+/// A password: compared, never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// One address to accept clients on.
@@ -237,6 +258,12 @@ pub const SETTINGS: &[Setting] = &[
         "Most arguments in one request; more is a protocol error"),
     setting("max_upstream_inflight", "--max-upstream-inflight", "RESPIPE_MAX_UPSTREAM_INFLIGHT", "N", "65536",
         "Commands in flight on one upstream connection; past it new requests wait"),
+    setting("max_leases", "--max-leases", "RESPIPE_MAX_LEASES", "N", "256",
+        "Dedicated upstream connections lent at once (transactions, blocking commands, subscriptions, MONITOR)"),
+    setting("max_pools", "--max-pools", "RESPIPE_MAX_POOLS", "N", "32",
+        "Shared pools at most, one per (db, protocol, user) in use"),
+    setting("requirepass", "--requirepass", "RESPIPE_REQUIREPASS", "PASSWORD", "",
+        "Password clients must AUTH with to use respipe itself; unset = none (AUTH goes to Redis)"),
     setting("log_level", "--log-level", "RESPIPE_LOG_LEVEL", "FILTER", "info",
         "Log filter (tracing EnvFilter syntax) used when RUST_LOG is unset"),
     setting("log_format", "--log-format", "RESPIPE_LOG_FORMAT", "text|json", "text",
@@ -328,6 +355,9 @@ impl Default for Config {
             max_request_bytes: nz(512 << 20),
             max_request_args: nz(16 << 20),
             max_upstream_inflight: nz(65_536),
+            max_leases: nz(256),
+            max_pools: nz(32),
+            requirepass: None,
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -696,6 +726,13 @@ impl Values {
             max_upstream_inflight: self
                 .get("max_upstream_inflight", count(1))?
                 .unwrap_or(d.max_upstream_inflight),
+            max_leases: self.get("max_leases", count(1))?.unwrap_or(d.max_leases),
+            max_pools: self.get("max_pools", count(1))?.unwrap_or(d.max_pools),
+            requirepass: self
+                .get("requirepass", |raw| {
+                    text(raw).map(|s| non_empty(s.to_owned()).map(Secret))
+                })?
+                .unwrap_or(d.requirepass),
             log_level: self
                 .get("log_level", |raw| match text(raw)?.trim() {
                     "" => Err("must not be empty".to_owned()),

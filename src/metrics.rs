@@ -42,6 +42,12 @@ pub const UPSTREAM_RECONNECTS: &str = "respipe_upstream_reconnects_total";
 pub const UPSTREAM_ERRORS: &str = "respipe_upstream_errors_total";
 /// Commands answered with a timeout error because the upstream did not reply in time.
 pub const COMMAND_TIMEOUTS: &str = "respipe_command_timeouts_total";
+/// Dedicated upstream connections lent to clients now.
+pub const LEASES: &str = "respipe_leases";
+/// Commands refused because `max_leases` dedicated connections were in use.
+pub const LEASE_REFUSALS: &str = "respipe_lease_refusals_total";
+/// Shared pools started (one per db, protocol and user in use).
+pub const POOLS: &str = "respipe_pools";
 
 /// Outcome label values of `respipe_commands_total`.
 #[derive(Debug, Clone, Copy)]
@@ -127,9 +133,8 @@ impl Default for ClientMetrics {
 }
 
 impl UpstreamMetrics {
-    /// Takes the handles of upstream connection number `conn`.
-    pub fn new(conn: usize) -> Self {
-        let conn = conn.to_string();
+    /// Takes the handles of the upstream connection labelled `conn`.
+    pub fn new(conn: String) -> Self {
         UpstreamMetrics {
             inflight: metrics::gauge!(UPSTREAM_INFLIGHT, "conn" => conn.clone()),
             up: metrics::gauge!(UPSTREAM_UP, "conn" => conn.clone()),
@@ -266,6 +271,18 @@ fn describe() {
         "Upstream connections re-established after a loss."
     );
     describe_counter!(UPSTREAM_ERRORS, "Upstream connection failures by kind.");
+    describe_gauge!(
+        LEASES,
+        "Dedicated upstream connections lent to clients now."
+    );
+    describe_counter!(
+        LEASE_REFUSALS,
+        "Commands refused because max_leases dedicated connections were in use."
+    );
+    describe_gauge!(
+        POOLS,
+        "Shared pools started, one per db, protocol and user in use."
+    );
     describe_counter!(
         COMMAND_TIMEOUTS,
         "Commands answered with a timeout error because the upstream did not reply in time."

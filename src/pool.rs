@@ -1,39 +1,130 @@
 //! Upstream pools and the routing step: which upstream connection gets a session's commands.
 //!
-//! Today there is one pool of `pool_size` shared connections to one Redis, in the database and as
-//! the user the upstream address names. Pools keyed by other shareable state (db, protocol, user),
-//! leased connections and cluster slot routing all plug in at `Pools::route`.
+//! Shared pools are keyed by the connection state clients may share: database, protocol and Redis
+//! user ([`PoolKey`]). The pool of the configured upstream starts with the proxy; others start on
+//! first use, up to `max_pools`. Connection-exclusive state (transactions, blocking commands,
+//! subscriptions, MONITOR) gets a *lease*: a dedicated connection of its own, handshaken like the
+//! session's pool, up to `max_leases` at once, closed when the client no longer needs it. Cluster
+//! slot routing will plug in here too.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
-use crate::config::Config;
-use crate::upstream::{UpstreamHandle, UpstreamSettings};
+use bytes::Bytes;
+use metrics::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Config, Upstream};
+use crate::error::UpstreamError;
+use crate::reply;
+use crate::upstream::{self, UpstreamHandle, UpstreamSettings};
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
 /// request may carry many commands, so this is not a command limit (that is
 /// `max_upstream_inflight`).
 const QUEUE_CAPACITY: usize = 1024;
 
+/// A Redis user and password a client authenticated with. Compared and hashed; never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// The ACL user; `None` for `AUTH password` (the default user).
+    pub user: Option<String>,
+    /// The password.
+    pub password: String,
+}
+
+/// The connection state that selects a shared pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The database (`SELECT`).
+    pub db: u32,
+    /// RESP3 (`HELLO 3`) rather than RESP2.
+    pub resp3: bool,
+    /// The user the client authenticated as; `None`: the upstream's configured user.
+    pub auth: Option<Arc<Credentials>>,
+}
+
+/// One shared pool: `pool_size` connections with the same handshake.
+#[derive(Debug)]
+pub struct Pool {
+    key: PoolKey,
+    conns: Vec<UpstreamHandle>,
+}
+
+/// A dedicated upstream connection lent to one session. Dropping it closes the connection (the
+/// driver sees its queue closed) and returns the permit.
+#[derive(Debug)]
+pub struct Lease {
+    handle: UpstreamHandle,
+    /// One of `max_leases` permits, held for the lease's life.
+    _permit: OwnedSemaphorePermit,
+    /// `respipe_leases`, decremented on drop.
+    gauge: Gauge,
+}
+
 /// The upstream connections of the proxy.
 #[derive(Debug)]
 pub struct Pools {
-    shared: Vec<UpstreamHandle>,
-    db: u32,
+    /// Settings of the configured upstream; pools and leases derive theirs from it.
+    base: UpstreamSettings,
+    pool_size: usize,
+    max_pools: usize,
+    default: Arc<Pool>,
+    /// Every pool by key, the default one included. Looked up only when a session's key changes.
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// `max_leases` permits; a lease holds one.
+    leases: Arc<Semaphore>,
+    max_leases: usize,
+    leases_gauge: Gauge,
+    pools_gauge: Gauge,
+    /// Databases Redis has accepted a `SELECT` of: later selects of them need no probe.
+    known_dbs: Mutex<HashSet<u32>>,
 }
 
-/// What routing looks at: for now, who is asking (sessions are spread over the shared connections by
-/// id). Cluster routing will add the command's key here.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteKey {
-    /// The session's id.
-    pub session: u64,
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(***)")
+    }
+}
+
+impl Pool {
+    /// The connection for a session with nothing in flight: its own (`session % pool_size`) if that
+    /// one is up, else the next one that is, else its own (which answers fast with an error).
+    pub fn route(&self, session: u64) -> &UpstreamHandle {
+        let n = self.conns.len();
+        let home = (session % n as u64) as usize;
+        (0..n)
+            .map(|i| &self.conns[(home + i) % n])
+            .find(|h| h.is_up())
+            .unwrap_or(&self.conns[home])
+    }
+
+    /// The state this pool's connections are in.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+}
+
+impl Lease {
+    /// The dedicated connection.
+    pub fn handle(&self) -> &UpstreamHandle {
+        &self.handle
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
 }
 
 impl Pools {
-    /// Starts the driver of every shared connection (they connect in the background).
+    /// Starts the default pool's drivers (they connect in the background).
     pub fn start(config: &Config) -> Self {
-        let settings = Arc::new(UpstreamSettings {
+        let base = UpstreamSettings {
             upstream: config.upstream.clone(),
+            resp3: false,
             policy: crate::batch::BatchPolicy {
                 max_commands: config.max_batch_commands.get(),
                 max_bytes: config.max_batch_bytes.get(),
@@ -44,35 +135,148 @@ impl Pools {
             backoff_max: config.reconnect_backoff_max,
             max_inflight: config.max_upstream_inflight.get(),
             queue_capacity: QUEUE_CAPACITY,
-        });
-        let shared = (0..config.pool_size.get())
-            .map(|i| UpstreamHandle::spawn(i, settings.clone()))
-            .collect();
-        Pools {
-            shared,
-            db: config.upstream.db,
+            dedicated: false,
+        };
+        let mut pools = Pools {
+            base,
+            pool_size: config.pool_size.get(),
+            max_pools: config.max_pools.get(),
+            default: Arc::new(Pool {
+                key: PoolKey {
+                    db: config.upstream.db,
+                    resp3: false,
+                    auth: None,
+                },
+                conns: Vec::new(),
+            }),
+            pools: Mutex::new(HashMap::new()),
+            leases: Arc::new(Semaphore::new(config.max_leases.get())),
+            max_leases: config.max_leases.get(),
+            leases_gauge: metrics::gauge!(crate::metrics::LEASES),
+            pools_gauge: metrics::gauge!(crate::metrics::POOLS),
+            known_dbs: Mutex::new(HashSet::from([config.upstream.db])),
+        };
+        let key = pools.default.key.clone();
+        pools.default = pools.spawn_pool(key.clone(), 0);
+        pools
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, pools.default.clone());
+        pools
+    }
+
+    /// The pool of the configured upstream (db, RESP2, configured user).
+    pub fn default_pool(&self) -> Arc<Pool> {
+        self.default.clone()
+    }
+
+    /// The pool for `key`, started on first use; `Err` is the error line for the client when
+    /// `max_pools` pools exist already.
+    pub fn pool(&self, key: &PoolKey) -> Result<Arc<Pool>, Bytes> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.get(key) {
+            return Ok(pool.clone());
         }
+        if pools.len() >= self.max_pools {
+            return Err(reply::error(&format!(
+                "ERR respipe: too many upstream pools (max_pools={}); each db, protocol and user in use needs one",
+                self.max_pools
+            )));
+        }
+        let pool = self.spawn_pool(key.clone(), pools.len());
+        pools.insert(key.clone(), pool.clone());
+        Ok(pool)
     }
 
-    /// The routing step. Called only when the session has nothing in flight (so moving it cannot
-    /// reorder its replies): its own connection (`session % pool_size`) if that one is up, else the
-    /// next one that is, else its own (which answers fast with an "unavailable" error).
-    pub fn route(&self, key: RouteKey) -> &UpstreamHandle {
-        let n = self.shared.len();
-        let home = (key.session % n as u64) as usize;
-        (0..n)
-            .map(|i| &self.shared[(home + i) % n])
-            .find(|h| h.is_up())
-            .unwrap_or(&self.shared[home])
+    /// Lends a dedicated connection in `key`'s state; `Err` is the error line for the client when
+    /// `max_leases` are out. Never waits.
+    pub fn lease(&self, key: &PoolKey) -> Result<Lease, Bytes> {
+        let Ok(permit) = self.leases.clone().try_acquire_owned() else {
+            metrics::counter!(crate::metrics::LEASE_REFUSALS).increment(1);
+            return Err(reply::error(&format!(
+                "ERR respipe: no dedicated upstream connection available (max_leases={} in use)",
+                self.max_leases
+            )));
+        };
+        let settings = UpstreamSettings {
+            command_timeout: None,
+            dedicated: true,
+            ..self.settings_for(key)
+        };
+        self.leases_gauge.increment(1.0);
+        Ok(Lease {
+            handle: UpstreamHandle::spawn("lease".to_owned(), Arc::new(settings)),
+            _permit: permit,
+            gauge: self.leases_gauge.clone(),
+        })
     }
 
-    /// The database every shared connection is in.
-    pub fn db(&self) -> u32 {
-        self.db
+    /// Runs `commands` on a short-lived connection in `key`'s state and returns Redis's replies.
+    pub async fn probe(
+        &self,
+        key: &PoolKey,
+        commands: &[Bytes],
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        let settings = self.settings_for(key);
+        upstream::probe(
+            &settings.upstream,
+            settings.resp3,
+            settings.connect_timeout,
+            commands,
+        )
+        .await
     }
 
-    /// True while at least one upstream connection is established.
+    /// True when Redis has accepted `SELECT db` before.
+    pub fn known_db(&self, db: u32) -> bool {
+        self.known_dbs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&db)
+    }
+
+    /// Remembers that Redis accepted `SELECT db`.
+    pub fn learn_db(&self, db: u32) {
+        self.known_dbs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(db);
+    }
+
+    /// True while at least one connection of the default pool is established.
     pub fn any_up(&self) -> bool {
-        self.shared.iter().any(UpstreamHandle::is_up)
+        self.default.conns.iter().any(UpstreamHandle::is_up)
+    }
+
+    fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
+        let settings = Arc::new(self.settings_for(&key));
+        let conns = (0..self.pool_size)
+            .map(|i| {
+                let label = if index == 0 {
+                    i.to_string()
+                } else {
+                    format!("p{index}.{i}")
+                };
+                UpstreamHandle::spawn(label, settings.clone())
+            })
+            .collect();
+        self.pools_gauge.increment(1.0);
+        Arc::new(Pool { key, conns })
+    }
+
+    /// The upstream settings for connections in `key`'s state.
+    fn settings_for(&self, key: &PoolKey) -> UpstreamSettings {
+        let mut upstream: Upstream = self.base.upstream.clone();
+        upstream.db = key.db;
+        if let Some(auth) = &key.auth {
+            upstream.username = auth.user.clone();
+            upstream.password = Some(auth.password.clone());
+        }
+        UpstreamSettings {
+            upstream,
+            resp3: key.resp3,
+            ..self.base.clone()
+        }
     }
 }

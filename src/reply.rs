@@ -38,6 +38,8 @@ pub type ReplyRx = mpsc::UnboundedReceiver<Response>;
 
 /// `+OK`.
 pub const OK: Bytes = Bytes::from_static(b"+OK\r\n");
+/// Redis's answer to `RESET`.
+pub const RESET: Bytes = Bytes::from_static(b"+RESET\r\n");
 /// RESP2 null bulk string.
 pub const NULL_BULK: Bytes = Bytes::from_static(b"$-1\r\n");
 /// Redis's answer to a connection past `maxclients`.

@@ -1005,6 +1005,34 @@ fn put_decimal(out: &mut BytesMut, mut n: usize) {
     out.put_slice(&digits[at..]);
 }
 
+/// True when `frame` is a `(P|S)UNSUBSCRIBE` confirmation (a RESP2 array or RESP3 push of three
+/// elements) that reports no subscriptions left: the connection has left subscribe mode.
+pub fn is_last_unsubscribe(frame: &[u8]) -> bool {
+    let Some(mut rest) = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))
+    else {
+        return false;
+    };
+    let mut elements = [&b""[..]; 3];
+    for element in &mut elements {
+        match ReplyScanner::default().scan(rest) {
+            Ok(Some(f)) => {
+                *element = &rest[..f.len];
+                rest = &rest[f.len..];
+            }
+            _ => return false,
+        }
+    }
+    let kind = elements[0];
+    let unsubscribe = [
+        &b"$11\r\nunsubscribe\r\n"[..],
+        b"$12\r\npunsubscribe\r\n",
+        b"$12\r\nsunsubscribe\r\n",
+    ];
+    rest.is_empty() && unsubscribe.contains(&kind) && elements[2] == b":0\r\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1972,5 +2000,28 @@ mod tests {
             let frame = requests().scan(framed.as_bytes()).unwrap().unwrap();
             prop_assert_eq!((frame.len, frame.argc), (framed.len(), expected.len()));
         }
+    }
+
+    #[test]
+    fn last_unsubscribe_is_recognised_in_resp2_and_resp3() {
+        assert!(is_last_unsubscribe(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n:0\r\n"
+        ));
+        assert!(is_last_unsubscribe(
+            b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n"
+        ));
+        assert!(is_last_unsubscribe(
+            b">3\r\n$12\r\nsunsubscribe\r\n_\r\n:0\r\n"
+        ));
+        assert!(!is_last_unsubscribe(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n:1\r\n"
+        ));
+        assert!(!is_last_unsubscribe(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n:0\r\n"
+        ));
+        assert!(!is_last_unsubscribe(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n"
+        ));
+        assert!(!is_last_unsubscribe(b"+OK\r\n"));
     }
 }

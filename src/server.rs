@@ -59,6 +59,7 @@ pub async fn run(
                 max_args: config.max_request_args.get(),
             },
             command_timeout: config.command_timeout,
+            requirepass: config.requirepass.clone(),
         },
         shutdown: shutdown.clone(),
     });

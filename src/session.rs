@@ -1,5 +1,10 @@
 //! One client connection: read request frames, classify them, answer locally or send them upstream,
 //! and write every reply back in command order.
+//!
+//! The session is the client's *virtual connection*: it keeps the state a Redis connection would
+//! have (db, protocol, user, name, reply mode, transaction, subscriptions) and routes each command
+//! to a connection in that state: a shared pool for stateless work, a leased dedicated connection
+//! while a transaction, a blocking command, a subscription or MONITOR needs one.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::chunks::Chunks;
-use crate::command::{self, Action, Args, Local};
+use crate::command::{self, Args, Kind, ReplyMode};
+use crate::config::Secret;
 use crate::metrics::ClientMetrics;
-use crate::pool::{Pools, RouteKey};
+use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools};
 use crate::reply::{self, ReplyRx, ReplyTx, Response};
 use crate::resp::{self, RequestKind, RequestLimits, RequestScanner};
 use crate::upstream::{Request, UpstreamHandle};
@@ -32,8 +38,18 @@ const READ_CHUNK_MAX: usize = 64 * 1024;
 /// The most a single reserve grows the read buffer when a large request is announced.
 const MAX_RESERVE: usize = 4 * 1024 * 1024;
 
+/// Redis's answer to any command but AUTH/HELLO/QUIT before authentication.
+const NOAUTH: &str = "-NOAUTH Authentication required.\r\n";
+/// Redis's answer to a wrong password.
+const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+/// Redis's answer to HELLO without AUTH on a connection that must authenticate first.
+const HELLO_NOAUTH: &str = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
+/// Why state changes are refused while a dedicated connection is held.
+const WHILE_LEASED: &str =
+    "-ERR respipe: SELECT, AUTH and HELLO are not supported inside MULTI, after WATCH or while subscribed\r\n";
+
 /// Per-client limits, from the config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SessionLimits {
     /// Commands in flight at most; past it respipe stops reading the client.
     pub max_inflight: usize,
@@ -43,6 +59,8 @@ pub struct SessionLimits {
     pub request: RequestLimits,
     /// How long a request may wait for room in an upstream queue.
     pub command_timeout: Option<Duration>,
+    /// respipe's own password (`requirepass`), if any.
+    pub requirepass: Option<Secret>,
 }
 
 /// What every session shares.
@@ -59,8 +77,9 @@ pub struct Shared {
 
 /// An answer the client is owed, in command order.
 enum Pending {
-    /// This many replies will come from the upstream connection.
-    Upstream(u32),
+    /// This many replies will come from the upstream connection; `shown: false` drops them
+    /// (`CLIENT REPLY OFF|SKIP`).
+    Upstream { count: u32, shown: bool },
     /// An answer respipe gives itself, held back until the upstream replies before it are written.
     Local(Bytes),
 }
@@ -77,6 +96,43 @@ enum Event {
 /// The session must close now: the client's socket failed, or a limit was hit (reason logged).
 struct Close;
 
+/// Where a command must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Wherever the session is: its lease if it holds one, else its shared pool.
+    Current,
+    /// A dedicated connection (taken now if the session holds none).
+    Lease,
+}
+
+/// A stream the session's lease is in: every frame Redis sends goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Streaming {
+    /// SUBSCRIBE and friends: until the last unsubscribe.
+    Subscribe,
+    /// MONITOR: for the rest of the connection.
+    Monitor,
+}
+
+/// The client's virtual connection state.
+#[derive(Debug)]
+struct State {
+    db: u32,
+    resp3: bool,
+    /// `None`: the upstream's configured user.
+    auth: Option<Arc<Credentials>>,
+    name: Option<Vec<u8>>,
+    reply: ReplyMode,
+    /// Past respipe's own `requirepass` (true when there is none).
+    authenticated: bool,
+    in_multi: bool,
+    watching: bool,
+    streaming: Option<Streaming>,
+    /// The last command sent into the stream was an unsubscribe: when Redis reports no
+    /// subscriptions left, nothing else is in the stream and the lease can go.
+    unsubscribing: bool,
+}
+
 /// One client connection's state.
 struct Session {
     id: u64,
@@ -88,18 +144,58 @@ struct Session {
     /// Replies ready for the client, written with one vectored write where possible.
     out: Chunks,
     pending: VecDeque<Pending>,
-    /// Commands sent upstream whose replies have not all arrived.
+    /// Commands sent upstream whose replies have not all arrived (stream frames not counted).
     inflight: usize,
-    /// The upstream connection in use while `inflight > 0` (invariant 2: per-client order).
+    /// The shared connection in use while `inflight > 0` (invariant 2: per-client order).
     current: Option<UpstreamHandle>,
+    /// The shared pool of the state the session is in.
+    pool: Arc<Pool>,
+    /// The dedicated connection, while one is needed.
+    lease: Option<Lease>,
     /// The session's reply channel: a clone of `tx` rides in every request's reply slot; `rx` is
     /// read by this task only. Holding `tx` keeps `rx` open for the life of the session.
     tx: ReplyTx,
     rx: ReplyRx,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once all is written.
     closing: bool,
-    /// `CLIENT SETNAME`.
-    name: Option<Vec<u8>>,
+    state: State,
+}
+
+impl State {
+    fn new(shared: &Shared) -> Self {
+        State {
+            db: shared.pools.default_pool().key().db,
+            resp3: false,
+            auth: None,
+            name: None,
+            reply: ReplyMode::On,
+            authenticated: shared.limits.requirepass.is_none(),
+            in_multi: false,
+            watching: false,
+            streaming: None,
+            unsubscribing: false,
+        }
+    }
+
+    fn key(&self) -> PoolKey {
+        PoolKey {
+            db: self.db,
+            resp3: self.resp3,
+            auth: self.auth.clone(),
+        }
+    }
+
+    /// Whether this command's answer reaches the client (`CLIENT REPLY`); SKIP lasts one command.
+    fn take_shown(&mut self) -> bool {
+        match self.reply {
+            ReplyMode::On => true,
+            ReplyMode::Off => false,
+            ReplyMode::Skip => {
+                self.reply = ReplyMode::On;
+                false
+            }
+        }
+    }
 }
 
 /// The read half of a client socket: bytes through `AsyncRead` (whose short reads clear tokio's
@@ -133,17 +229,19 @@ where
     let mut session = Session {
         id,
         scanner: RequestScanner::new(shared.limits.request),
-        shared,
         inbuf: BytesMut::new(),
         read_chunk: READ_CHUNK_MIN,
         out: Chunks::default(),
         pending: VecDeque::new(),
         inflight: 0,
         current: None,
+        pool: shared.pools.default_pool(),
+        lease: None,
         tx,
         rx,
         closing: false,
-        name: None,
+        state: State::new(&shared),
+        shared,
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
@@ -235,8 +333,8 @@ impl Session {
         }
     }
 
-    /// Scans every complete request in the read buffer. Consecutive forwarded requests leave as one
-    /// slice of the buffer; a request answered locally ends the run and takes its turn in `pending`.
+    /// Scans every complete request in the read buffer. Consecutive stateless requests leave as one
+    /// slice of the buffer; anything else ends the run and is handled on its own, in order.
     async fn on_input(&mut self) -> Result<(), Close> {
         let mut run = 0usize;
         let mut run_count = 0u32;
@@ -245,20 +343,16 @@ impl Session {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(err) => {
-                    self.send_run(run, run_count).await;
+                    self.send_run(run, run_count).await?;
                     run = 0;
                     run_count = 0;
-                    debug!(session = self.id, error = %err, "client protocol error");
-                    self.shared.metrics.closed_protocol.increment(1);
-                    self.local(reply::protocol_error(&err));
-                    self.closing = true;
-                    self.inbuf.clear();
+                    self.protocol_error(&err);
                     break;
                 }
             };
             if frame.argc == 0 {
                 // Redis ignores empty requests (`*0`, blank inline lines) without a reply.
-                self.send_run(run, run_count).await;
+                self.send_run(run, run_count).await?;
                 run = 0;
                 run_count = 0;
                 self.inbuf.advance(frame.len);
@@ -267,22 +361,22 @@ impl Session {
             match frame.kind {
                 RequestKind::Resp => {
                     let bytes = &self.inbuf[run..run + frame.len];
-                    let name = &bytes[frame.name.clone()];
-                    let action = command::classify(name, Args::Resp(bytes), self.shared.pools.db());
-                    let Action::Answer(local) = action else {
+                    let kind = command::classify(&bytes[frame.name.clone()], Args::Resp(bytes));
+                    if kind == Kind::Plain && self.batchable() {
                         run += frame.len;
                         run_count += 1;
                         continue;
-                    };
-                    let name = name.to_vec();
-                    self.send_run(run, run_count).await;
+                    }
+                    self.send_run(run, run_count).await?;
                     run = 0;
                     run_count = 0;
-                    self.inbuf.advance(frame.len);
-                    self.act(local, &name);
+                    let bytes = self.inbuf.split_to(frame.len).freeze();
+                    let name = bytes[frame.name.clone()].to_vec();
+                    self.command(kind, &name, Args::Resp(&bytes), bytes.clone())
+                        .await?;
                 }
                 RequestKind::Inline => {
-                    self.send_run(run, run_count).await;
+                    self.send_run(run, run_count).await?;
                     run = 0;
                     run_count = 0;
                     let line = self.inbuf.split_to(frame.len);
@@ -291,59 +385,171 @@ impl Session {
                     match resp::parse_inline(line) {
                         Ok(args) if args.is_empty() => {}
                         Ok(args) => {
-                            let action = command::classify(
-                                &args[0],
-                                Args::Inline(&args),
-                                self.shared.pools.db(),
-                            );
-                            match action {
-                                Action::Forward => self.send(resp::encode_request(&args), 1).await,
-                                Action::Answer(local) => self.act(local, &args[0]),
-                            }
+                            let kind = command::classify(&args[0], Args::Inline(&args));
+                            let bytes = resp::encode_request(&args);
+                            self.command(kind, &args[0], Args::Inline(&args), bytes)
+                                .await?;
                         }
-                        Err(err) => {
-                            self.shared.metrics.closed_protocol.increment(1);
-                            self.local(reply::protocol_error(&err));
-                            self.closing = true;
-                            self.inbuf.clear();
-                        }
+                        Err(err) => self.protocol_error(&err),
                     }
                 }
             }
         }
-        self.send_run(run, run_count).await;
+        self.send_run(run, run_count).await?;
         if self.closing {
             self.inbuf.clear();
         }
         Ok(())
     }
 
-    /// Answers a request respipe handles itself.
-    fn act(&mut self, local: Local, name: &[u8]) {
-        let metrics = &self.shared.metrics;
-        let answer = match local {
-            Local::Quit => {
+    /// Stateless commands may travel together when every one of them is answered normally.
+    fn batchable(&self) -> bool {
+        self.state.reply == ReplyMode::On
+            && self.state.authenticated
+            && self.state.streaming.is_none()
+    }
+
+    fn protocol_error(&mut self, err: &resp::ProtocolError) {
+        debug!(session = self.id, error = %err, "client protocol error");
+        self.shared.metrics.closed_protocol.increment(1);
+        self.local(reply::protocol_error(err));
+        self.closing = true;
+        self.inbuf.clear();
+    }
+
+    /// Handles one command that is not part of a run.
+    async fn command(
+        &mut self,
+        kind: Kind,
+        name: &[u8],
+        args: Args<'_>,
+        bytes: Bytes,
+    ) -> Result<(), Close> {
+        if !self.state.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
+            return self.answer(Bytes::from_static(NOAUTH.as_bytes()));
+        }
+        if self.state.streaming.is_some() {
+            return self.in_stream(kind, name, bytes).await;
+        }
+        let in_multi = self.state.in_multi;
+        match kind {
+            Kind::Plain | Kind::Unsubscribe => self.forward(bytes, Route::Current, false).await,
+            Kind::Quit => {
                 self.closing = true;
-                reply::OK
+                self.answer(reply::OK)
             }
-            Local::SetName(name) => {
-                self.name = if name.is_empty() { None } else { Some(name) };
-                reply::OK
+            Kind::Reset => self.reset().await,
+            Kind::Select | Kind::Auth | Kind::Hello if self.lease.is_some() => {
+                self.answer(Bytes::from_static(WHILE_LEASED.as_bytes()))
             }
-            Local::GetName => match &self.name {
-                Some(name) => reply::bulk(name),
-                None => reply::NULL_BULK,
-            },
-            Local::SetInfo => reply::OK,
-            Local::Error(line) => Bytes::from_static(line.as_bytes()),
-            Local::Refuse(why) => {
-                metrics.refused.increment(1);
+            Kind::Select => self.select(args, bytes).await,
+            Kind::Auth => self.auth(args, bytes).await,
+            Kind::Hello => self.hello(args).await,
+            Kind::SetName(name) => {
+                self.state.name = (!name.is_empty()).then_some(name);
+                self.answer(reply::OK)
+            }
+            Kind::GetName => {
+                let name = match &self.state.name {
+                    Some(name) => reply::bulk(name),
+                    None => reply::NULL_BULK,
+                };
+                self.answer(name)
+            }
+            Kind::Accept => self.answer(reply::OK),
+            Kind::Reply(mode) => {
+                self.state.reply = mode;
+                if mode == ReplyMode::On {
+                    self.local_counted(reply::OK);
+                }
+                Ok(())
+            }
+            Kind::Multi | Kind::Watch | Kind::Blocking if in_multi => {
+                // Inside MULTI Redis queues (or refuses) these on the transaction's connection.
+                self.forward(bytes, Route::Current, false).await
+            }
+            Kind::Multi => {
+                self.forward(bytes, Route::Lease, false).await?;
+                self.state.in_multi = self.lease.is_some();
+                Ok(())
+            }
+            Kind::Watch => {
+                self.forward(bytes, Route::Lease, false).await?;
+                self.state.watching = self.lease.is_some();
+                Ok(())
+            }
+            Kind::EndMulti => {
+                self.forward(bytes, Route::Current, false).await?;
+                if in_multi {
+                    self.state.in_multi = false;
+                    self.state.watching = false;
+                }
+                Ok(())
+            }
+            Kind::Unwatch => {
+                self.forward(bytes, Route::Current, false).await?;
+                if !in_multi {
+                    self.state.watching = false;
+                }
+                Ok(())
+            }
+            Kind::Blocking => self.forward(bytes, Route::Lease, false).await,
+            Kind::Subscribe | Kind::Monitor if in_multi => {
+                self.forward(bytes, Route::Current, false).await
+            }
+            Kind::Subscribe | Kind::Monitor => {
+                self.forward(bytes, Route::Lease, true).await?;
+                if self.lease.is_some() {
+                    self.state.streaming = Some(if kind == Kind::Monitor {
+                        Streaming::Monitor
+                    } else {
+                        Streaming::Subscribe
+                    });
+                    self.state.unsubscribing = false;
+                }
+                Ok(())
+            }
+            Kind::Error(line) => self.answer(Bytes::from_static(line.as_bytes())),
+            Kind::Refuse(why) => {
+                self.shared.metrics.refused.increment(1);
                 self.local(reply::refused(name, why));
-                return;
+                Ok(())
             }
-        };
-        metrics.local.increment(1);
-        self.local(answer);
+        }
+    }
+
+    /// A command while the lease streams (subscribed, MONITOR): Redis answers it in the stream
+    /// (in RESP2 subscribe mode with its own "only ... allowed in this context" error), except what
+    /// respipe answers for the session.
+    async fn in_stream(&mut self, kind: Kind, name: &[u8], bytes: Bytes) -> Result<(), Close> {
+        match kind {
+            Kind::Quit => {
+                self.closing = true;
+                self.answer(reply::OK)
+            }
+            Kind::Reset => self.reset().await,
+            Kind::Refuse(why) => {
+                self.local(reply::refused(name, why));
+                Ok(())
+            }
+            kind => {
+                self.state.unsubscribing = kind == Kind::Unsubscribe;
+                self.forward(bytes, Route::Lease, true).await
+            }
+        }
+    }
+
+    /// Answers a command locally (subject to `CLIENT REPLY`), counting it as a local answer.
+    fn answer(&mut self, line: Bytes) -> Result<(), Close> {
+        if self.state.take_shown() {
+            self.local_counted(line);
+        }
+        Ok(())
+    }
+
+    fn local_counted(&mut self, line: Bytes) {
+        self.shared.metrics.local.increment(1);
+        self.local(line);
     }
 
     /// Queues a locally produced answer behind the replies still owed before it.
@@ -355,93 +561,357 @@ impl Session {
         }
     }
 
-    /// Sends the first `len` bytes of the read buffer (`count` forwarded requests) upstream.
-    async fn send_run(&mut self, len: usize, count: u32) {
-        if count == 0 {
-            return;
+    /// `SELECT db`: checked on a probe connection (Redis's exact answer, nothing shared touched);
+    /// on success later commands run in that db's pool.
+    async fn select(&mut self, args: Args<'_>, bytes: Bytes) -> Result<(), Close> {
+        let db = args.get(1).and_then(command::parse_i64);
+        let known = db
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| self.shared.pools.known_db(*n));
+        let ok = match known {
+            Some(_) => Some(reply::OK),
+            None => self.probe(&bytes).await,
+        };
+        let Some(line) = ok else { return Ok(()) };
+        if line.first() == Some(&b'+') {
+            if let Some(db) = db.and_then(|n| u32::try_from(n).ok()) {
+                self.shared.pools.learn_db(db);
+                self.state.db = db;
+            }
         }
-        let bytes = self.inbuf.split_to(len).freeze();
-        self.send(bytes, count).await;
+        self.answer(line)
     }
 
-    /// Sends `count` commands upstream on the session's connection and records what it is owed.
-    async fn send(&mut self, bytes: Bytes, count: u32) {
-        let handle = match &self.current {
-            Some(handle) => handle.clone(),
-            None => {
-                let handle = self
-                    .shared
-                    .pools
-                    .route(RouteKey { session: self.id })
-                    .clone();
-                self.current = Some(handle.clone());
-                handle
+    /// `AUTH [user] password`: respipe's own password when `requirepass` is set, else checked by
+    /// Redis on a probe connection; on success later commands run as that Redis user.
+    async fn auth(&mut self, args: Args<'_>, bytes: Bytes) -> Result<(), Close> {
+        let (user, password) = match (args.get(1), args.get(2)) {
+            (Some(user), Some(password)) => (Some(user), password),
+            (Some(password), None) => (None, password),
+            _ => return self.forward(bytes, Route::Current, false).await,
+        };
+        if let Some(required) = &self.shared.limits.requirepass {
+            let ok = user.is_none_or(|u| u == b"default") && password == required.0.as_bytes();
+            self.state.authenticated |= ok;
+            return self.answer(if ok {
+                reply::OK
+            } else {
+                Bytes::from_static(WRONGPASS.as_bytes())
+            });
+        }
+        let Some(line) = self.probe(&bytes).await else {
+            return Ok(());
+        };
+        if line.first() == Some(&b'+') {
+            self.state.auth = Some(Arc::new(Credentials {
+                user: user.map(|u| String::from_utf8_lossy(u).into_owned()),
+                password: String::from_utf8_lossy(password).into_owned(),
+            }));
+        }
+        self.answer(line)
+    }
+
+    /// `HELLO [protover [AUTH user password] [SETNAME name]]`: Redis answers it on a probe
+    /// connection (its exact map or error); on success the session takes the protocol (RESP3 pools),
+    /// the user and the name.
+    async fn hello(&mut self, args: Args<'_>) -> Result<(), Close> {
+        let all: Vec<&[u8]> = args.iter().collect();
+        let proto = all.get(1).copied();
+        let mut creds = None;
+        let mut setname = None;
+        let mut i = 2;
+        while i < all.len() {
+            if all[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < all.len() {
+                creds = Some((all[i + 1], all[i + 2]));
+                i += 3;
+            } else if all[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < all.len() {
+                setname = Some(all[i + 1]);
+                i += 2;
+            } else {
+                break;
+            }
+        }
+        // The probe gets the command as sent, except the AUTH part when respipe checks it itself.
+        let mut probe_args: Vec<&[u8]> = all.clone();
+        if let Some(required) = &self.shared.limits.requirepass {
+            match creds {
+                Some((user, password)) => {
+                    if user != b"default" || password != required.0.as_bytes() {
+                        return self.answer(Bytes::from_static(WRONGPASS.as_bytes()));
+                    }
+                    probe_args = all
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .filter(|(j, a)| {
+                            !(a.eq_ignore_ascii_case(b"AUTH")
+                                || all
+                                    .get(j.wrapping_sub(1))
+                                    .is_some_and(|p| p.eq_ignore_ascii_case(b"AUTH"))
+                                || all
+                                    .get(j.wrapping_sub(2))
+                                    .is_some_and(|p| p.eq_ignore_ascii_case(b"AUTH")))
+                        })
+                        .map(|(_, a)| a)
+                        .collect();
+                }
+                None if !self.state.authenticated => {
+                    return self.answer(Bytes::from_static(HELLO_NOAUTH.as_bytes()));
+                }
+                None => {}
+            }
+        }
+        let Some(line) = self.probe(&resp::encode_request(&probe_args)).await else {
+            return Ok(());
+        };
+        if line.first() != Some(&b'-') && line.first() != Some(&b'!') {
+            if let Some(proto) = proto.and_then(command::parse_i64) {
+                self.state.resp3 = proto == 3;
+            }
+            if let Some((user, password)) = creds {
+                if self.shared.limits.requirepass.is_some() {
+                    self.state.authenticated = true;
+                } else {
+                    self.state.auth = Some(Arc::new(Credentials {
+                        user: Some(String::from_utf8_lossy(user).into_owned()),
+                        password: String::from_utf8_lossy(password).into_owned(),
+                    }));
+                }
+            }
+            if let Some(name) = setname {
+                self.state.name = (!name.is_empty()).then(|| name.to_vec());
+            }
+        }
+        self.answer(line)
+    }
+
+    /// Runs one command on a probe connection in the session's current state; `None` when the
+    /// upstream could not be reached (the client has been answered with that error).
+    async fn probe(&mut self, command: &Bytes) -> Option<Bytes> {
+        match self
+            .shared
+            .pools
+            .probe(&self.state.key(), std::slice::from_ref(command))
+            .await
+        {
+            Ok(mut replies) => replies.pop(),
+            Err(err) => {
+                let _ = self.answer(reply::upstream_unavailable(&err));
+                None
+            }
+        }
+    }
+
+    /// `RESET`: waits for what is in flight, gives back any lease (closing its connection), and
+    /// starts over as a new connection would.
+    async fn reset(&mut self) -> Result<(), Close> {
+        self.drain().await?;
+        self.lease = None;
+        self.current = None;
+        self.state = State::new(&self.shared);
+        self.local_counted(reply::RESET);
+        Ok(())
+    }
+
+    /// Sends the first `len` bytes of the read buffer (`count` stateless requests) upstream.
+    async fn send_run(&mut self, len: usize, count: u32) -> Result<(), Close> {
+        if count == 0 {
+            return Ok(());
+        }
+        let bytes = self.inbuf.split_to(len).freeze();
+        self.send(bytes, count, Route::Current, false, true).await
+    }
+
+    /// Sends one command where it must run, subject to `CLIENT REPLY`.
+    async fn forward(&mut self, bytes: Bytes, route: Route, stream: bool) -> Result<(), Close> {
+        let shown = self.state.take_shown();
+        self.send(bytes, 1, route, stream, shown).await
+    }
+
+    /// Sends `count` commands upstream and records what the client is owed. Stream requests owe
+    /// nothing: their answers arrive in the stream.
+    async fn send(
+        &mut self,
+        bytes: Bytes,
+        count: u32,
+        route: Route,
+        stream: bool,
+        shown: bool,
+    ) -> Result<(), Close> {
+        let handle = match self.route(route).await? {
+            Ok(handle) => handle,
+            Err(line) => {
+                if shown {
+                    self.local(line);
+                }
+                return Ok(());
             }
         };
-        self.pending.push_back(Pending::Upstream(count));
-        self.inflight += count as usize;
+        let owed = !stream && self.state.streaming.is_none();
+        if owed {
+            self.pending.push_back(Pending::Upstream { count, shown });
+            self.inflight += count as usize;
+        }
         let request = Request {
             bytes,
             count,
             reply: self.tx.clone(),
+            stream,
         };
         let error = match self.shared.limits.command_timeout {
             Some(limit) => match tokio::time::timeout(limit, handle.send(request)).await {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(_)) => reply::shutting_down(),
                 Err(_) => reply::queue_timeout(handle.addr(), limit),
             },
             None => match handle.send(request).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(_) => reply::shutting_down(),
             },
         };
         // Never reached the upstream: answer here, in order, as if the upstream had.
-        let _ = self.on_response(Response::Failed { count, error });
+        if owed {
+            self.on_response(Response::Failed { count, error })
+        } else {
+            self.out.push(error);
+            Ok(())
+        }
+    }
+
+    /// The routing step for the next command: the lease if the session holds (or now needs) one,
+    /// else a connection of the pool for the session's state. Changing connection waits until
+    /// nothing is in flight (invariant 2). `Ok(Err(line))`: the command is refused with `line`.
+    async fn route(&mut self, route: Route) -> Result<Result<UpstreamHandle, Bytes>, Close> {
+        if route == Route::Lease && self.lease.is_none() {
+            self.drain().await?;
+            match self.shared.pools.lease(&self.state.key()) {
+                Ok(lease) => self.lease = Some(lease),
+                Err(line) => return Ok(Err(line)),
+            }
+            self.current = None;
+        }
+        if let Some(lease) = &self.lease {
+            return Ok(Ok(lease.handle().clone()));
+        }
+        let key = self.state.key();
+        if self.pool.key() != &key {
+            self.drain().await?;
+            match self.shared.pools.pool(&key) {
+                Ok(pool) => self.pool = pool,
+                Err(line) => return Ok(Err(line)),
+            }
+            self.current = None;
+        }
+        let pool = &self.pool;
+        let id = self.id;
+        Ok(Ok(self
+            .current
+            .get_or_insert_with(|| pool.route(id).clone())
+            .clone()))
+    }
+
+    /// Waits until every reply in flight has arrived (and is queued for the client).
+    async fn drain(&mut self) -> Result<(), Close> {
+        while self.inflight > 0 {
+            match self.rx.recv().await {
+                Some(response) => self.on_response(response)?,
+                None => return Err(Close),
+            }
+        }
+        Ok(())
+    }
+
+    /// True while the session's state needs its dedicated connection.
+    fn lease_needed(&self) -> bool {
+        self.state.in_multi || self.state.watching || self.state.streaming.is_some()
     }
 
     /// Takes replies (or failures) for the oldest pending request and releases any local answers
-    /// queued behind it.
+    /// queued behind it; with nothing pending, a frame of the lease's stream.
     fn on_response(&mut self, response: Response) -> Result<(), Close> {
+        let Some(Pending::Upstream { count: owed, shown }) = self.pending.front_mut() else {
+            return self.on_stream(response);
+        };
+        let shown = *shown;
         let count = match response {
             Response::Replies { bytes, count } => {
                 self.shared.metrics.forwarded.increment(u64::from(count));
-                self.out.push(bytes);
+                if shown {
+                    self.out.push(bytes);
+                }
                 count
             }
             Response::Failed { count, error } => {
                 self.shared.metrics.failed.increment(u64::from(count));
-                for _ in 0..count {
-                    self.out.push(error.clone());
+                if shown {
+                    for _ in 0..count {
+                        self.out.push(error.clone());
+                    }
                 }
                 count
             }
         };
+        if *owed < count {
+            // A reply nobody asked for would break every later reply's routing: close.
+            warn!(
+                session = self.id,
+                "reply accounting mismatch; closing client"
+            );
+            return Err(Close);
+        }
+        *owed -= count;
+        if *owed == 0 {
+            self.pending.pop_front();
+            while let Some(Pending::Local(_)) = self.pending.front() {
+                if let Some(Pending::Local(answer)) = self.pending.pop_front() {
+                    self.out.push(answer);
+                }
+            }
+        }
         self.inflight -= count as usize;
         if self.inflight == 0 {
             self.current = None;
+            if !self.lease_needed() {
+                // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back.
+                self.lease = None;
+            }
         }
-        match self.pending.front_mut() {
-            Some(Pending::Upstream(remaining)) if *remaining >= count => {
-                *remaining -= count;
-                if *remaining == 0 {
-                    self.pending.pop_front();
-                    while let Some(Pending::Local(_)) = self.pending.front() {
-                        if let Some(Pending::Local(answer)) = self.pending.pop_front() {
-                            self.out.push(answer);
-                        }
-                    }
+        self.check_reply_limit()
+    }
+
+    /// A frame of the lease's stream (a message, a subscription confirmation, a MONITOR line, or
+    /// the answer to a command sent while streaming).
+    fn on_stream(&mut self, response: Response) -> Result<(), Close> {
+        let Some(streaming) = self.state.streaming else {
+            warn!(
+                session = self.id,
+                "reply with nothing pending; closing client"
+            );
+            return Err(Close);
+        };
+        match response {
+            Response::Replies { bytes, .. } => {
+                if streaming == Streaming::Subscribe
+                    && self.state.unsubscribing
+                    && resp::is_last_unsubscribe(&bytes)
+                {
+                    // Redis left subscribe mode and nothing else was sent into the stream.
+                    self.state.streaming = None;
+                    self.lease = None;
                 }
+                self.out.push(bytes);
             }
-            _ => {
-                // A reply nobody asked for would break every later reply's routing: close.
-                warn!(
-                    session = self.id,
-                    "reply accounting mismatch; closing client"
-                );
-                return Err(Close);
+            Response::Failed { error, .. } => {
+                // The dedicated connection is gone with the client's subscriptions: say so and close,
+                // as Redis closing the connection would.
+                self.out.push(error);
+                self.closing = true;
             }
         }
+        self.check_reply_limit()
+    }
+
+    fn check_reply_limit(&mut self) -> Result<(), Close> {
         if self.out.bytes() > self.shared.limits.max_reply_bytes {
             warn!(
                 session = self.id,

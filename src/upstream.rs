@@ -43,6 +43,10 @@ pub struct Request {
     pub count: u32,
     /// Where the replies go: the session's reply channel.
     pub reply: ReplyTx,
+    /// Puts the connection in stream mode (subscriptions, MONITOR): from this request's turn on,
+    /// every frame Redis sends goes to `reply`, one `Response` per frame, whatever the counts say.
+    /// Only for dedicated (leased) connections.
+    pub stream: bool,
 }
 
 /// Everything a driver needs to know, fixed at start.
@@ -50,6 +54,8 @@ pub struct Request {
 pub struct UpstreamSettings {
     /// Where Redis is, and the credentials and db of the handshake.
     pub upstream: Upstream,
+    /// Speak RESP3 (`HELLO 3` in the handshake).
+    pub resp3: bool,
     /// The coalescing policy.
     pub policy: BatchPolicy,
     /// Bound on connect plus handshake.
@@ -63,6 +69,9 @@ pub struct UpstreamSettings {
     pub max_inflight: usize,
     /// Requests the handle's queue holds before `send` waits.
     pub queue_capacity: usize,
+    /// A leased connection: it carries one client's state (a transaction, subscriptions), so once
+    /// lost it never reconnects (that would silently drop the state); every later request fails.
+    pub dedicated: bool,
 }
 
 /// The cloneable handle of one upstream connection.
@@ -103,6 +112,8 @@ struct Slot {
     deadline: Option<Instant>,
     /// Timed out: the session was already answered, late replies are read and dropped.
     dead: bool,
+    /// Stream mode: this slot takes every frame from now on and is never popped.
+    stream: bool,
 }
 
 /// A written batch, remembered until its last reply arrives (for the round-trip metric).
@@ -144,11 +155,14 @@ struct Conn<'a> {
     /// handed over, and how many replies they are.
     chunk_len: usize,
     chunk_count: u32,
+    /// A stream slot is in the FIFO: later requests add no slots (their replies arrive in the stream).
+    streaming: bool,
 }
 
 impl UpstreamHandle {
-    /// Starts the driver of upstream connection number `index` and returns its handle.
-    pub fn spawn(index: usize, settings: Arc<UpstreamSettings>) -> Self {
+    /// Starts the driver of an upstream connection (`label` names it in metrics) and returns its
+    /// handle.
+    pub fn spawn(label: String, settings: Arc<UpstreamSettings>) -> Self {
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let up = Arc::new(AtomicBool::new(false));
         let addr: Arc<str> = settings.upstream.endpoint.to_string().into();
@@ -156,7 +170,7 @@ impl UpstreamHandle {
             rx,
             settings,
             up: up.clone(),
-            metrics: UpstreamMetrics::new(index),
+            metrics: UpstreamMetrics::new(label),
             addr: addr.clone(),
         };
         tokio::spawn(driver.run());
@@ -234,6 +248,11 @@ impl Driver {
             };
             failing = true;
             metrics::upstream_error(err.kind());
+            if self.settings.dedicated {
+                // Its client's state is gone with it: fail everything until the lease is dropped.
+                while self.fail_fast(self.settings.backoff_max, &err).await {}
+                return;
+            }
             if !self.fail_fast(backoff, &err).await {
                 return;
             }
@@ -249,38 +268,14 @@ impl Driver {
         }
     }
 
-    /// Connects and runs the handshake (AUTH, SELECT), bounded by the connect timeout.
+    /// Connects and runs the handshake, bounded by the connect timeout.
     async fn connect(&self) -> Result<Stream, UpstreamError> {
-        let limit = self.settings.connect_timeout;
-        match timeout(limit, self.connect_unbounded()).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::ConnectTimeout {
-                addr: self.addr.to_string(),
-                timeout: limit,
-            }),
-        }
-    }
-
-    async fn connect_unbounded(&self) -> Result<Stream, UpstreamError> {
-        let io = |e| UpstreamError::io(&self.addr, e);
-        let mut stream = match &self.settings.upstream.endpoint {
-            Endpoint::Tcp { host, port } => {
-                let s = TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(io)?;
-                s.set_nodelay(true).map_err(io)?;
-                Stream::Tcp(s)
-            }
-            Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await.map_err(io)?),
-        };
-        let hello = handshake_commands(&self.settings.upstream);
-        if !hello.is_empty() {
-            match &mut stream {
-                Stream::Tcp(s) => handshake(s, &hello, &self.addr).await?,
-                Stream::Unix(s) => handshake(s, &hello, &self.addr).await?,
-            }
-        }
-        Ok(stream)
+        open(
+            &self.settings.upstream,
+            self.settings.resp3,
+            self.settings.connect_timeout,
+        )
+        .await
     }
 
     /// Waits out one backoff period, answering every request that arrives meanwhile with an
@@ -415,6 +410,7 @@ impl<'a> Conn<'a> {
             written: VecDeque::new(),
             chunk_len: 0,
             chunk_count: 0,
+            streaming: false,
         }
     }
 
@@ -426,12 +422,18 @@ impl<'a> Conn<'a> {
         self.batch
             .push(request.count as usize, request.bytes.len(), now.into_std());
         self.batch_buf.push(request.bytes);
+        if self.streaming {
+            // The stream slot already takes every frame, these requests' replies included.
+            return;
+        }
+        self.streaming = request.stream;
         self.inflight += request.count as usize;
         self.fifo.push_back(Slot {
             reply: request.reply,
             remaining: request.count,
             deadline: self.settings.command_timeout.map(|t| now + t),
             dead: false,
+            stream: request.stream,
         });
         self.next_seq += 1;
     }
@@ -481,6 +483,13 @@ impl<'a> Conn<'a> {
                     })
                 }
             };
+            if slot.stream {
+                // Stream mode: each frame goes to the lessee as it comes, pushes included.
+                self.chunk_len = frame.len;
+                self.chunk_count = 1;
+                self.hand_over();
+                continue;
+            }
             if frame.push {
                 // An out-of-band RESP3 push belongs to no command: hand over what precedes it, drop it.
                 self.hand_over();
@@ -532,7 +541,7 @@ impl<'a> Conn<'a> {
         let count = self.chunk_count;
         self.chunk_len = 0;
         self.chunk_count = 0;
-        self.inflight -= count as usize;
+        self.inflight = self.inflight.saturating_sub(count as usize);
         if let Some(slot) = self.fifo.front() {
             if !slot.dead {
                 // A send error means the client went away: its replies are dropped (invariant 4).
@@ -634,8 +643,77 @@ enum Stream {
     Unix(UnixStream),
 }
 
+/// Connects to `upstream` and runs its handshake (AUTH, HELLO 3, SELECT), all within `limit`.
+async fn open(upstream: &Upstream, resp3: bool, limit: Duration) -> Result<Stream, UpstreamError> {
+    let addr = upstream.endpoint.to_string();
+    let attempt = async {
+        let io = |e| UpstreamError::io(&addr, e);
+        let mut stream = match &upstream.endpoint {
+            Endpoint::Tcp { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(io)?;
+                s.set_nodelay(true).map_err(io)?;
+                Stream::Tcp(s)
+            }
+            Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await.map_err(io)?),
+        };
+        let hello = handshake_commands(upstream, resp3);
+        for reply in stream.exchange(&hello, &addr).await? {
+            if reply.first() == Some(&b'-') {
+                return Err(UpstreamError::Handshake {
+                    addr: addr.clone(),
+                    reply: String::from_utf8_lossy(&reply[1..]).trim_end().to_owned(),
+                });
+            }
+        }
+        Ok(stream)
+    };
+    match timeout(limit, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            addr: addr.clone(),
+            timeout: limit,
+        }),
+    }
+}
+
+/// Runs `commands` on a short-lived connection of its own (handshaken as `upstream` says, in RESP3
+/// when `resp3`) and returns Redis's raw replies. Used to check what must not touch a shared
+/// connection: `AUTH` credentials, a `SELECT` target, `HELLO`.
+pub async fn probe(
+    upstream: &Upstream,
+    resp3: bool,
+    limit: Duration,
+    commands: &[Bytes],
+) -> Result<Vec<Bytes>, UpstreamError> {
+    let mut stream = open(upstream, resp3, limit).await?;
+    let addr = upstream.endpoint.to_string();
+    match timeout(limit, stream.exchange(commands, &addr)).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            addr,
+            timeout: limit,
+        }),
+    }
+}
+
+impl Stream {
+    /// Writes `commands` pipelined and reads one raw reply for each.
+    async fn exchange(
+        &mut self,
+        commands: &[Bytes],
+        addr: &str,
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        match self {
+            Stream::Tcp(s) => exchange(s, commands, addr).await,
+            Stream::Unix(s) => exchange(s, commands, addr).await,
+        }
+    }
+}
+
 /// The handshake as raw RESP: `AUTH` when credentials are configured, `SELECT` for a non-zero db.
-fn handshake_commands(upstream: &Upstream) -> Vec<Bytes> {
+fn handshake_commands(upstream: &Upstream, resp3: bool) -> Vec<Bytes> {
     let mut commands = Vec::new();
     if let Some(password) = &upstream.password {
         commands.push(match &upstream.username {
@@ -645,6 +723,9 @@ fn handshake_commands(upstream: &Upstream) -> Vec<Bytes> {
             _ => resp::encode_request(&[b"AUTH".as_slice(), password.as_bytes()]),
         });
     }
+    if resp3 {
+        commands.push(resp::encode_request(&[b"HELLO".as_slice(), b"3"]));
+    }
     if upstream.db != 0 {
         let db = upstream.db.to_string();
         commands.push(resp::encode_request(&[b"SELECT".as_slice(), db.as_bytes()]));
@@ -652,8 +733,12 @@ fn handshake_commands(upstream: &Upstream) -> Vec<Bytes> {
     commands
 }
 
-/// Sends the handshake commands pipelined and checks that none was refused.
-async fn handshake<S>(stream: &mut S, commands: &[Bytes], addr: &str) -> Result<(), UpstreamError>
+/// Writes `commands` pipelined and reads one raw reply frame for each.
+async fn exchange<S>(
+    stream: &mut S,
+    commands: &[Bytes],
+    addr: &str,
+) -> Result<Vec<Bytes>, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -665,20 +750,10 @@ where
     stream.write_all(&out).await.map_err(io)?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut scanner = ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH);
-    let mut answered = 0;
-    while answered < commands.len() {
+    let mut replies = Vec::with_capacity(commands.len());
+    while replies.len() < commands.len() {
         match scanner.scan(&buf) {
-            Ok(Some(frame)) => {
-                let reply = buf.split_to(frame.len);
-                if reply.first() == Some(&b'-') {
-                    let line = String::from_utf8_lossy(&reply[1..]).trim_end().to_owned();
-                    return Err(UpstreamError::Handshake {
-                        addr: addr.to_owned(),
-                        reply: line,
-                    });
-                }
-                answered += 1;
-            }
+            Ok(Some(frame)) => replies.push(buf.split_to(frame.len).freeze()),
             Ok(None) => {
                 if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
                     return Err(UpstreamError::Closed {
@@ -694,7 +769,7 @@ where
             }
         }
     }
-    Ok(())
+    Ok(replies)
 }
 
 #[cfg(test)]
@@ -717,18 +792,19 @@ mod tests {
 
     #[test]
     fn handshake_is_empty_without_credentials_or_db() {
-        assert!(handshake_commands(&upstream(None, None, 0)).is_empty());
+        assert!(handshake_commands(&upstream(None, None, 0), false).is_empty());
     }
 
     #[test]
     fn handshake_authenticates_then_selects() {
-        let cmds = handshake_commands(&upstream(Some("app"), Some("secret"), 2));
+        let cmds = handshake_commands(&upstream(Some("app"), Some("secret"), 2), true);
         assert_eq!(
             &cmds[0][..],
             b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$6\r\nsecret\r\n"
         );
-        assert_eq!(&cmds[1][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n");
-        let cmds = handshake_commands(&upstream(Some(""), Some("pw"), 0));
+        assert_eq!(&cmds[1][..], b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        assert_eq!(&cmds[2][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n");
+        let cmds = handshake_commands(&upstream(Some(""), Some("pw"), 0), false);
         assert_eq!(
             &cmds[..],
             &[Bytes::from_static(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")]

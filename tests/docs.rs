@@ -68,6 +68,9 @@ fn readme_lists_every_metric() {
         respipe::metrics::UPSTREAM_RECONNECTS,
         respipe::metrics::UPSTREAM_ERRORS,
         respipe::metrics::COMMAND_TIMEOUTS,
+        respipe::metrics::LEASES,
+        respipe::metrics::LEASE_REFUSALS,
+        respipe::metrics::POOLS,
     ];
     let listed = between(README, "<!-- metrics:begin -->", "<!-- metrics:end -->");
     for name in names {
