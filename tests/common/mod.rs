@@ -963,3 +963,134 @@ pub fn is_upstream_error(r: &Reply) -> bool {
     r.error_text()
         .is_some_and(|e| e.starts_with("ERR respipe: upstream"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// A TCP link between respipe and Redis that a test can hold and reset
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback TCP forwarder to `target`. `hold` keeps what respipe sends from reaching Redis (so
+/// commands are certainly in flight); `reset` aborts every current connection with an RST, as a
+/// peer resetting the connection does. Stops with the test's runtime.
+pub struct ChaosLink {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<LinkState>,
+}
+
+struct LinkState {
+    hold: std::sync::atomic::AtomicBool,
+    /// Bytes from respipe read and not forwarded while held.
+    held: std::sync::atomic::AtomicUsize,
+    /// Connections accepted so far.
+    accepted: std::sync::atomic::AtomicUsize,
+    /// Cancelled by `reset`; replaced by a fresh token for later connections.
+    generation: std::sync::Mutex<CancellationToken>,
+}
+
+impl ChaosLink {
+    pub async fn start(target: SocketAddr) -> ChaosLink {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(LinkState {
+            hold: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+            generation: std::sync::Mutex::new(CancellationToken::new()),
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                st.accepted.fetch_add(1, Ordering::Relaxed);
+                let cancel = st.generation.lock().unwrap().clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    link(down, up, st, cancel).await;
+                });
+            }
+        });
+        ChaosLink { addr, state }
+    }
+
+    /// Stops (true) or resumes (false) forwarding respipe's bytes to Redis.
+    pub fn hold(&self, on: bool) {
+        self.state
+            .hold
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes read from respipe and held back so far.
+    pub fn held(&self) -> usize {
+        self.state.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.state
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resets (RST) every connection open now, dropping anything held.
+    pub fn reset(&self) {
+        let mut generation = self.state.generation.lock().unwrap();
+        generation.cancel();
+        *generation = CancellationToken::new();
+        self.state
+            .held
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn link(
+    mut down: TcpStream,
+    mut up: TcpStream,
+    st: std::sync::Arc<LinkState>,
+    cancel: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    {
+        let (mut dr, mut dw) = down.split();
+        let (mut ur, mut uw) = up.split();
+        let mut pending: Vec<u8> = Vec::new();
+        let (mut b1, mut b2) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = dr.read(&mut b1) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        pending.extend_from_slice(&b1[..n]);
+                        if st.hold.load(Ordering::Relaxed) {
+                            st.held.fetch_add(n, Ordering::Relaxed);
+                        } else if uw.write_all(&pending).await.is_err() {
+                            return;
+                        } else {
+                            pending.clear();
+                        }
+                    }
+                },
+                r = ur.read(&mut b2) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => if dw.write_all(&b2[..n]).await.is_err() { return },
+                },
+                // While held, look again for the release now and then.
+                _ = tokio::time::sleep(POLL), if !pending.is_empty() => {
+                    if !st.hold.load(Ordering::Relaxed) {
+                        if uw.write_all(&pending).await.is_err() {
+                            return;
+                        }
+                        pending.clear();
+                    }
+                }
+            }
+        }
+    }
+    // Reset: close with SO_LINGER 0 so respipe sees ECONNRESET, not a clean EOF. (Deprecated because
+    // a non-zero linger blocks the thread on drop; a zero linger never blocks.)
+    #[allow(deprecated)]
+    let _ = down.set_linger(Some(Duration::ZERO));
+    #[allow(deprecated)]
+    let _ = up.set_linger(Some(Duration::ZERO));
+}

@@ -1,0 +1,447 @@
+//! The reply-integrity drill, shared by `tests/drill.rs` (a small run in `cargo test`) and
+//! `examples/drill.rs` (the long run behind `scripts/drill.sh`): many clients write values that carry
+//! their own id, pipelined and not, through respipe, while Redis is SIGKILLed and restarted; every
+//! reply is checked. Self-contained (tokio and libc only) so the example can include it too.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How often conditions are polled.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A redis-server on a fixed loopback port, SIGKILLed on drop.
+pub struct RedisProc {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl RedisProc {
+    /// Starts redis-server on `port` with no persistence (logs and files in `dir`) and waits until it
+    /// answers PING.
+    pub async fn start(port: u16, dir: PathBuf) -> RedisProc {
+        let mut r = RedisProc {
+            port,
+            child: None,
+            dir,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts the process on the same port, empty, and waits (up to 20 s) until it answers PING.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .arg("--logfile")
+                .arg(self.dir.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server (is it installed?)");
+            self.child = Some(child);
+            loop {
+                if ping(self.addr()).await {
+                    return;
+                }
+                if let Ok(Some(_)) = self.child.as_mut().unwrap().try_wait() {
+                    break; // exited: the port is still held by the killed one; try again
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server does not start on {}",
+                    self.port
+                );
+                tokio::time::sleep(POLL).await;
+            }
+            self.child = None;
+            assert!(
+                Instant::now() < deadline,
+                "redis-server does not start on {}",
+                self.port
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// True if `addr` answers PING with PONG within a second.
+pub async fn ping(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// The drill's shape.
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    /// Client connections.
+    pub clients: usize,
+    /// How many of them pipeline (10 to 50 commands per write); the rest send one at a time.
+    pub pipelined: usize,
+    /// Total run time; the kills are spread evenly over it.
+    pub duration: Duration,
+    /// Times Redis is SIGKILLed and restarted.
+    pub kills: usize,
+    /// A reply later than this is a hang.
+    pub hang: Duration,
+    /// Bytes of padding in each value (on top of the id and sequence number).
+    pub value_pad: usize,
+}
+
+/// What the drill saw.
+#[derive(Debug, Default)]
+pub struct DrillCounts {
+    /// Commands answered.
+    pub commands: AtomicU64,
+    /// `+OK` to a SET, or the client's own value to a GET.
+    pub ok: AtomicU64,
+    /// `-ERR respipe: upstream ...` (explicit failure).
+    pub err: AtomicU64,
+    /// A GET that found nothing: its SET failed or Redis restarted empty since.
+    pub nil: AtomicU64,
+    /// A reply that is neither right nor an explicit failure, nor another client's.
+    pub wrong: AtomicU64,
+    /// Another client's value.
+    pub misrouted: AtomicU64,
+    /// A command without a reply within `hang`.
+    pub hung: AtomicU64,
+    /// A client connection closed by the proxy.
+    pub closed: AtomicU64,
+}
+
+/// The drill's result.
+#[derive(Debug)]
+pub struct DrillReport {
+    pub counts: Arc<DrillCounts>,
+    /// Per restart: from Redis answering PING again to the first `+OK` through respipe.
+    pub recovery: Vec<Duration>,
+}
+
+impl DrillReport {
+    /// `drill: N commands, ok=.., err=.., nil=.., wrong=.., misrouted=.., hung=.., closed=.., recovery_ms=a,b`.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let recovery: Vec<String> = self
+            .recovery
+            .iter()
+            .map(|d| d.as_millis().to_string())
+            .collect();
+        format!(
+            "drill: {} commands, ok={}, err={}, nil={}, wrong={}, misrouted={}, hung={}, closed={}, recovery_ms={}",
+            g(&c.commands),
+            g(&c.ok),
+            g(&c.err),
+            g(&c.nil),
+            g(&c.wrong),
+            g(&c.misrouted),
+            g(&c.hung),
+            g(&c.closed),
+            if recovery.is_empty() { "-".to_string() } else { recovery.join(",") }
+        )
+    }
+
+    /// No wrong value, no misroute, no hang, no dropped client.
+    pub fn clean(&self) -> bool {
+        let c = &self.counts;
+        [&c.wrong, &c.misrouted, &c.hung, &c.closed]
+            .iter()
+            .all(|a| a.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// Runs the drill against respipe at `proxy` in front of `redis`.
+pub async fn run(proxy: SocketAddr, redis: &mut RedisProc, cfg: &DrillConfig) -> DrillReport {
+    let counts = Arc::new(DrillCounts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for id in 0..cfg.clients as u32 {
+        let depth = if (id as usize) < cfg.pipelined {
+            10 + (id as usize * 7) % 41
+        } else {
+            1
+        };
+        let s = TcpStream::connect(proxy).await.expect("connect to respipe");
+        s.set_nodelay(true).unwrap();
+        let (counts, stop, cfg) = (counts.clone(), stop.clone(), cfg.clone());
+        tasks.push(tokio::spawn(client(s, id, depth, counts, stop, cfg)));
+    }
+    let start = Instant::now();
+    let slice = cfg.duration / (cfg.kills as u32 + 1);
+    let mut recovery = Vec::new();
+    for k in 1..=cfg.kills as u32 {
+        sleep_until(start + slice * k).await;
+        redis.kill();
+        // Let the outage be seen: errors pile up (or 2 s pass), then Redis comes back.
+        let err0 = counts.err.load(Ordering::Relaxed);
+        let down = Instant::now();
+        while counts.err.load(Ordering::Relaxed) < err0 + 100
+            && down.elapsed() < Duration::from_secs(2)
+        {
+            tokio::time::sleep(POLL).await;
+        }
+        redis.restart().await;
+        recovery.push(first_ok(proxy, cfg.hang).await);
+    }
+    sleep_until(start + cfg.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(cfg.hang * 2, t).await;
+    }
+    DrillReport { counts, recovery }
+}
+
+async fn sleep_until(t: Instant) {
+    tokio::time::sleep(t.saturating_duration_since(Instant::now())).await;
+}
+
+/// Time until `SET` through respipe answers `+OK` (respipe reconnects in the background).
+async fn first_ok(proxy: SocketAddr, hang: Duration) -> Duration {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(proxy).await.expect("probe connect");
+    s.set_nodelay(true).unwrap();
+    let mut r = ReplyReader::default();
+    loop {
+        s.write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nprobe\r\n$1\r\n1\r\n")
+            .await
+            .expect("probe write");
+        let reply = tokio::time::timeout(hang, r.read(&mut s))
+            .await
+            .expect("probe: no reply")
+            .expect("probe: closed");
+        if reply == Reply::Simple(b"OK".to_vec()) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "respipe does not serve again: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One client: rounds of `depth` SET/GET pairs on fresh keys whose values carry `id`.
+async fn client(
+    mut s: TcpStream,
+    id: u32,
+    depth: usize,
+    counts: Arc<DrillCounts>,
+    stop: Arc<AtomicBool>,
+    cfg: DrillConfig,
+) {
+    let pad = "x".repeat(cfg.value_pad);
+    let mut reader = ReplyReader::default();
+    let mut seq = 0u64;
+    let own = format!("{id}:");
+    while !stop.load(Ordering::Relaxed) {
+        let mut cmds: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+        for _ in 0..depth {
+            seq += 1;
+            let (k, v) = (format!("d:{id}:{seq}"), format!("{id}:{seq}:{pad}"));
+            cmds.push((encode(&["SET", &k, &v]), None));
+            cmds.push((encode(&["GET", &k]), Some(v)));
+        }
+        let batches: Vec<&[(Vec<u8>, Option<String>)]> = if depth > 1 {
+            vec![&cmds[..]]
+        } else {
+            cmds.chunks(1).collect()
+        };
+        for batch in batches {
+            let req: Vec<u8> = batch.iter().flat_map(|(b, _)| b.iter().copied()).collect();
+            if s.write_all(&req).await.is_err() {
+                counts.closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            for (_, want) in batch {
+                let reply = match tokio::time::timeout(cfg.hang, reader.read(&mut s)).await {
+                    Err(_) => {
+                        eprintln!("drill client {id}: no reply within {:?}", cfg.hang);
+                        counts.hung.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(None) => {
+                        eprintln!("drill client {id}: connection closed by respipe");
+                        counts.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Some(r)) => r,
+                };
+                counts.commands.fetch_add(1, Ordering::Relaxed);
+                let slot = match (&reply, want) {
+                    (Reply::Simple(v), None) if v == b"OK" => &counts.ok,
+                    (Reply::Bulk(Some(v)), Some(w)) if v == w.as_bytes() => &counts.ok,
+                    (Reply::Bulk(None), Some(_)) => &counts.nil,
+                    (Reply::Error(e), _) if e.starts_with(b"ERR respipe: upstream") => &counts.err,
+                    (Reply::Bulk(Some(v)), _) if !v.starts_with(own.as_bytes()) => {
+                        eprintln!("drill client {id}: misrouted {reply:?}, wanted {want:?}");
+                        &counts.misrouted
+                    }
+                    _ => {
+                        eprintln!("drill client {id}: wrong {reply:?}, wanted {want:?}");
+                        &counts.wrong
+                    }
+                };
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// The replies the drill meets: simple strings, errors, integers, bulk strings.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Simple(Vec<u8>),
+    Error(Vec<u8>),
+    Int(Vec<u8>),
+    Bulk(Option<Vec<u8>>),
+    /// Anything else (the first line), which the drill never asks for.
+    Other(Vec<u8>),
+}
+
+/// Reads replies from a stream, keeping what is left over between calls.
+#[derive(Default)]
+pub struct ReplyReader {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl ReplyReader {
+    /// The next reply, or `None` on EOF or a read error.
+    pub async fn read(&mut self, s: &mut TcpStream) -> Option<Reply> {
+        loop {
+            if let Some(r) = self.parse() {
+                return Some(r);
+            }
+            if self.at > 0 {
+                self.buf.drain(..self.at);
+                self.at = 0;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Option<Reply> {
+        let b = &self.buf[self.at..];
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let line = b[1..eol].to_vec();
+        let (reply, used) = match b.first()? {
+            b'+' => (Reply::Simple(line), eol + 2),
+            b'-' => (Reply::Error(line), eol + 2),
+            b':' => (Reply::Int(line), eol + 2),
+            b'$' => {
+                let n: i64 = std::str::from_utf8(&line).ok()?.parse().ok()?;
+                if n < 0 {
+                    (Reply::Bulk(None), eol + 2)
+                } else {
+                    let end = eol + 2 + n as usize;
+                    if b.len() < end + 2 {
+                        return None;
+                    }
+                    (Reply::Bulk(Some(b[eol + 2..end].to_vec())), end + 2)
+                }
+            }
+            _ => (Reply::Other(line), eol + 2),
+        };
+        self.at += used;
+        Some(reply)
+    }
+}
+
+/// Opens `n` idle connections to `addr` (each does one PING so respipe has surely accepted it).
+pub async fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+        s.write_all(b"PING\r\n").await.unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"+PONG\r\n", "idle connection {i}");
+        conns.push(s);
+    }
+    conns
+}
+
+/// A `kB` field (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in KiB.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (children inherit it); returns the soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            lim = raised;
+        }
+    }
+    lim.rlim_cur
+}
