@@ -48,6 +48,8 @@ pub enum Kind {
     Error(&'static str),
     /// Refused: no way to give it Redis's semantics through respipe (the reason).
     Refuse(&'static str),
+    /// Refused because the configuration lists it in `deny_commands`.
+    Denied,
 }
 
 /// `CLIENT REPLY` modes.
@@ -107,9 +109,13 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Classifies one request. `name` is the command name as the client sent it. Only commands that
-/// need their arguments pay for parsing them; everything else is one table lookup.
-pub fn classify(name: &[u8], args: Args<'_>) -> Kind {
+/// Classifies one request. `name` is the command name as the client sent it; `deny` lists upper-case
+/// names the configuration refuses. Only commands that need their arguments pay for parsing them;
+/// everything else is one table lookup.
+pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
+    if !deny.is_empty() && deny.iter().any(|d| d.as_bytes().eq_ignore_ascii_case(name)) {
+        return Kind::Denied;
+    }
     let mut upper = [0u8; MAX_NAME];
     if name.len() > MAX_NAME {
         return Kind::Plain;
@@ -230,7 +236,16 @@ mod tests {
 
     fn classify_words(words: &[&str]) -> Kind {
         let args = inline(words);
-        classify(&args[0], Args::Inline(&args))
+        classify(&args[0], Args::Inline(&args), &[])
+    }
+
+    #[test]
+    fn denied_commands_in_any_case() {
+        let deny = vec!["FLUSHALL".to_owned(), "KEYS".to_owned()];
+        let args = inline(&["flushall"]);
+        assert_eq!(classify(&args[0], Args::Inline(&args), &deny), Kind::Denied);
+        let args = inline(&["GET", "k"]);
+        assert_eq!(classify(&args[0], Args::Inline(&args), &deny), Kind::Plain);
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub struct Config {
     /// other command; `NOAUTH` until then, as Redis answers. Default: none (respipe asks for nothing
     /// and `AUTH` goes to Redis). When set, `AUTH` is checked by respipe, not by Redis.
     pub requirepass: Option<Secret>,
+    /// Commands refused with `-ERR respipe: '<cmd>' is disabled by configuration (deny_commands)`
+    /// (names, any case; e.g. `["FLUSHALL", "KEYS", "DEBUG", "SHUTDOWN"]`). Default: none.
+    pub deny_commands: Vec<String>,
+    /// A client holding a dedicated connection for a transaction (after `MULTI` or `WATCH`) that
+    /// sends nothing for this long is closed, so leaked transactions cannot exhaust `max_leases`.
+    /// Default 300s; `0` disables. Subscribers and blocked commands are never idle.
+    pub lease_idle_timeout: Option<Duration>,
     /// Log filter when `RUST_LOG` is not set, a tracing `EnvFilter` directive such as `info` or
     /// `respipe=debug,warn`. Default `info`. Must not be empty; its syntax is checked where it is used.
     pub log_level: String,
@@ -264,6 +271,10 @@ pub const SETTINGS: &[Setting] = &[
         "Shared pools at most, one per (db, protocol, user) in use"),
     setting("requirepass", "--requirepass", "RESPIPE_REQUIREPASS", "PASSWORD", "",
         "Password clients must AUTH with to use respipe itself; unset = none (AUTH goes to Redis)"),
+    setting("deny_commands", "--deny-commands", "RESPIPE_DENY_COMMANDS", "CMD,CMD", "",
+        "Commands refused with an -ERR naming the setting, comma-separated (e.g. FLUSHALL,KEYS,DEBUG,SHUTDOWN)"),
+    setting("lease_idle_timeout", "--lease-idle-timeout", "RESPIPE_LEASE_IDLE_TIMEOUT", "DURATION", "300s",
+        "Close a client idle this long inside MULTI/after WATCH (it holds a dedicated connection); 0 disables"),
     setting("log_level", "--log-level", "RESPIPE_LOG_LEVEL", "FILTER", "info",
         "Log filter (tracing EnvFilter syntax) used when RUST_LOG is unset"),
     setting("log_format", "--log-format", "RESPIPE_LOG_FORMAT", "text|json", "text",
@@ -358,6 +369,8 @@ impl Default for Config {
             max_leases: nz(256),
             max_pools: nz(32),
             requirepass: None,
+            deny_commands: Vec::new(),
+            lease_idle_timeout: Some(Duration::from_secs(300)),
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
         }
@@ -733,6 +746,15 @@ impl Values {
                     text(raw).map(|s| non_empty(s.to_owned()).map(Secret))
                 })?
                 .unwrap_or(d.requirepass),
+            deny_commands: self
+                .get("deny_commands", parse_names)?
+                .unwrap_or(d.deny_commands),
+            lease_idle_timeout: self
+                .get("lease_idle_timeout", |raw| {
+                    let timeout = duration(raw)?;
+                    Ok((!timeout.is_zero()).then_some(timeout))
+                })?
+                .unwrap_or(d.lease_idle_timeout),
             log_level: self
                 .get("log_level", |raw| match text(raw)?.trim() {
                     "" => Err("must not be empty".to_owned()),
@@ -975,6 +997,27 @@ fn parse_listen(raw: &Raw) -> Result<Vec<ListenAddr>, String> {
         listen.push(addr);
     }
     Ok(listen)
+}
+
+/// A list of command names (a TOML list, or comma-separated), upper-cased.
+fn parse_names(raw: &Raw) -> Result<Vec<String>, String> {
+    let items: Vec<&str> = match raw {
+        Raw::List(items) => items.iter().map(String::as_str).collect(),
+        Raw::Text(s) => s.split(',').collect(),
+        Raw::Integer(_) => return Err("expected command names, not an integer".to_owned()),
+    };
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            if name.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(name.to_ascii_uppercase())
+            } else {
+                Err(format!("{name:?} is not a command name"))
+            }
+        })
+        .collect()
 }
 
 /// `HOST:PORT` to its first socket address; host may be a name, an IPv4 or a bracketed IPv6 literal.

@@ -49,6 +49,31 @@ pub const LEASE_REFUSALS: &str = "respipe_lease_refusals_total";
 /// Shared pools started (one per db, protocol and user in use).
 pub const POOLS: &str = "respipe_pools";
 
+/// Every metric respipe exports (the README and the Grafana dashboard are checked against it).
+pub const ALL: &[&str] = &[
+    CLIENT_CONNECTIONS,
+    CLIENT_CONNECTIONS_TOTAL,
+    CLIENT_CONNECTIONS_REJECTED,
+    CLIENT_CLOSED_BY_PROXY,
+    COMMANDS,
+    BATCH_COMMANDS,
+    BATCH_BYTES,
+    BATCH_FLUSHES,
+    QUEUE_WAIT,
+    UPSTREAM_RTT,
+    UPSTREAM_INFLIGHT,
+    UPSTREAM_UP,
+    UPSTREAM_RECONNECTS,
+    UPSTREAM_ERRORS,
+    COMMAND_TIMEOUTS,
+    LEASES,
+    LEASE_REFUSALS,
+    POOLS,
+];
+
+/// The metrics of `ALL` that are histograms (`_bucket`, `_sum`, `_count` series).
+pub const HISTOGRAMS: &[&str] = &[BATCH_COMMANDS, BATCH_BYTES, QUEUE_WAIT, UPSTREAM_RTT];
+
 /// Outcome label values of `respipe_commands_total`.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use metrics::Gauge;
+use metrics::{Counter, Gauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Upstream};
@@ -77,6 +77,7 @@ pub struct Pools {
     leases: Arc<Semaphore>,
     max_leases: usize,
     leases_gauge: Gauge,
+    lease_refusals: Counter,
     pools_gauge: Gauge,
     /// Databases Redis has accepted a `SELECT` of: later selects of them need no probe.
     known_dbs: Mutex<HashSet<u32>>,
@@ -153,6 +154,7 @@ impl Pools {
             leases: Arc::new(Semaphore::new(config.max_leases.get())),
             max_leases: config.max_leases.get(),
             leases_gauge: metrics::gauge!(crate::metrics::LEASES),
+            lease_refusals: metrics::counter!(crate::metrics::LEASE_REFUSALS),
             pools_gauge: metrics::gauge!(crate::metrics::POOLS),
             known_dbs: Mutex::new(HashSet::from([config.upstream.db])),
         };
@@ -193,7 +195,7 @@ impl Pools {
     /// `max_leases` are out. Never waits.
     pub fn lease(&self, key: &PoolKey) -> Result<Lease, Bytes> {
         let Ok(permit) = self.leases.clone().try_acquire_owned() else {
-            metrics::counter!(crate::metrics::LEASE_REFUSALS).increment(1);
+            self.lease_refusals.increment(1);
             return Err(reply::error(&format!(
                 "ERR respipe: no dedicated upstream connection available (max_leases={} in use)",
                 self.max_leases

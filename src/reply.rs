@@ -81,6 +81,14 @@ pub fn refused(name: &[u8], why: &str) -> Bytes {
     ))
 }
 
+/// A command the configuration refuses (`deny_commands`).
+pub fn denied(name: &[u8]) -> Bytes {
+    error(&format!(
+        "ERR respipe: '{}' is disabled by configuration (deny_commands)",
+        String::from_utf8_lossy(name).to_lowercase()
+    ))
+}
+
 /// In-flight commands on an upstream connection that was lost.
 pub fn upstream_lost(err: &UpstreamError) -> Bytes {
     error(&format!(

@@ -60,16 +60,22 @@ pub async fn run(
             },
             command_timeout: config.command_timeout,
             requirepass: config.requirepass.clone(),
+            deny_commands: config.deny_commands.clone(),
+            lease_idle_timeout: config.lease_idle_timeout,
         },
         shutdown: shutdown.clone(),
     });
+    // Cancelled when `run` returns, after the drain; until then /metrics and /healthz keep answering.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
     if let Some(admin) = admin {
         let ready = {
             let shared = Arc::downgrade(&shared);
             let shutdown = shutdown.clone();
             move || !shutdown.is_cancelled() && shared.upgrade().is_some_and(|s| s.pools.any_up())
         };
-        tokio::spawn(admin::serve(admin, ready, shutdown.clone()));
+        // The admin endpoint outlives the drain: /readyz says 503 while sessions finish.
+        tokio::spawn(admin::serve(admin, ready, admin_stop.clone()));
     }
     // Permits for client connections: `max_clients`. A connection holds one for its whole life;
     // when none is left, new connections get Redis's "max number of clients reached" and are closed.

@@ -61,6 +61,10 @@ pub struct SessionLimits {
     pub command_timeout: Option<Duration>,
     /// respipe's own password (`requirepass`), if any.
     pub requirepass: Option<Secret>,
+    /// Upper-case command names refused by configuration.
+    pub deny_commands: Vec<String>,
+    /// How long a client may sit idle in a transaction holding a lease.
+    pub lease_idle_timeout: Option<Duration>,
 }
 
 /// What every session shares.
@@ -91,6 +95,8 @@ enum Event {
     /// `None`: the socket became readable while the session had no buffer.
     Read(io::Result<Option<usize>>),
     Shutdown,
+    /// Idle past `lease_idle_timeout` while holding a transaction's lease.
+    LeaseIdle,
 }
 
 /// The session must close now: the client's socket failed, or a limit was hit (reason logged).
@@ -159,6 +165,8 @@ struct Session {
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once all is written.
     closing: bool,
     state: State,
+    /// When the client last sent anything (for `lease_idle_timeout`).
+    last_input: tokio::time::Instant,
 }
 
 impl State {
@@ -242,6 +250,7 @@ where
         closing: false,
         state: State::new(&shared),
         shared,
+        last_input: tokio::time::Instant::now(),
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
@@ -266,6 +275,13 @@ impl Session {
                 && self.inflight < self.shared.limits.max_inflight
                 && self.out.bytes() < READ_PAUSE_REPLY_BYTES;
             let writing = !self.out.is_empty();
+            let idle_limit = self.shared.limits.lease_idle_timeout.filter(|_| {
+                self.lease.is_some()
+                    && (self.state.in_multi || self.state.watching)
+                    && self.inflight == 0
+                    && !self.closing
+            });
+            let idle_deadline = self.last_input + idle_limit.unwrap_or_default();
             let inbuf = &mut self.inbuf;
             let event = tokio::select! {
                 biased;
@@ -279,6 +295,7 @@ impl Session {
                     }
                 }, if can_read => Event::Read(r),
                 _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
+                _ = tokio::time::sleep_until(idle_deadline), if idle_limit.is_some() => Event::LeaseIdle,
             };
             match event {
                 Event::Reply(Some(response)) => {
@@ -299,6 +316,7 @@ impl Session {
                 Event::Read(Ok(None)) => self.reserve(),
                 Event::Read(Ok(Some(0))) => self.closing = true,
                 Event::Read(Ok(Some(n))) => {
+                    self.last_input = tokio::time::Instant::now();
                     if self.inbuf.capacity() == self.inbuf.len() && n >= self.read_chunk {
                         // The client sends more than the buffer held: read bigger next time.
                         self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
@@ -307,6 +325,13 @@ impl Session {
                     self.release_if_idle();
                 }
                 Event::Shutdown => self.closing = true,
+                Event::LeaseIdle => {
+                    warn!(
+                        session = self.id,
+                        "client idle in a transaction past lease_idle_timeout; closing it"
+                    );
+                    return Err(Close);
+                }
             }
         }
     }
@@ -361,7 +386,11 @@ impl Session {
             match frame.kind {
                 RequestKind::Resp => {
                     let bytes = &self.inbuf[run..run + frame.len];
-                    let kind = command::classify(&bytes[frame.name.clone()], Args::Resp(bytes));
+                    let kind = command::classify(
+                        &bytes[frame.name.clone()],
+                        Args::Resp(bytes),
+                        &self.shared.limits.deny_commands,
+                    );
                     if kind == Kind::Plain && self.batchable() {
                         run += frame.len;
                         run_count += 1;
@@ -385,7 +414,11 @@ impl Session {
                     match resp::parse_inline(line) {
                         Ok(args) if args.is_empty() => {}
                         Ok(args) => {
-                            let kind = command::classify(&args[0], Args::Inline(&args));
+                            let kind = command::classify(
+                                &args[0],
+                                Args::Inline(&args),
+                                &self.shared.limits.deny_commands,
+                            );
                             let bytes = resp::encode_request(&args);
                             self.command(kind, &args[0], Args::Inline(&args), bytes)
                                 .await?;
@@ -515,6 +548,11 @@ impl Session {
                 self.local(reply::refused(name, why));
                 Ok(())
             }
+            Kind::Denied => {
+                self.shared.metrics.refused.increment(1);
+                self.local(reply::denied(name));
+                Ok(())
+            }
         }
     }
 
@@ -530,6 +568,10 @@ impl Session {
             Kind::Reset => self.reset().await,
             Kind::Refuse(why) => {
                 self.local(reply::refused(name, why));
+                Ok(())
+            }
+            Kind::Denied => {
+                self.local(reply::denied(name));
                 Ok(())
             }
             kind => {

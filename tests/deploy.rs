@@ -13,23 +13,12 @@ use respipe::metrics;
 
 /// Every metric respipe exports, with whether it is a histogram (which adds `_bucket`, `_sum`,
 /// `_count` series). `exported_metrics_are_all_listed` keeps this list honest.
-const EXPORTED: &[(&str, bool)] = &[
-    (metrics::CLIENT_CONNECTIONS, false),
-    (metrics::CLIENT_CONNECTIONS_TOTAL, false),
-    (metrics::CLIENT_CONNECTIONS_REJECTED, false),
-    (metrics::CLIENT_CLOSED_BY_PROXY, false),
-    (metrics::COMMANDS, false),
-    (metrics::BATCH_COMMANDS, true),
-    (metrics::BATCH_BYTES, true),
-    (metrics::BATCH_FLUSHES, false),
-    (metrics::QUEUE_WAIT, true),
-    (metrics::UPSTREAM_RTT, true),
-    (metrics::UPSTREAM_INFLIGHT, false),
-    (metrics::UPSTREAM_UP, false),
-    (metrics::UPSTREAM_RECONNECTS, false),
-    (metrics::UPSTREAM_ERRORS, false),
-    (metrics::COMMAND_TIMEOUTS, false),
-];
+/// Every exported metric, and whether it is a histogram.
+fn exported() -> impl Iterator<Item = (&'static str, bool)> {
+    metrics::ALL
+        .iter()
+        .map(|name| (*name, metrics::HISTOGRAMS.contains(name)))
+}
 
 const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
 
@@ -80,12 +69,12 @@ fn series_names(query: &str) -> Vec<String> {
 /// The metric a series belongs to: `Ok(name)` when `series` is an exported metric or a histogram's
 /// `_bucket`/`_sum`/`_count` series, else `Err` saying why.
 fn metric_of(series: &str) -> Result<&'static str, String> {
-    if let Some((name, _)) = EXPORTED.iter().find(|(name, _)| *name == series) {
+    if let Some((name, _)) = exported().find(|(name, _)| *name == series) {
         return Ok(name);
     }
     for suffix in HISTOGRAM_SUFFIXES {
         if let Some(base) = series.strip_suffix(suffix) {
-            return match EXPORTED.iter().find(|(name, _)| *name == base) {
+            return match exported().find(|(name, _)| *name == base) {
                 Some((name, true)) => Ok(name),
                 Some((name, false)) => {
                     Err(format!("{name} is not a histogram: no {suffix} series"))
@@ -124,9 +113,8 @@ fn dashboard_shows_every_metric() {
         .iter()
         .filter_map(|s| metric_of(s).ok())
         .collect();
-    let unused: Vec<&str> = EXPORTED
-        .iter()
-        .map(|(name, _)| *name)
+    let unused: Vec<&str> = exported()
+        .map(|(name, _)| name)
         .filter(|name| !used.contains(name))
         .collect();
     assert!(
@@ -178,7 +166,7 @@ fn scraped_types(body: &str) -> BTreeSet<(String, bool)> {
 }
 
 /// A live proxy's `/metrics`, after traffic and after losing its Redis (so the error counters
-/// exist too), matches `EXPORTED` exactly: the list above is what respipe really serves, so the
+/// exist too), matches `metrics::ALL` exactly: that list is what respipe really serves, so the
 /// dashboard checks above compare against reality.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exported_metrics_are_all_listed() {
@@ -203,9 +191,8 @@ async fn exported_metrics_are_all_listed() {
         // Losing Redis creates the upstream error counter.
         redis.kill();
 
-        let want: BTreeSet<(String, bool)> = EXPORTED
-            .iter()
-            .map(|(name, hist)| (name.to_string(), *hist))
+        let want: BTreeSet<(String, bool)> = exported()
+            .map(|(name, hist)| (name.to_string(), hist))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
