@@ -547,3 +547,96 @@ async fn max_clients_flag() {
     })
     .await
 }
+
+/// CPU time (user + system) the process has used, from `/proc/<pid>/stat`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/pid/stat");
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// respipe started with only 64 file descriptors gets more connections than it can accept: accept
+/// errors are logged and backed off (little CPU while the backlog stays full, no busy loop), the
+/// clients it holds keep working, and once descriptors are free the waiting clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_backs_off() {
+    use std::os::unix::process::CommandExt;
+    bounded(LIMIT, "fd exhaustion", async {
+        let redis = RedisServer::start().await;
+        let mut cmd = common::respipe_command();
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &redis.addr().to_string(),
+        ]);
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut bin = common::Binary::spawn(cmd);
+        let listen: std::net::SocketAddr = bin.ready_field("listen").parse().unwrap();
+        let pid = bin.child.id();
+        let mut first = RawClient::connect(listen).await;
+        assert_eq!(first.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+        // 100 more connections: the kernel queues them, respipe runs out of descriptors.
+        let mut waiting = Vec::new();
+        for _ in 0..100 {
+            waiting.push(TcpStream::connect(listen).await.unwrap());
+        }
+        bin.wait_line("accept failed", Duration::from_secs(10));
+        // Measure over 2 s with nothing else to do while the descriptors stay exhausted (a window
+        // for the measurement, not a synchronisation): a busy accept loop would take a whole core.
+        let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ticks = cpu_ticks(pid) - c0;
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu = ticks as f64 / hz / t0.elapsed().as_secs_f64();
+        let failures = bin
+            .seen
+            .iter()
+            .filter(|l| l.contains("accept failed"))
+            .count();
+        eprintln!(
+            "fd exhaustion: respipe used {:.1}% of a core over 2 s with its accept queue full",
+            cpu * 100.0
+        );
+        assert!(
+            cpu < 0.1,
+            "respipe busy-loops on accept errors: {:.0}% CPU",
+            cpu * 100.0
+        );
+        assert!(failures >= 1);
+        // The client it holds is still served.
+        assert_eq!(first.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+        // Free the descriptors: the ones still queued get served.
+        waiting.truncate(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = RawClient::try_connect(listen).await {
+                if let Ok(Ok(Reply::Simple(s))) =
+                    tokio::time::timeout(Duration::from_secs(2), c.try_cmd(&["PING"])).await
+                {
+                    assert_eq!(s, "PONG");
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new client served after descriptors freed"
+            );
+            tokio::time::sleep(common::POLL).await;
+        }
+    })
+    .await
+}
