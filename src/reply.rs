@@ -26,6 +26,15 @@ pub enum Response {
         /// A complete RESP error line, e.g. `-ERR respipe: ...\r\n`.
         error: Bytes,
     },
+    /// One frame of a leased connection in stream mode (a message, a confirmation, a MONITOR line,
+    /// or the answer to a command sent into the stream). Not counted against any request: a session
+    /// that has left stream mode drops late ones.
+    Stream {
+        /// The raw frame, or the error line when the connection was lost.
+        bytes: Bytes,
+        /// The dedicated connection is gone (`bytes` says why).
+        lost: bool,
+    },
 }
 
 /// The sending side of a session's reply channel. Each reply slot in an upstream FIFO holds a clone;

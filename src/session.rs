@@ -681,21 +681,7 @@ impl Session {
                     if user != b"default" || password != required.0.as_bytes() {
                         return self.answer(Bytes::from_static(WRONGPASS.as_bytes()));
                     }
-                    probe_args = all
-                        .iter()
-                        .copied()
-                        .enumerate()
-                        .filter(|(j, a)| {
-                            !(a.eq_ignore_ascii_case(b"AUTH")
-                                || all
-                                    .get(j.wrapping_sub(1))
-                                    .is_some_and(|p| p.eq_ignore_ascii_case(b"AUTH"))
-                                || all
-                                    .get(j.wrapping_sub(2))
-                                    .is_some_and(|p| p.eq_ignore_ascii_case(b"AUTH")))
-                        })
-                        .map(|(_, a)| a)
-                        .collect();
+                    probe_args = without_auth(&all);
                 }
                 None if !self.state.authenticated => {
                     return self.answer(Bytes::from_static(HELLO_NOAUTH.as_bytes()));
@@ -871,8 +857,16 @@ impl Session {
     /// Takes replies (or failures) for the oldest pending request and releases any local answers
     /// queued behind it; with nothing pending, a frame of the lease's stream.
     fn on_response(&mut self, response: Response) -> Result<(), Close> {
+        if let Response::Stream { bytes, lost } = response {
+            return self.on_stream(bytes, lost);
+        }
         let Some(Pending::Upstream { count: owed, shown }) = self.pending.front_mut() else {
-            return self.on_stream(response);
+            // A reply nobody asked for would break every later reply's routing: close.
+            warn!(
+                session = self.id,
+                "reply with nothing pending; closing client"
+            );
+            return Err(Close);
         };
         let shown = *shown;
         let count = match response {
@@ -892,6 +886,7 @@ impl Session {
                 }
                 count
             }
+            Response::Stream { .. } => 0,
         };
         if *owed < count {
             // A reply nobody asked for would break every later reply's routing: close.
@@ -922,34 +917,28 @@ impl Session {
     }
 
     /// A frame of the lease's stream (a message, a subscription confirmation, a MONITOR line, or
-    /// the answer to a command sent while streaming).
-    fn on_stream(&mut self, response: Response) -> Result<(), Close> {
+    /// the answer to a command sent while streaming). Frames still in transit from a stream the
+    /// session has left (RESET, last unsubscribe) are dropped.
+    fn on_stream(&mut self, bytes: Bytes, lost: bool) -> Result<(), Close> {
         let Some(streaming) = self.state.streaming else {
-            warn!(
-                session = self.id,
-                "reply with nothing pending; closing client"
-            );
-            return Err(Close);
+            return Ok(());
         };
-        match response {
-            Response::Replies { bytes, .. } => {
-                if streaming == Streaming::Subscribe
-                    && self.state.unsubscribing
-                    && resp::is_last_unsubscribe(&bytes)
-                {
-                    // Redis left subscribe mode and nothing else was sent into the stream.
-                    self.state.streaming = None;
-                    self.lease = None;
-                }
-                self.out.push(bytes);
-            }
-            Response::Failed { error, .. } => {
-                // The dedicated connection is gone with the client's subscriptions: say so and close,
-                // as Redis closing the connection would.
-                self.out.push(error);
-                self.closing = true;
-            }
+        if lost {
+            // The dedicated connection is gone with the client's subscriptions: say so and close,
+            // as Redis closing the connection would.
+            self.out.push(bytes);
+            self.closing = true;
+            return Ok(());
         }
+        if streaming == Streaming::Subscribe
+            && self.state.unsubscribing
+            && resp::is_last_unsubscribe(&bytes)
+        {
+            // Redis left subscribe mode and nothing else was sent into the stream.
+            self.state.streaming = None;
+            self.lease = None;
+        }
+        self.out.push(bytes);
         self.check_reply_limit()
     }
 
@@ -965,5 +954,34 @@ impl Session {
             return Err(Close);
         }
         Ok(())
+    }
+}
+
+/// `HELLO` arguments without their `AUTH user password` option (respipe checked it itself).
+fn without_auth<'a>(args: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        if i >= 2 && args[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            i += 3;
+        } else {
+            kept.push(args[i]);
+            i += 1;
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_auth_option_is_removed() {
+        let args: Vec<&[u8]> = vec![b"HELLO", b"3", b"AUTH", b"default", b"pw", b"SETNAME", b"n"];
+        let kept: Vec<&[u8]> = vec![b"HELLO", b"3", b"SETNAME", b"n"];
+        assert_eq!(without_auth(&args), kept);
+        let args: Vec<&[u8]> = vec![b"HELLO", b"3", b"SETNAME", b"auth"];
+        assert_eq!(without_auth(&args), args);
     }
 }

@@ -289,7 +289,12 @@ impl Driver {
                 biased;
                 request = self.rx.recv() => match request {
                     Some(r) => {
-                        let _ = r.reply.send(Response::Failed { count: r.count, error: error.clone() });
+                        let response = if r.stream {
+                            Response::Stream { bytes: error.clone(), lost: true }
+                        } else {
+                            Response::Failed { count: r.count, error: error.clone() }
+                        };
+                        let _ = r.reply.send(response);
                     }
                     None => return false,
                 },
@@ -543,9 +548,14 @@ impl<'a> Conn<'a> {
         self.chunk_count = 0;
         self.inflight = self.inflight.saturating_sub(count as usize);
         if let Some(slot) = self.fifo.front() {
+            let response = if slot.stream {
+                Response::Stream { bytes, lost: false }
+            } else {
+                Response::Replies { bytes, count }
+            };
             if !slot.dead {
                 // A send error means the client went away: its replies are dropped (invariant 4).
-                let _ = slot.reply.send(Response::Replies { bytes, count });
+                let _ = slot.reply.send(response);
             }
         }
     }
@@ -603,7 +613,12 @@ impl<'a> Conn<'a> {
         // Complete replies already read still go to their slot first.
         self.hand_over();
         for slot in self.fifo.drain(..) {
-            if !slot.dead && slot.remaining > 0 {
+            if slot.stream {
+                let _ = slot.reply.send(Response::Stream {
+                    bytes: error.clone(),
+                    lost: true,
+                });
+            } else if !slot.dead && slot.remaining > 0 {
                 let _ = slot.reply.send(Response::Failed {
                     count: slot.remaining,
                     error: error.clone(),
