@@ -301,7 +301,9 @@ impl Proxy {
             runtime.block_on(async move {
                 let listener =
                     tokio::net::TcpListener::from_std(listener).expect("register listener");
-                respipe::run(config, vec![Listener::Tcp(listener)], None, cancel).await
+                respipe::run(config, vec![Listener::Tcp(listener)], None, cancel)
+                    .await
+                    .expect("respipe::run")
             });
         });
         Proxy {
@@ -1057,6 +1059,8 @@ async fn link(
         let (mut b1, mut b2) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         loop {
             tokio::select! {
+                // A reset wins over everything else: nothing held may leak out after it.
+                biased;
                 _ = cancel.cancelled() => break,
                 r = dr.read(&mut b1) => match r {
                     Ok(0) | Err(_) => return,
@@ -1077,7 +1081,7 @@ async fn link(
                 },
                 // While held, look again for the release now and then.
                 _ = tokio::time::sleep(POLL), if !pending.is_empty() => {
-                    if !st.hold.load(Ordering::Relaxed) {
+                    if !st.hold.load(Ordering::Relaxed) && !cancel.is_cancelled() {
                         if uw.write_all(&pending).await.is_err() {
                             return;
                         }
