@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# respipe's benchmark entry point: builds the release binary and runs the shared side-by-side
+# harness (../shared/bench/run.sh: direct Redis vs twemproxy vs respipe, interleaved round by round),
+# then writes a Markdown report with respipe's ratios and an SVG chart of throughput and Redis CPU
+# against concurrency.
+#
+# Needs: redis-server, redis-cli, redis-benchmark (Debian: redis-server redis-tools), nutcracker
+# (twemproxy), python3, taskset for --pin (util-linux), cargo. As root with apt-get it installs the
+# missing ones itself; otherwise:  sudo apt-get install -y redis-server redis-tools nutcracker
+#
+# Progress (the harness's lines) goes to stderr; at the end the report's summary is printed on stdout.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/bench.sh [options] [-- extra run.sh options]
+
+  --quick             short run: 2 rounds, clients "1 50 200", GET only, no -P 16 ceiling
+                      (about 2 minutes); explicit options below still win
+  --rounds N          rounds (harness default 4)
+  --clients "LIST"    concurrencies (harness default "1 50 200 1000")
+  --tests "LIST"      redis-benchmark tests (harness default "set get")
+  --pin               Redis on CPU 0, proxies + load generator on CPU 1 (proxy CPU efficiency)
+  --out DIR           output dir (default target/bench/<timestamp>)
+  --label TEXT        free text for the report and chart titles
+  --respipe-args "A"  extra respipe flags, e.g. "--pool-size 2 --batch-window-us 0"
+  --no-build          do not run cargo build --release (use the existing target/release/respipe)
+  -h, --help
+
+Anything after `--` goes to ../shared/bench/run.sh as is (see its --help), e.g. -- --requests 300000
+
+Outputs in --out: report.md (respipe vs twemproxy vs direct, the harness report embedded),
+chart.svg, summary.tsv and runs.tsv (the harness's), harness/ (everything the harness wrote:
+logs, raw redis-benchmark output).
+Env: RESPIPE_BIN=PATH use this binary (implies --no-build); BENCH_HARNESS=PATH another run.sh.
+EOF
+}
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+need_arg() { [[ $# -ge 2 && -n $2 ]] || { echo "bench: $1 needs a value" >&2; usage >&2; exit 2; }; }
+
+ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1; shift;;
+    --rounds) need_arg "$@"; ROUNDS=$2; shift 2;;
+    --clients) need_arg "$@"; CLIENTS=$2; shift 2;;
+    --tests) need_arg "$@"; TESTS=$2; shift 2;;
+    --pin) PIN=1; shift;;
+    --out) need_arg "$@"; OUT=$2; shift 2;;
+    --label) need_arg "$@"; LABEL=$2; shift 2;;
+    --respipe-args) need_arg "$@"; RESPIPE_ARGS=$2; shift 2;;
+    --no-build) BUILD=0; shift;;
+    -h|--help) usage; exit 0;;
+    --) shift; EXTRA=("$@"); break;;
+    *) echo "bench: unknown option: $1" >&2; usage >&2; exit 2;;
+  esac
+done
+if [[ $QUICK == 1 ]]; then
+  ROUNDS=${ROUNDS:-2}; CLIENTS=${CLIENTS:-1 50 200}; TESTS=${TESTS:-get}
+fi
+TESTS=${TESTS//,/ }; CLIENTS=${CLIENTS//,/ }
+for v in $ROUNDS $CLIENTS; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || die "not a positive number: '$v'"
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HARNESS=${BENCH_HARNESS:-$ROOT/../shared/bench/run.sh}
+[[ -x $HARNESS ]] || die "the shared benchmark harness is not at $HARNESS (expected ../shared/bench/run.sh
+       next to the repository; set BENCH_HARNESS=PATH to use another copy)"
+HARNESS=$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")
+
+# ------------------------------------------------------------------ tools
+# binary -> Debian package
+declare -A PKG=([redis-server]=redis-server [redis-cli]=redis-tools [redis-benchmark]=redis-tools
+  [nutcracker]=nutcracker [python3]=python3 [taskset]=util-linux)
+tools=("${REDIS_SERVER:-redis-server}" "${REDIS_CLI:-redis-cli}" "${REDIS_BENCHMARK:-redis-benchmark}"
+  "${PYTHON:-python3}")
+[[ " ${EXTRA[*]} " == *" --no-nutcracker "* ]] || tools+=("${NUTCRACKER:-nutcracker}")
+[[ $PIN == 0 ]] || tools+=(taskset)
+missing=() pkgs=()
+for b in "${tools[@]}"; do
+  command -v "$b" >/dev/null && continue
+  missing+=("$b")
+  p=${PKG[$(basename "$b")]:-}
+  [[ -n $p && " ${pkgs[*]} " != *" $p "* ]] && pkgs+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null && [[ ${#pkgs[@]} -gt 0 ]]; then
+    log "missing ${missing[*]}: installing ${pkgs[*]} with apt-get…"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -q && apt-get install -y -q "${pkgs[@]}"; } >&2 || die "apt-get install ${pkgs[*]} failed"
+    for b in "${missing[@]}"; do command -v "$b" >/dev/null || die "still missing after install: $b"; done
+  else
+    log "missing ${missing[*]}. Install them with:"
+    echo "    sudo apt-get update && sudo apt-get install -y redis-server redis-tools nutcracker python3" >&2
+    exit 1
+  fi
+fi
+
+# ------------------------------------------------------------------ build
+if [[ -n ${RESPIPE_BIN:-} ]]; then
+  BIN=$RESPIPE_BIN
+  log "using RESPIPE_BIN=$BIN (not building)"
+else
+  command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
+  TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') || TARGET_DIR=$ROOT/target
+  if [[ $BUILD == 1 ]]; then
+    log "cargo build --release (the first build takes a few minutes)…"
+    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+  fi
+  BIN=$TARGET_DIR/release/respipe
+fi
+[[ -x $BIN ]] || die "respipe binary not found or not executable: $BIN"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+
+# ------------------------------------------------------------------ run the harness
+OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+HOUT=$OUT/harness
+[[ ! -e $HOUT ]] || die "$HOUT already exists: pick another --out"
+
+printf -v proxy_cmd '%q --listen {listen} --upstream {upstream}' "$BIN"
+[[ -z $RESPIPE_ARGS ]] || proxy_cmd+=" $RESPIPE_ARGS"
+label=${LABEL:-respipe $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')}
+[[ $PIN == 1 ]] && label+=", pinned"
+args=(--proxy "$proxy_cmd" --proxy-name respipe --out "$HOUT" --label "$label")
+[[ -z $ROUNDS ]] || args+=(--rounds "$ROUNDS")
+[[ -z $CLIENTS ]] || args+=(--clients "$CLIENTS")
+[[ -z $TESTS ]] || args+=(--tests "$TESTS")
+[[ $PIN == 0 ]] || args+=(--pin)
+[[ $QUICK == 0 ]] || args+=(--no-ceiling)
+args+=("${EXTRA[@]}")
+
+log "harness: $HARNESS"
+log "proxy under test: $proxy_cmd"
+log "output: $OUT"
+T0=$SECONDS
+rc=0
+# The harness prints progress lines on stderr (passed through) and its report on stdout (kept in
+# harness/report.md; not repeated here).
+"$HARNESS" "${args[@]}" >"$OUT/harness-stdout.md" || rc=$?
+[[ $rc == 0 ]] || log "the harness exited with status $rc"
+[[ -s $HOUT/runs.tsv && $(wc -l <"$HOUT/runs.tsv") -gt 1 ]] || die "the harness wrote no runs (status $rc); see $HOUT"
+log "harness took $((SECONDS - T0)) s"
+
+# ------------------------------------------------------------------ report + chart
+[[ -s $HOUT/report.md ]] || python3 "$(dirname "$HARNESS")/summarize.py" "$HOUT" >"$HOUT/report.md" \
+  || die "summarizing $HOUT failed"
+for f in summary.tsv runs.tsv; do [[ ! -f $HOUT/$f ]] || cp "$HOUT/$f" "$OUT/$f"; done
+python3 "$ROOT/scripts/bench_chart.py" --proxy respipe --svg "$OUT/chart.svg" --report "$OUT/report.md" \
+  --title "$label" "$HOUT" || die "bench_chart.py failed"
+rm -f "$OUT/harness-stdout.md"
+
+# the summary (everything before the embedded harness report) on stdout
+sed '/^## The harness.s report/,$d' "$OUT/report.md"
+log "wrote $OUT/report.md, $OUT/chart.svg, $OUT/summary.tsv, $OUT/runs.tsv (raw: $HOUT)"
+exit "$rc"
