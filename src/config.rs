@@ -100,6 +100,28 @@ pub struct Config {
     /// Commands refused with `-ERR respipe: '<cmd>' is disabled by configuration (deny_commands)`
     /// (names, any case; e.g. `["FLUSHALL", "KEYS", "DEBUG", "SHUTDOWN"]`). Default: none.
     pub deny_commands: Vec<String>,
+    /// TLS for clients: certificate chain (PEM). With `tls_key`, respipe speaks only TLS on its TCP
+    /// listeners (unix sockets stay plain). Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS for clients: private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// TLS for clients: CA (PEM) that client certificates must chain to; when set, clients without
+    /// a valid certificate are refused during the handshake. Default: none (no client certificates).
+    pub tls_client_ca: Option<PathBuf>,
+    /// `rediss://` upstreams: CA (PEM) to trust for Redis's certificate. Default: the CAs of the
+    /// operating system's trust store are not used; without this (or `upstream_tls_insecure`)
+    /// `rediss://` is a configuration error.
+    pub upstream_tls_ca: Option<PathBuf>,
+    /// `rediss://` upstreams: client certificate chain (PEM) for mutual TLS.
+    pub upstream_tls_cert: Option<PathBuf>,
+    /// `rediss://` upstreams: private key (PEM) of `upstream_tls_cert`.
+    pub upstream_tls_key: Option<PathBuf>,
+    /// `rediss://` upstreams: name checked against Redis's certificate and sent as SNI. Default: the
+    /// upstream's host.
+    pub upstream_tls_server_name: Option<String>,
+    /// `rediss://` upstreams: skip verifying Redis's certificate. Only when explicitly asked; logged
+    /// at warn. Default: false.
+    pub upstream_tls_insecure: bool,
     /// A client holding a dedicated connection for a transaction (after `MULTI` or `WATCH`) that
     /// sends nothing for this long is closed, so leaked transactions cannot exhaust `max_leases`.
     /// Default 300s; `0` disables. Subscribers and blocked commands are never idle.
@@ -271,6 +293,22 @@ pub const SETTINGS: &[Setting] = &[
         "Shared pools at most, one per (db, protocol, user) in use"),
     setting("requirepass", "--requirepass", "RESPIPE_REQUIREPASS", "PASSWORD", "",
         "Password clients must AUTH with to use respipe itself; unset = none (AUTH goes to Redis)"),
+    setting("tls_cert", "--tls-cert", "RESPIPE_TLS_CERT", "FILE", "",
+        "Serve TLS to clients on TCP listeners with this certificate chain (PEM); needs --tls-key"),
+    setting("tls_key", "--tls-key", "RESPIPE_TLS_KEY", "FILE", "",
+        "Private key (PEM) of --tls-cert"),
+    setting("tls_client_ca", "--tls-client-ca", "RESPIPE_TLS_CLIENT_CA", "FILE", "",
+        "Require client certificates signed by this CA (PEM)"),
+    setting("upstream_tls_ca", "--upstream-tls-ca", "RESPIPE_UPSTREAM_TLS_CA", "FILE", "",
+        "rediss://: trust this CA (PEM) for Redis's certificate"),
+    setting("upstream_tls_cert", "--upstream-tls-cert", "RESPIPE_UPSTREAM_TLS_CERT", "FILE", "",
+        "rediss://: client certificate chain (PEM) for mutual TLS; needs --upstream-tls-key"),
+    setting("upstream_tls_key", "--upstream-tls-key", "RESPIPE_UPSTREAM_TLS_KEY", "FILE", "",
+        "rediss://: private key (PEM) of --upstream-tls-cert"),
+    setting("upstream_tls_server_name", "--upstream-tls-server-name", "RESPIPE_UPSTREAM_TLS_SERVER_NAME", "NAME", "",
+        "rediss://: name to verify and send as SNI (default: the upstream host)"),
+    setting("upstream_tls_insecure", "--upstream-tls-insecure", "RESPIPE_UPSTREAM_TLS_INSECURE", "BOOL", "false",
+        "rediss://: do not verify Redis's certificate (only when you must)"),
     setting("deny_commands", "--deny-commands", "RESPIPE_DENY_COMMANDS", "CMD,CMD", "",
         "Commands refused with an -ERR naming the setting, comma-separated (e.g. FLUSHALL,KEYS,DEBUG,SHUTDOWN)"),
     setting("lease_idle_timeout", "--lease-idle-timeout", "RESPIPE_LEASE_IDLE_TIMEOUT", "DURATION", "300s",
@@ -370,6 +408,14 @@ impl Default for Config {
             max_pools: nz(32),
             requirepass: None,
             deny_commands: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            upstream_tls_ca: None,
+            upstream_tls_cert: None,
+            upstream_tls_key: None,
+            upstream_tls_server_name: None,
+            upstream_tls_insecure: false,
             lease_idle_timeout: Some(Duration::from_secs(300)),
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
@@ -650,6 +696,66 @@ impl Values {
             .map_or(Origin::Default, |(_, origin)| origin.clone())
     }
 
+    /// A file setting: the path must name a readable file (its contents are parsed by `tls`).
+    fn file(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+        self.get(key, |raw| {
+            let path = PathBuf::from(text(raw)?.trim());
+            std::fs::File::open(&path)
+                .map(|_| path.clone())
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+    }
+
+    /// TLS settings come in pairs and only make sense with a TLS peer.
+    fn check_tls(&self, c: &Config) -> Result<(), ConfigError> {
+        let pair = |cert: &'static str, key: &'static str, a: bool, b: bool| {
+            if a != b {
+                let (missing, given) = if a { (key, cert) } else { (cert, key) };
+                let reason = format!("{given} is set, so {missing} must be set too");
+                return Err(invalid(missing, reason, self.origin(given)));
+            }
+            Ok(())
+        };
+        pair(
+            "tls_cert",
+            "tls_key",
+            c.tls_cert.is_some(),
+            c.tls_key.is_some(),
+        )?;
+        pair(
+            "upstream_tls_cert",
+            "upstream_tls_key",
+            c.upstream_tls_cert.is_some(),
+            c.upstream_tls_key.is_some(),
+        )?;
+        if c.tls_client_ca.is_some() && c.tls_cert.is_none() {
+            let reason =
+                "client certificates need TLS for clients: set tls_cert and tls_key".to_owned();
+            return Err(invalid(
+                "tls_client_ca",
+                reason,
+                self.origin("tls_client_ca"),
+            ));
+        }
+        let upstream_tls = [
+            "upstream_tls_ca",
+            "upstream_tls_cert",
+            "upstream_tls_server_name",
+        ]
+        .into_iter()
+        .find(|k| self.0.contains_key(*k))
+        .or(c.upstream_tls_insecure.then_some("upstream_tls_insecure"));
+        if let (false, Some(key)) = (c.upstream.tls, upstream_tls) {
+            let reason = "it applies to rediss:// upstreams only".to_owned();
+            return Err(invalid(key, reason, self.origin(key)));
+        }
+        if c.upstream.tls && c.upstream_tls_ca.is_none() && !c.upstream_tls_insecure {
+            let reason = "rediss:// needs upstream_tls_ca (the CA to trust) or, explicitly, upstream_tls_insecure".to_owned();
+            return Err(invalid("upstream_tls_ca", reason, self.origin("upstream")));
+        }
+        Ok(())
+    }
+
     /// Parses and checks every value, falling back to the defaults.
     fn build(&self) -> Result<Config, ConfigError> {
         let d = Config::default();
@@ -678,11 +784,6 @@ impl Values {
                 "a user needs a password (Redis AUTH takes both); set upstream_password".to_owned();
             return Err(invalid(key, reason, self.origin(key)));
         }
-        if upstream.tls {
-            let reason =
-                "rediss:// (TLS to the upstream) is not supported yet; use redis://".to_owned();
-            return Err(invalid("upstream", reason, self.origin("upstream")));
-        }
 
         let batch_window_us =
             self.get("batch_window_us", |raw| at_most(integer(raw)?, 1_000_000))?;
@@ -690,7 +791,7 @@ impl Values {
             let timeout = duration(raw)?;
             Ok((!timeout.is_zero()).then_some(timeout))
         })?;
-        Ok(Config {
+        let config = Config {
             listen,
             upstream,
             metrics_listen: self
@@ -749,6 +850,20 @@ impl Values {
             deny_commands: self
                 .get("deny_commands", parse_names)?
                 .unwrap_or(d.deny_commands),
+            tls_cert: self.file("tls_cert")?,
+            tls_key: self.file("tls_key")?,
+            tls_client_ca: self.file("tls_client_ca")?,
+            upstream_tls_ca: self.file("upstream_tls_ca")?,
+            upstream_tls_cert: self.file("upstream_tls_cert")?,
+            upstream_tls_key: self.file("upstream_tls_key")?,
+            upstream_tls_server_name: self
+                .get("upstream_tls_server_name", |raw| {
+                    text(raw).map(|s| non_empty(s.trim().to_owned()))
+                })?
+                .flatten(),
+            upstream_tls_insecure: self
+                .get("upstream_tls_insecure", boolean)?
+                .unwrap_or(d.upstream_tls_insecure),
             lease_idle_timeout: self
                 .get("lease_idle_timeout", |raw| {
                     let timeout = duration(raw)?;
@@ -770,7 +885,9 @@ impl Values {
                     }
                 })?
                 .unwrap_or(d.log_format),
-        })
+        };
+        self.check_tls(&config)?;
+        Ok(config)
     }
 }
 
@@ -782,11 +899,15 @@ impl<'de> Deserialize<'de> for Raw {
             type Value = Raw;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, an integer or a list of strings")
+                f.write_str("a string, an integer, a boolean or a list of strings")
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
                 Ok(Raw::Text(v.to_owned()))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
+                Ok(Raw::Text(v.to_string()))
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
@@ -953,6 +1074,19 @@ fn count(min: usize) -> impl Fn(&Raw) -> Result<NonZeroUsize, String> {
             Some(n) if n.get() >= min => Ok(n),
             _ => Err(format!("must be at least {min}")),
         }
+    }
+}
+
+fn boolean(raw: &Raw) -> Result<bool, String> {
+    match raw {
+        Raw::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err("expected true or false".to_owned()),
+        },
+        Raw::Integer(0) => Ok(false),
+        Raw::Integer(1) => Ok(true),
+        _ => Err("expected true or false".to_owned()),
     }
 }
 
@@ -1639,12 +1773,30 @@ mod tests {
     }
 
     #[test]
-    fn tls_upstream_is_refused_until_supported() {
+    fn tls_settings_are_checked() {
         let err = load_err(&["--upstream", "rediss://h:6380"], &[]);
+        assert!(err.contains("invalid upstream_tls_ca"), "{err}");
+        let ok = load(
+            &[
+                "--upstream",
+                "rediss://h:6380",
+                "--upstream-tls-insecure",
+                "true",
+            ],
+            &[],
+        );
+        assert!(ok.is_ok_and(|c| c.upstream.tls && c.upstream_tls_insecure));
+        let err = load_err(&["--upstream-tls-insecure", "yes"], &[]);
+        assert!(err.contains("rediss:// upstreams only"), "{err}");
+        let err = load_err(&["--tls-cert", "/no/such/cert.pem"], &[]);
         assert!(
-            err.contains("invalid upstream") && err.contains("not supported yet"),
+            err.contains("invalid tls_cert") && err.contains("cannot read"),
             "{err}"
         );
+        let file = std::env::temp_dir().join("respipe-config-test-cert.pem");
+        std::fs::write(&file, "x").expect("temp file");
+        let err = load_err(&["--tls-cert", file.to_str().unwrap_or_default()], &[]);
+        assert!(err.contains("invalid tls_key"), "{err}");
     }
 
     #[test]
@@ -1749,13 +1901,12 @@ mod tests {
         let file = TempFile::new("bad-type", "pool_size = true\n");
         let err = load_err(&["--config", file.path()], &[]);
         assert!(
-            err.contains("expected a string, an integer or a list of strings")
-                && err.contains("pool_size"),
+            err.contains("expected a non-negative integer") && err.contains("pool_size"),
             "{err}"
         );
         let file = TempFile::new("table", "[upstream]\nhost = \"h\"\n");
         assert!(load_err(&["--config", file.path()], &[])
-            .contains("expected a string, an integer or a list of strings"));
+            .contains("expected a string, an integer, a boolean or a list of strings"));
 
         let err = load_err(&[], &[("RESPIPE_CONFIG", "/nonexistent/respipe.toml")]);
         assert!(

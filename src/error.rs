@@ -69,6 +69,9 @@ pub enum Error {
         /// The socket error.
         source: io::Error,
     },
+    /// A TLS setting could not be turned into a working TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl UpstreamError {
@@ -100,7 +103,7 @@ impl Error {
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {
-            Error::Bind { .. } => Side::Internal,
+            Error::Bind { .. } | Error::Tls(_) => Side::Internal,
         }
     }
 }

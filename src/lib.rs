@@ -22,6 +22,7 @@
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
 //! - [`chunks`]: byte chunks drained by vectored writes.
+//! - [`tls`]: rustls acceptor for clients and connector for `rediss://` upstreams.
 //! - [`reply`]: replies travelling back to sessions and respipe's own `-ERR` texts.
 //! - [`error`]: typed errors recording which side failed.
 //! - [`metrics`]: metric names, the Prometheus recorder, handles.
@@ -39,6 +40,7 @@ pub mod reply;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 
 pub use admin::Admin;

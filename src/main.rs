@@ -10,12 +10,17 @@ use respipe::{Admin, Config, Listener};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = Config::load().unwrap_or_else(|err| err.exit());
     init_tracing(&config);
+    // TLS files are parsed now, before anything binds: a bad certificate is a configuration error.
+    if let Err(err) = respipe::tls::acceptor(&config).and(respipe::tls::connector(&config)) {
+        error!(error = %err, "invalid TLS configuration");
+        return ExitCode::from(64);
+    }
     // One thread, like Redis and twemproxy: every session and upstream driver meet on it, so handing a
     // request to a driver and a reply back is a queue push, not a cross-thread wake-up (futex +
     // context switch). Measured side by side on 2 cores, a multi-thread runtime cost 1.2-1.4x more
@@ -87,23 +92,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("install SIGTERM handler")?,
         signal(SignalKind::interrupt()).context("install SIGINT handler")?,
     );
-    tokio::spawn(on_signal(term, int, shutdown.clone()));
+    let hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    tokio::spawn(on_signal(term, int, hup, shutdown.clone()));
     info!(
         listen = %bound.join(" "),
         upstream = %config.upstream,
         pool_size = config.pool_size.get(),
         "respipe ready"
     );
-    respipe::run(config, listeners, admin, shutdown).await;
+    respipe::run(config, listeners, admin, shutdown).await?;
     info!("respipe stopped");
     Ok(())
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGHUP is logged and ignored: reloading the configuration is not supported yet, and the
+/// default action (terminate) would drop every client.
+async fn on_signal(
+    mut term: Signal,
+    mut int: Signal,
+    mut hup: Signal,
+    shutdown: CancellationToken,
+) {
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => warn!(
+                "SIGHUP ignored: configuration reload is not supported yet; restart respipe to apply changes"
+            ),
+        }
     };
     info!(
         signal = name,

@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, Upstream};
 use crate::error::UpstreamError;
 use crate::reply;
+use crate::tls::UpstreamTls;
 use crate::upstream::{self, UpstreamHandle, UpstreamSettings};
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
@@ -121,11 +122,12 @@ impl Drop for Lease {
 }
 
 impl Pools {
-    /// Starts the default pool's drivers (they connect in the background).
-    pub fn start(config: &Config) -> Self {
+    /// Starts the default pool's drivers (they connect in the background); `tls` for `rediss://`.
+    pub fn start(config: &Config, tls: Option<UpstreamTls>) -> Self {
         let base = UpstreamSettings {
             upstream: config.upstream.clone(),
             resp3: false,
+            tls,
             policy: crate::batch::BatchPolicy {
                 max_commands: config.max_batch_commands.get(),
                 max_bytes: config.max_batch_bytes.get(),
@@ -221,13 +223,7 @@ impl Pools {
         commands: &[Bytes],
     ) -> Result<Vec<Bytes>, UpstreamError> {
         let settings = self.settings_for(key);
-        upstream::probe(
-            &settings.upstream,
-            settings.resp3,
-            settings.connect_timeout,
-            commands,
-        )
-        .await
+        upstream::probe(&settings, commands).await
     }
 
     /// True when Redis has accepted `SELECT db` before.

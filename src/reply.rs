@@ -49,6 +49,8 @@ pub type ReplyRx = mpsc::UnboundedReceiver<Response>;
 pub const OK: Bytes = Bytes::from_static(b"+OK\r\n");
 /// Redis's answer to `RESET`.
 pub const RESET: Bytes = Bytes::from_static(b"+RESET\r\n");
+/// RESP3 null.
+pub const NULL: Bytes = Bytes::from_static(b"_\r\n");
 /// RESP2 null bulk string.
 pub const NULL_BULK: Bytes = Bytes::from_static(b"$-1\r\n");
 /// Redis's answer to a connection past `maxclients`.

@@ -29,8 +29,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// `too big mbulk count string`, `too big bulk count string`).
 pub const MAX_INLINE_BYTES: usize = 64 * 1024;
 
-/// Default nesting bound for reply aggregates, see [`ReplyScanner::new`].
-pub const DEFAULT_MAX_REPLY_DEPTH: usize = 1024;
+/// Default nesting bound for reply aggregates, see [`ReplyScanner::new`]. Redis legitimately returns
+/// replies nested thousands deep (a Lua script's nested tables; Redis itself stops near 100,000),
+/// and a reply the scanner refuses costs the whole shared connection, so the bound sits far above
+/// that. The scanner keeps one small counter per open level: about 16 MiB at this depth, only while
+/// such a reply is being read.
+pub const DEFAULT_MAX_REPLY_DEPTH: usize = 1 << 20;
 
 /// Bounds on one client request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1687,7 +1691,12 @@ mod tests {
             Err(ProtocolError("reply nested deeper than 1 levels".into()))
         );
         let deep = "*1\r\n".repeat(100_000);
-        assert!(ReplyScanner::default().scan(deep.as_bytes()).is_err());
+        assert!(ReplyScanner::new(1024).scan(deep.as_bytes()).is_err());
+        // Redis itself returns replies thousands deep (Lua tables): the default takes them.
+        let lua_deep = format!("{}:7\r\n", "*1\r\n".repeat(3000));
+        assert!(ReplyScanner::default()
+            .scan(lua_deep.as_bytes())
+            .is_ok_and(|f| f.is_some()));
     }
 
     #[test]

@@ -14,17 +14,22 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::error::Error;
 use crate::metrics::ClientMetrics;
 use crate::pool::Pools;
 use crate::reply;
 use crate::resp::RequestLimits;
 use crate::session::{self, SessionLimits, Shared};
+use crate::tls;
+use tokio_rustls::TlsAcceptor;
 
 /// First pause after a failed `accept` (for example out of file descriptors); doubles up to
 /// `ACCEPT_BACKOFF_MAX` while accepts keep failing, so a full fd table is not a busy loop.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a client's TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused connection (past `max_clients`) gets to take its error line.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -47,9 +52,12 @@ pub async fn run(
     listeners: Vec<Listener>,
     admin: Option<Admin>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), Error> {
+    // Built before anything is served: a TLS setting that does not work stops the proxy instead of
+    // letting it speak plaintext.
+    let acceptor = tls::acceptor(&config)?;
     let shared = Arc::new(Shared {
-        pools: Pools::start(&config),
+        pools: Pools::start(&config, tls::connector(&config)?),
         metrics: ClientMetrics::new(),
         limits: SessionLimits {
             max_inflight: config.max_client_inflight.get(),
@@ -89,6 +97,7 @@ pub async fn run(
             sessions: sessions.clone(),
             permits: permits.clone(),
             ids: ids.clone(),
+            acceptor: acceptor.clone(),
         };
         accepting.push(tokio::spawn(accept.run(listener)));
     }
@@ -110,6 +119,7 @@ pub async fn run(
             "drain timeout expired; closing the remaining sessions"
         );
     }
+    Ok(())
 }
 
 /// One listener's accept loop.
@@ -118,6 +128,8 @@ struct Accept {
     sessions: TaskTracker,
     permits: Arc<Semaphore>,
     ids: Arc<AtomicU64>,
+    /// TLS for TCP clients, when configured.
+    acceptor: Option<TlsAcceptor>,
 }
 
 impl Accept {
@@ -158,14 +170,26 @@ impl Accept {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         let span = tracing::debug_span!("client", client.addr = %peer, session = id);
+        let acceptor = self.acceptor.clone();
         self.sessions.spawn(
             async move {
-                match stream {
-                    ClientStream::Tcp(mut s) => {
+                match (stream, acceptor) {
+                    (ClientStream::Tcp(s), Some(acceptor)) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(s)).await
+                        {
+                            Ok(Ok(tls)) => {
+                                let (rd, wr) = tokio::io::split(tls);
+                                session::serve(rd, wr, id, shared).await
+                            }
+                            Ok(Err(err)) => debug!(error = %err, "client TLS handshake failed"),
+                            Err(_) => debug!("client TLS handshake timed out"),
+                        }
+                    }
+                    (ClientStream::Tcp(mut s), None) => {
                         let (rd, wr) = s.split();
                         session::serve(rd, wr, id, shared).await
                     }
-                    ClientStream::Unix(mut s) => {
+                    (ClientStream::Unix(mut s), _) => {
                         let (rd, wr) = s.split();
                         session::serve(rd, wr, id, shared).await
                     }

@@ -226,6 +226,14 @@ macro_rules! client_read {
 
 client_read!(tcp::ReadHalf<'_>, unix::ReadHalf<'_>);
 
+/// A TLS stream's read half: TLS has no readiness of its own (bytes on the socket may not be a
+/// whole record), so it reports ready and the session waits in `read` with a buffer.
+impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
 /// Serves one client until it leaves, QUITs, breaks the protocol, or the proxy shuts down. The
 /// halves are the socket's borrowed split: no lock between reading and writing.
 pub async fn serve<R, W>(rd: R, wr: W, id: u64, shared: Arc<Shared>)
@@ -314,6 +322,10 @@ impl Session {
                 Event::Wrote(Ok(n)) => self.out.advance(n),
                 // Readable with no buffer: take one; the read itself happens next round.
                 Event::Read(Ok(None)) => self.reserve(),
+                // The client left. Like Redis, stop serving it; with a lease (a blocked command, a
+                // transaction, a subscription) close at once, so the dedicated connection closes too
+                // (Redis unblocks it); shared-pool replies still in flight are read and dropped.
+                Event::Read(Ok(Some(0))) if self.lease.is_some() => return Err(Close),
                 Event::Read(Ok(Some(0))) => self.closing = true,
                 Event::Read(Ok(Some(n))) => {
                     self.last_input = tokio::time::Instant::now();
@@ -485,6 +497,7 @@ impl Session {
             Kind::GetName => {
                 let name = match &self.state.name {
                     Some(name) => reply::bulk(name),
+                    None if self.state.resp3 => reply::NULL,
                     None => reply::NULL_BULK,
                 };
                 self.answer(name)

@@ -25,6 +25,7 @@ use crate::error::UpstreamError;
 use crate::metrics::{self, UpstreamMetrics};
 use crate::reply::{self, ReplyTx, Response};
 use crate::resp::{self, ReplyScanner};
+use crate::tls::UpstreamTls;
 
 /// First reconnect delay; doubles after each failed attempt up to `reconnect_backoff_max`.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -56,6 +57,8 @@ pub struct UpstreamSettings {
     pub upstream: Upstream,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
+    /// TLS to the upstream (`rediss://`).
+    pub tls: Option<UpstreamTls>,
     /// The coalescing policy.
     pub policy: BatchPolicy,
     /// Bound on connect plus handshake.
@@ -227,6 +230,10 @@ impl Driver {
                             let (r, w) = s.split();
                             self.serve(r, w).await
                         }
+                        Stream::Tls(s) => {
+                            let (r, w) = tokio::io::split(*s);
+                            self.serve(r, w).await
+                        }
                     };
                     self.set_up(false);
                     match ended {
@@ -270,12 +277,7 @@ impl Driver {
 
     /// Connects and runs the handshake, bounded by the connect timeout.
     async fn connect(&self) -> Result<Stream, UpstreamError> {
-        open(
-            &self.settings.upstream,
-            self.settings.resp3,
-            self.settings.connect_timeout,
-        )
-        .await
+        open(&self.settings).await
     }
 
     /// Waits out one backoff period, answering every request that arrives meanwhile with an
@@ -656,10 +658,14 @@ impl WriteBuf {
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// Connects to `upstream` and runs its handshake (AUTH, HELLO 3, SELECT), all within `limit`.
-async fn open(upstream: &Upstream, resp3: bool, limit: Duration) -> Result<Stream, UpstreamError> {
+/// Connects as `settings` say (TCP or unix, TLS for `rediss://`) and runs the handshake (AUTH,
+/// HELLO 3, SELECT), all within the connect timeout.
+async fn open(settings: &UpstreamSettings) -> Result<Stream, UpstreamError> {
+    let upstream = &settings.upstream;
+    let limit = settings.connect_timeout;
     let addr = upstream.endpoint.to_string();
     let attempt = async {
         let io = |e| UpstreamError::io(&addr, e);
@@ -669,11 +675,19 @@ async fn open(upstream: &Upstream, resp3: bool, limit: Duration) -> Result<Strea
                     .await
                     .map_err(io)?;
                 s.set_nodelay(true).map_err(io)?;
-                Stream::Tcp(s)
+                match &settings.tls {
+                    Some(tls) => Stream::Tls(Box::new(
+                        tls.connector
+                            .connect(tls.server_name.clone(), s)
+                            .await
+                            .map_err(io)?,
+                    )),
+                    None => Stream::Tcp(s),
+                }
             }
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await.map_err(io)?),
         };
-        let hello = handshake_commands(upstream, resp3);
+        let hello = handshake_commands(upstream, settings.resp3);
         for reply in stream.exchange(&hello, &addr).await? {
             if reply.first() == Some(&b'-') {
                 return Err(UpstreamError::Handshake {
@@ -693,17 +707,16 @@ async fn open(upstream: &Upstream, resp3: bool, limit: Duration) -> Result<Strea
     }
 }
 
-/// Runs `commands` on a short-lived connection of its own (handshaken as `upstream` says, in RESP3
-/// when `resp3`) and returns Redis's raw replies. Used to check what must not touch a shared
-/// connection: `AUTH` credentials, a `SELECT` target, `HELLO`.
+/// Runs `commands` on a short-lived connection of its own (connected and handshaken as `settings`
+/// say) and returns Redis's raw replies. Used to check what must not touch a shared connection:
+/// `AUTH` credentials, a `SELECT` target, `HELLO`.
 pub async fn probe(
-    upstream: &Upstream,
-    resp3: bool,
-    limit: Duration,
+    settings: &UpstreamSettings,
     commands: &[Bytes],
 ) -> Result<Vec<Bytes>, UpstreamError> {
-    let mut stream = open(upstream, resp3, limit).await?;
-    let addr = upstream.endpoint.to_string();
+    let mut stream = open(settings).await?;
+    let limit = settings.connect_timeout;
+    let addr = settings.upstream.endpoint.to_string();
     match timeout(limit, stream.exchange(commands, &addr)).await {
         Ok(result) => result,
         Err(_) => Err(UpstreamError::ConnectTimeout {
@@ -723,6 +736,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => exchange(s, commands, addr).await,
             Stream::Unix(s) => exchange(s, commands, addr).await,
+            Stream::Tls(s) => exchange(s.as_mut(), commands, addr).await,
         }
     }
 }

@@ -269,7 +269,6 @@ async fn deeply_nested_reply_is_forwarded() {
 /// client has queued behind it on the same upstream connection must get their own replies, not
 /// errors caused by somebody else's reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a reply nested deeper than 1024 (legal in Redis) kills the shared upstream connection"]
 async fn reply_deeper_than_scanner_limit_does_not_hurt_others() {
     bounded(LIMIT, "reply deeper than the scanner's limit", async {
         let redis = RedisServer::start().await;

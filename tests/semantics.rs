@@ -540,8 +540,6 @@ async fn hello_switches_protocol() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "bug: CLIENT GETNAME without a name is answered `$-1` in RESP3 too (src/session.rs, \
-            Kind::GetName uses reply::NULL_BULK); Redis answers `_`, and redis-py (protocol=3) hangs on it"]
 async fn getname_without_a_name_is_resp3_null() {
     bounded(LIMIT, "getname resp3", async {
         let redis = RedisServer::start().await;
@@ -872,8 +870,6 @@ async fn blpop_does_not_stall_other_clients() {
 }
 
 #[tokio::test]
-#[ignore = "bug: on client EOF the session only sets `closing` and waits for the in-flight BLPOP reply, \
-            so a client gone while blocked keeps its lease and its upstream connection blocked in Redis"]
 async fn a_blocked_client_that_leaves_frees_its_lease() {
     bounded(LIMIT, "blocked disconnect", async {
         let redis = RedisServer::start().await;
