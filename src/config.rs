@@ -100,6 +100,9 @@ pub struct Config {
     /// Commands refused with `-ERR respipe: '<cmd>' is disabled by configuration (deny_commands)`
     /// (names, any case; e.g. `["FLUSHALL", "KEYS", "DEBUG", "SHUTDOWN"]`). Default: none.
     pub deny_commands: Vec<String>,
+    /// The TOML file the configuration was read from (`--config` / `RESPIPE_CONFIG`), if any: the
+    /// binary reloads when it changes. Not a setting itself.
+    pub config_file: Option<PathBuf>,
     /// TLS for clients: certificate chain (PEM). With `tls_key`, respipe speaks only TLS on its TCP
     /// listeners (unix sockets stay plain). Default: none.
     pub tls_cert: Option<PathBuf>,
@@ -353,8 +356,8 @@ impl Config {
             .get_one::<PathBuf>("config")
             .cloned()
             .or_else(|| lookup(CONFIG_ENV).map(PathBuf::from));
-        if let Some(path) = config_file {
-            values.read_file(path)?;
+        if let Some(path) = &config_file {
+            values.read_file(path.clone())?;
         }
         for s in SETTINGS {
             if let Some(text) = lookup(s.env) {
@@ -377,7 +380,9 @@ impl Config {
             };
             values.set(s.key, raw, Origin::Flag(s.flag));
         }
-        values.build()
+        let mut config = values.build()?;
+        config.config_file = config_file;
+        Ok(config)
     }
 }
 
@@ -408,6 +413,7 @@ impl Default for Config {
             max_pools: nz(32),
             requirepass: None,
             deny_commands: Vec::new(),
+            config_file: None,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -847,6 +853,7 @@ impl Values {
                     text(raw).map(|s| non_empty(s.to_owned()).map(Secret))
                 })?
                 .unwrap_or(d.requirepass),
+            config_file: None,
             deny_commands: self
                 .get("deny_commands", parse_names)?
                 .unwrap_or(d.deny_commands),
@@ -1932,7 +1939,11 @@ mod tests {
             assert!(seen.contains_key(name), "config/{name} is missing");
         }
         // respipe.toml sets every key to its default (or shows it commented out when it has none).
-        assert_eq!(seen["respipe.toml"], Config::default());
+        let example = Config {
+            config_file: None,
+            ..seen["respipe.toml"].clone()
+        };
+        assert_eq!(example, Config::default());
         let text = std::fs::read_to_string(dir.join("respipe.toml")).unwrap();
         for s in SETTINGS {
             let line = format!("{} = ", s.key);

@@ -22,6 +22,8 @@
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
 //! - [`chunks`]: byte chunks drained by vectored writes.
+//! - [`live`]: settings that change while running (hot reload), cached by readers.
+//! - [`reload`]: applying a reloaded configuration; what needs a restart.
 //! - [`tls`]: rustls acceptor for clients and connector for `rediss://` upstreams.
 //! - [`reply`]: replies travelling back to sessions and respipe's own `-ERR` texts.
 //! - [`error`]: typed errors recording which side failed.
@@ -34,8 +36,10 @@ pub mod chunks;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod reply;
 pub mod resp;
 pub mod server;

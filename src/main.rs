@@ -9,13 +9,19 @@ use respipe::config::{ListenAddr, LogFormat};
 use respipe::{Admin, Config, Listener};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
+
+/// How often the config file's modification time is checked for a reload.
+const FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let config = Config::load().unwrap_or_else(|err| err.exit());
-    init_tracing(&config);
+    let log = init_tracing(&config);
     // TLS files are parsed now, before anything binds: a bad certificate is a configuration error.
     if let Err(err) = respipe::tls::acceptor(&config).and(respipe::tls::connector(&config)) {
         error!(error = %err, "invalid TLS configuration");
@@ -35,7 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!(error = format!("{err:#}"), "respipe stopped");
@@ -45,7 +51,7 @@ fn main() -> ExitCode {
 }
 
 /// Binds everything, runs the proxy until SIGTERM or SIGINT, and drains.
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, log: LogReload) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
     for addr in &config.listen {
@@ -93,35 +99,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         signal(SignalKind::interrupt()).context("install SIGINT handler")?,
     );
     let hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
-    tokio::spawn(on_signal(term, int, hup, shutdown.clone()));
+    tokio::spawn(on_signal(term, int, shutdown.clone()));
+    let (updates, updates_rx) = watch::channel(config.clone());
+    tokio::spawn(watch_config(hup, config.clone(), updates, log));
     info!(
         listen = %bound.join(" "),
         upstream = %config.upstream,
         pool_size = config.pool_size.get(),
         "respipe ready"
     );
-    respipe::run(config, listeners, admin, shutdown).await?;
+    respipe::server::run_with_updates(config, listeners, admin, shutdown, updates_rx).await?;
     info!("respipe stopped");
     Ok(())
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
-/// SIGHUP is logged and ignored: reloading the configuration is not supported yet, and the
-/// default action (terminate) would drop every client.
-async fn on_signal(
-    mut term: Signal,
-    mut int: Signal,
-    mut hup: Signal,
-    shutdown: CancellationToken,
-) {
-    let name = loop {
-        tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => warn!(
-                "SIGHUP ignored: configuration reload is not supported yet; restart respipe to apply changes"
-            ),
-        }
+async fn on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     };
     info!(
         signal = name,
@@ -130,16 +126,76 @@ async fn on_signal(
     shutdown.cancel();
 }
 
-fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+/// The handle that changes the log filter on reload; `None` when `RUST_LOG` set it (it wins).
+type LogReload = Option<reload::Handle<EnvFilter, Registry>>;
+
+fn init_tracing(config: &Config) -> LogReload {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = match config.log_format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    (!env_set).then_some(handle)
+}
+
+/// Reloads the configuration on SIGHUP and whenever the config file changes (its modification time
+/// is checked every `FILE_CHECK`; a Kubernetes ConfigMap update swaps a symlink, which this sees).
+/// A configuration that does not load is rejected with its reason and the running one stays.
+async fn watch_config(
+    mut hup: Signal,
+    mut running: Config,
+    updates: watch::Sender<Config>,
+    log: LogReload,
+) {
+    let modified = |path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    let mut seen = modified(&running.config_file);
+    let mut tick = tokio::time::interval(FILE_CHECK);
+    loop {
+        let why = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = modified(&running.config_file);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "config file changed"
+            }
+        };
+        match Config::load() {
+            Ok(new) => {
+                if new.log_level != running.log_level {
+                    match (&log, EnvFilter::try_new(&new.log_level)) {
+                        (Some(handle), Ok(filter)) => {
+                            let _ = handle.reload(filter);
+                        }
+                        (None, _) => info!("log_level changed, but RUST_LOG is set and wins"),
+                        (_, Err(err)) => warn!(error = %err, "log_level not applied"),
+                    }
+                }
+                info!(trigger = why, "reloading configuration");
+                running = new.clone();
+                if updates.send(new).is_err() {
+                    return;
+                }
+            }
+            Err(err) => error!(
+                trigger = why,
+                error = %err,
+                "config reload rejected; the running configuration stays"
+            ),
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,9 +18,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Upstream};
 use crate::error::UpstreamError;
+use crate::live::Live;
 use crate::reply;
 use crate::tls::UpstreamTls;
-use crate::upstream::{self, UpstreamHandle, UpstreamSettings};
+use crate::upstream::{self, Tunables, UpstreamHandle, UpstreamSettings};
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
 /// request may carry many commands, so this is not a command limit (that is
@@ -67,11 +69,14 @@ pub struct Lease {
 /// The upstream connections of the proxy.
 #[derive(Debug)]
 pub struct Pools {
-    /// Settings of the configured upstream; pools and leases derive theirs from it.
-    base: UpstreamSettings,
+    /// Settings of the configured upstream; pools and leases derive theirs from it. Replaced when a
+    /// reload changes the upstream.
+    base: Mutex<UpstreamSettings>,
     pool_size: usize,
     max_pools: usize,
-    default: Arc<Pool>,
+    default: Mutex<Arc<Pool>>,
+    /// Bumped when a reload replaces the upstream: sessions move to the new pools once idle.
+    generation: AtomicU64,
     /// Every pool by key, the default one included. Looked up only when a session's key changes.
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// `max_leases` permits; a lease holds one.
@@ -128,30 +133,27 @@ impl Pools {
             upstream: config.upstream.clone(),
             resp3: false,
             tls,
-            policy: crate::batch::BatchPolicy {
-                max_commands: config.max_batch_commands.get(),
-                max_bytes: config.max_batch_bytes.get(),
-                window: config.batch_window,
-            },
+            tunables: Arc::new(Live::new(Tunables::from_config(config))),
             connect_timeout: config.connect_timeout,
-            command_timeout: config.command_timeout,
             backoff_max: config.reconnect_backoff_max,
             max_inflight: config.max_upstream_inflight.get(),
             queue_capacity: QUEUE_CAPACITY,
             dedicated: false,
         };
-        let mut pools = Pools {
-            base,
+        let default_key = PoolKey {
+            db: config.upstream.db,
+            resp3: false,
+            auth: None,
+        };
+        let pools = Pools {
+            base: Mutex::new(base),
             pool_size: config.pool_size.get(),
             max_pools: config.max_pools.get(),
-            default: Arc::new(Pool {
-                key: PoolKey {
-                    db: config.upstream.db,
-                    resp3: false,
-                    auth: None,
-                },
+            default: Mutex::new(Arc::new(Pool {
+                key: default_key.clone(),
                 conns: Vec::new(),
-            }),
+            })),
+            generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             leases: Arc::new(Semaphore::new(config.max_leases.get())),
             max_leases: config.max_leases.get(),
@@ -160,25 +162,52 @@ impl Pools {
             pools_gauge: metrics::gauge!(crate::metrics::POOLS),
             known_dbs: Mutex::new(HashSet::from([config.upstream.db])),
         };
-        let key = pools.default.key.clone();
-        pools.default = pools.spawn_pool(key.clone(), 0);
+        pools.start_default(default_key);
         pools
-            .pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, pools.default.clone());
-        pools
+    }
+
+    /// The reloadable knobs every driver follows.
+    pub fn tunables(&self) -> Arc<Live<Tunables>> {
+        lock(&self.base).tunables.clone()
+    }
+
+    /// A reload changed the upstream (address, credentials, db): new pools start with the new
+    /// settings; sessions move to them as soon as they have nothing in flight, and the old pools'
+    /// connections close when the last session leaves them. Leases in use keep their connection.
+    pub fn replace_upstream(&self, upstream: Upstream) {
+        let key = PoolKey {
+            db: upstream.db,
+            resp3: false,
+            auth: None,
+        };
+        lock(&self.base).upstream = upstream;
+        lock(&self.pools).clear();
+        lock(&self.known_dbs).clear();
+        self.start_default(key);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever `replace_upstream` runs.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn start_default(&self, key: PoolKey) {
+        let pool = self.spawn_pool(key.clone(), 0);
+        lock(&self.known_dbs).insert(key.db);
+        lock(&self.pools).insert(key, pool.clone());
+        *lock(&self.default) = pool;
     }
 
     /// The pool of the configured upstream (db, RESP2, configured user).
     pub fn default_pool(&self) -> Arc<Pool> {
-        self.default.clone()
+        lock(&self.default).clone()
     }
 
     /// The pool for `key`, started on first use; `Err` is the error line for the client when
     /// `max_pools` pools exist already.
     pub fn pool(&self, key: &PoolKey) -> Result<Arc<Pool>, Bytes> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = lock(&self.pools);
         if let Some(pool) = pools.get(key) {
             return Ok(pool.clone());
         }
@@ -204,7 +233,6 @@ impl Pools {
             )));
         };
         let settings = UpstreamSettings {
-            command_timeout: None,
             dedicated: true,
             ..self.settings_for(key)
         };
@@ -244,7 +272,7 @@ impl Pools {
 
     /// True while at least one connection of the default pool is established.
     pub fn any_up(&self) -> bool {
-        self.default.conns.iter().any(UpstreamHandle::is_up)
+        lock(&self.default).conns.iter().any(UpstreamHandle::is_up)
     }
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
@@ -265,7 +293,8 @@ impl Pools {
 
     /// The upstream settings for connections in `key`'s state.
     fn settings_for(&self, key: &PoolKey) -> UpstreamSettings {
-        let mut upstream: Upstream = self.base.upstream.clone();
+        let base = lock(&self.base);
+        let mut upstream: Upstream = base.upstream.clone();
         upstream.db = key.db;
         if let Some(auth) = &key.auth {
             upstream.username = auth.user.clone();
@@ -274,7 +303,13 @@ impl Pools {
         UpstreamSettings {
             upstream,
             resp3: key.resp3,
-            ..self.base.clone()
+            ..base.clone()
         }
     }
+}
+
+/// Locks a mutex that is only held for short map or field updates; a panic while holding one
+/// cannot leave it half-updated, so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

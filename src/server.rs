@@ -15,12 +15,14 @@ use tracing::{debug, info, warn, Instrument};
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::error::Error;
+use crate::live::Live;
 use crate::metrics::ClientMetrics;
 use crate::pool::Pools;
+use crate::reload;
 use crate::reply;
-use crate::resp::RequestLimits;
 use crate::session::{self, SessionLimits, Shared};
 use crate::tls;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// First pause after a failed `accept` (for example out of file descriptors); doubles up to
@@ -53,26 +55,41 @@ pub async fn run(
     admin: Option<Admin>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let (_no_updates, updates) = watch::channel(config.clone());
+    run_with_updates(config, listeners, admin, shutdown, updates).await
+}
+
+/// [`run`], and every configuration sent on `updates` is applied while running (see
+/// [`reload::apply`]): the binary sends one on SIGHUP and when the config file changes.
+pub async fn run_with_updates(
+    config: Config,
+    listeners: Vec<Listener>,
+    admin: Option<Admin>,
+    shutdown: CancellationToken,
+    mut updates: watch::Receiver<Config>,
+) -> Result<(), Error> {
     // Built before anything is served: a TLS setting that does not work stops the proxy instead of
     // letting it speak plaintext.
     let acceptor = tls::acceptor(&config)?;
     let shared = Arc::new(Shared {
         pools: Pools::start(&config, tls::connector(&config)?),
         metrics: ClientMetrics::new(),
-        limits: SessionLimits {
-            max_inflight: config.max_client_inflight.get(),
-            max_reply_bytes: config.max_client_reply_bytes.get(),
-            request: RequestLimits {
-                max_request_bytes: config.max_request_bytes.get(),
-                max_args: config.max_request_args.get(),
-            },
-            command_timeout: config.command_timeout,
-            requirepass: config.requirepass.clone(),
-            deny_commands: config.deny_commands.clone(),
-            lease_idle_timeout: config.lease_idle_timeout,
-        },
+        limits: Live::new(SessionLimits::from_config(&config)),
         shutdown: shutdown.clone(),
     });
+    {
+        let shared = Arc::downgrade(&shared);
+        let mut running = config.clone();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let new = updates.borrow_and_update().clone();
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                running = reload::apply(&running, &new, &shared);
+            }
+        });
+    }
     // Cancelled when `run` returns, after the drain; until then /metrics and /healthz keep answering.
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::chunks::Chunks;
 use crate::command::{self, Args, Kind, ReplyMode};
 use crate::config::Secret;
+use crate::live::{Cached, Live};
 use crate::metrics::ClientMetrics;
 use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools};
 use crate::reply::{self, ReplyRx, ReplyTx, Response};
@@ -49,7 +50,7 @@ const WHILE_LEASED: &str =
     "-ERR respipe: SELECT, AUTH and HELLO are not supported inside MULTI, after WATCH or while subscribed\r\n";
 
 /// Per-client limits, from the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionLimits {
     /// Commands in flight at most; past it respipe stops reading the client.
     pub max_inflight: usize,
@@ -67,14 +68,32 @@ pub struct SessionLimits {
     pub lease_idle_timeout: Option<Duration>,
 }
 
+impl SessionLimits {
+    /// The limits as the configuration sets them.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        SessionLimits {
+            max_inflight: config.max_client_inflight.get(),
+            max_reply_bytes: config.max_client_reply_bytes.get(),
+            request: RequestLimits {
+                max_request_bytes: config.max_request_bytes.get(),
+                max_args: config.max_request_args.get(),
+            },
+            command_timeout: config.command_timeout,
+            requirepass: config.requirepass.clone(),
+            deny_commands: config.deny_commands.clone(),
+            lease_idle_timeout: config.lease_idle_timeout,
+        }
+    }
+}
+
 /// What every session shares.
 pub struct Shared {
     /// The upstream connections and the routing step.
     pub pools: Pools,
     /// Metric handles.
     pub metrics: ClientMetrics,
-    /// Per-client limits.
-    pub limits: SessionLimits,
+    /// Per-client limits, reloadable (sessions refresh their copy between events).
+    pub limits: Live<SessionLimits>,
     /// Cancelled at shutdown: sessions stop reading, finish what is in flight and close.
     pub shutdown: CancellationToken,
 }
@@ -154,8 +173,11 @@ struct Session {
     inflight: usize,
     /// The shared connection in use while `inflight > 0` (invariant 2: per-client order).
     current: Option<UpstreamHandle>,
-    /// The shared pool of the state the session is in.
+    /// The shared pool of the state the session is in, and the pools' generation it came from.
     pool: Arc<Pool>,
+    pool_generation: u64,
+    /// This session's copy of the reloadable limits.
+    limits: Cached<SessionLimits>,
     /// The dedicated connection, while one is needed.
     lease: Option<Lease>,
     /// The session's reply channel: a clone of `tx` rides in every request's reply slot; `rx` is
@@ -177,7 +199,7 @@ impl State {
             auth: None,
             name: None,
             reply: ReplyMode::On,
-            authenticated: shared.limits.requirepass.is_none(),
+            authenticated: shared.limits.load().requirepass.is_none(),
             in_multi: false,
             watching: false,
             streaming: None,
@@ -244,7 +266,8 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let mut session = Session {
         id,
-        scanner: RequestScanner::new(shared.limits.request),
+        scanner: RequestScanner::new(shared.limits.load().request),
+        limits: shared.limits.cached(),
         inbuf: BytesMut::new(),
         read_chunk: READ_CHUNK_MIN,
         out: Chunks::default(),
@@ -252,6 +275,7 @@ where
         inflight: 0,
         current: None,
         pool: shared.pools.default_pool(),
+        pool_generation: shared.pools.generation(),
         lease: None,
         tx,
         rx,
@@ -275,15 +299,16 @@ impl Session {
     {
         let shutdown = self.shared.shutdown.clone();
         loop {
+            self.limits.refresh(&self.shared.limits);
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
                 let _ = wr.shutdown().await;
                 return Ok(());
             }
             let can_read = !self.closing
-                && self.inflight < self.shared.limits.max_inflight
+                && self.inflight < self.limits.max_inflight
                 && self.out.bytes() < READ_PAUSE_REPLY_BYTES;
             let writing = !self.out.is_empty();
-            let idle_limit = self.shared.limits.lease_idle_timeout.filter(|_| {
+            let idle_limit = self.limits.lease_idle_timeout.filter(|_| {
                 self.lease.is_some()
                     && (self.state.in_multi || self.state.watching)
                     && self.inflight == 0
@@ -401,7 +426,7 @@ impl Session {
                     let kind = command::classify(
                         &bytes[frame.name.clone()],
                         Args::Resp(bytes),
-                        &self.shared.limits.deny_commands,
+                        &self.limits.deny_commands,
                     );
                     if kind == Kind::Plain && self.batchable() {
                         run += frame.len;
@@ -429,7 +454,7 @@ impl Session {
                             let kind = command::classify(
                                 &args[0],
                                 Args::Inline(&args),
-                                &self.shared.limits.deny_commands,
+                                &self.limits.deny_commands,
                             );
                             let bytes = resp::encode_request(&args);
                             self.command(kind, &args[0], Args::Inline(&args), bytes)
@@ -645,7 +670,7 @@ impl Session {
             (Some(password), None) => (None, password),
             _ => return self.forward(bytes, Route::Current, false).await,
         };
-        if let Some(required) = &self.shared.limits.requirepass {
+        if let Some(required) = &self.limits.requirepass {
             let ok = user.is_none_or(|u| u == b"default") && password == required.0.as_bytes();
             self.state.authenticated |= ok;
             return self.answer(if ok {
@@ -688,7 +713,7 @@ impl Session {
         }
         // The probe gets the command as sent, except the AUTH part when respipe checks it itself.
         let mut probe_args: Vec<&[u8]> = all.clone();
-        if let Some(required) = &self.shared.limits.requirepass {
+        if let Some(required) = &self.limits.requirepass {
             match creds {
                 Some((user, password)) => {
                     if user != b"default" || password != required.0.as_bytes() {
@@ -710,7 +735,7 @@ impl Session {
                 self.state.resp3 = proto == 3;
             }
             if let Some((user, password)) = creds {
-                if self.shared.limits.requirepass.is_some() {
+                if self.limits.requirepass.is_some() {
                     self.state.authenticated = true;
                 } else {
                     self.state.auth = Some(Arc::new(Credentials {
@@ -799,7 +824,7 @@ impl Session {
             reply: self.tx.clone(),
             stream,
         };
-        let error = match self.shared.limits.command_timeout {
+        let error = match self.limits.command_timeout {
             Some(limit) => match tokio::time::timeout(limit, handle.send(request)).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(_)) => reply::shutting_down(),
@@ -835,12 +860,14 @@ impl Session {
             return Ok(Ok(lease.handle().clone()));
         }
         let key = self.state.key();
-        if self.pool.key() != &key {
+        let generation = self.shared.pools.generation();
+        if self.pool.key() != &key || self.pool_generation != generation {
             self.drain().await?;
             match self.shared.pools.pool(&key) {
                 Ok(pool) => self.pool = pool,
                 Err(line) => return Ok(Err(line)),
             }
+            self.pool_generation = generation;
             self.current = None;
         }
         let pool = &self.pool;
@@ -956,11 +983,11 @@ impl Session {
     }
 
     fn check_reply_limit(&mut self) -> Result<(), Close> {
-        if self.out.bytes() > self.shared.limits.max_reply_bytes {
+        if self.out.bytes() > self.limits.max_reply_bytes {
             warn!(
                 session = self.id,
                 unsent_bytes = self.out.bytes(),
-                limit = self.shared.limits.max_reply_bytes,
+                limit = self.limits.max_reply_bytes,
                 "client is not reading its replies; closing it (max_client_reply_bytes)"
             );
             self.shared.metrics.closed_reply_limit.increment(1);

@@ -22,6 +22,7 @@ use crate::batch::{Batch, BatchPolicy};
 use crate::chunks::Chunks;
 use crate::config::{Endpoint, Upstream};
 use crate::error::UpstreamError;
+use crate::live::{Cached, Live};
 use crate::metrics::{self, UpstreamMetrics};
 use crate::reply::{self, ReplyTx, Response};
 use crate::resp::{self, ReplyScanner};
@@ -59,12 +60,10 @@ pub struct UpstreamSettings {
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
     pub tls: Option<UpstreamTls>,
-    /// The coalescing policy.
-    pub policy: BatchPolicy,
+    /// The coalescing policy and command timeout, reloadable.
+    pub tunables: Arc<Live<Tunables>>,
     /// Bound on connect plus handshake.
     pub connect_timeout: Duration,
-    /// A command without a reply after this long is answered with an error; `None` waits forever.
-    pub command_timeout: Option<Duration>,
     /// Cap of the reconnect backoff.
     pub backoff_max: Duration,
     /// Commands in flight on this connection at most; past it the driver stops taking requests,
@@ -75,6 +74,30 @@ pub struct UpstreamSettings {
     /// A leased connection: it carries one client's state (a transaction, subscriptions), so once
     /// lost it never reconnects (that would silently drop the state); every later request fails.
     pub dedicated: bool,
+}
+
+/// What a running driver takes from a configuration reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunables {
+    /// The coalescing policy.
+    pub policy: BatchPolicy,
+    /// A command without a reply after this long is answered with an error; `None` waits forever.
+    /// Dedicated (leased) connections never time out: blocking commands wait as long as they like.
+    pub command_timeout: Option<Duration>,
+}
+
+impl Tunables {
+    /// The knobs as the configuration sets them.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Tunables {
+            policy: BatchPolicy {
+                max_commands: config.max_batch_commands.get(),
+                max_bytes: config.max_batch_bytes.get(),
+                window: config.batch_window,
+            },
+            command_timeout: config.command_timeout,
+        }
+    }
 }
 
 /// The cloneable handle of one upstream connection.
@@ -135,6 +158,8 @@ struct WriteBuf {
 /// The state of one established connection, owned by the driver task.
 struct Conn<'a> {
     settings: &'a UpstreamSettings,
+    /// The reloadable knobs, refreshed at the top of every loop pass.
+    tunables: Cached<Tunables>,
     metrics: &'a UpstreamMetrics,
     addr: &'a str,
     rbuf: BytesMut,
@@ -322,15 +347,15 @@ impl Driver {
         let mut expiry: Pin<Box<Sleep>> = Box::pin(sleep_until(Instant::now()));
         let mut expiry_armed = false;
         loop {
+            conn.tunables.refresh(&self.settings.tunables);
             let now = Instant::now();
             conn.start_write(now);
             let writing = !conn.out.chunks.is_empty();
-            let can_take = !conn.batch.is_full(&self.settings.policy)
+            let can_take = !conn.batch.is_full(&conn.tunables.policy)
                 && conn.inflight < self.settings.max_inflight;
             let window_due =
-                conn.out.is_empty() && conn.batch.deadline(&self.settings.policy).is_some();
-            let live =
-                conn.fifo.len() > conn.dead_prefix && self.settings.command_timeout.is_some();
+                conn.out.is_empty() && conn.batch.deadline(&conn.tunables.policy).is_some();
+            let live = conn.fifo.len() > conn.dead_prefix && conn.command_timeout().is_some();
             if live && !expiry_armed {
                 if let Some(deadline) = conn.fifo.get(conn.dead_prefix).and_then(|s| s.deadline) {
                     expiry.as_mut().reset(deadline);
@@ -369,7 +394,7 @@ impl Driver {
                     let was_empty = conn.batch.is_empty();
                     conn.enqueue(request);
                     // Take whatever else is already queued, up to the caps: this is where batches form.
-                    while !conn.batch.is_full(&self.settings.policy)
+                    while !conn.batch.is_full(&conn.tunables.policy)
                         && conn.inflight < self.settings.max_inflight
                     {
                         match self.rx.try_recv() {
@@ -378,7 +403,7 @@ impl Driver {
                         }
                     }
                     if was_empty {
-                        if let Some(deadline) = conn.batch.deadline(&self.settings.policy) {
+                        if let Some(deadline) = conn.batch.deadline(&conn.tunables.policy) {
                             window.as_mut().reset(Instant::from_std(deadline));
                         }
                     }
@@ -402,6 +427,7 @@ impl<'a> Conn<'a> {
     fn new(settings: &'a UpstreamSettings, metrics: &'a UpstreamMetrics, addr: &'a str) -> Self {
         Conn {
             settings,
+            tunables: settings.tunables.cached(),
             metrics,
             addr,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -421,6 +447,13 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// The command timeout of this connection (none on dedicated ones).
+    fn command_timeout(&self) -> Option<Duration> {
+        self.tunables
+            .command_timeout
+            .filter(|_| !self.settings.dedicated)
+    }
+
     /// Adds a request to the batch and its slot to the FIFO. Bytes and slots are both appended in
     /// arrival order and batches are written in order, so the FIFO order is the byte order on the
     /// socket (invariant 1).
@@ -438,7 +471,7 @@ impl<'a> Conn<'a> {
         self.fifo.push_back(Slot {
             reply: request.reply,
             remaining: request.count,
-            deadline: self.settings.command_timeout.map(|t| now + t),
+            deadline: self.command_timeout().map(|t| now + t),
             dead: false,
             stream: request.stream,
         });
@@ -452,7 +485,7 @@ impl<'a> Conn<'a> {
         }
         let Some(reason) = self
             .batch
-            .flush_reason(&self.settings.policy, now.into_std())
+            .flush_reason(&self.tunables.policy, now.into_std())
         else {
             return;
         };
@@ -584,7 +617,7 @@ impl<'a> Conn<'a> {
     /// Answers every slot whose deadline has passed with a timeout error and marks it dead, so its
     /// late replies are read and dropped instead of reaching the next slot's client.
     fn expire(&mut self, now: Instant) {
-        let Some(limit) = self.settings.command_timeout else {
+        let Some(limit) = self.command_timeout() else {
             return;
         };
         let mut error = None;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{bounded, http_get, respipe_command, Binary, RawClient, RedisServer, Reply, POLL};
+use common::{bounded, connect_pong, http_get, respipe_command, Binary, RedisServer, Reply, POLL};
 use respipe::metrics;
 
 /// Every metric respipe exports, with whether it is a histogram (which adds `_bucket`, `_sum`,
@@ -222,21 +222,6 @@ async fn exported_metrics_are_all_listed() {
         assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}");
     })
     .await
-}
-
-async fn connect_pong(addr: std::net::SocketAddr) -> RawClient {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = RawClient::connect(addr).await;
-        if c.cmd(&["PING"]).await == Reply::Simple("PONG".into()) {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "respipe at {addr} does not answer PING"
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Every `*.toml` under `deploy/` (the Kubernetes ConfigMaps' sources) loads as respipe would load it.

@@ -1098,3 +1098,19 @@ async fn link(
     #[allow(deprecated)]
     let _ = up.set_linger(Some(Duration::ZERO));
 }
+
+/// Connects to `addr` and polls PING until it answers PONG (bounded), returning the client.
+pub async fn connect_pong(addr: std::net::SocketAddr) -> RawClient {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = RawClient::connect(addr).await;
+        if c.cmd(&["PING"]).await == Reply::Simple("PONG".into()) {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "respipe at {addr} does not answer PING"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,90 @@
+//! Applying a reloaded configuration to a running proxy: what takes effect at once, and what needs
+//! a restart (reported, and kept as it was). The binary reloads on SIGHUP and when the config file
+//! changes; a configuration that does not load is rejected whole and the running one stays.
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::session::{SessionLimits, Shared};
+use crate::upstream::Tunables;
+
+/// Applies `new` to a proxy running `running` and returns the configuration now in effect: `new`,
+/// except the settings that need a restart, which keep their running values (and are logged).
+///
+/// Applied at once, without dropping a client: batching knobs and the command timeout (every
+/// upstream connection's next batch), per-client limits, `deny_commands`, `requirepass` and
+/// `lease_idle_timeout` (every session's next event; request size limits for new clients), and
+/// the upstream address and credentials (new pools; sessions move to them when nothing is in
+/// flight; leases in use keep their connection). The log level is applied by the binary.
+pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
+    let mut effective = new.clone();
+    let mut restart: Vec<&str> = Vec::new();
+    macro_rules! keep_running {
+        ($($field:ident),* $(,)?) => {$(
+            if running.$field != new.$field {
+                restart.push(stringify!($field));
+                effective.$field = running.$field.clone();
+            }
+        )*};
+    }
+    keep_running!(
+        listen,
+        metrics_listen,
+        pool_size,
+        max_clients,
+        max_leases,
+        max_pools,
+        max_upstream_inflight,
+        connect_timeout,
+        reconnect_backoff_max,
+        drain_timeout,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        upstream_tls_ca,
+        upstream_tls_cert,
+        upstream_tls_key,
+        upstream_tls_server_name,
+        upstream_tls_insecure,
+        log_format,
+    );
+    if running.upstream.tls != new.upstream.tls {
+        restart.push("upstream (TLS on or off)");
+        effective.upstream = running.upstream.clone();
+    }
+    if !restart.is_empty() {
+        warn!(
+            settings = restart.join(", "),
+            "config reload: these changed but need a restart to take effect; the running values stay"
+        );
+    }
+
+    let mut applied: Vec<&str> = Vec::new();
+    let tunables = Tunables::from_config(&effective);
+    if tunables != Tunables::from_config(running) {
+        shared.pools.tunables().store(tunables);
+        applied.push("batching and command timeout");
+    }
+    let limits = SessionLimits::from_config(&effective);
+    if limits != SessionLimits::from_config(running) {
+        shared.limits.store(limits);
+        applied.push("client limits, deny_commands, requirepass, lease_idle_timeout");
+    }
+    if effective.upstream != running.upstream {
+        shared.pools.replace_upstream(effective.upstream.clone());
+        applied.push("upstream");
+    }
+    if effective.log_level != running.log_level {
+        applied.push("log_level");
+    }
+    if applied.is_empty() {
+        info!("config reload: nothing to apply");
+    } else {
+        info!(
+            applied = applied.join("; "),
+            upstream = %effective.upstream,
+            "config reloaded"
+        );
+    }
+    effective
+}

@@ -1,0 +1,147 @@
+//! Hot reload of the binary: a change of the config file (and SIGHUP) applies new settings to
+//! connected clients without dropping them; a bad file is rejected and the running configuration
+//! stays; settings that need a restart are reported; new upstream credentials take effect.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const APPLY: Duration = Duration::from_secs(10);
+
+fn write_config(path: &Path, listen: &str, upstream: &str, extra: &str) {
+    let text = format!("listen = [\"{listen}\"]\nupstream = \"{upstream}\"\n{extra}\n");
+    // Write beside and rename, as editors and ConfigMaps do: the watcher never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("replace config");
+}
+
+/// Starts the binary with `--config path` and returns it with its client address.
+fn start(path: &Path) -> (Binary, SocketAddr) {
+    let mut cmd = respipe_command();
+    cmd.arg("--config").arg(path);
+    let mut bin = Binary::spawn(cmd);
+    let listen: SocketAddr = bin.ready_field("listen").parse().expect("listen address");
+    (bin, listen)
+}
+
+/// Sends `cmd` on `client` (every `POLL`) until its reply satisfies `ok`; fails after `APPLY`.
+async fn until(client: &mut RawClient, cmd: &[&str], what: &str, ok: impl Fn(&Reply) -> bool) {
+    let deadline = std::time::Instant::now() + APPLY;
+    loop {
+        let reply = client.cmd(cmd).await;
+        if ok(&reply) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {APPLY:?}; last reply {reply:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn denied(reply: &Reply) -> bool {
+    reply
+        .error_text()
+        .is_some_and(|e| e.contains("disabled by configuration"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_changes_apply_without_dropping_clients() {
+    bounded(LIMIT, "reload on file change", async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("respipe.toml");
+        let upstream = redis.addr().to_string();
+        write_config(&path, "127.0.0.1:0", &upstream, "");
+        let (mut bin, addr) = start(&path);
+        let mut client = connect_pong(addr).await;
+        assert_eq!(client.cmd(&["ECHO", "x"]).await, Reply::bulk("x"));
+
+        // A new deny list reaches the already connected client.
+        write_config(
+            &path,
+            "127.0.0.1:0",
+            &upstream,
+            "deny_commands = [\"ECHO\"]",
+        );
+        until(
+            &mut client,
+            &["ECHO", "x"],
+            "ECHO denied after the reload",
+            denied,
+        )
+        .await;
+        assert_eq!(client.cmd(&["SET", "k", "v"]).await, Reply::ok());
+
+        // A bad file is rejected whole: ECHO stays denied, the proxy keeps serving.
+        write_config(&path, "127.0.0.1:0", &upstream, "pool_size = 0");
+        bin.wait_line("config reload rejected", APPLY);
+        assert!(denied(&client.cmd(&["ECHO", "x"]).await));
+
+        // A listen address cannot change while running: reported, and the old one still serves.
+        write_config(&path, "127.0.0.1:1", &upstream, "");
+        let line = bin.wait_line("need a restart", APPLY);
+        assert!(line.contains("listen"), "{line}");
+        let mut fresh = connect_pong(addr).await;
+        // The rest of that file (no deny list) did apply.
+        assert_eq!(fresh.cmd(&["ECHO", "y"]).await, Reply::bulk("y"));
+        assert_eq!(client.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+
+        // SIGHUP reloads too, and does not stop the proxy.
+        write_config(
+            &path,
+            "127.0.0.1:0",
+            &upstream,
+            "deny_commands = [\"ECHO\"]",
+        );
+        bin.signal(libc::SIGHUP);
+        bin.wait_line("trigger=\"SIGHUP\"", APPLY);
+        assert_eq!(client.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_upstream_credentials_take_effect() {
+    bounded(LIMIT, "reload credentials", async {
+        let redis = RedisServer::start_with(&["--requirepass", "one"]).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("respipe.toml");
+        let url = |pw: &str| format!("redis://:{pw}@{}", redis.addr());
+        write_config(&path, "127.0.0.1:0", &url("one"), "");
+        let (mut bin, addr) = start(&path);
+        let mut client = connect_pong(addr).await;
+        assert_eq!(client.cmd(&["SET", "cred", "1"]).await, Reply::ok());
+
+        // Redis's password changes; respipe's connections stay authenticated as they were.
+        let mut direct = redis.direct().await;
+        assert_eq!(direct.cmd(&["AUTH", "one"]).await, Reply::ok());
+        assert_eq!(
+            direct.cmd(&["CONFIG", "SET", "requirepass", "two"]).await,
+            Reply::ok()
+        );
+        write_config(&path, "127.0.0.1:0", &url("two"), "");
+        bin.wait_line("config reloaded", APPLY);
+
+        // Every respipe connection is killed: only connections made with the new password work.
+        let killed = direct
+            .cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .await;
+        assert!(matches!(killed, Reply::Int(n) if n >= 1), "{killed:?}");
+        until(
+            &mut client,
+            &["GET", "cred"],
+            "GET with the new password",
+            |r| *r == Reply::bulk("1"),
+        )
+        .await;
+    })
+    .await
+}
