@@ -151,7 +151,7 @@ fn batch_policy(c: &mut Criterion) {
             let mut flushes = 0usize;
             for _ in 0..100 {
                 batch.push(1, black_box(SET_FRAME.len()), now);
-                if batch.flush_reason(black_box(&policy), now).is_some() {
+                if batch.flush_reason(black_box(&policy), now, false).is_some() {
                     flushes += 1;
                 }
             }

@@ -10,9 +10,10 @@ pub struct BatchPolicy {
     pub max_commands: usize,
     /// A batch with this many bytes is written at once, and takes no more.
     pub max_bytes: usize,
-    /// How long the oldest queued command may wait for company. Zero is *adaptive*: whatever is
-    /// queued is written as soon as the socket can take it, so an idle proxy adds no delay and a busy
-    /// one batches what piles up while the previous write is in flight.
+    /// A latency budget: while earlier commands are still on the wire, the oldest queued command
+    /// may wait this long for company; when nothing is in flight it is written at once, so a lone
+    /// client never waits. Zero is *adaptive*: whatever is queued is written as soon as the socket
+    /// can take it, and a busy proxy batches what piles up while the previous write is in flight.
     pub window: Duration,
 }
 
@@ -27,6 +28,8 @@ pub enum FlushReason {
     Bytes,
     /// The oldest command waited the whole window.
     Window,
+    /// Nothing was in flight upstream, so waiting could only add latency.
+    Idle,
 }
 
 /// The batch being collected: counts and the age of its oldest command. The bytes themselves live
@@ -40,11 +43,12 @@ pub struct Batch {
 
 impl FlushReason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [FlushReason; 4] = [
+    pub const ALL: [FlushReason; 5] = [
         FlushReason::Adaptive,
         FlushReason::Commands,
         FlushReason::Bytes,
         FlushReason::Window,
+        FlushReason::Idle,
     ];
 
     /// The metric label value.
@@ -54,6 +58,7 @@ impl FlushReason {
             FlushReason::Commands => "max_commands",
             FlushReason::Bytes => "max_bytes",
             FlushReason::Window => "window",
+            FlushReason::Idle => "idle",
         }
     }
 }
@@ -92,7 +97,13 @@ impl Batch {
     }
 
     /// `Some(reason)` when the batch must be written now (the socket being free); `None` to wait.
-    pub fn flush_reason(&self, policy: &BatchPolicy, now: Instant) -> Option<FlushReason> {
+    /// `upstream_idle`: no earlier command is waiting for its reply.
+    pub fn flush_reason(
+        &self,
+        policy: &BatchPolicy,
+        now: Instant,
+        upstream_idle: bool,
+    ) -> Option<FlushReason> {
         let oldest = self.oldest?;
         if self.commands >= policy.max_commands {
             Some(FlushReason::Commands)
@@ -100,6 +111,8 @@ impl Batch {
             Some(FlushReason::Bytes)
         } else if policy.window.is_zero() {
             Some(FlushReason::Adaptive)
+        } else if upstream_idle {
+            Some(FlushReason::Idle)
         } else if now >= oldest + policy.window {
             Some(FlushReason::Window)
         } else {
@@ -136,7 +149,7 @@ mod tests {
     #[test]
     fn empty_batch_never_flushes() {
         let b = Batch::default();
-        assert_eq!(b.flush_reason(&policy(0), Instant::now()), None);
+        assert_eq!(b.flush_reason(&policy(0), Instant::now(), false), None);
         assert_eq!(b.deadline(&policy(50)), None);
     }
 
@@ -145,7 +158,10 @@ mod tests {
         let now = Instant::now();
         let mut b = Batch::default();
         b.push(1, 10, now);
-        assert_eq!(b.flush_reason(&policy(0), now), Some(FlushReason::Adaptive));
+        assert_eq!(
+            b.flush_reason(&policy(0), now, false),
+            Some(FlushReason::Adaptive)
+        );
         assert_eq!(b.deadline(&policy(0)), None);
     }
 
@@ -156,12 +172,25 @@ mod tests {
         let mut b = Batch::default();
         b.push(1, 10, t0);
         b.push(1, 10, t0 + Duration::from_micros(60));
-        assert_eq!(b.flush_reason(&p, t0 + Duration::from_micros(99)), None);
+        assert_eq!(
+            b.flush_reason(&p, t0 + Duration::from_micros(99), false),
+            None
+        );
         assert_eq!(b.deadline(&p), Some(t0 + Duration::from_micros(100)));
         assert_eq!(
-            b.flush_reason(&p, t0 + Duration::from_micros(100)),
+            b.flush_reason(&p, t0 + Duration::from_micros(100), false),
             Some(FlushReason::Window)
         );
+    }
+
+    #[test]
+    fn a_window_never_holds_a_batch_when_nothing_is_in_flight() {
+        let p = policy(100);
+        let t0 = Instant::now();
+        let mut b = Batch::default();
+        b.push(1, 10, t0);
+        assert_eq!(b.flush_reason(&p, t0, true), Some(FlushReason::Idle));
+        assert_eq!(b.flush_reason(&p, t0, false), None);
     }
 
     #[test]
@@ -173,12 +202,12 @@ mod tests {
         assert!(!b.is_full(&p));
         b.push(1, 10, t0);
         assert!(b.is_full(&p));
-        assert_eq!(b.flush_reason(&p, t0), Some(FlushReason::Commands));
+        assert_eq!(b.flush_reason(&p, t0, false), Some(FlushReason::Commands));
 
         let mut b = Batch::default();
         b.push(1, 100, t0);
         assert!(b.is_full(&p));
-        assert_eq!(b.flush_reason(&p, t0), Some(FlushReason::Bytes));
+        assert_eq!(b.flush_reason(&p, t0, false), Some(FlushReason::Bytes));
     }
 
     #[test]

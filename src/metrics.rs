@@ -124,7 +124,7 @@ pub struct UpstreamMetrics {
     /// `respipe_batch_bytes`.
     pub batch_bytes: Histogram,
     /// `respipe_batch_flushes_total{reason}`, indexed like `FlushReason::ALL`.
-    pub flushes: [Counter; 4],
+    pub flushes: [Counter; 5],
     /// `respipe_queue_wait_seconds`.
     pub queue_wait: Histogram,
     /// `respipe_upstream_rtt_seconds`.
@@ -271,7 +271,7 @@ fn describe() {
     describe_histogram!(BATCH_BYTES, Unit::Bytes, "Bytes per upstream write.");
     describe_counter!(
         BATCH_FLUSHES,
-        "Upstream writes by flush reason: adaptive, max_commands, max_bytes, window."
+        "Upstream writes by flush reason: adaptive, max_commands, max_bytes, window, idle."
     );
     describe_histogram!(
         QUEUE_WAIT,

@@ -298,6 +298,8 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let shutdown = self.shared.shutdown.clone();
+        // Made once: a fresh `cancelled()` each pass would lock the token's waiter list every event.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
         loop {
             self.limits.refresh(&self.shared.limits);
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
@@ -327,7 +329,7 @@ impl Session {
                         rd.read_buf(inbuf).await.map(Some)
                     }
                 }, if can_read => Event::Read(r),
-                _ = shutdown.cancelled(), if !self.closing => Event::Shutdown,
+                _ = &mut cancelled, if !self.closing => Event::Shutdown,
                 _ = tokio::time::sleep_until(idle_deadline), if idle_limit.is_some() => Event::LeaseIdle,
             };
             match event {

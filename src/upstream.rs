@@ -102,7 +102,11 @@ impl Tunables {
 
 /// The cloneable handle of one upstream connection.
 #[derive(Debug, Clone)]
-pub struct UpstreamHandle {
+pub struct UpstreamHandle(Arc<HandleInner>);
+
+/// What a handle holds, shared by its clones (a clone is one reference count).
+#[derive(Debug)]
+struct HandleInner {
     /// Requests to the driver. Bounded by `queue_capacity`: a full queue makes `send` wait. The driver
     /// holds the receiver and exits when every handle is dropped.
     tx: mpsc::Sender<Request>,
@@ -202,22 +206,22 @@ impl UpstreamHandle {
             addr: addr.clone(),
         };
         tokio::spawn(driver.run());
-        UpstreamHandle { tx, up, addr }
+        UpstreamHandle(Arc::new(HandleInner { tx, up, addr }))
     }
 
     /// Queues a request, waiting while the queue is full. Gives the request back if the driver is gone.
     pub async fn send(&self, request: Request) -> Result<(), Request> {
-        self.tx.send(request).await.map_err(|e| e.0)
+        self.0.tx.send(request).await.map_err(|e| e.0)
     }
 
     /// True while the connection is established.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.0.up.load(Ordering::Relaxed)
     }
 
     /// The upstream endpoint (no credentials).
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.0.addr
     }
 }
 
@@ -483,9 +487,11 @@ impl<'a> Conn<'a> {
         if !self.out.is_empty() {
             return;
         }
+        // Everything in flight is in this batch: no earlier command awaits its reply.
+        let idle = self.inflight <= self.batch.commands();
         let Some(reason) = self
             .batch
-            .flush_reason(&self.tunables.policy, now.into_std())
+            .flush_reason(&self.tunables.policy, now.into_std(), idle)
         else {
             return;
         };
