@@ -29,36 +29,28 @@ fn short(group: &mut BenchmarkGroup<'_, WallTime>) {
         .sample_size(20);
 }
 
-/// Scans every frame of `buf` the way a session does (scan, then skip `frame.len`); returns the
+/// Scans every frame of `buf` the way a session does (scan, then skip the frame's length) with
+/// `scan`, which gives a frame's length or `None` for "need more bytes" or an error; returns the
 /// number of frames.
-fn scan_requests(scanner: &mut RequestScanner, buf: &[u8]) -> usize {
+fn scan_all(buf: &[u8], mut scan: impl FnMut(&[u8]) -> Option<usize>) -> usize {
     let mut pos = 0;
     let mut n = 0;
     while pos < buf.len() {
-        match scanner.scan(&buf[pos..]) {
-            Ok(Some(frame)) => {
-                pos += frame.len;
-                n += 1;
-            }
-            Ok(None) | Err(_) => break,
-        }
+        let Some(len) = scan(&buf[pos..]) else {
+            break;
+        };
+        pos += len;
+        n += 1;
     }
     n
 }
 
+fn scan_requests(scanner: &mut RequestScanner, buf: &[u8]) -> usize {
+    scan_all(buf, |b| scanner.scan(b).ok().flatten().map(|f| f.len))
+}
+
 fn scan_replies(scanner: &mut ReplyScanner, buf: &[u8]) -> usize {
-    let mut pos = 0;
-    let mut n = 0;
-    while pos < buf.len() {
-        match scanner.scan(&buf[pos..]) {
-            Ok(Some(frame)) => {
-                pos += frame.len;
-                n += 1;
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    n
+    scan_all(buf, |b| scanner.scan(b).ok().flatten().map(|f| f.len))
 }
 
 fn request_scan(c: &mut Criterion) {

@@ -55,7 +55,7 @@ async fn reply_integrity_drill() {
 async fn thousand_idle_clients() {
     bounded(Duration::from_secs(60), "1,000 idle clients", async {
         const IDLE: usize = 1_000;
-        let nofile = common::raise_nofile();
+        let nofile = drill::raise_nofile();
         assert!(nofile as usize > 2 * IDLE + 200, "RLIMIT_NOFILE {nofile} too small");
         let redis = common::RedisServer::start().await;
         let proxy = BinProxy::spawn(&redis.addr().to_string(), &[]);

@@ -3,6 +3,8 @@
 //! reply, never a late reply, never a hang; and the proxy recovers when Redis is back.
 
 mod common;
+#[path = "common/drill.rs"]
+mod drill;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use common::{
     bounded, encode, free_port, is_upstream_error, poll_until, BinProxy, ChaosLink, Proxy,
     RawClient, RedisServer, Reply, POLL,
 };
+use drill::DrillCounts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long any single command may take before the test calls it a hang.
@@ -371,91 +374,6 @@ async fn late_reply_after_timeout_is_dropped() {
     .await
 }
 
-/// What the clients of [`redis_killed_under_200_clients`] saw.
-#[derive(Default)]
-struct LoadCounts {
-    ok: AtomicU64,
-    /// `-ERR respipe: upstream ...`.
-    err: AtomicU64,
-    /// GET found nothing: its SET failed, or Redis restarted empty in between.
-    nil: AtomicU64,
-    /// A reply that is neither right nor an explicit failure.
-    wrong: AtomicU64,
-    /// A value that belongs to another client.
-    misrouted: AtomicU64,
-    hung: AtomicU64,
-    closed: AtomicU64,
-}
-
-/// Checks one reply: SETs want `+OK`, GETs want `want` exactly (or nil); errors must be respipe's
-/// explicit upstream errors.
-fn check(reply: &Reply, want: Option<&str>, id: u32, counts: &LoadCounts) {
-    let c = |a: &AtomicU64| a.fetch_add(1, Ordering::Relaxed);
-    match (reply, want) {
-        (Reply::Simple(s), None) if s == "OK" => c(&counts.ok),
-        (Reply::Bulk(Some(v)), Some(w)) if v == w.as_bytes() => c(&counts.ok),
-        (Reply::Bulk(None), Some(_)) => c(&counts.nil),
-        (r, _) if is_upstream_error(r) => c(&counts.err),
-        (Reply::Bulk(Some(v)), _) if !v.starts_with(format!("{id}:").as_bytes()) => {
-            eprintln!("client {id}: misrouted {reply:?}, expected {want:?}");
-            c(&counts.misrouted)
-        }
-        _ => {
-            eprintln!("client {id}: wrong reply {reply:?}, expected {want:?}");
-            c(&counts.wrong)
-        }
-    };
-}
-
-/// One load client: rounds of `depth` SET/GET pairs on fresh keys, every value carrying the client's
-/// id, written as one pipeline (`depth` 1: one command at a time, each reply awaited), until `stop`.
-async fn load_client(
-    mut c: RawClient,
-    id: u32,
-    depth: usize,
-    counts: Arc<LoadCounts>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let mut cmds: Vec<(Vec<u8>, Option<String>)> = Vec::new();
-        for _ in 0..depth {
-            seq += 1;
-            let (k, v) = (format!("f:{id}:{seq}"), format!("{id}:{seq}"));
-            cmds.push((encode(&["SET", &k, &v]), None));
-            cmds.push((encode(&["GET", &k]), Some(v)));
-        }
-        // Pipelined: everything in one write, then the replies; else write and read in turn.
-        let batches: Vec<&[(Vec<u8>, Option<String>)]> = if depth > 1 {
-            vec![&cmds[..]]
-        } else {
-            cmds.chunks(1).collect()
-        };
-        for batch in batches {
-            let req: Vec<u8> = batch.iter().flat_map(|(b, _)| b.iter().copied()).collect();
-            if c.stream.write_all(&req).await.is_err() {
-                counts.closed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            for (_, want) in batch {
-                match tokio::time::timeout(HANG, c.try_read_reply()).await {
-                    Err(_) => {
-                        eprintln!("client {id}: no reply within {HANG:?}");
-                        counts.hung.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Ok(Ok(Some(r))) => check(&r, want.as_deref(), id, &counts),
-                    Ok(other) => {
-                        eprintln!("client {id}: connection lost: {other:?}");
-                        counts.closed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Redis SIGKILLed under 220 clients (60 of them pipelining 10 to 50 deep) in front of the respipe
 /// binary: every command is answered (its own value or `-ERR respipe: upstream ...`), nothing is
 /// misrouted, no client is disconnected, `/readyz` goes 503 then 200, and service resumes soon after
@@ -472,26 +390,23 @@ async fn redis_killed_under_200_clients() {
             proxy
                 .wait_status("/readyz", 200, Duration::from_secs(10))
                 .await;
-            let counts = Arc::new(LoadCounts::default());
+            let counts = Arc::new(DrillCounts::default());
             let stop = Arc::new(AtomicBool::new(false));
             let mut tasks = Vec::new();
             for id in 0..220u32 {
-                let depth = if id < 60 {
-                    10 + (id as usize * 7) % 41
-                } else {
-                    1
-                };
-                let c = RawClient::connect(proxy.listen).await;
-                tasks.push(tokio::spawn(load_client(
-                    c,
+                let s = RawClient::connect(proxy.listen).await.stream;
+                tasks.push(tokio::spawn(drill::client(
+                    s,
                     id,
-                    depth,
+                    drill::depth(id, 60),
                     counts.clone(),
                     stop.clone(),
+                    HANG,
+                    0,
                 )));
             }
             let wait = Duration::from_secs(30);
-            let ok = |c: &LoadCounts| n(&c.ok);
+            let ok = |c: &DrillCounts| n(&c.ok);
             poll_until(wait, "load running", || async {
                 (ok(&counts) >= 20_000).then_some(())
             })

@@ -3,6 +3,8 @@
 //! error that scanning them whole gives.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use respipe::resp::{request_args, RequestFrame, RequestKind, RequestLimits, RequestScanner};
 
@@ -15,45 +17,19 @@ const LIMITS: RequestLimits = RequestLimits {
 /// Scans `data` as a stream that arrives `step` bytes at a time (`usize::MAX`: all at once).
 fn scan_stream(data: &[u8], step: usize) -> (Vec<RequestFrame>, Option<String>) {
     let mut scanner = RequestScanner::new(LIMITS);
-    let mut frames = Vec::new();
-    let mut start = 0; // first byte of the frame being scanned
-    let mut avail = step.min(data.len());
-    loop {
-        match scanner.scan(&data[start..avail]) {
-            Ok(Some(frame)) => {
-                assert!(frame.len > 0 && start + frame.len <= avail, "frame outside the buffer");
-                assert!(frame.name.end <= frame.len && frame.name.start <= frame.name.end);
-                let bytes = &data[start..start + frame.len];
-                if frame.kind == RequestKind::Resp && frame.argc > 0 {
-                    // A complete RESP frame yields exactly argc arguments, the first being the name.
-                    let args: Vec<&[u8]> = request_args(bytes).collect();
-                    assert_eq!(args.len(), frame.argc, "argc and the arguments disagree");
-                    assert_eq!(args[0], &bytes[frame.name.clone()]);
-                    assert!(frame.len <= LIMITS.max_request_bytes);
-                }
-                start += frame.len;
-                frames.push(frame);
-            }
-            Ok(None) => {
-                if avail == data.len() {
-                    return (frames, None);
-                }
-                avail = avail.saturating_add(step).min(data.len());
-            }
-            Err(err) => {
-                let text = err.to_string();
-                assert!(!text.contains('\r') && !text.contains('\n'), "error text breaks the line");
-                return (frames, Some(text));
-            }
-        }
+    common::scan_stream(data, step, |b| scanner.scan(b), |f| f.len, check_frame)
+}
+
+/// A frame's name lies inside it; a complete RESP frame yields exactly `argc` arguments, the first
+/// being the name, and respects the size limit.
+fn check_frame(frame: &RequestFrame, bytes: &[u8]) {
+    assert!(frame.name.end <= frame.len && frame.name.start <= frame.name.end);
+    if frame.kind == RequestKind::Resp && frame.argc > 0 {
+        let args: Vec<&[u8]> = request_args(bytes).collect();
+        assert_eq!(args.len(), frame.argc, "argc and the arguments disagree");
+        assert_eq!(args[0], &bytes[frame.name.clone()]);
+        assert!(frame.len <= LIMITS.max_request_bytes);
     }
 }
 
-fuzz_target!(|input: &[u8]| {
-    let Some((&cut, data)) = input.split_first() else {
-        return;
-    };
-    let whole = scan_stream(data, usize::MAX);
-    let pieces = scan_stream(data, usize::from(cut % 17) + 1);
-    assert_eq!(whole, pieces, "resumed scan differs from the whole scan");
-});
+fuzz_target!(|input: &[u8]| common::pieces_match_whole(input, scan_stream));

@@ -198,15 +198,19 @@ pub async fn run(proxy: SocketAddr, redis: &mut RedisProc, cfg: &DrillConfig) ->
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..cfg.clients as u32 {
-        let depth = if (id as usize) < cfg.pipelined {
-            10 + (id as usize * 7) % 41
-        } else {
-            1
-        };
         let s = TcpStream::connect(proxy).await.expect("connect to respipe");
         s.set_nodelay(true).unwrap();
-        let (counts, stop, cfg) = (counts.clone(), stop.clone(), cfg.clone());
-        tasks.push(tokio::spawn(client(s, id, depth, counts, stop, cfg)));
+        let (counts, stop) = (counts.clone(), stop.clone());
+        let depth = depth(id, cfg.pipelined);
+        tasks.push(tokio::spawn(client(
+            s,
+            id,
+            depth,
+            counts,
+            stop,
+            cfg.hang,
+            cfg.value_pad,
+        )));
     }
     let start = Instant::now();
     let slice = cfg.duration / (cfg.kills as u32 + 1);
@@ -262,16 +266,29 @@ async fn first_ok(proxy: SocketAddr, hang: Duration) -> Duration {
     }
 }
 
-/// One client: rounds of `depth` SET/GET pairs on fresh keys whose values carry `id`.
-async fn client(
+/// How deep client `id` pipelines: the first `pipelined` clients 10 to 50 commands per write, the
+/// rest one at a time.
+pub fn depth(id: u32, pipelined: usize) -> usize {
+    if (id as usize) < pipelined {
+        10 + (id as usize * 7) % 41
+    } else {
+        1
+    }
+}
+
+/// One client until `stop`: rounds of `depth` SET/GET pairs on fresh keys whose values carry `id`
+/// (and `value_pad` bytes of padding), written as one pipeline (`depth` 1: one command at a time,
+/// each reply awaited); every reply is counted in `counts`, a reply later than `hang` is a hang.
+pub async fn client(
     mut s: TcpStream,
     id: u32,
     depth: usize,
     counts: Arc<DrillCounts>,
     stop: Arc<AtomicBool>,
-    cfg: DrillConfig,
+    hang: Duration,
+    value_pad: usize,
 ) {
-    let pad = "x".repeat(cfg.value_pad);
+    let pad = "x".repeat(value_pad);
     let mut reader = ReplyReader::default();
     let mut seq = 0u64;
     let own = format!("{id}:");
@@ -283,6 +300,7 @@ async fn client(
             cmds.push((encode(&["SET", &k, &v]), None));
             cmds.push((encode(&["GET", &k]), Some(v)));
         }
+        // Pipelined: everything in one write, then the replies; else write and read in turn.
         let batches: Vec<&[(Vec<u8>, Option<String>)]> = if depth > 1 {
             vec![&cmds[..]]
         } else {
@@ -295,9 +313,9 @@ async fn client(
                 return;
             }
             for (_, want) in batch {
-                let reply = match tokio::time::timeout(cfg.hang, reader.read(&mut s)).await {
+                let reply = match tokio::time::timeout(hang, reader.read(&mut s)).await {
                     Err(_) => {
-                        eprintln!("drill client {id}: no reply within {:?}", cfg.hang);
+                        eprintln!("drill client {id}: no reply within {hang:?}");
                         counts.hung.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
@@ -427,20 +445,23 @@ pub fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (children inherit it); returns the soft limit.
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (children inherit it) and returns
+/// the new soft limit.
 pub fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            lim = raised;
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
         }
     }
     lim.rlim_cur
