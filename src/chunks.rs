@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::AsyncWrite;
 
 /// Chunks handed to one `write_vectored` call at most.
 const MAX_IOV: usize = 64;
@@ -48,10 +51,17 @@ impl Chunks {
 
     /// One vectored write of the first chunks; returns how many bytes the socket took (the caller
     /// then calls `advance`). Cancel-safe: a cancelled call wrote nothing.
-    pub async fn write_to<W: AsyncWrite + Unpin>(&self, wr: &mut W) -> std::io::Result<usize> {
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = self.fill_iov(&mut iov);
-        wr.write_vectored(&iov[..n]).await
+    /// The slices are built on each poll, so the future holds no buffer of its own (it lives in
+    /// every session's state).
+    pub fn write_to<'a, W: AsyncWrite + Unpin>(
+        &'a self,
+        wr: &'a mut W,
+    ) -> impl Future<Output = std::io::Result<usize>> + 'a {
+        std::future::poll_fn(move |cx| {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.fill_iov(&mut iov);
+            Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..n])
+        })
     }
 
     /// Drops the first `n` bytes (they were written).

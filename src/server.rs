@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -191,16 +191,10 @@ impl Accept {
         self.sessions.spawn(
             async move {
                 match (stream, acceptor) {
+                    // Boxed: the TLS handshake and a TLS session are large futures, and this task
+                    // would otherwise be that large for every plain client too.
                     (ClientStream::Tcp(s), Some(acceptor)) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(s)).await
-                        {
-                            Ok(Ok(tls)) => {
-                                let (rd, wr) = tokio::io::split(tls);
-                                session::serve(rd, wr, id, shared).await
-                            }
-                            Ok(Err(err)) => debug!(error = %err, "client TLS handshake failed"),
-                            Err(_) => debug!("client TLS handshake timed out"),
-                        }
+                        Box::pin(serve_tls(s, acceptor, id, shared)).await
                     }
                     (ClientStream::Tcp(mut s), None) => {
                         let (rd, wr) = s.split();
@@ -215,6 +209,18 @@ impl Accept {
             }
             .instrument(span),
         );
+    }
+}
+
+/// A TLS client: the handshake (bounded), then its session.
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, id: u64, shared: Arc<Shared>) {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let (rd, wr) = tokio::io::split(tls);
+            session::serve(rd, wr, id, shared).await
+        }
+        Ok(Err(err)) => debug!(error = %err, "client TLS handshake failed"),
+        Err(_) => debug!("client TLS handshake timed out"),
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -330,7 +331,10 @@ impl Session {
                     }
                 }, if can_read => Event::Read(r),
                 _ = &mut cancelled, if !self.closing => Event::Shutdown,
-                _ = tokio::time::sleep_until(idle_deadline), if idle_limit.is_some() => Event::LeaseIdle,
+                // In a block, so the timer is only made when the branch is enabled.
+                _ = async { tokio::time::sleep_until(idle_deadline).await }, if idle_limit.is_some() => {
+                    Event::LeaseIdle
+                }
             };
             match event {
                 Event::Reply(Some(response)) => {
@@ -756,12 +760,11 @@ impl Session {
     /// Runs one command on a probe connection in the session's current state; `None` when the
     /// upstream could not be reached (the client has been answered with that error).
     async fn probe(&mut self, command: &Bytes) -> Option<Bytes> {
-        match self
-            .shared
-            .pools
-            .probe(&self.state.key(), std::slice::from_ref(command))
-            .await
-        {
+        // Boxed: a probe (connect, TLS handshake, exchange) is a large future, and every session's
+        // future would otherwise be sized for it, idle ones included.
+        let key = self.state.key();
+        let probe = Box::pin(self.shared.pools.probe(&key, std::slice::from_ref(command)));
+        match probe.await {
             Ok(mut replies) => replies.pop(),
             Err(err) => {
                 let _ = self.answer(reply::upstream_unavailable(&err));
@@ -826,6 +829,14 @@ impl Session {
             reply: self.tx.clone(),
             stream,
         };
+        // The queue almost always has room: no timer, no wait. Only a full queue pays for them.
+        let request = match handle.try_send(request) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(request)) => request,
+            Err(TrySendError::Closed(_)) => {
+                return self.unsent(owed, count, reply::shutting_down());
+            }
+        };
         let error = match self.limits.command_timeout {
             Some(limit) => match tokio::time::timeout(limit, handle.send(request)).await {
                 Ok(Ok(())) => return Ok(()),
@@ -837,7 +848,11 @@ impl Session {
                 Err(_) => reply::shutting_down(),
             },
         };
-        // Never reached the upstream: answer here, in order, as if the upstream had.
+        self.unsent(owed, count, error)
+    }
+
+    /// A request that never reached the upstream: answered here, in order, as if the upstream had.
+    fn unsent(&mut self, owed: bool, count: u32, error: Bytes) -> Result<(), Close> {
         if owed {
             self.on_response(Response::Failed { count, error })
         } else {

@@ -214,6 +214,11 @@ impl UpstreamHandle {
         self.0.tx.send(request).await.map_err(|e| e.0)
     }
 
+    /// Queues a request if the queue has room now; gives it back otherwise.
+    pub fn try_send(&self, request: Request) -> Result<(), mpsc::error::TrySendError<Request>> {
+        self.0.tx.try_send(request)
+    }
+
     /// True while the connection is established.
     pub fn is_up(&self) -> bool {
         self.0.up.load(Ordering::Relaxed)
