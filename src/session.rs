@@ -216,6 +216,18 @@ impl State {
         }
     }
 
+    /// True when connections in `key`'s state can serve this session. Checked for every command, so
+    /// it builds nothing and compares credentials by pointer first (they are the session's own `Arc`).
+    fn is_in(&self, key: &PoolKey) -> bool {
+        key.db == self.db
+            && key.resp3 == self.resp3
+            && match (&key.auth, &self.auth) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            }
+    }
+
     /// Whether this command's answer reaches the client (`CLIENT REPLY`); SKIP lasts one command.
     fn take_shown(&mut self) -> bool {
         match self.reply {
@@ -876,11 +888,10 @@ impl Session {
         if let Some(lease) = &self.lease {
             return Ok(Ok(lease.handle().clone()));
         }
-        let key = self.state.key();
         let generation = self.shared.pools.generation();
-        if self.pool.key() != &key || self.pool_generation != generation {
+        if !self.state.is_in(self.pool.key()) || self.pool_generation != generation {
             self.drain().await?;
-            match self.shared.pools.pool(&key) {
+            match self.shared.pools.pool(&self.state.key()) {
                 Ok(pool) => self.pool = pool,
                 Err(line) => return Ok(Err(line)),
             }
