@@ -7,6 +7,7 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes};
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::AsyncWrite;
 
@@ -57,11 +58,31 @@ impl Chunks {
         &'a self,
         wr: &'a mut W,
     ) -> impl Future<Output = std::io::Result<usize>> + 'a {
-        std::future::poll_fn(move |cx| {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let n = self.fill_iov(&mut iov);
-            Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..n])
-        })
+        std::future::poll_fn(move |cx| self.poll_write(cx, wr))
+    }
+
+    /// One write attempt now, without waiting: `None` when the socket cannot take bytes yet.
+    pub fn write_now<W: AsyncWrite + Unpin>(&self, wr: &mut W) -> Option<std::io::Result<usize>> {
+        // A no-op waker is enough: on `Pending` the caller's next `write_to` registers its own.
+        match self.poll_write(&mut Context::from_waker(Waker::noop()), wr) {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => None,
+        }
+    }
+
+    /// A single chunk goes out with a plain write (cheaper in the kernel than a one-element
+    /// `writev`); several with one vectored write.
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        wr: &mut W,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.chunks.len() == 1 {
+            return Pin::new(&mut *wr).poll_write(cx, &self.chunks[0]);
+        }
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = self.fill_iov(&mut iov);
+        Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..n])
     }
 
     /// Drops the first `n` bytes (they were written).

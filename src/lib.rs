@@ -22,6 +22,7 @@
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
 //! - [`chunks`]: byte chunks drained by vectored writes.
+//! - [`spare`]: spare read buffers reused by sessions.
 //! - [`live`]: settings that change while running (hot reload), cached by readers.
 //! - [`reload`]: applying a reloaded configuration; what needs a restart.
 //! - [`tls`]: rustls acceptor for clients and connector for `rediss://` upstreams.
@@ -44,6 +45,7 @@ pub mod reply;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod spare;
 pub mod tls;
 pub mod upstream;
 

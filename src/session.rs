@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{tcp, unix};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -28,6 +27,7 @@ use crate::metrics::ClientMetrics;
 use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools};
 use crate::reply::{self, ReplyRx, ReplyTx, Response};
 use crate::resp::{self, RequestKind, RequestLimits, RequestScanner};
+use crate::spare;
 use crate::upstream::{Request, UpstreamHandle};
 
 /// While this many reply bytes wait for the client to read them, respipe stops reading the client's
@@ -110,10 +110,9 @@ enum Pending {
 
 /// What woke the session loop.
 enum Event {
-    Reply(Option<Response>),
+    Reply(Response),
     Wrote(io::Result<usize>),
-    /// `None`: the socket became readable while the session had no buffer.
-    Read(io::Result<Option<usize>>),
+    Read(io::Result<usize>),
     Shutdown,
     /// Idle past `lease_idle_timeout` while holding a transaction's lease.
     LeaseIdle,
@@ -181,8 +180,8 @@ struct Session {
     limits: Cached<SessionLimits>,
     /// The dedicated connection, while one is needed.
     lease: Option<Lease>,
-    /// The session's reply channel: a clone of `tx` rides in every request's reply slot; `rx` is
-    /// read by this task only. Holding `tx` keeps `rx` open for the life of the session.
+    /// The session's reply mailbox: a clone of `tx` rides in every request's reply slot; `rx` is
+    /// read by this task only.
     tx: ReplyTx,
     rx: ReplyRx,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once all is written.
@@ -276,7 +275,7 @@ where
     R: ClientRead,
     W: AsyncWrite + Unpin,
 {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = reply::mailbox();
     let mut session = Session {
         id,
         scanner: RequestScanner::new(shared.limits.load().request),
@@ -330,6 +329,7 @@ impl Session {
                     && !self.closing
             });
             let idle_deadline = self.last_input + idle_limit.unwrap_or_default();
+            let room = self.read_room();
             let inbuf = &mut self.inbuf;
             let event = tokio::select! {
                 biased;
@@ -337,10 +337,13 @@ impl Session {
                 r = self.out.write_to(&mut wr), if writing => Event::Wrote(r),
                 r = async {
                     if inbuf.capacity() == 0 {
-                        rd.readable().await.map(|()| None)
-                    } else {
-                        rd.read_buf(inbuf).await.map(Some)
+                        // Idle clients hold no buffer: wait for bytes, then take one.
+                        rd.readable().await?;
+                        *inbuf = spare::take(room);
+                    } else if inbuf.capacity() - inbuf.len() < room {
+                        inbuf.reserve(room);
                     }
+                    rd.read_buf(inbuf).await
                 }, if can_read => Event::Read(r),
                 _ = &mut cancelled, if !self.closing => Event::Shutdown,
                 // In a block, so the timer is only made when the branch is enabled.
@@ -349,28 +352,26 @@ impl Session {
                 }
             };
             match event {
-                Event::Reply(Some(response)) => {
+                Event::Reply(response) => {
                     self.on_response(response)?;
                     // Everything already answered goes out in the same write.
-                    while let Ok(response) = self.rx.try_recv() {
+                    while let Some(response) = self.rx.try_recv() {
                         self.on_response(response)?;
                     }
                     self.release_if_idle();
+                    // The replies go out in this pass: writing now saves a turn of the loop.
+                    self.write_now(&mut wr)?;
                 }
-                // Unreachable while the session holds `tx`; treat as closed.
-                Event::Reply(None) => return Err(Close),
                 Event::Wrote(Ok(0)) | Event::Wrote(Err(_)) | Event::Read(Err(_)) => {
                     return Err(Close)
                 }
                 Event::Wrote(Ok(n)) => self.out.advance(n),
-                // Readable with no buffer: take one; the read itself happens next round.
-                Event::Read(Ok(None)) => self.reserve(),
                 // The client left. Like Redis, stop serving it; with a lease (a blocked command, a
                 // transaction, a subscription) close at once, so the dedicated connection closes too
                 // (Redis unblocks it); shared-pool replies still in flight are read and dropped.
-                Event::Read(Ok(Some(0))) if self.lease.is_some() => return Err(Close),
-                Event::Read(Ok(Some(0))) => self.closing = true,
-                Event::Read(Ok(Some(n))) => {
+                Event::Read(Ok(0)) if self.lease.is_some() => return Err(Close),
+                Event::Read(Ok(0)) => self.closing = true,
+                Event::Read(Ok(n)) => {
                     self.last_input = tokio::time::Instant::now();
                     if self.inbuf.capacity() == self.inbuf.len() && n >= self.read_chunk {
                         // The client sends more than the buffer held: read bigger next time.
@@ -395,21 +396,34 @@ impl Session {
     /// client holds no buffer, and the next readable event takes a fresh one.
     fn release_if_idle(&mut self) {
         if self.inbuf.is_empty() && self.pending.is_empty() && self.inbuf.capacity() > 0 {
-            self.inbuf = BytesMut::new();
+            spare::give(std::mem::take(&mut self.inbuf), READ_CHUNK_MIN);
         }
     }
 
-    /// Makes room for the next read, more when a large request has announced its size.
-    fn reserve(&mut self) {
-        let free = self.inbuf.capacity() - self.inbuf.len();
-        let wanted = match self.scanner.needed() {
+    /// Free space wanted for the next read: `read_chunk`, more when a partly read request has
+    /// announced its size (so a large value is read in few reads, without repeated regrowth).
+    fn read_room(&self) -> usize {
+        match self.scanner.needed() {
             Some(total) => total
                 .saturating_sub(self.inbuf.len())
                 .clamp(self.read_chunk, MAX_RESERVE),
             None => self.read_chunk,
-        };
-        if free < wanted {
-            self.inbuf.reserve(wanted);
+        }
+    }
+
+    /// Writes what is ready for the client if the socket takes it at once; otherwise the loop's
+    /// write branch waits for it.
+    fn write_now<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> Result<(), Close> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        match self.out.write_now(wr) {
+            Some(Ok(0)) | Some(Err(_)) => Err(Close),
+            Some(Ok(n)) => {
+                self.out.advance(n);
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -909,10 +923,8 @@ impl Session {
     /// Waits until every reply in flight has arrived (and is queued for the client).
     async fn drain(&mut self) -> Result<(), Close> {
         while self.inflight > 0 {
-            match self.rx.recv().await {
-                Some(response) => self.on_response(response)?,
-                None => return Err(Close),
-            }
+            let response = self.rx.recv().await;
+            self.on_response(response)?;
         }
         Ok(())
     }

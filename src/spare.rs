@@ -1,0 +1,101 @@
+//! Spare read buffers: an idle session gives its read buffer back, the next readable session
+//! takes one, so a non-pipelined client costs no allocation per command and an idle one holds no
+//! buffer at all.
+//!
+//! The spares are per thread (the proxy runs on one), bounded in number and in size, so the pool
+//! holds at most `MAX_SPARES × MAX_SPARE_BYTES`.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// Spare buffers kept at most.
+const MAX_SPARES: usize = 64;
+/// Buffers larger than this are freed rather than kept (a client that sent a 1 MB value should not
+/// leave 1 MB in the pool).
+const MAX_SPARE_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for at least `min` bytes: a spare if one is big enough, else a new one.
+pub fn take(min: usize) -> BytesMut {
+    let spare = SPARES.with_borrow_mut(|spares| match spares.last() {
+        Some(b) if b.capacity() >= min => spares.pop(),
+        _ => None,
+    });
+    spare.unwrap_or_else(|| BytesMut::with_capacity(min))
+}
+
+/// Takes an empty buffer back. Kept only if it has room for `min` bytes without allocating (the
+/// room requests split from it took is reclaimed once no `Bytes` of them is alive) and is small;
+/// otherwise dropped.
+pub fn give(mut buf: BytesMut, min: usize) {
+    debug_assert!(buf.is_empty());
+    if buf.capacity() > MAX_SPARE_BYTES || !buf.try_reclaim(min) {
+        return;
+    }
+    SPARES.with_borrow_mut(|spares| {
+        if spares.len() < MAX_SPARES {
+            spares.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_buffer_is_taken_again() {
+        let buf = take(4096);
+        let ptr = buf.as_ptr();
+        give(buf, 4096);
+        let again = take(4096);
+        assert_eq!(again.as_ptr(), ptr, "the spare is reused, not reallocated");
+        assert!(again.is_empty() && again.capacity() >= 4096);
+    }
+
+    #[test]
+    fn shared_or_large_buffers_are_not_kept() {
+        let mut buf = take(4096);
+        buf.extend_from_slice(b"GET k\r\n");
+        let request = buf.split().freeze();
+        let ptr = buf.as_ptr();
+        give(buf, 4096);
+        assert_ne!(
+            take(1).as_ptr(),
+            ptr,
+            "a buffer still shared with a request is not kept"
+        );
+        drop(request);
+
+        let mut buf = take(4096);
+        buf.extend_from_slice(b"GET k\r\n");
+        let start = buf.as_ptr();
+        drop(buf.split().freeze());
+        give(buf, 4096);
+        let again = take(4096);
+        assert_eq!(
+            again.as_ptr(),
+            start,
+            "once the request is gone, its room is reclaimed"
+        );
+        assert!(again.capacity() >= 4096);
+
+        let big = BytesMut::with_capacity(MAX_SPARE_BYTES * 2);
+        let ptr = big.as_ptr();
+        give(big, 4096);
+        assert_ne!(take(1).as_ptr(), ptr, "a large buffer is freed, not kept");
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let bufs: Vec<BytesMut> = (0..MAX_SPARES + 10).map(|_| take(64)).collect();
+        for b in bufs {
+            give(b, 64);
+        }
+        assert_eq!(SPARES.with_borrow(Vec::len), MAX_SPARES);
+    }
+}
