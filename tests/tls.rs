@@ -190,6 +190,15 @@ async fn tls_client(
     pki: &Pki,
     with_cert: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_over(TcpStream::connect(addr).await?, pki, with_cert).await
+}
+
+/// TLS to respipe over an already connected socket.
+async fn tls_over(
+    tcp: TcpStream,
+    pki: &Pki,
+    with_cert: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&pki.ca).expect("ca pem") {
         roots.add(cert.expect("ca cert")).expect("add root");
@@ -211,7 +220,6 @@ async fn tls_client(
     } else {
         builder.with_no_client_auth()
     };
-    let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").expect("server name");
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
@@ -280,6 +288,50 @@ async fn client_certificates_are_required_when_configured() {
             Err(_) => String::new(),
         };
         assert_ne!(without, "+PONG\r\n");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_replies_reach_a_slow_tls_client_whole() {
+    bounded(LIMIT, "large replies over TLS", async {
+        let pki = pki();
+        let redis = RedisServer::start().await;
+        let value = vec![b'v'; 2 << 20];
+        let set = redis
+            .direct()
+            .await
+            .cmd(&[&b"SET"[..], b"big", &value])
+            .await;
+        assert_eq!(set, Reply::ok());
+        let proxy = Proxy::start(redis.port(), |c| {
+            c.tls_cert = Some(pki.server_cert.clone());
+            c.tls_key = Some(pki.server_key.clone());
+        })
+        .await;
+        // A small receive buffer makes respipe's writes to this client block mid-reply: each
+        // 2 MiB reply crosses TLS in many partial writes and must arrive whole, in order.
+        let mut tls = poll_until(START_DEADLINE, "PONG over TLS", || async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.set_recv_buffer_size(4096).ok()?;
+            let tcp = socket.connect(proxy.addr()).await.ok()?;
+            let mut tls = tls_over(tcp, &pki, false).await.ok()?;
+            (ping(&mut tls).await == "+PONG\r\n").then_some(tls)
+        })
+        .await;
+        let mut expected = format!("${}\r\n", value.len()).into_bytes();
+        expected.extend_from_slice(&value);
+        expected.extend_from_slice(b"\r\n");
+        for _ in 0..3 {
+            tls.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+                .await
+                .expect("send GET");
+            let mut got = vec![0; expected.len()];
+            tls.read_exact(&mut got)
+                .await
+                .expect("read the whole reply");
+            assert!(got == expected, "the reply arrives whole and unchanged");
+        }
     })
     .await
 }
