@@ -329,7 +329,7 @@ impl Session {
                     && !self.closing
             });
             let idle_deadline = self.last_input + idle_limit.unwrap_or_default();
-            let room = self.read_room();
+            let (fresh, announced) = (self.read_chunk, self.announced());
             let inbuf = &mut self.inbuf;
             let event = tokio::select! {
                 biased;
@@ -339,9 +339,11 @@ impl Session {
                     if inbuf.capacity() == 0 {
                         // Idle clients hold no buffer: wait for bytes, then take one.
                         rd.readable().await?;
-                        *inbuf = spare::take(room);
-                    } else if inbuf.capacity() - inbuf.len() < room {
-                        inbuf.reserve(room);
+                        *inbuf = spare::take(fresh);
+                    } else if let Some(more) = announced.filter(|&n| inbuf.capacity() - inbuf.len() < n) {
+                        // Not for every read: the front of the buffer is usually still shared
+                        // with requests in flight, and growing it would copy into a new one.
+                        inbuf.reserve(more);
                     }
                     rd.read_buf(inbuf).await
                 }, if can_read => Event::Read(r),
@@ -400,15 +402,14 @@ impl Session {
         }
     }
 
-    /// Free space wanted for the next read: `read_chunk`, more when a partly read request has
-    /// announced its size (so a large value is read in few reads, without repeated regrowth).
-    fn read_room(&self) -> usize {
-        match self.scanner.needed() {
-            Some(total) => total
+    /// Free space for the rest of a partly read request that has announced its size (so a large
+    /// value is read in few reads, without repeated regrowth); `None` otherwise.
+    fn announced(&self) -> Option<usize> {
+        self.scanner.needed().map(|total| {
+            total
                 .saturating_sub(self.inbuf.len())
-                .clamp(self.read_chunk, MAX_RESERVE),
-            None => self.read_chunk,
-        }
+                .clamp(self.read_chunk, MAX_RESERVE)
+        })
     }
 
     /// Writes what is ready for the client if the socket takes it at once; otherwise the loop's

@@ -9,11 +9,13 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-/// Spare buffers kept at most.
-const MAX_SPARES: usize = 64;
+/// Spare buffers kept at most. Sized for the clients active at once in a busy proxy: each holds a
+/// buffer from its request until its reply, and a pool smaller than that frees and reallocates
+/// the difference on every round of replies. At most 4 MiB at the 4 KiB a buffer starts with.
+const MAX_SPARES: usize = 1024;
 /// Buffers larger than this are freed rather than kept (a client that sent a 1 MB value should not
 /// leave 1 MB in the pool).
-const MAX_SPARE_BYTES: usize = 16 * 1024;
+const MAX_SPARE_BYTES: usize = 8 * 1024;
 
 thread_local! {
     static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
