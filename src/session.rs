@@ -333,7 +333,8 @@ impl Session {
             let inbuf = &mut self.inbuf;
             let event = tokio::select! {
                 biased;
-                r = self.rx.recv() => Event::Reply(r),
+                // Replies come only for commands in flight or from a lease's stream.
+                r = self.rx.recv(), if self.inflight > 0 || self.lease.is_some() => Event::Reply(r),
                 r = self.out.write_to(&mut wr), if writing => Event::Wrote(r),
                 r = async {
                     if inbuf.capacity() == 0 {
@@ -804,6 +805,9 @@ impl Session {
     /// starts over as a new connection would.
     async fn reset(&mut self) -> Result<(), Close> {
         self.drain().await?;
+        if self.state.streaming.is_some() {
+            self.leave_stream();
+        }
         self.lease = None;
         self.current = None;
         self.state = State::new(&self.shared);
@@ -935,6 +939,16 @@ impl Session {
         self.state.in_multi || self.state.watching || self.state.streaming.is_some()
     }
 
+    /// Ends stream mode and gives the lease back. Frames its connection still hands over go to a
+    /// mailbox nobody reads: the session takes a fresh one, so a later stream never sees them.
+    /// Nothing is in flight in stream mode, so no other reply is owed to the old mailbox.
+    fn leave_stream(&mut self) {
+        debug_assert_eq!(self.inflight, 0);
+        self.state.streaming = None;
+        self.lease = None;
+        (self.tx, self.rx) = reply::mailbox();
+    }
+
     /// Takes replies (or failures) for the oldest pending request and releases any local answers
     /// queued behind it; with nothing pending, a frame of the lease's stream.
     fn on_response(&mut self, response: Response) -> Result<(), Close> {
@@ -1016,8 +1030,7 @@ impl Session {
             && resp::is_last_unsubscribe(&bytes)
         {
             // Redis left subscribe mode and nothing else was sent into the stream.
-            self.state.streaming = None;
-            self.lease = None;
+            self.leave_stream();
         }
         self.out.push(bytes);
         self.check_reply_limit()
