@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -244,6 +246,10 @@ impl State {
 /// cached readiness, so a drained socket costs no extra `EAGAIN` read), plus a readiness wait used
 /// while the session holds no read buffer at all (an idle client spends no memory on one).
 pub trait ClientRead: AsyncRead + Unpin {
+    /// True when `readable` reports the socket's readiness; false when it is always ready and
+    /// only a read can tell (the session then waits in `read` with a buffer).
+    const READINESS: bool = true;
+
     /// Resolves when the socket may be readable.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
 }
@@ -263,6 +269,8 @@ client_read!(tcp::ReadHalf<'_>, unix::ReadHalf<'_>);
 /// A TLS stream's read half: TLS has no readiness of its own (bytes on the socket may not be a
 /// whole record), so it reports ready and the session waits in `read` with a buffer.
 impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
+    const READINESS: bool = false;
+
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         std::future::ready(Ok(()))
     }
@@ -337,16 +345,28 @@ impl Session {
                 r = self.rx.recv(), if self.inflight > 0 || self.lease.is_some() => Event::Reply(r),
                 r = self.out.write_to(&mut wr), if writing => Event::Wrote(r),
                 r = async {
-                    if inbuf.capacity() == 0 {
-                        // Idle clients hold no buffer: wait for bytes, then take one.
+                    if inbuf.capacity() > 0 {
+                        if let Some(more) = announced.filter(|&n| inbuf.capacity() - inbuf.len() < n) {
+                            // Not for every read: the front of the buffer is usually still shared
+                            // with requests in flight, and growing it would copy into a new one.
+                            inbuf.reserve(more);
+                        }
+                        return rd.read_buf(inbuf).await;
+                    }
+                    // Idle clients hold no buffer: wait for bytes, then take one.
+                    loop {
                         rd.readable().await?;
                         *inbuf = spare::take(fresh);
-                    } else if let Some(more) = announced.filter(|&n| inbuf.capacity() - inbuf.len() < n) {
-                        // Not for every read: the front of the buffer is usually still shared
-                        // with requests in flight, and growing it would copy into a new one.
-                        inbuf.reserve(more);
+                        if !R::READINESS {
+                            return rd.read_buf(inbuf).await;
+                        }
+                        // Readiness can be stale (a new socket reports it once): a read that finds
+                        // nothing gives the buffer back, so an idle client keeps none.
+                        if let Some(read) = read_now(&mut rd, inbuf) {
+                            return read;
+                        }
+                        spare::give(std::mem::take(inbuf), READ_CHUNK_MIN);
                     }
-                    rd.read_buf(inbuf).await
                 }, if can_read => Event::Read(r),
                 _ = &mut cancelled, if !self.closing => Event::Shutdown,
                 // In a block, so the timer is only made when the branch is enabled.
@@ -375,12 +395,20 @@ impl Session {
                 Event::Read(Ok(0)) if self.lease.is_some() => return Err(Close),
                 Event::Read(Ok(0)) => self.closing = true,
                 Event::Read(Ok(n)) => {
-                    self.last_input = tokio::time::Instant::now();
                     if self.inbuf.capacity() == self.inbuf.len() && n >= self.read_chunk {
                         // The client sends more than the buffer held: read bigger next time.
                         self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
                     }
-                    self.on_input().await?;
+                    if !self.forward_plain()? {
+                        // Boxed: the general path (state changes, probes, waiting for room
+                        // upstream) is a large future, and every session, idle ones included,
+                        // would otherwise be sized for it.
+                        Box::pin(self.on_input()).await?;
+                    }
+                    if self.lease.is_some() {
+                        // Only a lease's idle timeout looks at it: no clock read per command.
+                        self.last_input = tokio::time::Instant::now();
+                    }
                     self.release_if_idle();
                 }
                 Event::Shutdown => self.closing = true,
@@ -427,6 +455,55 @@ impl Session {
             }
             None => Ok(()),
         }
+    }
+
+    /// The common case, without waiting: the complete plain commands at the front of the read buffer
+    /// leave as one request on the connection the session already uses. True when nothing but a
+    /// partial request is left; false when `on_input` must handle the rest (any other command, a
+    /// protocol error, a change of connection, or a full upstream queue).
+    fn forward_plain(&mut self) -> Result<bool, Close> {
+        if self.closing || !self.batchable() {
+            return Ok(false);
+        }
+        let Some(handle) = self.settled_route() else {
+            return Ok(false);
+        };
+        // Room first: once frames are scanned, the scanner's progress is relative to the run's end.
+        let Some(permit) = handle.try_reserve() else {
+            return Ok(false);
+        };
+        let (mut run, mut count, mut rest) = (0usize, 0u32, true);
+        loop {
+            let frame = match self.scanner.scan(&self.inbuf[run..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    // A complete frame or an error leaves the scanner idle: `on_input` rescans it.
+                    rest = false;
+                    break;
+                }
+            };
+            let bytes = &self.inbuf[run..run + frame.len];
+            let plain = frame.argc > 0
+                && frame.kind == RequestKind::Resp
+                && command::classify(
+                    &bytes[frame.name.clone()],
+                    Args::Resp(bytes),
+                    &self.limits.deny_commands,
+                ) == Kind::Plain;
+            if !plain {
+                rest = false;
+                break;
+            }
+            run += frame.len;
+            count += 1;
+        }
+        if count > 0 {
+            let bytes = self.inbuf.split_to(run).freeze();
+            self.owe(count, true);
+            permit.send(self.request(bytes, count, false));
+        }
+        Ok(rest)
     }
 
     /// Scans every complete request in the read buffer. Consecutive stateless requests leave as one
@@ -851,15 +928,9 @@ impl Session {
         };
         let owed = !stream && self.state.streaming.is_none();
         if owed {
-            self.pending.push_back(Pending::Upstream { count, shown });
-            self.inflight += count as usize;
+            self.owe(count, shown);
         }
-        let request = Request {
-            bytes,
-            count,
-            reply: self.tx.clone(),
-            stream,
-        };
+        let request = self.request(bytes, count, stream);
         // The queue almost always has room: no timer, no wait. Only a full queue pays for them.
         let request = match handle.try_send(request) {
             Ok(()) => return Ok(()),
@@ -880,6 +951,22 @@ impl Session {
             },
         };
         self.unsent(owed, count, error)
+    }
+
+    /// Records that `count` replies are owed for commands sent upstream.
+    fn owe(&mut self, count: u32, shown: bool) {
+        self.pending.push_back(Pending::Upstream { count, shown });
+        self.inflight += count as usize;
+    }
+
+    /// A request whose replies come back to this session.
+    fn request(&self, bytes: Bytes, count: u32, stream: bool) -> Request {
+        Request {
+            bytes,
+            count,
+            reply: self.tx.clone(),
+            stream,
+        }
     }
 
     /// A request that never reached the upstream: answered here, in order, as if the upstream had.
@@ -904,25 +991,38 @@ impl Session {
             }
             self.current = None;
         }
+        if let Some(handle) = self.settled_route() {
+            return Ok(Ok(handle));
+        }
+        self.drain().await?;
+        match self.shared.pools.pool(&self.state.key()) {
+            Ok(pool) => self.pool = pool,
+            Err(line) => return Ok(Err(line)),
+        }
+        self.pool_generation = self.shared.pools.generation();
+        self.current = None;
+        Ok(Ok(self.current_handle()))
+    }
+
+    /// The connection for the next command when it needs no change: the lease if the session
+    /// holds one, else its connection of the pool for its state. `None` when the session's state
+    /// (or a reload) calls for another pool.
+    fn settled_route(&mut self) -> Option<UpstreamHandle> {
         if let Some(lease) = &self.lease {
-            return Ok(Ok(lease.handle().clone()));
+            return Some(lease.handle().clone());
         }
-        let generation = self.shared.pools.generation();
-        if !self.state.is_in(self.pool.key()) || self.pool_generation != generation {
-            self.drain().await?;
-            match self.shared.pools.pool(&self.state.key()) {
-                Ok(pool) => self.pool = pool,
-                Err(line) => return Ok(Err(line)),
-            }
-            self.pool_generation = generation;
-            self.current = None;
-        }
+        let settled = self.state.is_in(self.pool.key())
+            && self.pool_generation == self.shared.pools.generation();
+        settled.then(|| self.current_handle())
+    }
+
+    /// The shared connection in use, picked from the session's pool when nothing is in flight.
+    fn current_handle(&mut self) -> UpstreamHandle {
         let pool = &self.pool;
         let id = self.id;
-        Ok(Ok(self
-            .current
+        self.current
             .get_or_insert_with(|| pool.route(id).clone())
-            .clone()))
+            .clone()
     }
 
     /// Waits until every reply in flight has arrived (and is queued for the client).
@@ -1048,6 +1148,16 @@ impl Session {
             return Err(Close);
         }
         Ok(())
+    }
+}
+
+/// One read attempt now, without waiting: `None` when the socket has nothing to read (tokio then
+/// clears its readiness, so the next wait is a real one).
+fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match tokio_util::io::poll_read_buf(Pin::new(rd), &mut cx, buf) {
+        Poll::Ready(read) => Some(read),
+        Poll::Pending => None,
     }
 }
 

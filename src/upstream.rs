@@ -219,6 +219,11 @@ impl UpstreamHandle {
         self.0.tx.try_send(request)
     }
 
+    /// Room for one request in the queue if there is some now; the permit sends without waiting.
+    pub fn try_reserve(&self) -> Option<mpsc::Permit<'_, Request>> {
+        self.0.tx.try_reserve().ok()
+    }
+
     /// True while the connection is established.
     pub fn is_up(&self) -> bool {
         self.0.up.load(Ordering::Relaxed)
