@@ -47,6 +47,7 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         upstream_tls_server_name,
         upstream_tls_insecure,
         log_format,
+        sched_batch,
     );
     if running.upstream.tls != new.upstream.tls {
         restart.push("upstream (TLS on or off)");

@@ -122,6 +122,31 @@ fn listen_and_pool_size(cmd: std::process::Command) -> (String, String) {
     (listen, bin.ready_field("pool_size"))
 }
 
+/// `sched_batch` (on by default) puts every thread of respipe under SCHED_BATCH before it serves;
+/// `--sched-batch false` keeps the normal policy.
+#[test]
+fn sched_batch_sets_the_scheduling_policy() {
+    for (extra, want) in [
+        (&[][..], libc::SCHED_BATCH),
+        (&["--sched-batch", "false"][..], libc::SCHED_OTHER),
+    ] {
+        // No Redis needed: the upstream connects in the background.
+        let (mut bin, _) = spawn_proxy("127.0.0.1:1", extra);
+        let tasks = format!("/proc/{}/task", bin.child.id());
+        let mut threads = 0;
+        for task in std::fs::read_dir(&tasks).unwrap_or_else(|e| panic!("{tasks}: {e}")) {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            // Fields after the command name in parentheses start at field 3; policy is field 41.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let policy: i32 = after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+            assert_eq!(policy, want, "{extra:?}: thread {stat}");
+            threads += 1;
+        }
+        assert!(threads > 0);
+        stop(&mut bin);
+    }
+}
+
 /// SIGTERM and wait for exit 0.
 fn stop(bin: &mut Binary) {
     bin.signal(libc::SIGTERM);
