@@ -41,8 +41,10 @@ pub struct Config {
     /// is disabled (and then nothing answers `/readyz`). It binds exactly what is given: the example
     /// config uses `127.0.0.1`, only say `0.0.0.0` where the network is private (a pod).
     pub metrics_listen: Option<SocketAddr>,
-    /// Upstream connections shared by all clients for ordinary commands. Default 2. Clients are spread
-    /// over them; more connections help only when one connection's socket is the bottleneck.
+    /// Upstream connections shared by all clients for ordinary commands. Default 1: every client's
+    /// commands meet in one pipeline, the largest batches Redis can get (README, "Performance").
+    /// Clients are spread over them; more help only when one connection's socket is the bottleneck
+    /// (large values at high rates).
     pub pool_size: NonZeroUsize,
     /// Most commands written to an upstream connection in one batch. Default 1024. When a batch is full
     /// it is written and the rest of the queue waits for the next write.
@@ -269,7 +271,7 @@ pub const SETTINGS: &[Setting] = &[
         "Password for AUTH; overrides the URL's password (prefer the env var or file to keep it out of ps)"),
     setting("metrics_listen", "--metrics-listen", "RESPIPE_METRICS_LISTEN", "ADDR", "",
         "Serve /metrics, /healthz and /readyz on HOST:PORT; disabled when unset"),
-    setting("pool_size", "--pool-size", "RESPIPE_POOL_SIZE", "N", "2",
+    setting("pool_size", "--pool-size", "RESPIPE_POOL_SIZE", "N", "1",
         "Upstream connections shared by all clients"),
     setting("max_batch_commands", "--max-batch-commands", "RESPIPE_MAX_BATCH_COMMANDS", "N", "1024",
         "Most commands in one upstream write"),
@@ -404,7 +406,7 @@ impl Default for Config {
             ))],
             upstream: Upstream::default(),
             metrics_listen: None,
-            pool_size: nz(2),
+            pool_size: nz(1),
             max_batch_commands: nz(1024),
             max_batch_bytes: nz(1 << 20),
             batch_window: Duration::ZERO,
@@ -1357,7 +1359,7 @@ mod tests {
         assert_eq!(config.listen, vec![tcp("127.0.0.1:6380")]);
         assert_eq!(config.upstream.to_string(), "redis://127.0.0.1:6379");
         assert_eq!(config.metrics_listen, None);
-        assert_eq!(config.pool_size.get(), 2);
+        assert_eq!(config.pool_size.get(), 1);
         assert_eq!(config.max_batch_bytes.get(), 1_048_576);
         assert_eq!(config.max_client_reply_bytes.get(), 268_435_456);
         assert_eq!(config.max_request_bytes.get(), 536_870_912);
