@@ -86,6 +86,10 @@ impl ReplyTx {
             if mailbox.closed {
                 return Err(response);
             }
+            if mailbox.queue.capacity() == 0 {
+                // Room for one, as in `Chunks::push`: a client that does not pipeline needs no more.
+                mailbox.queue.reserve_exact(1);
+            }
             mailbox.queue.push_back(response);
             mailbox.waker.take()
         };

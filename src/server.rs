@@ -190,22 +190,22 @@ impl Accept {
         let acceptor = self.acceptor.clone();
         self.sessions.spawn(
             async move {
-                match (stream, acceptor) {
+                let _permit = permit;
+                match stream {
                     // Boxed: the TLS handshake and a TLS session are large futures, and this task
                     // would otherwise be that large for every plain client too.
-                    (ClientStream::Tcp(s), Some(acceptor)) => {
-                        Box::pin(serve_tls(s, acceptor, id, shared)).await
-                    }
-                    (ClientStream::Tcp(mut s), None) => {
-                        let (rd, wr) = s.split();
-                        session::serve(rd, wr, id, shared).await
-                    }
-                    (ClientStream::Unix(mut s), _) => {
+                    ClientStream::Tcp(mut s) => match acceptor {
+                        Some(acceptor) => Box::pin(serve_tls(s, acceptor, id, shared)).await,
+                        None => {
+                            let (rd, wr) = s.split();
+                            session::serve(rd, wr, id, shared).await
+                        }
+                    },
+                    ClientStream::Unix(mut s) => {
                         let (rd, wr) = s.split();
                         session::serve(rd, wr, id, shared).await
                     }
                 }
-                drop(permit);
             }
             .instrument(span),
         );

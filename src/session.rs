@@ -748,7 +748,7 @@ impl Session {
         if self.pending.is_empty() {
             self.out.push(answer);
         } else {
-            self.pending.push_back(Pending::Local(answer));
+            self.owed(Pending::Local(answer));
         }
     }
 
@@ -955,8 +955,17 @@ impl Session {
 
     /// Records that `count` replies are owed for commands sent upstream.
     fn owe(&mut self, count: u32, shown: bool) {
-        self.pending.push_back(Pending::Upstream { count, shown });
+        self.owed(Pending::Upstream { count, shown });
         self.inflight += count as usize;
+    }
+
+    /// Queues an answer the client is owed, in command order.
+    fn owed(&mut self, pending: Pending) {
+        if self.pending.capacity() == 0 {
+            // Room for one, as in `Chunks::push`: a client that does not pipeline needs no more.
+            self.pending.reserve_exact(1);
+        }
+        self.pending.push_back(pending);
     }
 
     /// A request whose replies come back to this session.

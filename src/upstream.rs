@@ -406,13 +406,15 @@ impl Driver {
                 Event::Request(None) => return Ended::Closed,
                 Event::Request(Some(request)) => {
                     let was_empty = conn.batch.is_empty();
-                    conn.enqueue(request);
+                    // One clock read for everything taken now, not one per request.
+                    let now = Instant::now();
+                    conn.enqueue(request, now);
                     // Take whatever else is already queued, up to the caps: this is where batches form.
                     while !conn.batch.is_full(&conn.tunables.policy)
                         && conn.inflight < self.settings.max_inflight
                     {
                         match self.rx.try_recv() {
-                            Ok(request) => conn.enqueue(request),
+                            Ok(request) => conn.enqueue(request, now),
                             Err(_) => break,
                         }
                     }
@@ -471,8 +473,7 @@ impl<'a> Conn<'a> {
     /// Adds a request to the batch and its slot to the FIFO. Bytes and slots are both appended in
     /// arrival order and batches are written in order, so the FIFO order is the byte order on the
     /// socket (invariant 1).
-    fn enqueue(&mut self, request: Request) {
-        let now = Instant::now();
+    fn enqueue(&mut self, request: Request, now: Instant) {
         self.batch
             .push(request.count as usize, request.bytes.len(), now.into_std());
         self.batch_buf.push(request.bytes);
