@@ -55,12 +55,14 @@ pub struct Config {
     /// How long a batch may wait for more commands before it is written. Default 0: adaptive, write
     /// whatever is queued as soon as the socket can take it. Set in microseconds, at most 1 second.
     pub batch_window: Duration,
-    /// Run respipe's threads under Linux's `SCHED_BATCH` policy. Default true. A client's request
+    /// Run respipe's threads under Linux's `SCHED_BATCH` policy. Default false. A client's request
     /// then wakes respipe without preempting that client: respipe runs once the client yields (it
     /// soon waits for its reply) and serves every request that arrived meanwhile in one pass, with
-    /// fewer context switches and larger upstream batches where clients share respipe's cores
-    /// (a sidecar). The cost: on a core kept busy by other work, a wake-up may wait for the running
-    /// task's time slice. Ignored elsewhere than Linux; a refusal is logged and changes nothing else.
+    /// fewer context switches and larger upstream batches where clients share respipe's cores.
+    /// The cost, and why it is off by default: respipe cannot preempt anything, so on a core that
+    /// other work keeps busy every wake-up waits out that work's time slice (milliseconds; README,
+    /// "Performance"). Only for cores where nothing CPU-bound runs beside respipe. Ignored elsewhere
+    /// than Linux; a refusal is logged and changes nothing else.
     pub sched_batch: bool,
     /// Time allowed to connect (and authenticate) to the upstream. Default 1s, must be more than 0.
     /// When it expires the attempt counts as failed and reconnect backoff applies.
@@ -279,8 +281,8 @@ pub const SETTINGS: &[Setting] = &[
         "Most bytes in one upstream write (at least 64)"),
     setting("batch_window_us", "--batch-window-us", "RESPIPE_BATCH_WINDOW_US", "N", "0",
         "Microseconds a batch may wait for more commands; 0 = adaptive (write as soon as the socket can take it); at most 1000000"),
-    setting("sched_batch", "--sched-batch", "RESPIPE_SCHED_BATCH", "BOOL", "true",
-        "Run as Linux SCHED_BATCH: a client's request does not preempt the client, and respipe serves all that arrived in one pass (fewer context switches where clients share its cores)"),
+    setting("sched_batch", "--sched-batch", "RESPIPE_SCHED_BATCH", "BOOL", "false",
+        "Run as Linux SCHED_BATCH: a client's request does not preempt the client, and respipe serves all that arrived in one pass (less CPU where clients share its core); never where CPU-bound work shares it (wake-ups then wait milliseconds)"),
     setting("connect_timeout", "--connect-timeout", "RESPIPE_CONNECT_TIMEOUT", "DURATION", "1s",
         "Time allowed to connect to the upstream"),
     setting("command_timeout", "--command-timeout", "RESPIPE_COMMAND_TIMEOUT", "DURATION", "10s",
@@ -410,7 +412,7 @@ impl Default for Config {
             max_batch_commands: nz(1024),
             max_batch_bytes: nz(1 << 20),
             batch_window: Duration::ZERO,
-            sched_batch: true,
+            sched_batch: false,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Some(Duration::from_secs(10)),
             reconnect_backoff_max: Duration::from_millis(500),

@@ -122,13 +122,13 @@ fn listen_and_pool_size(cmd: std::process::Command) -> (String, String) {
     (listen, bin.ready_field("pool_size"))
 }
 
-/// `sched_batch` (on by default) puts every thread of respipe under SCHED_BATCH before it serves;
-/// `--sched-batch false` keeps the normal policy.
+/// `--sched-batch true` puts every thread of respipe under SCHED_BATCH before it serves; by default
+/// it keeps the normal policy.
 #[test]
 fn sched_batch_sets_the_scheduling_policy() {
     for (extra, want) in [
-        (&[][..], libc::SCHED_BATCH),
-        (&["--sched-batch", "false"][..], libc::SCHED_OTHER),
+        (&["--sched-batch", "true"][..], libc::SCHED_BATCH),
+        (&[][..], libc::SCHED_OTHER),
     ] {
         // No Redis needed: the upstream connects in the background.
         let (mut bin, _) = spawn_proxy("127.0.0.1:1", extra);
