@@ -26,12 +26,7 @@ impl Chunks {
     pub fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.bytes += bytes.len();
-            if self.chunks.capacity() == 0 {
-                // Room for one: a client that does not pipeline never needs more (a first push
-                // would otherwise allocate four, kept for the life of an idle client).
-                self.chunks.reserve_exact(1);
-            }
-            self.chunks.push_back(bytes);
+            crate::spare::push_back(&mut self.chunks, bytes);
         }
     }
 

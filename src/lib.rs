@@ -22,7 +22,7 @@
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
 //! - [`chunks`]: byte chunks drained by vectored writes.
-//! - [`spare`]: spare read buffers reused by sessions.
+//! - [`spare`]: spare read buffers reused by sessions, and session queues that start small.
 //! - [`live`]: settings that change while running (hot reload), cached by readers.
 //! - [`reload`]: applying a reloaded configuration; what needs a restart.
 //! - [`tls`]: rustls acceptor for clients and connector for `rediss://` upstreams.

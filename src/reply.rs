@@ -86,11 +86,7 @@ impl ReplyTx {
             if mailbox.closed {
                 return Err(response);
             }
-            if mailbox.queue.capacity() == 0 {
-                // Room for one, as in `Chunks::push`: a client that does not pipeline needs no more.
-                mailbox.queue.reserve_exact(1);
-            }
-            mailbox.queue.push_back(response);
+            crate::spare::push_back(&mut mailbox.queue, response);
             mailbox.waker.take()
         };
         if let Some(waker) = waker {

@@ -28,7 +28,7 @@ use crate::live::{Cached, Live};
 use crate::metrics::ClientMetrics;
 use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools};
 use crate::reply::{self, ReplyRx, ReplyTx, Response};
-use crate::resp::{self, RequestKind, RequestLimits, RequestScanner};
+use crate::resp::{self, RequestFrame, RequestKind, RequestLimits, RequestScanner};
 use crate::spare;
 use crate::upstream::{Request, UpstreamHandle};
 
@@ -483,14 +483,9 @@ impl Session {
                     break;
                 }
             };
-            let bytes = &self.inbuf[run..run + frame.len];
             let plain = frame.argc > 0
                 && frame.kind == RequestKind::Resp
-                && command::classify(
-                    &bytes[frame.name.clone()],
-                    Args::Resp(bytes),
-                    &self.limits.deny_commands,
-                ) == Kind::Plain;
+                && self.classify_resp(&self.inbuf[run..run + frame.len], &frame) == Kind::Plain;
             if !plain {
                 rest = false;
                 break;
@@ -533,12 +528,7 @@ impl Session {
             }
             match frame.kind {
                 RequestKind::Resp => {
-                    let bytes = &self.inbuf[run..run + frame.len];
-                    let kind = command::classify(
-                        &bytes[frame.name.clone()],
-                        Args::Resp(bytes),
-                        &self.limits.deny_commands,
-                    );
+                    let kind = self.classify_resp(&self.inbuf[run..run + frame.len], &frame);
                     if kind == Kind::Plain && self.batchable() {
                         run += frame.len;
                         run_count += 1;
@@ -581,6 +571,15 @@ impl Session {
             self.inbuf.clear();
         }
         Ok(())
+    }
+
+    /// What a complete RESP request frame (`bytes`, as scanned into `frame`) asks for.
+    fn classify_resp(&self, bytes: &[u8], frame: &RequestFrame) -> Kind {
+        command::classify(
+            &bytes[frame.name.clone()],
+            Args::Resp(bytes),
+            &self.limits.deny_commands,
+        )
     }
 
     /// Stateless commands may travel together when every one of them is answered normally.
@@ -961,11 +960,7 @@ impl Session {
 
     /// Queues an answer the client is owed, in command order.
     fn owed(&mut self, pending: Pending) {
-        if self.pending.capacity() == 0 {
-            // Room for one, as in `Chunks::push`: a client that does not pipeline needs no more.
-            self.pending.reserve_exact(1);
-        }
-        self.pending.push_back(pending);
+        spare::push_back(&mut self.pending, pending);
     }
 
     /// A request whose replies come back to this session.

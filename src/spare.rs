@@ -1,11 +1,13 @@
-//! Spare read buffers: an idle session gives its read buffer back, the next readable session
-//! takes one, so a non-pipelined client costs no allocation per command and an idle one holds no
-//! buffer at all.
+//! What an idle session keeps, kept small. Spare read buffers: an idle session gives its read
+//! buffer back, the next readable session takes one, so a non-pipelined client costs no allocation
+//! per command and an idle one holds no buffer at all. And per-session queues that start with room
+//! for one entry ([`push_back`]).
 //!
 //! The spares are per thread (the proxy runs on one), bounded in number and in size, so the pool
 //! holds at most `MAX_SPARES × MAX_SPARE_BYTES`.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
@@ -43,6 +45,16 @@ pub fn give(mut buf: BytesMut, min: usize) {
             spares.push(buf);
         }
     });
+}
+
+/// Appends to a per-session queue whose first allocation has room for one entry, not the four a
+/// first `push_back` makes: a client that does not pipeline never needs more, and an idle client
+/// keeps what its queues once took.
+pub fn push_back<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.capacity() == 0 {
+        queue.reserve_exact(1);
+    }
+    queue.push_back(item);
 }
 
 #[cfg(test)]
