@@ -71,10 +71,15 @@ pub struct Config {
     /// When it expires the client gets `-ERR respipe: ... did not answer within ...`; the reply slot
     /// stays in the connection's FIFO so the late reply is read and dropped, never handed to the next
     /// client. It also bounds how long a request may wait for room in a full upstream queue.
+    /// A shared connection whose command timed out takes no new commands (a fresh connection does,
+    /// so a busy script answers `-BUSY` and `SCRIPT KILL` gets through); leased connections never
+    /// time out.
     pub command_timeout: Option<Duration>,
     /// Cap on the reconnect delay: backoff starts at 10ms and doubles up to this. Default 500ms, at
     /// least 10ms. Commands arriving between attempts fail fast with `-ERR respipe: upstream
     /// unavailable ...`; those arriving during an attempt wait for it (at most `connect_timeout`).
+    /// After Redis closes a healthy connection (`CLIENT KILL`, its idle `timeout`, a restart) the
+    /// first attempt starts at once, so no command fails while Redis accepts connections.
     pub reconnect_backoff_max: Duration,
     /// On SIGTERM/SIGINT, how long in-flight commands may take to finish after accepting stops.
     /// Default 10s, must be more than 0. When it expires the remaining connections are dropped, that is

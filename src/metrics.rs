@@ -38,8 +38,12 @@ pub const UPSTREAM_INFLIGHT: &str = "respipe_upstream_inflight";
 pub const UPSTREAM_UP: &str = "respipe_upstream_up";
 /// Upstream connections established after the first (reconnects).
 pub const UPSTREAM_RECONNECTS: &str = "respipe_upstream_reconnects_total";
-/// Upstream connection failures, by kind.
+/// Upstream connection failures, by kind: those of `UpstreamError::kind`, and [`STALLED`].
 pub const UPSTREAM_ERRORS: &str = "respipe_upstream_errors_total";
+/// The `kind` of `respipe_upstream_errors_total` that counts shared connections retired because a
+/// command at their head got no reply within `command_timeout` (a busy script, `DEBUG SLEEP`): new
+/// commands go to a fresh connection.
+pub const STALLED: &str = "stalled";
 /// Commands answered with a timeout error because the upstream did not reply in time.
 pub const COMMAND_TIMEOUTS: &str = "respipe_command_timeouts_total";
 /// Dedicated upstream connections lent to clients now.
@@ -295,7 +299,11 @@ fn describe() {
         UPSTREAM_RECONNECTS,
         "Upstream connections re-established after a loss."
     );
-    describe_counter!(UPSTREAM_ERRORS, "Upstream connection failures by kind.");
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Upstream connection failures by kind: connect_timeout, io, handshake, protocol, closed, \
+         stalled (a shared connection retired because its head command timed out)."
+    );
     describe_gauge!(
         LEASES,
         "Dedicated upstream connections lent to clients now."

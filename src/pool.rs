@@ -6,12 +6,17 @@
 //! subscriptions, MONITOR) gets a *lease*: a dedicated connection of its own, handshaken like the
 //! session's pool, up to `max_leases` at once, closed when the client no longer needs it. Cluster
 //! slot routing will plug in here too.
+//!
+//! A shared connection that retired (a command at its head timed out: a busy script, `DEBUG SLEEP`)
+//! is replaced by a fresh one the next time a session is routed to it; sessions with commands still
+//! in flight on the retired one keep using it until those are answered (see `upstream`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -52,7 +57,19 @@ pub struct PoolKey {
 #[derive(Debug)]
 pub struct Pool {
     key: PoolKey,
-    conns: Vec<UpstreamHandle>,
+    conns: Vec<Member>,
+    /// The settings of every connection of the pool, replacements included.
+    settings: Arc<UpstreamSettings>,
+}
+
+/// One place in a pool: the connection new sessions get there.
+#[derive(Debug)]
+struct Member {
+    /// Swapped for a fresh connection when it retires; the retired one lives on while sessions
+    /// with commands in flight on it hold its handle.
+    handle: ArcSwap<UpstreamHandle>,
+    /// The `conn` metrics label, kept by replacements.
+    label: String,
 }
 
 /// A dedicated upstream connection lent to one session. Dropping it closes the connection (the
@@ -97,19 +114,58 @@ impl fmt::Debug for Credentials {
 
 impl Pool {
     /// The connection for a session with nothing in flight: its own (`session % pool_size`) if that
-    /// one is up, else the next one that is, else its own (which answers fast with an error).
-    pub fn route(&self, session: u64) -> &UpstreamHandle {
+    /// one is up, else the next one that is, else its own (which answers fast with an error, or
+    /// holds the command while it connects).
+    pub fn route(&self, session: u64) -> UpstreamHandle {
         let n = self.conns.len();
         let home = (session % n as u64) as usize;
-        (0..n)
-            .map(|i| &self.conns[(home + i) % n])
-            .find(|h| h.is_up())
-            .unwrap_or(&self.conns[home])
+        let own = self.conns[home].handle(&self.settings);
+        if own.is_up() {
+            return own;
+        }
+        (1..n)
+            .map(|i| self.conns[(home + i) % n].handle(&self.settings))
+            .find(UpstreamHandle::is_up)
+            .unwrap_or(own)
     }
 
     /// The state this pool's connections are in.
     pub fn key(&self) -> &PoolKey {
         &self.key
+    }
+}
+
+impl Member {
+    /// Starts the connection of a new member labelled `label`.
+    fn spawn(label: String, settings: &Arc<UpstreamSettings>) -> Self {
+        let handle = UpstreamHandle::spawn(label.clone(), settings.clone());
+        Member {
+            handle: ArcSwap::from_pointee(handle),
+            label,
+        }
+    }
+
+    /// The member's connection for a new session: a fresh one in place of a retired one.
+    fn handle(&self, settings: &Arc<UpstreamSettings>) -> UpstreamHandle {
+        let current = self.handle.load_full();
+        if !current.is_retired() {
+            return (*current).clone();
+        }
+        let fresh = UpstreamHandle::spawn(self.label.clone(), settings.clone());
+        let before = self
+            .handle
+            .compare_and_swap(&current, Arc::new(fresh.clone()));
+        if Arc::ptr_eq(&*before, &current) {
+            fresh
+        } else {
+            // Another thread replaced it first: use that one (ours ends, unused, with `fresh`).
+            (**before).clone()
+        }
+    }
+
+    /// True while the member's connection is established.
+    fn is_up(&self) -> bool {
+        self.handle.load().is_up()
     }
 }
 
@@ -145,14 +201,17 @@ impl Pools {
             resp3: false,
             auth: None,
         };
+        // Replaced by `start_default` below.
+        let placeholder = Pool {
+            key: default_key.clone(),
+            conns: Vec::new(),
+            settings: Arc::new(base.clone()),
+        };
         let pools = Pools {
             base: Mutex::new(base),
             pool_size: config.pool_size.get(),
             max_pools: config.max_pools.get(),
-            default: Mutex::new(Arc::new(Pool {
-                key: default_key.clone(),
-                conns: Vec::new(),
-            })),
+            default: Mutex::new(Arc::new(placeholder)),
             generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             leases: Arc::new(Semaphore::new(config.max_leases.get())),
@@ -272,7 +331,7 @@ impl Pools {
 
     /// True while at least one connection of the default pool is established.
     pub fn any_up(&self) -> bool {
-        lock(&self.default).conns.iter().any(UpstreamHandle::is_up)
+        lock(&self.default).conns.iter().any(Member::is_up)
     }
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
@@ -284,11 +343,15 @@ impl Pools {
                 } else {
                     format!("p{index}.{i}")
                 };
-                UpstreamHandle::spawn(label, settings.clone())
+                Member::spawn(label, &settings)
             })
             .collect();
         self.pools_gauge.increment(1.0);
-        Arc::new(Pool { key, conns })
+        Arc::new(Pool {
+            key,
+            conns,
+            settings,
+        })
     }
 
     /// The upstream settings for connections in `key`'s state.

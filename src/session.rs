@@ -1010,13 +1010,18 @@ impl Session {
 
     /// The connection for the next command when it needs no change: the lease if the session
     /// holds one, else its connection of the pool for its state. `None` when the session's state
-    /// (or a reload) calls for another pool.
+    /// (or a reload) calls for another pool, or its connection retired (a stalled command): the
+    /// next command then waits for what is in flight there and goes to a fresh connection.
     fn settled_route(&mut self) -> Option<UpstreamHandle> {
         if let Some(lease) = &self.lease {
             return Some(lease.handle().clone());
         }
         let settled = self.state.is_in(self.pool.key())
-            && self.pool_generation == self.shared.pools.generation();
+            && self.pool_generation == self.shared.pools.generation()
+            && !self
+                .current
+                .as_ref()
+                .is_some_and(UpstreamHandle::is_retired);
         settled.then(|| self.current_handle())
     }
 
@@ -1024,9 +1029,7 @@ impl Session {
     fn current_handle(&mut self) -> UpstreamHandle {
         let pool = &self.pool;
         let id = self.id;
-        self.current
-            .get_or_insert_with(|| pool.route(id).clone())
-            .clone()
+        self.current.get_or_insert_with(|| pool.route(id)).clone()
     }
 
     /// Waits until every reply in flight has arrived (and is queued for the client).

@@ -2,8 +2,19 @@
 //! the batch being collected and the FIFO of reply slots (redis-rs `multiplexed_connection.rs`).
 //!
 //! The driver survives connection loss: it fails every in-flight command with an explicit error,
-//! fails new commands fast while Redis is unreachable, and reconnects with capped exponential
-//! backoff. The handle therefore stays valid for the life of the proxy.
+//! reconnects at once after losing a healthy connection (holding new commands during that attempt),
+//! and while Redis refuses fails new commands fast and retries with capped exponential backoff. The
+//! handle therefore stays valid for the life of the proxy.
+//!
+//! A shared connection whose head command gets no reply within the command timeout (a script that
+//! loops; or all of Redis stalled by `DEBUG SLEEP`, a huge `KEYS *`, a frozen process) *retires*:
+//! the pool gives new sessions a fresh connection, so they see what a new connection to Redis
+//! sees (`-BUSY` during a script, and `SCRIPT KILL`/`FUNCTION KILL` get through; replies as soon
+//! as a stalled server wakes), while sessions with commands still in flight on it wait for those
+//! (each answered or timed out) before they move (per-client order). A retired driver never
+//! reconnects; it ends, closing its socket, when no handle is left: the pool has let go of it and
+//! no session is waiting for a reply on it. Late replies of timed-out commands still in transit
+//! are dropped with the socket.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -30,6 +41,12 @@ use crate::tls::UpstreamTls;
 
 /// First reconnect delay; doubles after each failed attempt up to `reconnect_backoff_max`.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// A connection that answered a command, or stayed up this long, was healthy: when Redis closes it
+/// (`CLIENT KILL`, its idle `timeout`, a restart) the driver reconnects at once and new commands wait
+/// for that attempt instead of failing through a backoff period. One second is Redis's shortest
+/// idle `timeout`. One that dies younger without answering anything (a server that accepts and then
+/// closes at once) backs off like a refused connect, so a driver never reconnects in a tight loop.
+const HEALTHY_UPTIME: Duration = Duration::from_secs(1);
 /// Requests smaller than this are copied into one contiguous write buffer; larger ones are written
 /// from their own buffers (vectored), so a 16 MB value is never copied.
 const COALESCE_MAX: usize = 4 * 1024;
@@ -112,6 +129,9 @@ struct HandleInner {
     tx: mpsc::Sender<Request>,
     /// True while the driver has an established connection (set by the driver only).
     up: Arc<AtomicBool>,
+    /// Set once by the driver of a shared connection whose head command timed out: the pool
+    /// replaces it, and sessions leave it once their commands on it are answered.
+    retired: Arc<AtomicBool>,
     /// The endpoint, for messages (never with credentials).
     addr: Arc<str>,
 }
@@ -121,7 +141,14 @@ enum Ended {
     /// Every handle is gone: the proxy is shutting down.
     Closed,
     /// The connection failed; in-flight commands were answered with errors.
-    Lost(UpstreamError),
+    Lost {
+        /// What failed.
+        err: UpstreamError,
+        /// It answered at least one command: Redis accepted it.
+        answered: bool,
+        /// Nothing was in flight (Redis closing an idle connection is no surprise).
+        idle: bool,
+    },
 }
 
 /// What woke the connection loop.
@@ -197,16 +224,23 @@ impl UpstreamHandle {
     pub fn spawn(label: String, settings: Arc<UpstreamSettings>) -> Self {
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let up = Arc::new(AtomicBool::new(false));
+        let retired = Arc::new(AtomicBool::new(false));
         let addr: Arc<str> = settings.upstream.endpoint.to_string().into();
         let driver = Driver {
             rx,
             settings,
             up: up.clone(),
+            retired: retired.clone(),
             metrics: UpstreamMetrics::new(label),
             addr: addr.clone(),
         };
         tokio::spawn(driver.run());
-        UpstreamHandle(Arc::new(HandleInner { tx, up, addr }))
+        UpstreamHandle(Arc::new(HandleInner {
+            tx,
+            up,
+            retired,
+            addr,
+        }))
     }
 
     /// Queues a request, waiting while the queue is full. Gives the request back if the driver is gone.
@@ -229,6 +263,12 @@ impl UpstreamHandle {
         self.0.up.load(Ordering::Relaxed)
     }
 
+    /// True once a command at the head of this shared connection timed out: it takes no new
+    /// sessions, and a session with commands in flight on it moves on once they are answered.
+    pub fn is_retired(&self) -> bool {
+        self.0.retired.load(Ordering::Relaxed)
+    }
+
     /// The upstream endpoint (no credentials).
     pub fn addr(&self) -> &str {
         &self.0.addr
@@ -240,6 +280,8 @@ struct Driver {
     rx: mpsc::Receiver<Request>,
     settings: Arc<UpstreamSettings>,
     up: Arc<AtomicBool>,
+    /// Set by `retire`, read by the handles.
+    retired: Arc<AtomicBool>,
     metrics: UpstreamMetrics,
     addr: Arc<str>,
 }
@@ -260,6 +302,7 @@ impl Driver {
                     connected_before = true;
                     backoff = BACKOFF_MIN;
                     self.set_up(true);
+                    let since = Instant::now();
                     let ended = match stream {
                         Stream::Tcp(mut s) => {
                             let (r, w) = s.split();
@@ -275,13 +318,25 @@ impl Driver {
                         }
                     };
                     self.set_up(false);
-                    match ended {
-                        Ended::Closed => return,
-                        Ended::Lost(err) => {
-                            warn!(upstream.addr = %self.addr, error = %err, "upstream connection lost");
-                            err
-                        }
+                    let Ended::Lost {
+                        err,
+                        answered,
+                        idle,
+                    } = ended
+                    else {
+                        return;
+                    };
+                    if idle {
+                        info!(upstream.addr = %self.addr, error = %err, "upstream closed an idle connection");
+                    } else {
+                        warn!(upstream.addr = %self.addr, error = %err, "upstream connection lost");
                     }
+                    failing = !idle;
+                    if self.reconnects_at_once(answered || since.elapsed() >= HEALTHY_UPTIME) {
+                        metrics::upstream_error(err.kind());
+                        continue;
+                    }
+                    err
                 }
                 Err(err) => {
                     if failing {
@@ -294,8 +349,9 @@ impl Driver {
             };
             failing = true;
             metrics::upstream_error(err.kind());
-            if self.settings.dedicated {
-                // Its client's state is gone with it: fail everything until the lease is dropped.
+            if self.settings.dedicated || self.is_retired() {
+                // A lease's client state is gone with it; a retired connection has a replacement.
+                // Either way: fail everything until the last handle is dropped.
                 while self.fail_fast(self.settings.backoff_max, &err).await {}
                 return;
             }
@@ -306,8 +362,40 @@ impl Driver {
         }
     }
 
+    /// After losing a connection: true when the next attempt should start now, new commands waiting
+    /// for it in the queue (at most `connect_timeout`), rather than after a backoff period that
+    /// fails them. Only a shared, serving connection that was `healthy` qualifies (see
+    /// [`HEALTHY_UPTIME`]); a failed attempt then backs off as usual.
+    fn reconnects_at_once(&self, healthy: bool) -> bool {
+        healthy && !self.settings.dedicated && !self.is_retired()
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// The connection's head command timed out (`conn.expire` answered it): stop taking new
+    /// sessions. The pool replaces this handle the next time it routes a session here, and the
+    /// replacement reports under the same `conn` label, so from now on this driver leaves the
+    /// label's gauges alone (`up` stays 1 until the replacement sets it: this connection still
+    /// serves the commands already on it).
+    fn retire(&self) {
+        if self.retired.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        metrics::upstream_error(metrics::STALLED);
+        self.metrics.inflight.set(0.0);
+        warn!(
+            upstream.addr = %self.addr,
+            "upstream connection stalled: a command got no reply within command_timeout; new commands go to a fresh connection"
+        );
+    }
+
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+        if self.is_retired() {
+            return;
+        }
         self.metrics.up.set(if up { 1.0 } else { 0.0 });
         if !up {
             self.metrics.inflight.set(0.0);
@@ -427,14 +515,24 @@ impl Driver {
                 }
                 Event::Tick => {
                     conn.expire(Instant::now());
+                    if conn.dead_prefix > 0 {
+                        self.retire();
+                    }
                     Ok(())
                 }
             };
             if let Err(err) = result {
+                let idle = conn.fifo.is_empty();
                 conn.fail_all(&err);
-                return Ended::Lost(err);
+                return Ended::Lost {
+                    err,
+                    answered: conn.head_seq > 0,
+                    idle,
+                };
             }
-            self.metrics.inflight.set(conn.inflight as f64);
+            if !self.is_retired() {
+                self.metrics.inflight.set(conn.inflight as f64);
+            }
         }
     }
 }
