@@ -147,15 +147,15 @@ impl Member {
 
     /// The member's connection for a new session: a fresh one in place of a retired one.
     fn handle(&self, settings: &Arc<UpstreamSettings>) -> UpstreamHandle {
-        let current = self.handle.load_full();
+        let current = self.handle.load();
         if !current.is_retired() {
-            return (*current).clone();
+            return (**current).clone();
         }
         let fresh = UpstreamHandle::spawn(self.label.clone(), settings.clone());
         let before = self
             .handle
             .compare_and_swap(&current, Arc::new(fresh.clone()));
-        if Arc::ptr_eq(&*before, &current) {
+        if Arc::ptr_eq(&*before, &*current) {
             fresh
         } else {
             // Another thread replaced it first: use that one (ours ends, unused, with `fresh`).

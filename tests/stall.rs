@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::{bounded, encode, BinProxy, Proxy, RawClient, RedisServer, Reply};
 
-/// The command timeout of the proxies here: long enough that a loaded machine answers a PING in
-/// time, short enough that a test waits for it a few times.
-const TIMEOUT: Duration = Duration::from_millis(500);
+/// The command timeout of the proxies here: long enough that on a loaded machine the commands a
+/// test queues behind a stalled one arrive before it times out, short enough to wait for a few times.
+const TIMEOUT: Duration = Duration::from_secs(1);
 /// A busy script answers other connections `-BUSY` after this (Redis's `busy-reply-threshold`).
 const BUSY_AFTER: &str = "100";
 /// Bound on any single wait in these tests.
@@ -104,7 +104,7 @@ async fn busy_then_kill(setup: &[&str], stall: &[&str], kill: &[&str]) {
     let ra = bounded(WAIT, "the stalled command", a.read_reply()).await;
     assert_timed_out(&ra, "the stalled command");
 
-    let started = Instant::now();
+    // A command queued behind the script would time out: -BUSY proves each went to a fresh connection.
     let rb = bounded(WAIT, "b PING while busy", b.cmd(&["PING"])).await;
     assert_eq!(rb, Reply::Error(busy.clone()), "b gets Redis's own -BUSY");
     let mut c = proxy.raw().await;
@@ -116,11 +116,6 @@ async fn busy_then_kill(setup: &[&str], stall: &[&str], kill: &[&str]) {
     );
     let ra = bounded(WAIT, "a PING while busy", a.cmd(&["PING"])).await;
     assert_eq!(ra, Reply::Error(busy), "the stalled client gets -BUSY too");
-    assert!(
-        started.elapsed() < TIMEOUT,
-        "-BUSY took {:?}: the commands waited behind the script",
-        started.elapsed()
-    );
     assert_eq!(
         bounded(WAIT, "kill", b.cmd(kill)).await,
         Reply::ok(),
