@@ -162,11 +162,6 @@ impl Member {
             (**before).clone()
         }
     }
-
-    /// True while the member's connection is established.
-    fn is_up(&self) -> bool {
-        self.handle.load().is_up()
-    }
 }
 
 impl Lease {
@@ -329,9 +324,12 @@ impl Pools {
             .insert(db);
     }
 
-    /// True while at least one connection of the default pool is established.
+    /// True while at least one connection of the default pool is established. Replaces retired
+    /// connections as routing does, so a stalled one that Redis then closed does not keep the
+    /// proxy unready while no client sends anything.
     pub fn any_up(&self) -> bool {
-        lock(&self.default).conns.iter().any(Member::is_up)
+        let pool = self.default_pool();
+        pool.conns.iter().any(|m| m.handle(&pool.settings).is_up())
     }
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
