@@ -341,3 +341,40 @@ async fn idle_timeout_does_not_refuse_commands() {
     })
     .await
 }
+
+/// A connection retired by a stall and then closed by Redis is replaced even while no client sends
+/// anything: `/readyz` does not stay 503 with Redis healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_again_after_a_retired_connection_is_closed() {
+    bounded(
+        Duration::from_secs(60),
+        "ready after a retired connection",
+        async {
+            let redis = RedisServer::start_with(&["--busy-reply-threshold", BUSY_AFTER]).await;
+            let proxy = BinProxy::spawn(
+                &redis.addr().to_string(),
+                &["--command-timeout", "500ms", "--pool-size", "1"],
+            );
+            let mut a = proxy.wait_pong().await;
+            let mut direct = redis.direct().await;
+            a.send(&encode(&["EVAL", "while true do end", "0"])).await;
+            wait_busy(&mut direct).await;
+            assert_timed_out(&bounded(WAIT, "EVAL", a.read_reply()).await, "EVAL");
+            assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, Reply::ok());
+            wait_not_busy(&mut direct).await;
+            let killed = direct
+                .cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+                .await;
+            assert!(
+                matches!(killed, Reply::Int(n) if n >= 1),
+                "CLIENT KILL: {killed:?}"
+            );
+            proxy.wait_status("/readyz", 200, WAIT).await;
+            assert_eq!(
+                bounded(WAIT, "PING", a.cmd(&["PING"])).await,
+                Reply::Simple("PONG".into())
+            );
+        },
+    )
+    .await
+}
