@@ -98,8 +98,9 @@ pub struct UpstreamSettings {
 pub struct Tunables {
     /// The coalescing policy.
     pub policy: BatchPolicy,
-    /// A command without a reply after this long is answered with an error; `None` waits forever.
-    /// Dedicated (leased) connections never time out: blocking commands wait as long as they like.
+    /// A command without a reply after this long is answered with an error and its shared
+    /// connection retires (see the module doc); `None` waits forever. Dedicated (leased)
+    /// connections never time out: blocking commands wait as long as they like.
     pub command_timeout: Option<Duration>,
 }
 
