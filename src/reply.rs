@@ -133,6 +133,8 @@ impl Drop for ReplyRx {
 pub const OK: Bytes = Bytes::from_static(b"+OK\r\n");
 /// Redis's answer to `RESET`.
 pub const RESET: Bytes = Bytes::from_static(b"+RESET\r\n");
+/// `RESET` as a request, for respipe to end a leased connection's stream in order.
+pub const RESET_COMMAND: Bytes = Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n");
 /// RESP3 null.
 pub const NULL: Bytes = Bytes::from_static(b"_\r\n");
 /// RESP2 null bulk string.

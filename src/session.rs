@@ -710,10 +710,14 @@ impl Session {
     async fn in_stream(&mut self, kind: Kind, name: &[u8], bytes: Bytes) -> Result<(), Close> {
         match kind {
             Kind::Quit => {
-                self.closing = true;
-                self.answer(reply::OK)
+                // Redis's `+RESET` (swallowed) orders the `+OK` after every frame owed before it.
+                if self.end_stream(reply::RESET_COMMAND).await? {
+                    self.closing = true;
+                    self.answer(reply::OK)?;
+                }
+                Ok(())
             }
-            Kind::Reset => self.reset().await,
+            Kind::Reset => self.reset_stream(bytes).await,
             Kind::Refuse(why) => {
                 self.local(reply::refused(name, why));
                 Ok(())
@@ -877,18 +881,48 @@ impl Session {
         }
     }
 
-    /// `RESET`: waits for what is in flight, gives back any lease (closing its connection), and
-    /// starts over as a new connection would.
+    /// `RESET` (not streaming, see `reset_stream`): waits for what is in flight, gives back any
+    /// lease (closing its connection), and starts over as a new connection would.
     async fn reset(&mut self) -> Result<(), Close> {
         self.drain().await?;
-        if self.state.streaming.is_some() {
-            self.leave_stream();
-        }
         self.lease = None;
         self.current = None;
         self.state = State::new(&self.shared);
         self.local_counted(reply::RESET);
         Ok(())
+    }
+
+    /// `RESET` while the lease streams: Redis answers it after every frame it owes for earlier
+    /// commands, leaving subscribe mode or MONITOR; its `+RESET` ends the stream and reaches the
+    /// client, and the session starts over as a new connection would.
+    async fn reset_stream(&mut self, bytes: Bytes) -> Result<(), Close> {
+        if self.end_stream(bytes).await? {
+            self.out.push(reply::RESET);
+            self.lease = None;
+            self.current = None;
+            self.state = State::new(&self.shared);
+        }
+        Ok(())
+    }
+
+    /// Sends `reset` (a `RESET` command) into the lease's stream and passes every frame before
+    /// Redis's `+RESET` to the client, so nothing Redis sent for earlier commands is lost; then
+    /// leaves stream mode. False when the stream ended otherwise (the lease was lost: the client has
+    /// been told and the session is closing). A command sent into the stream earlier whose answer
+    /// is itself `+RESET` (only a script's status reply can be) would end the wait early.
+    async fn end_stream(&mut self, reset: Bytes) -> Result<bool, Close> {
+        self.state.unsubscribing = false;
+        self.send(reset, 1, Route::Lease, true, true).await?;
+        while self.state.streaming.is_some() {
+            match self.rx.recv().await {
+                Response::Stream { bytes, lost: false } if bytes == reply::RESET => {
+                    self.leave_stream();
+                    return Ok(true);
+                }
+                response => self.on_response(response)?,
+            }
+        }
+        Ok(false)
     }
 
     /// Sends the first `len` bytes of the read buffer (`count` stateless requests) upstream.
@@ -978,6 +1012,10 @@ impl Session {
         if owed {
             self.on_response(Response::Failed { count, error })
         } else {
+            if self.state.streaming.is_some() {
+                // A stream the dedicated connection cannot take is over, as if it were lost.
+                return self.on_stream(error, true);
+            }
             self.out.push(error);
             Ok(())
         }
@@ -1119,8 +1157,9 @@ impl Session {
     }
 
     /// A frame of the lease's stream (a message, a subscription confirmation, a MONITOR line, or
-    /// the answer to a command sent while streaming). Frames still in transit from a stream the
-    /// session has left (RESET, last unsubscribe) are dropped.
+    /// the answer to a command sent while streaming). Once the session has left the stream (the
+    /// last unsubscribe, RESET, a lost connection) nothing more is owed from it: late frames are
+    /// dropped.
     fn on_stream(&mut self, bytes: Bytes, lost: bool) -> Result<(), Close> {
         let Some(streaming) = self.state.streaming else {
             return Ok(());
@@ -1129,6 +1168,7 @@ impl Session {
             // The dedicated connection is gone with the client's subscriptions: say so and close,
             // as Redis closing the connection would.
             self.out.push(bytes);
+            self.state.streaming = None;
             self.closing = true;
             return Ok(());
         }
