@@ -92,7 +92,9 @@ pub struct Config {
     /// limit respipe stops reading that client until replies drain: backpressure, not an error.
     pub max_client_inflight: NonZeroUsize,
     /// Reply bytes waiting to be written to one client. Default 268435456 (256 MiB). Past it the client
-    /// is closed (it is not reading its replies) and the reason is logged.
+    /// is closed and the log says so, with how fast it was reading. Long before, respipe throttles a
+    /// client that reads slowly: it stops reading its requests while the unsent replies plus those
+    /// owed for commands in flight (at the client's reply size so far) reach 8 MiB.
     pub max_client_reply_bytes: NonZeroUsize,
     /// Largest single request, in bytes. Default 536870912 (512 MiB, Redis's `proto-max-bulk-len`).
     /// A larger request is a protocol error: the client gets `-ERR Protocol error` and is closed.

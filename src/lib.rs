@@ -18,6 +18,7 @@
 //! - [`command`]: the table that classifies every command (forward, answer locally, refuse).
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
+//! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - [`pool`]: the upstream connections and the routing step.
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod live;
 pub mod metrics;
+pub mod outflow;
 pub mod pool;
 pub mod reload;
 pub mod reply;

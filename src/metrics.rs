@@ -104,6 +104,8 @@ pub struct ClientMetrics {
     pub closed_protocol: Counter,
     /// `respipe_client_closed_by_proxy_total{reason="reply_limit"}`.
     pub closed_reply_limit: Counter,
+    /// `respipe_client_closed_by_proxy_total{reason="pubsub_limit"}`.
+    pub closed_pubsub_limit: Counter,
     /// `respipe_commands_total{outcome="forwarded"}`.
     pub forwarded: Counter,
     /// `respipe_commands_total{outcome="local"}`.
@@ -147,6 +149,7 @@ impl ClientMetrics {
             rejected: metrics::counter!(CLIENT_CONNECTIONS_REJECTED),
             closed_protocol: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "protocol_error"),
             closed_reply_limit: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "reply_limit"),
+            closed_pubsub_limit: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "pubsub_limit"),
             forwarded: outcome(Outcome::Forwarded),
             local: outcome(Outcome::Local),
             refused: outcome(Outcome::Refused),

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::live::Live;
 use crate::metrics::ClientMetrics;
+use crate::outflow::ServerLimit;
 use crate::pool::Pools;
 use crate::reload;
 use crate::reply;
@@ -76,6 +77,7 @@ pub async fn run_with_updates(
         metrics: ClientMetrics::new(),
         limits: Live::new(SessionLimits::from_config(&config)),
         shutdown: shutdown.clone(),
+        pubsub_limit: ServerLimit::default(),
     });
     {
         let shared = Arc::downgrade(&shared);

@@ -26,6 +26,7 @@ use crate::command::{self, Args, Kind, ReplyMode};
 use crate::config::Secret;
 use crate::live::{Cached, Live};
 use crate::metrics::ClientMetrics;
+use crate::outflow::{Breach, Outflow, OutputLimit, ServerLimit, READ_PAUSE_OWED_BYTES};
 use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools};
 use crate::reply::{self, ReplyRx, ReplyTx, Response};
 use crate::resp::{self, RequestFrame, RequestKind, RequestLimits, RequestScanner};
@@ -33,7 +34,8 @@ use crate::spare;
 use crate::upstream::{Request, UpstreamHandle};
 
 /// While this many reply bytes wait for the client to read them, respipe stops reading the client's
-/// requests (backpressure); the hard limit that closes the client is `max_client_reply_bytes`.
+/// requests (backpressure; see also `outflow::READ_PAUSE_OWED_BYTES`); the hard limit that closes
+/// the client is `max_client_reply_bytes`.
 const READ_PAUSE_REPLY_BYTES: usize = 1024 * 1024;
 /// Free space a read buffer starts with; doubled (up to `READ_CHUNK_MAX`) whenever a read fills it.
 const READ_CHUNK_MIN: usize = 4 * 1024;
@@ -99,6 +101,8 @@ pub struct Shared {
     pub limits: Live<SessionLimits>,
     /// Cancelled at shutdown: sessions stop reading, finish what is in flight and close.
     pub shutdown: CancellationToken,
+    /// Redis's `client-output-buffer-limit pubsub`, read when the first client subscribes.
+    pub pubsub_limit: ServerLimit,
 }
 
 /// An answer the client is owed, in command order.
@@ -115,6 +119,8 @@ enum Event {
     Reply(Response),
     Wrote(io::Result<usize>),
     Read(io::Result<usize>),
+    /// Requests held back by the reply-weight throttle may go now.
+    Resume,
     Shutdown,
     /// Idle past `lease_idle_timeout` while holding a transaction's lease.
     LeaseIdle,
@@ -188,9 +194,16 @@ struct Session {
     rx: ReplyRx,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once all is written.
     closing: bool,
+    /// Complete requests wait in the read buffer: the replies owed weigh too much to send more
+    /// (`owes_too_much`); they go, before anything else is read, once the replies drain.
+    held: bool,
     state: State,
     /// When the client last sent anything (for `lease_idle_timeout`).
     last_input: tokio::time::Instant,
+    /// How much the client's replies weigh and how fast it reads them.
+    outflow: Outflow,
+    /// The pubsub output limit, once the session has subscribed.
+    pubsub_limit: Option<OutputLimit>,
 }
 
 impl State {
@@ -300,9 +313,12 @@ where
         tx,
         rx,
         closing: false,
+        held: false,
         state: State::new(&shared),
         shared,
         last_input: tokio::time::Instant::now(),
+        outflow: Outflow::new(tokio::time::Instant::now()),
+        pubsub_limit: None,
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
@@ -326,9 +342,11 @@ impl Session {
                 let _ = wr.shutdown().await;
                 return Ok(());
             }
-            let can_read = !self.closing
+            let can_take = !self.closing
                 && self.inflight < self.limits.max_inflight
-                && self.out.bytes() < READ_PAUSE_REPLY_BYTES;
+                && self.out.bytes() < READ_PAUSE_REPLY_BYTES
+                && !self.owes_too_much(0);
+            let (can_read, resume) = (can_take && !self.held, can_take && self.held);
             let writing = !self.out.is_empty();
             let idle_limit = self.limits.lease_idle_timeout.filter(|_| {
                 self.lease.is_some()
@@ -368,6 +386,7 @@ impl Session {
                         spare::give(std::mem::take(inbuf), READ_CHUNK_MIN);
                     }
                 }, if can_read => Event::Read(r),
+                _ = std::future::ready(()), if resume => Event::Resume,
                 _ = &mut cancelled, if !self.closing => Event::Shutdown,
                 // In a block, so the timer is only made when the branch is enabled.
                 _ = async { tokio::time::sleep_until(idle_deadline).await }, if idle_limit.is_some() => {
@@ -388,7 +407,7 @@ impl Session {
                 Event::Wrote(Ok(0)) | Event::Wrote(Err(_)) | Event::Read(Err(_)) => {
                     return Err(Close)
                 }
-                Event::Wrote(Ok(n)) => self.out.advance(n),
+                Event::Wrote(Ok(n)) => self.wrote(n),
                 // The client left. Like Redis, stop serving it; with a lease (a blocked command, a
                 // transaction, a subscription) close at once, so the dedicated connection closes too
                 // (Redis unblocks it); shared-pool replies still in flight are read and dropped.
@@ -399,17 +418,11 @@ impl Session {
                         // The client sends more than the buffer held: read bigger next time.
                         self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
                     }
-                    if !self.forward_plain()? {
-                        // Boxed: the general path (state changes, probes, waiting for room
-                        // upstream) is a large future, and every session, idle ones included,
-                        // would otherwise be sized for it.
-                        Box::pin(self.on_input()).await?;
-                    }
-                    if self.lease.is_some() {
-                        // Only a lease's idle timeout looks at it: no clock read per command.
-                        self.last_input = tokio::time::Instant::now();
-                    }
-                    self.release_if_idle();
+                    self.on_bytes().await?;
+                }
+                Event::Resume => {
+                    self.held = false;
+                    self.on_bytes().await?;
                 }
                 Event::Shutdown => self.closing = true,
                 Event::LeaseIdle => {
@@ -421,6 +434,30 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Handles the requests in the read buffer (new bytes, or requests held back by the throttle).
+    async fn on_bytes(&mut self) -> Result<(), Close> {
+        if !self.forward_plain()? {
+            // Boxed: the general path (state changes, probes, waiting for room upstream) is a
+            // large future, and every session, idle ones included, would otherwise be sized for it.
+            Box::pin(self.on_input()).await?;
+        }
+        if self.lease.is_some() {
+            // Only a lease's idle timeout looks at it: no clock read per command.
+            self.last_input = tokio::time::Instant::now();
+        }
+        self.release_if_idle();
+        Ok(())
+    }
+
+    /// True when the replies owed (unsent ones, and those of the commands in flight plus `more`
+    /// about to be sent, at this client's reply weight) are too heavy to send another command:
+    /// throttling that keeps a client that reads slowly far from `max_client_reply_bytes`. One
+    /// command always may go when nothing is owed, however large its reply.
+    fn owes_too_much(&self, more: usize) -> bool {
+        let commands = self.inflight + more;
+        commands > 0 && self.out.bytes() + self.outflow.owed(commands) >= READ_PAUSE_OWED_BYTES
     }
 
     /// Gives the read buffer back when nothing is owed and no partial request is buffered: an idle
@@ -450,11 +487,17 @@ impl Session {
         match self.out.write_now(wr) {
             Some(Ok(0)) | Some(Err(_)) => Err(Close),
             Some(Ok(n)) => {
-                self.out.advance(n);
+                self.wrote(n);
                 Ok(())
             }
             None => Ok(()),
         }
+    }
+
+    /// `n` reply bytes reached the client's socket.
+    fn wrote(&mut self, n: usize) {
+        self.out.advance(n);
+        self.outflow.wrote(n, tokio::time::Instant::now());
     }
 
     /// The common case, without waiting: the complete plain commands at the front of the read buffer
@@ -474,6 +517,10 @@ impl Session {
         };
         let (mut run, mut count, mut rest) = (0usize, 0u32, true);
         loop {
+            if self.owes_too_much(count as usize) {
+                self.held = run < self.inbuf.len();
+                break;
+            }
             let frame = match self.scanner.scan(&self.inbuf[run..]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -507,6 +554,10 @@ impl Session {
         let mut run = 0usize;
         let mut run_count = 0u32;
         while !self.closing {
+            if self.owes_too_much(run_count as usize) {
+                self.held = run < self.inbuf.len();
+                break;
+            }
             let frame = match self.scanner.scan(&self.inbuf[run..]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -679,6 +730,10 @@ impl Session {
                 self.forward(bytes, Route::Current, false).await
             }
             Kind::Subscribe | Kind::Monitor => {
+                if kind == Kind::Subscribe && self.pubsub_limit.is_none() {
+                    // Boxed: a probe is a large future (see `probe`).
+                    self.pubsub_limit = Some(Box::pin(self.read_pubsub_limit()).await);
+                }
                 self.forward(bytes, Route::Lease, true).await?;
                 if self.lease.is_some() {
                     self.state.streaming = Some(if kind == Kind::Monitor {
@@ -1112,6 +1167,7 @@ impl Session {
         let count = match response {
             Response::Replies { bytes, count } => {
                 self.shared.metrics.forwarded.increment(u64::from(count));
+                self.outflow.replies(bytes.len(), count);
                 if shown {
                     self.out.push(bytes);
                 }
@@ -1183,18 +1239,68 @@ impl Session {
         self.check_reply_limit()
     }
 
+    /// Closes a client whose unsent replies went past a limit: a subscriber's pubsub output limit
+    /// (as Redis would close it), anyone's `max_client_reply_bytes`. The log says which limit and
+    /// how fast the client was reading.
     fn check_reply_limit(&mut self) -> Result<(), Close> {
-        if self.out.bytes() > self.limits.max_reply_bytes {
+        let unsent = self.out.bytes();
+        let now = tokio::time::Instant::now;
+        if let Some(limit) = self
+            .pubsub_limit
+            .filter(|_| self.state.streaming == Some(Streaming::Subscribe))
+        {
+            if let Some(breach) = self.outflow.check(unsent, &limit, now()) {
+                let (which, bytes) = match breach {
+                    Breach::Hard => ("hard", limit.hard),
+                    Breach::Soft => ("soft", limit.soft),
+                };
+                warn!(
+                    session = self.id,
+                    unsent_bytes = unsent,
+                    limit = bytes,
+                    soft_seconds = limit.soft_for.as_secs(),
+                    read_bytes_per_sec = self.outflow.read_rate(now()),
+                    "subscriber past the {which} limit of Redis's client-output-buffer-limit pubsub; closing it"
+                );
+                self.shared.metrics.closed_pubsub_limit.increment(1);
+                return Err(Close);
+            }
+        }
+        if unsent > self.limits.max_reply_bytes {
             warn!(
                 session = self.id,
-                unsent_bytes = self.out.bytes(),
+                unsent_bytes = unsent,
                 limit = self.limits.max_reply_bytes,
-                "client is not reading its replies; closing it (max_client_reply_bytes)"
+                read_bytes_per_sec = self.outflow.read_rate(now()),
+                "client reads its replies slower than they come; closing it at max_client_reply_bytes"
             );
             self.shared.metrics.closed_reply_limit.increment(1);
             return Err(Close);
         }
         Ok(())
+    }
+
+    /// Redis's `client-output-buffer-limit` for pubsub clients, asked (as the configured user) the
+    /// first time any client subscribes; Redis's default when it does not tell.
+    async fn read_pubsub_limit(&self) -> OutputLimit {
+        let shared = &self.shared;
+        shared
+            .pubsub_limit
+            .get(|| async {
+                let get = resp::encode_request(&[
+                    b"CONFIG".as_slice(),
+                    b"GET",
+                    b"client-output-buffer-limit",
+                ]);
+                let key = shared.pools.default_pool().key().clone();
+                let replies = shared.pools.probe(&key, &[get]).await.map_err(|_| ())?;
+                let value = replies.first().and_then(|r| resp::request_args(r).nth(1));
+                Ok(value
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(OutputLimit::parse_pubsub)
+                    .unwrap_or(OutputLimit::PUBSUB_DEFAULT))
+            })
+            .await
     }
 }
 
