@@ -36,8 +36,11 @@ pub enum Kind {
     Watch,
     /// `UNWATCH`.
     Unwatch,
-    /// A command that may block (BLPOP, XREAD BLOCK, WAIT...): runs on a dedicated connection.
+    /// A command that may block (BLPOP, XREAD BLOCK...): runs on a dedicated connection.
     Blocking,
+    /// `WAIT`, `WAITAOF`: count acknowledgements of this connection's writes, so they run on a
+    /// dedicated connection whose write offset first covers the client's earlier writes.
+    Wait,
     /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`: the connection streams messages from now on.
     Subscribe,
     /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE`.
@@ -147,7 +150,8 @@ pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
             }
         }
         b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
-        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Kind::Blocking,
+        | b"BZMPOP" => Kind::Blocking,
+        b"WAIT" | b"WAITAOF" => Kind::Wait,
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => Kind::Subscribe,
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Kind::Unsubscribe,
         b"MONITOR" => Kind::Monitor,
@@ -268,7 +272,8 @@ mod tests {
         assert_eq!(classify_words(&["watch", "k"]), Kind::Watch);
         assert_eq!(classify_words(&["unwatch"]), Kind::Unwatch);
         assert_eq!(classify_words(&["blpop", "l", "0"]), Kind::Blocking);
-        assert_eq!(classify_words(&["WAIT", "1", "0"]), Kind::Blocking);
+        assert_eq!(classify_words(&["WAIT", "1", "0"]), Kind::Wait);
+        assert_eq!(classify_words(&["waitaof", "1", "0", "0"]), Kind::Wait);
         assert_eq!(classify_words(&["subscribe", "c"]), Kind::Subscribe);
         assert_eq!(classify_words(&["PUNSUBSCRIBE"]), Kind::Unsubscribe);
         assert_eq!(classify_words(&["monitor"]), Kind::Monitor);

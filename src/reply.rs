@@ -133,6 +133,11 @@ impl Drop for ReplyRx {
 pub const OK: Bytes = Bytes::from_static(b"+OK\r\n");
 /// Redis's answer to `RESET`.
 pub const RESET: Bytes = Bytes::from_static(b"+RESET\r\n");
+/// A command Redis replicates and that changes nothing: a message to a shard channel of respipe's
+/// own (nobody subscribes to it; no pattern can match a shard channel). Run before `WAIT` so the
+/// connection's write offset covers the client's earlier writes.
+pub const WAIT_NOOP: Bytes =
+    Bytes::from_static(b"*3\r\n$8\r\nSPUBLISH\r\n$15\r\n__respipe__wait\r\n$0\r\n\r\n");
 /// `RESET` as a request, for respipe to end a leased connection's stream in order.
 pub const RESET_COMMAND: Bytes = Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n");
 /// RESP3 null.
@@ -175,6 +180,17 @@ pub fn refused(name: &[u8], why: &str) -> Bytes {
     error(&format!(
         "ERR respipe: '{}' is not supported yet ({why})",
         String::from_utf8_lossy(name).to_lowercase()
+    ))
+}
+
+/// `WAIT`/`WAITAOF` when Redis refused the no-op that makes them count this client's writes
+/// (`redis_error`: its error line): counting nothing would be a false acknowledgement.
+pub fn wait_refused(name: &[u8], redis_error: &[u8]) -> Bytes {
+    let why = String::from_utf8_lossy(redis_error.strip_prefix(b"-").unwrap_or(redis_error));
+    error(&format!(
+        "ERR respipe: '{}' needs SPUBLISH to the channel __respipe__wait to count this client's writes, and Redis refused it: {}",
+        String::from_utf8_lossy(name).to_lowercase(),
+        why.trim_end()
     ))
 }
 

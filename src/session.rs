@@ -726,6 +726,9 @@ impl Session {
                 Ok(())
             }
             Kind::Blocking => self.forward(bytes, Route::Lease, false).await,
+            // Inside MULTI Redis queues it on the transaction's connection.
+            Kind::Wait if in_multi => self.forward(bytes, Route::Current, false).await,
+            Kind::Wait => self.wait(name, bytes).await,
             Kind::Subscribe | Kind::Monitor if in_multi => {
                 self.forward(bytes, Route::Current, false).await
             }
@@ -978,6 +981,39 @@ impl Session {
             }
         }
         Ok(false)
+    }
+
+    /// `WAIT`/`WAITAOF` count acknowledgements of this connection's write offset. The client's
+    /// writes went to connections whose replies have all arrived (`route` drains them), so they are
+    /// already in the replication stream; on a dedicated connection a no-op that Redis replicates
+    /// (`reply::WAIT_NOOP`) brings the write offset past them, then the command waits there. When
+    /// Redis refuses the no-op (ACL, a Redis without SPUBLISH) the command is refused with its reason.
+    async fn wait(&mut self, name: &[u8], bytes: Bytes) -> Result<(), Close> {
+        let handle = match self.route(Route::Lease).await? {
+            Ok(handle) => handle,
+            Err(line) => return self.answer(line),
+        };
+        let (tx, mut rx) = reply::mailbox();
+        let noop = Request {
+            bytes: reply::WAIT_NOOP,
+            count: 1,
+            reply: tx,
+            stream: false,
+        };
+        let answer = match handle.send(noop).await {
+            Err(_) => reply::shutting_down(),
+            Ok(()) => match rx.recv().await {
+                Response::Replies { bytes: done, .. } if done.first() == Some(&b':') => {
+                    return self.forward(bytes, Route::Current, false).await;
+                }
+                Response::Replies { bytes: refused, .. } => reply::wait_refused(name, &refused),
+                Response::Failed { error, .. } | Response::Stream { bytes: error, .. } => error,
+            },
+        };
+        if !self.lease_needed() {
+            self.lease = None;
+        }
+        self.answer(answer)
     }
 
     /// Sends the first `len` bytes of the read buffer (`count` stateless requests) upstream.
