@@ -11,6 +11,9 @@ use tokio::time::Instant;
 /// past this respipe stops reading the client's requests until they drain (throttling, long before
 /// `max_client_reply_bytes` closes it).
 pub const READ_PAUSE_OWED_BYTES: usize = 8 * 1024 * 1024;
+/// The weight assumed for each reply before the client's first reply has shown what its replies
+/// weigh: a new client's first pipeline goes 16 commands at a time until then (one round trip).
+const UNKNOWN_WEIGHT: usize = READ_PAUSE_OWED_BYTES / 16;
 /// The read rate reported when a client is closed covers at least this much recent time.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
@@ -39,10 +42,10 @@ pub struct ServerLimit(OnceCell<OutputLimit>);
 /// One client's reply flow.
 #[derive(Debug)]
 pub struct Outflow {
-    /// Estimated bytes of one reply: jumps to a larger response's average at once, decays by an
-    /// eighth per smaller response (so a client that starts fetching large values is throttled
-    /// from its first large reply on).
-    weight: usize,
+    /// Estimated bytes of one reply, `None` until the first reply: jumps to a larger response's
+    /// average at once, decays by an eighth per smaller response (so a client that starts fetching
+    /// large values is throttled from its first large reply on).
+    weight: Option<usize>,
     /// Bytes written to the client since `window_start`, and in the window before it.
     window_start: Instant,
     window_bytes: u64,
@@ -96,7 +99,7 @@ impl ServerLimit {
 impl Outflow {
     pub fn new(now: Instant) -> Self {
         Outflow {
-            weight: 0,
+            weight: None,
             window_start: now,
             window_bytes: 0,
             previous: (0, Duration::ZERO),
@@ -107,12 +110,17 @@ impl Outflow {
     /// `count` replies of `bytes` in all arrived.
     pub fn replies(&mut self, bytes: usize, count: u32) {
         let average = bytes / (count.max(1) as usize);
-        self.weight = average.max(self.weight - self.weight / 8);
+        self.weight = Some(match self.weight {
+            Some(weight) => average.max(weight - weight / 8),
+            None => average,
+        });
     }
 
     /// The estimated bytes of the replies owed for `inflight` commands.
     pub fn owed(&self, inflight: usize) -> usize {
-        self.weight.saturating_mul(inflight)
+        self.weight
+            .unwrap_or(UNKNOWN_WEIGHT)
+            .saturating_mul(inflight)
     }
 
     /// `n` bytes were written to the client.
@@ -178,7 +186,7 @@ mod tests {
     #[test]
     fn weight_jumps_up_and_decays_slowly() {
         let mut flow = Outflow::new(Instant::now());
-        assert_eq!(flow.owed(100), 0);
+        assert_eq!(flow.owed(16), READ_PAUSE_OWED_BYTES, "unknown: heavy");
         flow.replies(1000, 10);
         assert_eq!(flow.owed(3), 300);
         flow.replies(1_000_000, 1);
