@@ -129,3 +129,38 @@ async fn a_subscriber_that_never_reads_is_closed_at_the_pubsub_limit() {
     assert!(line.contains("hard limit"), "{line}");
     drop(sub.stream.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_subscriber_past_the_soft_pubsub_limit_for_its_seconds_is_closed() {
+    let redis =
+        RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 0 65536 1"]).await;
+    let mut proxy = BinProxy::spawn(&redis.addr().to_string(), &[]);
+    drop(proxy.wait_pong().await);
+    let mut sub = RawClient::connect(proxy.listen).await;
+    bounded(LIMIT, "subscribe", sub.cmd(&["SUBSCRIBE", "ch"])).await;
+    // Messages keep coming (a paced publisher, 10 MB/s at most) and are never read: past 64 KiB
+    // unsent for more than a second, the subscriber goes.
+    let mut publisher = redis.direct().await;
+    let message = vec![b'm'; 10 * 1024];
+    let start = std::time::Instant::now();
+    let mut receivers = 1;
+    while receivers > 0 && start.elapsed() < LIMIT {
+        receivers = match publisher
+            .cmd(&[b"PUBLISH".as_slice(), b"ch", &message])
+            .await
+        {
+            Reply::Int(n) => n,
+            other => panic!("PUBLISH: {other:?}"),
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        receivers, 0,
+        "the subscriber is still there after {LIMIT:?}"
+    );
+    let line = proxy
+        .bin
+        .wait_line("client-output-buffer-limit pubsub", LIMIT);
+    assert!(line.contains("soft limit"), "{line}");
+    assert!(line.contains("soft_seconds=1"), "{line}");
+}
