@@ -29,6 +29,24 @@ fn gets(n: usize) -> Vec<u8> {
     (0..n).flat_map(|_| encode(&["GET", "big"])).collect()
 }
 
+/// A Redis whose `client-output-buffer-limit` is `limit`, respipe (the binary) in front of it, and
+/// a client subscribed to `ch` through respipe.
+async fn subscriber_under(limit: &str) -> (RedisServer, BinProxy, RawClient) {
+    let redis = RedisServer::start_with(&["--client-output-buffer-limit", limit]).await;
+    let proxy = BinProxy::spawn(&redis.addr().to_string(), &[]);
+    drop(proxy.wait_pong().await);
+    let mut sub = RawClient::connect(proxy.listen).await;
+    assert_eq!(
+        bounded(LIMIT, "subscribe", sub.cmd(&["SUBSCRIBE", "ch"])).await,
+        Reply::Array(Some(vec![
+            Reply::bulk("subscribe"),
+            Reply::bulk("ch"),
+            Reply::Int(1)
+        ]))
+    );
+    (redis, proxy, sub)
+}
+
 #[tokio::test]
 async fn a_client_that_reads_slowly_is_throttled_not_closed() {
     const SIZE: usize = 512 * 1024;
@@ -88,19 +106,7 @@ async fn a_client_that_never_reads_is_closed_at_the_cap_and_told_why() {
 
 #[tokio::test]
 async fn a_subscriber_that_never_reads_is_closed_at_the_pubsub_limit() {
-    let redis =
-        RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 262144 0 0"]).await;
-    let mut proxy = BinProxy::spawn(&redis.addr().to_string(), &[]);
-    drop(proxy.wait_pong().await);
-    let mut sub = RawClient::connect(proxy.listen).await;
-    assert_eq!(
-        bounded(LIMIT, "subscribe", sub.cmd(&["SUBSCRIBE", "ch"])).await,
-        Reply::Array(Some(vec![
-            Reply::bulk("subscribe"),
-            Reply::bulk("ch"),
-            Reply::Int(1)
-        ]))
-    );
+    let (redis, mut proxy, mut sub) = subscriber_under("pubsub 262144 0 0").await;
     // The subscriber reads nothing more; messages pile up (first in the kernel's socket buffers,
     // then in respipe) until respipe closes it as Redis would, and Redis sees it leave.
     let mut publisher = redis.direct().await;
@@ -132,12 +138,7 @@ async fn a_subscriber_that_never_reads_is_closed_at_the_pubsub_limit() {
 
 #[tokio::test]
 async fn a_subscriber_past_the_soft_pubsub_limit_for_its_seconds_is_closed() {
-    let redis =
-        RedisServer::start_with(&["--client-output-buffer-limit", "pubsub 0 65536 1"]).await;
-    let mut proxy = BinProxy::spawn(&redis.addr().to_string(), &[]);
-    drop(proxy.wait_pong().await);
-    let mut sub = RawClient::connect(proxy.listen).await;
-    bounded(LIMIT, "subscribe", sub.cmd(&["SUBSCRIBE", "ch"])).await;
+    let (redis, mut proxy, _sub) = subscriber_under("pubsub 0 65536 1").await;
     // Messages keep coming (a paced publisher, 10 MB/s at most) and are never read: past 64 KiB
     // unsent for more than a second, the subscriber goes.
     let mut publisher = redis.direct().await;
