@@ -82,9 +82,10 @@ async fn a_client_that_reads_slowly_is_throttled_not_closed() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_at_the_cap_and_told_why() {
-    let redis = redis_with_big(512 * 1024).await;
-    // A cap below what respipe lets a client have in flight before it throttles (8 MiB): the
-    // replies of the commands already sent go past it.
+    // 1 MiB values and a cap well below what respipe lets a new client have in flight before it
+    // throttles (16 commands): the replies already asked for go past the cap, whatever the kernel's
+    // socket buffers absorb.
+    let redis = redis_with_big(1024 * 1024).await;
     let mut proxy = BinProxy::spawn(
         &redis.addr().to_string(),
         &["--max-client-reply-bytes", "4194304"],
