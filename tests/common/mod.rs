@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use respipe::config::Upstream;
 use respipe::{Config, Listener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -391,7 +391,7 @@ impl Drop for Proxy {
 // Raw RESP client
 // ---------------------------------------------------------------------------------------------
 
-/// A reply as it came over the wire (RESP2 plus what RESP3 types a test might meet).
+/// A reply as it came over the wire: every RESP2 and RESP3 type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Simple(String),
@@ -399,6 +399,26 @@ pub enum Reply {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Option<Vec<Reply>>),
+    /// RESP3 `_`.
+    Null,
+    /// RESP3 `#t` / `#f`.
+    Bool(bool),
+    /// RESP3 `,`, as Redis wrote it.
+    Double(String),
+    /// RESP3 `(`, as Redis wrote it.
+    BigNumber(String),
+    /// RESP3 `=`: the format, a colon and the text (`txt:...`).
+    Verbatim(Vec<u8>),
+    /// RESP3 `!`.
+    BlobError(Vec<u8>),
+    /// RESP3 `%`: keys and values in order.
+    Map(Vec<(Reply, Reply)>),
+    /// RESP3 `~`.
+    Set(Vec<Reply>),
+    /// RESP3 `>`: out-of-band data (pub/sub messages, invalidations).
+    Push(Vec<Reply>),
+    /// RESP3 `|`: attributes and the value they annotate, one reply on the wire.
+    Attributed(Vec<(Reply, Reply)>, Box<Reply>),
 }
 
 impl Reply {
@@ -444,6 +464,25 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("bad integer {:?}", String::from_utf8_lossy(b)))
     }
+    /// `count` replies one after another from `buf[at..]`, and where they end.
+    fn items(buf: &[u8], mut at: usize, count: i64) -> Result<Option<(Vec<Reply>, usize)>, String> {
+        let mut items = Vec::new();
+        for _ in 0..count {
+            match parse_reply(&buf[at..])? {
+                Some((r, len)) => {
+                    items.push(r);
+                    at += len;
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((items, at)))
+    }
+    /// Flat key, value, key, value... as pairs.
+    fn pairs(flat: Vec<Reply>) -> Vec<(Reply, Reply)> {
+        let mut it = flat.into_iter();
+        std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+    }
     let Some(&tag) = buf.first() else {
         return Ok(None);
     };
@@ -452,11 +491,21 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
     };
     let head_len = head_len + 1;
     let text = || String::from_utf8_lossy(head).into_owned();
+    let simple = match tag {
+        b'+' => Some(Reply::Simple(text())),
+        b'-' => Some(Reply::Error(text())),
+        b':' => Some(Reply::Int(int(head)?)),
+        b'_' => Some(Reply::Null),
+        b'#' => Some(Reply::Bool(head == b"t")),
+        b',' => Some(Reply::Double(text())),
+        b'(' => Some(Reply::BigNumber(text())),
+        _ => None,
+    };
+    if let Some(r) = simple {
+        return Ok(Some((r, head_len)));
+    }
     match tag {
-        b'+' => Ok(Some((Reply::Simple(text()), head_len))),
-        b'-' => Ok(Some((Reply::Error(text()), head_len))),
-        b':' => Ok(Some((Reply::Int(int(head)?), head_len))),
-        b'$' => {
+        b'$' | b'=' | b'!' => {
             let n = int(head)?;
             if n < 0 {
                 return Ok(Some((Reply::Bulk(None), head_len)));
@@ -468,28 +517,40 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
             if &buf[head_len + n..head_len + n + 2] != b"\r\n" {
                 return Err("bulk string not terminated by CRLF".into());
             }
-            Ok(Some((
-                Reply::Bulk(Some(buf[head_len..head_len + n].to_vec())),
-                head_len + n + 2,
-            )))
+            let body = buf[head_len..head_len + n].to_vec();
+            let reply = match tag {
+                b'=' => Reply::Verbatim(body),
+                b'!' => Reply::BlobError(body),
+                _ => Reply::Bulk(Some(body)),
+            };
+            Ok(Some((reply, head_len + n + 2)))
         }
-        b'*' => {
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
             let n = int(head)?;
             if n < 0 {
                 return Ok(Some((Reply::Array(None), head_len)));
             }
-            let mut items = Vec::with_capacity(n as usize);
-            let mut at = head_len;
-            for _ in 0..n {
-                match parse_reply(&buf[at..])? {
-                    Some((r, len)) => {
-                        items.push(r);
-                        at += len;
-                    }
-                    None => return Ok(None),
+            let count = if matches!(tag, b'%' | b'|') { 2 * n } else { n };
+            let Some((items, at)) = items(buf, head_len, count)? else {
+                return Ok(None);
+            };
+            let reply = match tag {
+                b'~' => Reply::Set(items),
+                b'>' => Reply::Push(items),
+                b'%' => Reply::Map(pairs(items)),
+                b'|' => {
+                    // An attribute annotates the value after it: both are one reply.
+                    let Some((value, len)) = parse_reply(&buf[at..])? else {
+                        return Ok(None);
+                    };
+                    return Ok(Some((
+                        Reply::Attributed(pairs(items), Box::new(value)),
+                        at + len,
+                    )));
                 }
-            }
-            Ok(Some((Reply::Array(Some(items)), at)))
+                _ => Reply::Array(Some(items)),
+            };
+            Ok(Some((reply, at)))
         }
         other => Err(format!("unexpected reply type byte {:?}", other as char)),
     }
@@ -533,10 +594,15 @@ impl RawClient {
 
     /// Reads the next reply; `Ok(None)` on a clean EOF with nothing buffered.
     pub async fn try_read_reply(&mut self) -> Result<Option<Reply>, String> {
+        Ok(self.try_read_frame().await?.map(|(reply, _)| reply))
+    }
+
+    /// Reads the next reply with its exact bytes; `Ok(None)` on a clean EOF with nothing buffered.
+    /// Cancel-safe: a reply cut short by a timeout stays buffered for the next call.
+    pub async fn try_read_frame(&mut self) -> Result<Option<(Reply, Bytes)>, String> {
         loop {
             if let Some((reply, len)) = parse_reply(&self.buf)? {
-                self.buf.advance(len);
-                return Ok(Some(reply));
+                return Ok(Some((reply, self.buf.split_to(len).freeze())));
             }
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(64 * 1024);
