@@ -1,0 +1,1223 @@
+//! Differential tests: each scenario sends the same bytes, in the same pipelining shape and the same
+//! order across clients, to a fresh Redis directly and to another fresh Redis through respipe, and
+//! compares every reply frame byte for byte (the engine and its normalisations are in
+//! `common/differential.rs`). Scenarios named `issueN_itemM_...` reproduce issue N's item M; one
+//! still `#[ignore]`d says which defect keeps it from passing.
+
+mod common;
+#[path = "common/differential.rs"]
+mod differential;
+
+use bytes::Bytes;
+use common::encode;
+use differential::{escape, normalise, Scenario};
+
+/// Clients, shown as A, B, C in failure messages.
+const A: usize = 0;
+const B: usize = 1;
+const C: usize = 2;
+
+// ---------------------------------------------------------------------------------------------
+// The engine's pure parts
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn normalise_replaces_only_the_id_of_hello_replies() {
+    let resp3 = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:25\r\n$4\r\nmode\r\n";
+    let want = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:<id>\r\n$4\r\nmode\r\n";
+    assert_eq!(&normalise(Bytes::from_static(resp3))[..], &want[..]);
+    // Two HELLO replies inside one EXEC reply: both ids.
+    let two = [&b"*2\r\n"[..], resp3, resp3].concat();
+    let got = normalise(Bytes::from(two));
+    assert_eq!(got, [&b"*2\r\n"[..], want, want].concat());
+    // An `id` field anywhere else is data and stays.
+    let hgetall = b"*2\r\n$2\r\nid\r\n:7\r\n";
+    assert_eq!(&normalise(Bytes::from_static(hgetall))[..], hgetall);
+}
+
+#[test]
+fn escape_shows_control_bytes_and_cuts_long_runs() {
+    assert_eq!(escape(b"+OK\r\n\x00\xff\\"), "+OK\\r\\n\\x00\\xff\\\\");
+    let long = escape(&[b'a'; 10_000]);
+    assert!(long.contains("<10000 bytes in all>"), "{long}");
+    assert!(long.len() < 1000, "{}", long.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10 item 1: a reply reaches the wrong client
+// ---------------------------------------------------------------------------------------------
+
+/// B's replies around A's `cmd foo bar quux` while A is not subscribed: Redis answers A with three
+/// frames and B with its own.
+fn unsubscribe_several_while_not_subscribed(name: &str, cmd: &str) -> Scenario {
+    Scenario::new(name)
+        .each(B, &[&["SET", "keyB", "valueB"]])
+        .write(A, &[&[cmd, "foo", "bar", "quux"]])
+        .read(A, 1)
+        .each(B, &[&["GET", "keyB"]])
+        .read(A, 2)
+        .each(A, &[&["PING"]])
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 1: the extra unsubscribe frames break the shared connection"]
+async fn issue10_item1_unsubscribe_several_while_not_subscribed() {
+    unsubscribe_several_while_not_subscribed("item1_unsubscribe", "UNSUBSCRIBE")
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 1: the extra punsubscribe frames break the shared connection"]
+async fn issue10_item1_punsubscribe_several_while_not_subscribed() {
+    unsubscribe_several_while_not_subscribed("item1_punsubscribe", "PUNSUBSCRIBE")
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 1: the extra sunsubscribe frames break the shared connection"]
+async fn issue10_item1_sunsubscribe_several_while_not_subscribed() {
+    unsubscribe_several_while_not_subscribed("item1_sunsubscribe", "SUNSUBSCRIBE")
+        .run()
+        .await
+}
+
+/// The same in one pipelined write, with the unsubscribe between two plain commands of A.
+#[tokio::test]
+#[ignore = "issue 10 item 1: replies after a multi-channel UNSUBSCRIBE are lost"]
+async fn issue10_item1_unsubscribe_several_pipelined() {
+    Scenario::new("item1_unsubscribe_pipelined")
+        .each(B, &[&["SET", "keyB", "valueB"]])
+        .call(
+            A,
+            &[
+                &["SET", "keyA", "valueA"],
+                &["UNSUBSCRIBE", "foo", "bar", "quux"],
+                &["GET", "keyA"],
+            ],
+            5,
+        )
+        .each(B, &[&["GET", "keyB"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 4: a user without +select in a non-zero db
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "issue 10 item 4: the pool handshake SELECTs after AUTH as a user without +select"]
+async fn issue10_item4_auth_as_user_without_select_keeps_the_db() {
+    Scenario::new("item4_auth_keeps_db")
+        .each(
+            A,
+            &[
+                &["SELECT", "9"],
+                &[
+                    "ACL",
+                    "SETUSER",
+                    "bob",
+                    "on",
+                    ">123",
+                    "+@scripting",
+                    "+set",
+                    "~x*",
+                ],
+                &["AUTH", "bob", "123"],
+                &["EVAL", "return redis.call('SET','x1','in-db-9')", "0"],
+                &["SET", "x2", "v"],
+                &["GET", "x1"],
+            ],
+        )
+        .each(
+            B,
+            &[
+                &["SELECT", "9"],
+                &["MGET", "x1", "x2"],
+                &["SELECT", "0"],
+                &["MGET", "x1", "x2"],
+            ],
+        )
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 5: SELECT, AUTH, HELLO inside MULTI, after WATCH, and while subscribed in RESP3
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "issue 10 item 5: SELECT inside MULTI is refused"]
+async fn issue10_item5_select_queued_inside_multi() {
+    Scenario::new("item5_select_in_multi")
+        .each(
+            A,
+            &[
+                &["MULTI"],
+                &["SELECT", "1"],
+                &["SET", "k", "in-db-1"],
+                &["EXEC"],
+                &["GET", "k"],
+            ],
+        )
+        .each(B, &[&["GET", "k"], &["SELECT", "1"], &["GET", "k"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 5: AUTH inside MULTI is refused"]
+async fn issue10_item5_auth_queued_inside_multi() {
+    Scenario::new("item5_auth_in_multi")
+        .each(
+            A,
+            &[
+                &["ACL", "SETUSER", "u", "on", ">p", "+@all", "~*"],
+                &["MULTI"],
+                &["AUTH", "u", "p"],
+                &["SET", "k", "v"],
+                &["EXEC"],
+                &["ACL", "WHOAMI"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 5: HELLO inside MULTI is refused"]
+async fn issue10_item5_hello_queued_inside_multi() {
+    Scenario::new("item5_hello_in_multi")
+        .each(
+            A,
+            &[
+                &["MULTI"],
+                &["HELLO", "3"],
+                &["HSET", "h", "f", "v"],
+                &["HGETALL", "h"],
+                &["EXEC"],
+                &["HGETALL", "h"],
+                &["HELLO", "2"],
+                &["HGETALL", "h"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 5: SELECT after WATCH is refused"]
+async fn issue10_item5_select_after_watch() {
+    Scenario::new("item5_select_after_watch")
+        // No conflict: WATCH remembers db 0's k; db 1's k is another key.
+        .each(
+            A,
+            &[
+                &["SET", "k", "db0"],
+                &["WATCH", "k"],
+                &["SELECT", "1"],
+                &["MULTI"],
+                &["SET", "k", "db1"],
+                &["EXEC"],
+            ],
+        )
+        // Conflict: B touches db 0's k while A, watching it, is in db 1.
+        .each(A, &[&["SELECT", "0"], &["WATCH", "k"], &["SELECT", "1"]])
+        .each(B, &[&["SET", "k", "changed"]])
+        .each(
+            A,
+            &[&["MULTI"], &["SET", "k2", "x"], &["EXEC"], &["GET", "k2"]],
+        )
+        .each(B, &[&["SELECT", "1"], &["MGET", "k", "k2"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 5: AUTH and HELLO after WATCH are refused"]
+async fn issue10_item5_auth_and_hello_after_watch() {
+    Scenario::new("item5_auth_hello_after_watch")
+        .each(
+            A,
+            &[
+                &["WATCH", "k"],
+                &["AUTH", "default", "any"],
+                &["HELLO", "3"],
+            ],
+        )
+        .each(B, &[&["SET", "k", "changed"]])
+        .each(
+            A,
+            &[&["MULTI"], &["SET", "k", "mine"], &["EXEC"], &["GET", "k"]],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn issue10_item5_hello_and_auth_while_subscribed_in_resp3() {
+    Scenario::new("item5_hello_auth_subscribed_resp3")
+        .each(A, &[&["HELLO", "3"], &["SUBSCRIBE", "ch"]])
+        .each(
+            A,
+            &[
+                &["HELLO", "3"],
+                &["AUTH", "default", "any"],
+                &["PING"],
+                &["GET", "k"],
+            ],
+        )
+        .each(B, &[&["PUBLISH", "ch", "m"]])
+        .read(A, 1)
+        .each(A, &[&["UNSUBSCRIBE", "ch"], &["PING"]])
+        .run()
+        .await
+}
+
+/// What changes state while subscribed in RESP3: another user, SELECT, and HELLO 2 (which leaves
+/// the connection subscribed in RESP2).
+#[tokio::test]
+async fn issue10_item5_auth_select_hello_2_while_subscribed_in_resp3() {
+    Scenario::new("item5_state_changes_subscribed_resp3")
+        .each(
+            A,
+            &[
+                &["ACL", "SETUSER", "u", "on", ">p", "+@all", "~*", "&*"],
+                &["HELLO", "3"],
+                &["SUBSCRIBE", "ch"],
+            ],
+        )
+        .each(
+            A,
+            &[
+                &["AUTH", "u", "p"],
+                &["SELECT", "1"],
+                &["SET", "k", "in-db-1"],
+                &["ACL", "WHOAMI"],
+            ],
+        )
+        .each(B, &[&["PUBLISH", "ch", "m"]])
+        .read(A, 1)
+        .each(A, &[&["HELLO", "2"], &["PING"], &["GET", "k"]])
+        .each(B, &[&["PUBLISH", "ch", "m2"]])
+        .read(A, 1)
+        .each(
+            A,
+            &[&["UNSUBSCRIBE", "ch"], &["GET", "k"], &["ACL", "WHOAMI"]],
+        )
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 6: writes in the wrong database
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "issue 10 item 6: SELECT pipelined after EXEC is refused"]
+async fn issue10_item6_select_pipelined_after_exec() {
+    Scenario::new("item6_select_after_exec")
+        .each(
+            A,
+            &[
+                &["SET", "k", "db0"],
+                &["MULTI"],
+                &["INCR", "c"],
+                &["EXEC"],
+                &["SELECT", "1"],
+                &["SET", "k", "db1"],
+                &["SELECT", "0"],
+                &["GET", "k"],
+            ],
+        )
+        .each(B, &[&["GET", "k"], &["SELECT", "1"], &["GET", "k"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 6: SELECT/HELLO/AUTH pipelined after a lease are refused"]
+async fn issue10_item6_state_pipelined_after_discard_unwatch_and_blpop() {
+    Scenario::new("item6_state_after_lease")
+        .each(
+            A,
+            &[
+                &["MULTI"],
+                &["DISCARD"],
+                &["SELECT", "1"],
+                &["SET", "k", "db1"],
+                &["WATCH", "w"],
+                &["UNWATCH"],
+                &["SELECT", "2"],
+                &["SET", "k", "db2"],
+                &["RPUSH", "l", "v"],
+                &["BLPOP", "l", "1"],
+                &["SELECT", "3"],
+                &["SET", "k", "db3"],
+                &["MULTI"],
+                &["EXEC"],
+                &["HELLO", "3"],
+                &["HGETALL", "nothing"],
+                &["MULTI"],
+                &["EXEC"],
+                &["AUTH", "default", "any"],
+                &["HELLO", "2"],
+                &["SELECT", "0"],
+                &["SET", "k", "db0"],
+            ],
+        )
+        .each(
+            B,
+            &[
+                &["SELECT", "1"],
+                &["GET", "k"],
+                &["SELECT", "2"],
+                &["GET", "k"],
+                &["SELECT", "3"],
+                &["GET", "k"],
+                &["SELECT", "0"],
+                &["GET", "k"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 6: SUBSCRIBE inside MULTI is dropped"]
+async fn issue10_item6_subscribe_inside_multi() {
+    Scenario::new("item6_subscribe_in_multi")
+        .each(A, &[&["MULTI"], &["SUBSCRIBE", "ch"], &["EXEC"]])
+        .each(B, &[&["PUBLISH", "ch", "m"]])
+        .read(A, 1)
+        .each(A, &[&["UNSUBSCRIBE", "ch"], &["PING"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 7: replies lost around RESET and QUIT
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: RESET after SUBSCRIBE in one write loses the subscribe reply"]
+async fn issue10_item7_subscribe_reset_ping_get_in_one_write() {
+    Scenario::new("item7_subscribe_reset")
+        .each(
+            A,
+            &[&["SUBSCRIBE", "ch"], &["RESET"], &["PING"], &["GET", "k"]],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: RESET after UNSUBSCRIBE loses the confirmation"]
+async fn issue10_item7_unsubscribe_then_reset() {
+    Scenario::new("item7_unsubscribe_reset")
+        .each(A, &[&["SUBSCRIBE", "ch"]])
+        .each(A, &[&["UNSUBSCRIBE", "ch"], &["RESET"]])
+        .each(A, &[&["PING"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn issue10_item7_unsubscribe_then_reset_while_not_subscribed() {
+    Scenario::new("item7_unsubscribe_reset_unsubscribed")
+        .each(A, &[&["UNSUBSCRIBE", "ch"], &["RESET"], &["PING"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: a pipeline with SUBSCRIBE ... RESET loses replies"]
+async fn issue10_item7_pipeline_of_25_with_subscribe_and_reset() {
+    let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    let mut cmds: Vec<Vec<&str>> = keys.iter().map(|k| vec!["SET", k, "v"]).collect();
+    cmds.push(vec!["SUBSCRIBE", "c"]);
+    cmds.extend([vec!["PING"], vec!["PING", "x"], vec!["PING"]]);
+    cmds.push(vec!["RESET"]);
+    for i in 0..15 {
+        cmds.push(vec!["GET", &keys[i % 5]]);
+    }
+    let cmds: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+    assert_eq!(cmds.len(), 25);
+    Scenario::new("item7_pipeline_of_25")
+        .each(A, &cmds)
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: RESET after a rejected SUBSCRIBE loses the error"]
+async fn issue10_item7_rejected_subscribe_then_reset() {
+    Scenario::new("item7_rejected_subscribe_reset")
+        .each(A, &[&["SUBSCRIBE"], &["RESET"], &["PING"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: QUIT after SUBSCRIBE in one write loses the subscribe reply"]
+async fn issue10_item7_subscribe_then_quit_in_one_write() {
+    Scenario::new("item7_subscribe_quit")
+        .write(A, &[&["SUBSCRIBE", "ch"], &["QUIT"]])
+        .read_to_close(A)
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: RESET after MONITOR in one write loses the MONITOR reply"]
+async fn issue10_item7_monitor_then_reset_in_one_write() {
+    Scenario::new("item7_monitor_reset")
+        .each(A, &[&["MONITOR"], &["RESET"], &["PING"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 7: the push frame of DEBUG PROTOCOL push is dropped"]
+async fn issue10_item7_debug_protocol_push_in_resp3() {
+    Scenario::new("item7_debug_protocol_push")
+        .call(
+            A,
+            &[&["HELLO", "3"], &["DEBUG", "PROTOCOL", "push"], &["PING"]],
+            4,
+        )
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: answered locally, but not as Redis would
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: RESET now resets instead of an arity error"]
+async fn issue10_item9_reset_with_an_argument_is_an_arity_error() {
+    Scenario::new("item9_reset_now")
+        .each(
+            A,
+            &[
+                &["SELECT", "1"],
+                &["SET", "k", "v"],
+                &["RESET", "now"],
+                &["GET", "k"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: SELECT -0 answers +OK"]
+async fn issue10_item9_select_minus_zero() {
+    Scenario::new("item9_select_minus_zero")
+        .each(
+            A,
+            &[
+                &["SELECT", "-0"],
+                &["SELECT", "+1"],
+                &["SELECT", "01"],
+                &["SELECT", "-1"],
+                &["SELECT", " 1"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: CLIENT SETNAME/GETNAME run at once inside MULTI"]
+async fn issue10_item9_client_setname_getname_queued_inside_multi() {
+    Scenario::new("item9_client_name_in_multi")
+        .each(
+            A,
+            &[
+                &["MULTI"],
+                &["CLIENT", "SETNAME", "n1"],
+                &["CLIENT", "GETNAME"],
+                &["EXEC"],
+                &["CLIENT", "GETNAME"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: CLIENT SETINFO answers +OK on Redis 7.0"]
+async fn issue10_item9_client_setinfo_is_unknown_to_redis_7_0() {
+    Scenario::new("item9_client_setinfo")
+        .each(
+            A,
+            &[
+                &["CLIENT", "SETINFO", "LIB-NAME", "mylib"],
+                &["CLIENT", "SETINFO", "LIB-VER", "1.0"],
+                &["CLIENT", "NO-EVICT", "ON"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: CLIENT SETNAME/GETNAME/REPLY skip ACL checks"]
+async fn issue10_item9_client_commands_obey_acls() {
+    Scenario::new("item9_client_acl")
+        .each(
+            A,
+            &[
+                &[
+                    "ACL", "SETUSER", "nc", "on", ">p", "+@all", "-client", "~*", "&*",
+                ],
+                &["AUTH", "nc", "p"],
+                &["CLIENT", "SETNAME", "x"],
+                &["CLIENT", "GETNAME"],
+                &["CLIENT", "REPLY", "OFF"],
+                &["PING"],
+                &["CLIENT", "REPLY", "ON"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: the accepted-db cache is shared across users"]
+async fn issue10_item9_accepted_databases_are_per_user() {
+    Scenario::new("item9_select_cache_per_user")
+        .each(A, &[&["SELECT", "5"], &["SET", "k", "a-in-5"]])
+        .each(
+            B,
+            &[
+                &[
+                    "ACL", "SETUSER", "nosel", "on", ">p", "+@all", "-select", "~*", "&*",
+                ],
+                &["AUTH", "nosel", "p"],
+                &["SELECT", "5"],
+                &["SET", "k", "b"],
+                &["GET", "k"],
+            ],
+        )
+        .each(A, &[&["GET", "k"], &["SELECT", "0"], &["GET", "k"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: after a password change the session gets WRONGPASS"]
+async fn issue10_item9_password_change_keeps_the_authenticated_session() {
+    Scenario::new("item9_password_change")
+        .each(A, &[&["ACL", "SETUSER", "u", "on", ">p1", "+@all", "~*"]])
+        .each(B, &[&["AUTH", "u", "p1"], &["SET", "k", "v"]])
+        .each(A, &[&["ACL", "SETUSER", "u", "resetpass", ">p2"]])
+        .each(
+            B,
+            &[
+                &["GET", "k"],
+                &["SELECT", "1"],
+                &["SET", "k", "v1"],
+                &["GET", "k"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+#[ignore = "issue 10 item 9: ACL DELUSER does not close the session"]
+async fn issue10_item9_deleted_user_is_disconnected() {
+    Scenario::new("item9_deluser")
+        .each(A, &[&["ACL", "SETUSER", "u", "on", ">p", "+@all", "~*"]])
+        .each(B, &[&["AUTH", "u", "p"], &["PING"]])
+        .each(A, &[&["ACL", "DELUSER", "u"]])
+        .read_to_close(B)
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelines, transactions and connection state
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pipeline_mixing_plain_commands_with_multi_exec_discard() {
+    Scenario::new("pipeline_multi_exec_discard")
+        .each(
+            A,
+            &[
+                &["SET", "a", "1"],
+                &["MULTI"],
+                &["INCR", "a"],
+                &["GET", "a"],
+                &["EXEC"],
+                &["GET", "a"],
+                &["MULTI"],
+                &["SET", "a", "100"],
+                &["DISCARD"],
+                &["GET", "a"],
+                // A queueing error aborts the transaction.
+                &["MULTI"],
+                &["INCR", "a"],
+                &["SET", "a"],
+                &["EXEC"],
+                &["GET", "a"],
+                // A runtime error does not.
+                &["MULTI"],
+                &["SET", "s", "str"],
+                &["INCR", "s"],
+                &["INCR", "a"],
+                &["EXEC"],
+                &["DISCARD"],
+                &["EXEC"],
+                &["MULTI"],
+                &["MULTI"],
+                &["WATCH", "a"],
+                &["EXEC"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn watch_conflict_and_no_conflict() {
+    Scenario::new("watch")
+        .each(A, &[&["WATCH", "k"]])
+        .each(B, &[&["SET", "k", "x"]])
+        .each(
+            A,
+            &[&["MULTI"], &["SET", "k", "a"], &["EXEC"], &["GET", "k"]],
+        )
+        .each(
+            A,
+            &[&["WATCH", "k"], &["MULTI"], &["SET", "k", "b"], &["EXEC"]],
+        )
+        .each(A, &[&["WATCH", "k", "other"], &["UNWATCH"]])
+        .each(B, &[&["SET", "k", "y"]])
+        .each(
+            A,
+            &[&["MULTI"], &["SET", "k", "c"], &["EXEC"], &["GET", "k"]],
+        )
+        .each(A, &[&["WATCH", "gone"], &["DEL", "gone"]])
+        .each(A, &[&["MULTI"], &["PING"], &["EXEC"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn select_in_pipelines() {
+    Scenario::new("select")
+        .each(
+            A,
+            &[
+                &["SELECT", "1"],
+                &["SET", "k", "1"],
+                &["SELECT", "2"],
+                &["SET", "k", "2"],
+                &["SELECT", "15"],
+                &["SET", "k", "15"],
+                &["SELECT", "16"],
+                &["SELECT", "abc"],
+                &["SELECT"],
+                &["GET", "k"],
+                &["MOVE", "k", "3"],
+                &["SELECT", "3"],
+                &["GET", "k"],
+                &["SWAPDB", "1", "2"],
+                &["SELECT", "1"],
+                &["GET", "k"],
+                &["SELECT", "0"],
+                &["GET", "k"],
+            ],
+        )
+        .each(B, &[&["GET", "k"], &["SELECT", "2"], &["GET", "k"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn hello_switches_protocol_both_ways() {
+    Scenario::new("hello")
+        .each(
+            A,
+            &[
+                &["HSET", "h", "f1", "v1", "f2", "v2"],
+                &["HELLO", "3"],
+                &["HGETALL", "h"],
+                &["GET", "missing"],
+                &["HELLO", "2"],
+                &["HGETALL", "h"],
+                &["GET", "missing"],
+                &["HELLO"],
+                &["HELLO", "4"],
+                &["HELLO", "3", "SETNAME", "nm"],
+                &["CLIENT", "GETNAME"],
+                &["HELLO", "2", "AUTH", "default", "any"],
+                &["HELLO", "3", "AUTH", "nobody", "pw"],
+                &["HELLO", "abc"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn client_reply_off_on_skip() {
+    Scenario::new("client_reply")
+        .call(
+            A,
+            &[
+                &["CLIENT", "REPLY", "OFF"],
+                &["SET", "k", "1"],
+                &["GET", "k"],
+                &["CLIENT", "REPLY", "ON"],
+                &["GET", "k"],
+                &["CLIENT", "REPLY", "SKIP"],
+                &["GET", "k"],
+                &["INCR", "k"],
+                &["GET", "k"],
+                &["CLIENT", "REPLY", "MAYBE"],
+                &["CLIENT", "REPLY"],
+            ],
+            6,
+        )
+        .write(A, &[&["CLIENT", "REPLY", "OFF"], &["INCR", "k"]])
+        .each(B, &[&["GET", "k"]])
+        .each(A, &[&["CLIENT", "REPLY", "ON"], &["GET", "k"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn reset_returns_to_a_new_connections_state() {
+    Scenario::new("reset")
+        .each(
+            A,
+            &[
+                &["SELECT", "3"],
+                &["SET", "k", "v"],
+                &["CLIENT", "SETNAME", "nm"],
+                &["MULTI"],
+                &["SET", "x", "y"],
+                &["RESET"],
+                &["GET", "k"],
+                &["GET", "x"],
+                &["CLIENT", "GETNAME"],
+                &["EXEC"],
+                &["HELLO", "3"],
+                &["RESET"],
+                &["GET", "missing"],
+                &["WATCH", "k"],
+                &["RESET"],
+                &["MULTI"],
+                &["EXEC"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn quit_in_the_middle_of_a_pipeline() {
+    Scenario::new("quit")
+        .write(
+            A,
+            &[&["SET", "k", "v"], &["QUIT"], &["SET", "k", "after-quit"]],
+        )
+        .read_to_close(A)
+        .each(B, &[&["GET", "k"]])
+        .write(B, &[&["MULTI"], &["SET", "k", "in-multi"], &["QUIT"]])
+        .read_to_close(B)
+        .each(C, &[&["GET", "k"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pub/sub
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pubsub_with_publishers_in_resp2() {
+    Scenario::new("pubsub_resp2")
+        .each(A, &[&["SUBSCRIBE", "a", "b"]])
+        .read(A, 1)
+        .each(A, &[&["PSUBSCRIBE", "n*"]])
+        .each(C, &[&["SUBSCRIBE", "a"]])
+        .each(
+            B,
+            &[
+                &["PUBLISH", "a", "1"],
+                &["PUBLISH", "news", "2"],
+                &["PUBLISH", "none", "3"],
+            ],
+        )
+        .read(A, 2)
+        .read(C, 1)
+        .each(A, &[&["PING"], &["PING", "hi"], &["GET", "k"]])
+        .call(A, &[&["UNSUBSCRIBE", "a", "b"]], 2)
+        .each(A, &[&["PUNSUBSCRIBE", "n*"]])
+        .each(B, &[&["PUBLISH", "a", "x"], &["PUBLISH", "news", "y"]])
+        .read(C, 1)
+        .each(C, &[&["UNSUBSCRIBE", "a"]])
+        .each(A, &[&["GET", "k"], &["PUBSUB", "NUMSUB", "a", "b"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn pubsub_push_messages_in_resp3() {
+    Scenario::new("pubsub_resp3")
+        .each(
+            A,
+            &[&["HELLO", "3"], &["SUBSCRIBE", "ch"], &["PSUBSCRIBE", "p*"]],
+        )
+        .each(B, &[&["PUBLISH", "ch", "m1"], &["PUBLISH", "pq", "m2"]])
+        .read(A, 2)
+        .each(A, &[&["SET", "k", "v"], &["GET", "k"], &["PING"]])
+        .each(B, &[&["PUBLISH", "ch", "m3"]])
+        .read(A, 1)
+        .each(
+            A,
+            &[&["UNSUBSCRIBE", "ch"], &["PUNSUBSCRIBE", "p*"], &["PING"]],
+        )
+        .each(B, &[&["PUBLISH", "ch", "m4"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocking commands
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn blpop_served_by_another_clients_lpush() {
+    Scenario::new("blpop_served")
+        .write(A, &[&["BLPOP", "l", "5"]])
+        .blocked(1)
+        .each(B, &[&["LPUSH", "l", "v1", "v2"]])
+        .read(A, 1)
+        .each(A, &[&["LRANGE", "l", "0", "-1"], &["SET", "after", "x"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn blpop_times_out() {
+    Scenario::new("blpop_timeout")
+        .each(A, &[&["BLPOP", "l", "0.05"], &["SET", "after", "x"]])
+        .each(
+            A,
+            &[&["HELLO", "3"], &["BLPOP", "l", "0.05"], &["GET", "after"]],
+        )
+        .each(A, &[&["BLPOP", "l", "-1"], &["BLPOP", "l", "abc"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inline commands and protocol errors
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn inline_commands() {
+    Scenario::new("inline")
+        .write_bytes(
+            A,
+            b"PING\r\nSET k \"hello world\"\r\nGET k\r\nECHO 'a b'\r\n  \r\nEXISTS k missing\nset k2 \"\\x41\\n\"\r\nget k2\r\n"
+                .to_vec(),
+        )
+        .read(A, 7)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn inline_unbalanced_quotes_close_the_connection() {
+    Scenario::new("inline_unbalanced_quotes")
+        .write_bytes(A, b"PING\r\nECHO \"abc\r\nPING\r\n".to_vec())
+        .read_to_close(A)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn protocol_error_closes_the_connection() {
+    Scenario::new("protocol_error")
+        .write_bytes(A, [encode(&["PING"]), b"*1\r\n$x\r\n".to_vec()].concat())
+        .read_to_close(A)
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// RESP3 types
+// ---------------------------------------------------------------------------------------------
+
+/// Every reply type `DEBUG PROTOCOL` makes, and data commands whose RESP3 types differ.
+const TYPED: &[&[&str]] = &[
+    &["HSET", "h", "f1", "v1", "f2", "v2"],
+    &["HGETALL", "h"],
+    &["SADD", "s", "3", "1", "2"],
+    &["SMEMBERS", "s"],
+    &["ZADD", "z", "1.5", "m", "2", "n"],
+    &["ZSCORE", "z", "m"],
+    &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+    &["ZSCORE", "z", "missing"],
+    &["GET", "missing"],
+    &["HMGET", "h", "f1", "nope"],
+    &["EXISTS", "h"],
+    &["DEBUG", "PROTOCOL", "string"],
+    &["DEBUG", "PROTOCOL", "integer"],
+    &["DEBUG", "PROTOCOL", "double"],
+    &["DEBUG", "PROTOCOL", "bignum"],
+    &["DEBUG", "PROTOCOL", "null"],
+    &["DEBUG", "PROTOCOL", "array"],
+    &["DEBUG", "PROTOCOL", "set"],
+    &["DEBUG", "PROTOCOL", "map"],
+    &["DEBUG", "PROTOCOL", "attrib"],
+    &["DEBUG", "PROTOCOL", "verbatim"],
+    &["DEBUG", "PROTOCOL", "true"],
+    &["DEBUG", "PROTOCOL", "false"],
+];
+
+#[tokio::test]
+async fn resp3_types() {
+    Scenario::new("resp3_types")
+        .each(A, &[&["HELLO", "3"]])
+        .each(A, TYPED)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn resp2_forms_of_the_same_replies() {
+    Scenario::new("resp2_types")
+        .each(A, TYPED)
+        .each(A, &[&["DEBUG", "PROTOCOL", "push"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts and functions
+// ---------------------------------------------------------------------------------------------
+
+/// `SCRIPT LOAD "return ARGV[1]"`'s SHA1.
+const ECHO_SHA: &str = "098e0f0d1448c0a81dafe820f66d460eb09263da";
+
+const LIBRARY: &str = "#!lua name=lib\n\
+    redis.register_function('echo', function(keys, args) return args[1] end)\n\
+    redis.register_function{function_name='get', callback=function(keys, args) return redis.call('GET', keys[1]) end, flags={'no-writes'}}\n";
+
+#[tokio::test]
+async fn scripts_and_functions() {
+    Scenario::new("scripts")
+        .each(
+            A,
+            &[
+                &["EVAL", "return {1, 'two', {3, 'four'}, false, true}", "0"],
+                &[
+                    "EVAL",
+                    "return redis.call('SET', KEYS[1], ARGV[1])",
+                    "1",
+                    "k",
+                    "v",
+                ],
+                &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"],
+                &["SCRIPT", "LOAD", "return ARGV[1]"],
+                &["EVALSHA", ECHO_SHA, "0", "hi"],
+                &[
+                    "SCRIPT",
+                    "EXISTS",
+                    ECHO_SHA,
+                    "0000000000000000000000000000000000000000",
+                ],
+                &["EVALSHA", "0000000000000000000000000000000000000000", "0"],
+                &["EVAL", "return redis.error_reply('MY own error')", "0"],
+                &["EVAL", "return redis.call('INCR', KEYS[1])", "1", "k"],
+                &["EVAL", "this is not lua", "0"],
+                &[
+                    "EVAL_RO",
+                    "return redis.call('SET', KEYS[1], 'x')",
+                    "1",
+                    "k",
+                ],
+                &["FUNCTION", "LOAD", LIBRARY],
+                &["FCALL", "echo", "0", "hello"],
+                &["FCALL_RO", "get", "1", "k"],
+                &["FCALL_RO", "echo", "0", "x"],
+                &["FCALL", "nosuch", "0"],
+                &["FUNCTION", "LOAD", LIBRARY],
+                &["FUNCTION", "DELETE", "lib"],
+                &["FCALL", "echo", "0", "hello"],
+            ],
+        )
+        .each(
+            A,
+            &[
+                &["HELLO", "3"],
+                &["HSET", "h", "f", "v"],
+                &[
+                    "EVAL",
+                    "redis.setresp(3); return redis.call('HGETALL', KEYS[1])",
+                    "1",
+                    "h",
+                ],
+                &["EVAL", "return {double=3.5}", "0"],
+                &["EVAL", "return {map={a=1}}", "0"],
+                &["EVAL", "return nil", "0"],
+            ],
+        )
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large and binary values
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn large_values() {
+    let big: Vec<u8> = (0..4 << 20).map(|i: u32| b'a' + (i % 26) as u8).collect();
+    let other: Vec<u8> = big.iter().rev().copied().collect();
+    let mut write = encode(&[&b"SET"[..], b"big", &big]);
+    write.extend(encode(&["GET", "big"]));
+    write.extend(encode(&["STRLEN", "big"]));
+    write.extend(encode(&[&b"SET"[..], b"other", &other]));
+    write.extend(encode(&["APPEND", "big", "xyz"]));
+    write.extend(encode(&["MGET", "big", "other"]));
+    write.extend(encode(&["GETRANGE", "big", "-5", "-1"]));
+    Scenario::new("large_values")
+        .write_bytes(A, write)
+        .read(A, 7)
+        // Two clients fetching large values at the same time.
+        .write(A, &[&["GET", "other"], &["GET", "big"]])
+        .write(B, &[&["GET", "big"], &["PING"]])
+        .read(B, 2)
+        .read(A, 2)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn binary_values() {
+    let every_byte: Vec<u8> = (0..=255u8).cycle().take(256 * 4).collect();
+    let key = b"key\x00\r\n\xff";
+    let mut write = encode(&[&b"SET"[..], key, &every_byte]);
+    write.extend(encode(&[&b"GET"[..], key]));
+    write.extend(encode(&[&b"STRLEN"[..], key]));
+    write.extend(encode(&[&b"GETRANGE"[..], key, b"250", b"260"]));
+    write.extend(encode(&[&b"SETRANGE"[..], key, b"10", b"\r\n\x00"]));
+    write.extend(encode(&[
+        &b"HSET"[..],
+        b"h",
+        &every_byte[..256],
+        &every_byte[..256],
+    ]));
+    write.extend(encode(&[&b"HGETALL"[..], b"h"]));
+    write.extend(encode(&[&b"ECHO"[..], &every_byte[..256]]));
+    write.extend(encode(&[&b"GET"[..], key]));
+    Scenario::new("binary_values")
+        .write_bytes(A, write)
+        .read(A, 9)
+        .write_bytes(B, encode(&[&b"HELLO"[..], b"3"]))
+        .write_bytes(B, encode(&[&b"HGETALL"[..], b"h"]))
+        .read(B, 2)
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error replies
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn error_replies() {
+    Scenario::new("errors")
+        .each(
+            A,
+            &[
+                &["SET", "s", "str"],
+                &["LPUSH", "s", "x"],
+                &["GET"],
+                &["GET", "a", "b"],
+                &["NOSUCHCOMMAND", "a", "b"],
+                &["SET", "k", "v", "EX", "abc"],
+                &["SET", "k", "v", "EX", "-1"],
+                &["SET", "k", "v", "BOGUS"],
+                &["INCR", "s"],
+                &["HSET", "h", "f"],
+                &["LRANGE", "s", "0", "-1"],
+                &["EXPIRE", "k", "soon"],
+                &["CONFIG", "GET"],
+                &["OBJECT", "nosuch"],
+                &["CLIENT", "nosuch"],
+                &["XADD", "s", "*", "f", "v"],
+                &["GET", "s"],
+            ],
+        )
+        .write_bytes(A, b"*0\r\n*-1\r\n".to_vec())
+        .each(A, &[&["PING"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several clients
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn several_clients_interleaving() {
+    let pipeline = |c: &'static str| -> Vec<Vec<String>> {
+        (0..50)
+            .flat_map(|i| {
+                [
+                    vec!["SET".into(), format!("{c}:{i}"), format!("{c}-{i}")],
+                    vec!["INCR".into(), format!("{c}:n")],
+                    vec!["GET".into(), format!("{c}:{i}")],
+                ]
+            })
+            .collect()
+    };
+    let bytes = |cmds: Vec<Vec<String>>| -> Vec<u8> {
+        cmds.iter().flat_map(|c| encode(c.as_slice())).collect()
+    };
+    Scenario::new("several_clients")
+        // Three deep pipelines on their own keys, all written before any reply is read.
+        .write_bytes(A, bytes(pipeline("a")))
+        .write_bytes(B, bytes(pipeline("b")))
+        .write_bytes(C, bytes(pipeline("c")))
+        .read(C, 150)
+        .read(A, 150)
+        .read(B, 150)
+        // A shared counter, in a fixed order.
+        .each(A, &[&["INCR", "shared"]])
+        .each(B, &[&["INCR", "shared"]])
+        .each(C, &[&["INCR", "shared"]])
+        // One client's transaction around another's plain commands.
+        .each(A, &[&["MULTI"], &["INCR", "shared"]])
+        .each(
+            B,
+            &[
+                &["INCR", "shared"],
+                &["SELECT", "1"],
+                &["SET", "shared", "b"],
+            ],
+        )
+        .each(C, &[&["WATCH", "shared"], &["GET", "shared"]])
+        .each(A, &[&["GET", "shared"], &["EXEC"]])
+        .each(C, &[&["MULTI"], &["SET", "shared", "c"], &["EXEC"]])
+        .each(
+            B,
+            &[&["GET", "shared"], &["SELECT", "0"], &["GET", "shared"]],
+        )
+        .run()
+        .await
+}
