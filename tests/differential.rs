@@ -12,10 +12,11 @@ use bytes::Bytes;
 use common::encode;
 use differential::{escape, normalise, Scenario};
 
-/// Clients, shown as A, B, C in failure messages.
+/// Clients, shown as A, B, C, D in failure messages.
 const A: usize = 0;
 const B: usize = 1;
 const C: usize = 2;
+const D: usize = 3;
 
 // ---------------------------------------------------------------------------------------------
 // The engine's pure parts
@@ -79,6 +80,20 @@ async fn issue10_item1_punsubscribe_several_while_not_subscribed() {
 #[ignore = "issue 10 item 1: the extra sunsubscribe frames break the shared connection"]
 async fn issue10_item1_sunsubscribe_several_while_not_subscribed() {
     unsubscribe_several_while_not_subscribed("item1_sunsubscribe", "SUNSUBSCRIBE")
+        .run()
+        .await
+}
+
+/// A's unsubscribe and B's GET in flight at once: whichever Redis runs first, each gets its own.
+#[tokio::test]
+#[ignore = "issue 10 item 1: B gets A's second and third unsubscribe frames"]
+async fn issue10_item1_unsubscribe_several_concurrent_with_another_client() {
+    Scenario::new("item1_unsubscribe_concurrent")
+        .each(B, &[&["SET", "keyB", "valueB"]])
+        .write(A, &[&["UNSUBSCRIBE", "foo", "bar", "quux"]])
+        .write(B, &[&["GET", "keyB"], &["GET", "keyB"]])
+        .read(B, 2)
+        .read(A, 3)
         .run()
         .await
 }
@@ -917,6 +932,65 @@ async fn blpop_times_out() {
             &[&["HELLO", "3"], &["BLPOP", "l", "0.05"], &["GET", "after"]],
         )
         .each(A, &[&["BLPOP", "l", "-1"], &["BLPOP", "l", "abc"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn blocking_commands_served_by_other_clients() {
+    Scenario::new("blocking_served")
+        .write(A, &[&["BZPOPMIN", "z", "5"]])
+        .write(B, &[&["XREAD", "BLOCK", "5000", "STREAMS", "s", "$"]])
+        .write(C, &[&["BLMOVE", "src", "dst", "LEFT", "RIGHT", "5"]])
+        .blocked(3)
+        .each(
+            D,
+            &[
+                &["ZADD", "z", "1", "m"],
+                &["XADD", "s", "1-1", "f", "v"],
+                &["RPUSH", "src", "x"],
+            ],
+        )
+        .read(A, 1)
+        .read(B, 1)
+        .read(C, 1)
+        .each(D, &[&["LRANGE", "dst", "0", "-1"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn blocking_commands_pipelined_and_inside_multi() {
+    Scenario::new("blocking_pipelined")
+        .each(
+            A,
+            &[
+                &["RPUSH", "l", "a", "b"],
+                &["BLPOP", "l", "1"],
+                &["BLPOP", "none", "0.01"],
+                &["BRPOP", "l", "1"],
+                &["GET", "k"],
+                &["MULTI"],
+                &["BLPOP", "l", "0"],
+                &["RPUSH", "l", "c"],
+                &["BLPOP", "l", "0"],
+                &["EXEC"],
+                &["WAIT", "0", "0"],
+                &["BLMPOP", "0.01", "1", "l", "LEFT"],
+                &["XREAD", "BLOCK", "10", "STREAMS", "nostream", "0"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn wait_without_replicas() {
+    Scenario::new("wait_without_replicas")
+        .each(
+            A,
+            &[&["SET", "k", "v"], &["WAIT", "1", "50"], &["GET", "k"]],
+        )
         .run()
         .await
 }
