@@ -1,8 +1,10 @@
 //! Differential tests: each scenario sends the same bytes, in the same pipelining shape and the same
 //! order across clients, to a fresh Redis directly and to another fresh Redis through respipe, and
 //! compares every reply frame byte for byte (the engine and its normalisations are in
-//! `common/differential.rs`). Scenarios named `issueN_itemM_...` reproduce issue N's item M; one
-//! still `#[ignore]`d says which defect keeps it from passing.
+//! `common/differential.rs`). Scenarios named `issue10_itemN_...` reproduce item N of issue 10; one
+//! still `#[ignore]`d says which defect keeps it from passing, and is un-ignored with the fix.
+//! `DIFFERENTIAL_REDIS_ONLY=1 cargo test --test differential -- --include-ignored` checks every
+//! scenario against Redis on both sides (right about Redis, and deterministic).
 
 mod common;
 #[path = "common/differential.rs"]
@@ -114,6 +116,28 @@ async fn issue10_item1_unsubscribe_several_pipelined() {
             5,
         )
         .each(B, &[&["GET", "keyB"]])
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 2: one busy script wedges the proxy
+// ---------------------------------------------------------------------------------------------
+
+/// A script that never ends: other clients get Redis's `-BUSY` (after the threshold the scenario
+/// sets to 100 ms) and can `SCRIPT KILL` it.
+#[tokio::test]
+#[ignore = "issue 10 item 2: other clients' commands queue behind the script instead of getting -BUSY"]
+async fn issue10_item2_busy_script_answers_busy_and_can_be_killed() {
+    Scenario::new("item2_busy_script")
+        .each(A, &[&["CONFIG", "SET", "busy-reply-threshold", "100"]])
+        .write(A, &[&["EVAL", "while true do end", "0"]])
+        .each(B, &[&["PING"]])
+        .each(C, &[&["GET", "k"]])
+        .each(B, &[&["SCRIPT", "KILL"]])
+        .read(A, 1)
+        .each(A, &[&["PING"]])
+        .each(C, &[&["FUNCTION", "KILL"], &["SCRIPT", "KILL"]])
         .run()
         .await
 }
@@ -652,6 +676,30 @@ async fn issue10_item9_deleted_user_is_disconnected() {
         .each(B, &[&["AUTH", "u", "p"], &["PING"]])
         .each(A, &[&["ACL", "DELUSER", "u"]])
         .read_to_close(B)
+        .run()
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 12: client-side caching
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "issue 10 item 12: CLIENT TRACKING is refused"]
+async fn issue10_item12_client_tracking_invalidates_in_resp3() {
+    Scenario::new("item12_tracking")
+        .each(
+            A,
+            &[
+                &["HELLO", "3"],
+                &["CLIENT", "TRACKING", "ON"],
+                &["GET", "k"],
+                &["CLIENT", "TRACKINGINFO"],
+            ],
+        )
+        .each(B, &[&["SET", "k", "v"]])
+        .read(A, 1)
+        .each(A, &[&["CLIENT", "TRACKING", "OFF"], &["GET", "k"]])
         .run()
         .await
 }

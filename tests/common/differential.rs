@@ -13,6 +13,8 @@
 //!   every client still open sends `QUIT` and reads to the end of its connection on both sides.
 //! - What may legitimately differ is listed in [`normalise`] and nowhere else; commands whose
 //!   replies are volatile (`CLIENT LIST`, `INFO`, `MONITOR`, timestamps) are not used at all.
+//! - With [`REDIS_ONLY`] set, both sides are direct: a scenario must pass that way, which proves
+//!   it right about Redis and deterministic across two Redis processes.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -30,6 +32,11 @@ const SCENARIO_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Arguments both redis-servers of every scenario get: `DEBUG PROTOCOL` needs the debug command.
 const REDIS_ARGS: &[&str] = &["--enable-debug-command", "yes"];
+
+/// Set (to anything) in the environment, both sides talk to Redis directly: a check that a
+/// scenario is right about Redis and deterministic, whatever respipe does today
+/// (`DIFFERENTIAL_REDIS_ONLY=1 cargo test --test differential -- --include-ignored`).
+const REDIS_ONLY: &str = "DIFFERENTIAL_REDIS_ONLY";
 
 /// Longest escaped excerpt of one frame or write in a failure message.
 const SHOW_BYTES: usize = 600;
@@ -144,9 +151,10 @@ impl Scenario {
     /// that did not end as it should; then `QUIT` for every client still open.
     async fn side(&self, through_respipe: bool) -> Vec<Outcome> {
         let redis = RedisServer::start_with(REDIS_ARGS).await;
-        let proxy = match through_respipe {
-            true => Some(Proxy::ready(&redis).await),
-            false => None,
+        let proxy = if through_respipe && std::env::var_os(REDIS_ONLY).is_none() {
+            Some(Proxy::ready(&redis).await)
+        } else {
+            None
         };
         let addr = proxy.as_ref().map_or(redis.addr(), Proxy::addr);
         let mut clients = Vec::with_capacity(self.clients);
@@ -154,7 +162,7 @@ impl Scenario {
             clients.push(Some(RawClient::connect(addr).await));
         }
         let mut transcript = Vec::new();
-        for step in self.steps.iter().chain(&self.closing_steps()) {
+        for step in &self.script() {
             let outcome = run_step(step, &mut clients, &redis).await;
             let done = outcome.end == End::Done;
             transcript.push(outcome);
@@ -163,6 +171,13 @@ impl Scenario {
             }
         }
         transcript
+    }
+
+    /// Every step, the closing ones included.
+    fn script(&self) -> Vec<Step> {
+        let mut steps = self.steps.clone();
+        steps.extend(self.closing_steps());
+        steps
     }
 
     /// The steps that end every scenario: each client still open says `QUIT` and reads to the
@@ -189,12 +204,7 @@ impl Scenario {
 
     /// Panics with a readable report at the first step where the sides differ.
     fn compare(&self, direct: &[Outcome], proxied: &[Outcome]) {
-        let steps: Vec<Step> = self
-            .steps
-            .iter()
-            .cloned()
-            .chain(self.closing_steps())
-            .collect();
+        let steps = self.script();
         for (i, step) in steps.iter().enumerate() {
             let (d, p) = (direct.get(i), proxied.get(i));
             if let Some(d) = d.filter(|d| d.end != End::Done) {
