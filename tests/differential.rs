@@ -346,6 +346,16 @@ async fn issue10_item5_auth_select_hello_2_while_subscribed_in_resp3() {
             A,
             &[&["UNSUBSCRIBE", "ch"], &["GET", "k"], &["ACL", "WHOAMI"]],
         )
+        .each(
+            A,
+            &[
+                &["GET", "k"],
+                &["SELECT", "0"],
+                &["GET", "k"],
+                &["ACL", "WHOAMI"],
+                &["HGETALL", "nothing"],
+            ],
+        )
         .run()
         .await
 }
