@@ -912,6 +912,79 @@ async fn quit_in_the_middle_of_a_pipeline() {
         .await
 }
 
+#[tokio::test]
+async fn client_reply_around_multi_and_subscribe() {
+    Scenario::new("client_reply_around_multi_and_subscribe")
+        .call(
+            A,
+            &[
+                &["CLIENT", "REPLY", "OFF"],
+                &["MULTI"],
+                &["SET", "k", "v"],
+                &["EXEC"],
+                &["CLIENT", "REPLY", "ON"],
+                &["GET", "k"],
+                &["CLIENT", "REPLY", "SKIP"],
+                &["SUBSCRIBE", "ch"],
+                &["PING"],
+            ],
+            3,
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn transaction_of_1000_commands_in_one_write() {
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    let mut cmds: Vec<Vec<&str>> = vec![vec!["MULTI"]];
+    for k in &keys {
+        cmds.push(vec!["SET", k, "v"]);
+    }
+    cmds.push(vec!["EXEC"]);
+    cmds.push(vec!["DBSIZE"]);
+    let cmds: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+    Scenario::new("transaction_of_1000_commands_in_one_write")
+        .each(A, &cmds)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn client_reply_off_with_large_replies_beside_another_client() {
+    let big = "x".repeat(100_000);
+    Scenario::new("client_reply_off_with_large_replies_beside_another_client")
+        .each(A, &[&["SET", "big", &big]])
+        .write(
+            A,
+            &[
+                &["CLIENT", "REPLY", "OFF"],
+                &["GET", "big"],
+                &["GET", "big"],
+                &["INCR", "n"],
+            ],
+        )
+        .each(B, &[&["GET", "n"], &["INCR", "n"]])
+        .each(A, &[&["CLIENT", "REPLY", "ON"], &["GET", "n"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn select_between_every_command_of_a_long_pipeline() {
+    let dbs: Vec<String> = (0..2000).map(|i| (i % 16).to_string()).collect();
+    let mut cmds: Vec<Vec<&str>> = Vec::new();
+    for d in &dbs {
+        cmds.push(vec!["SELECT", d]);
+        cmds.push(vec!["INCR", "n"]);
+    }
+    let cmds: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+    Scenario::new("select_between_every_command_of_a_long_pipeline")
+        .each(A, &cmds)
+        .run()
+        .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pub/sub
 // ---------------------------------------------------------------------------------------------
@@ -961,6 +1034,75 @@ async fn pubsub_push_messages_in_resp3() {
             &[&["UNSUBSCRIBE", "ch"], &["PUNSUBSCRIBE", "p*"], &["PING"]],
         )
         .each(B, &[&["PUBLISH", "ch", "m4"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn pubsub_publish_to_own_channel_in_resp3() {
+    Scenario::new("pubsub_publish_to_own_channel_in_resp3")
+        .each(A, &[&["HELLO", "3"], &["SUBSCRIBE", "ch"]])
+        .call(A, &[&["PUBLISH", "ch", "m"], &["PING"]], 3)
+        .each(A, &[&["UNSUBSCRIBE"], &["PING"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn pubsub_pipelined_subscribe_and_unsubscribe_sequence() {
+    Scenario::new("pubsub_pipelined_subscribe_and_unsubscribe_sequence")
+        .call(
+            A,
+            &[
+                &["SUBSCRIBE", "a"],
+                &["SUBSCRIBE", "b"],
+                &["PSUBSCRIBE", "x*"],
+                &["UNSUBSCRIBE", "a"],
+                &["UNSUBSCRIBE", "b"],
+                &["PUNSUBSCRIBE"],
+                &["GET", "k"],
+            ],
+            7,
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn keyspace_notifications() {
+    Scenario::new("keyspace_notifications")
+        .each(A, &[&["CONFIG", "SET", "notify-keyspace-events", "KEA"]])
+        .each(A, &[&["PSUBSCRIBE", "__keyspace@0__:*"]])
+        .each(B, &[&["SET", "k", "v"], &["DEL", "k"]])
+        .read(A, 2)
+        .each(A, &[&["PUNSUBSCRIBE", "__keyspace@0__:*"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn pubsub_unsubscribe_without_arguments() {
+    Scenario::new("pubsub_unsubscribe_without_arguments")
+        .each(
+            A,
+            &[
+                &["SUBSCRIBE", "a"],
+                &["UNSUBSCRIBE"],
+                &["PUNSUBSCRIBE"],
+                &["PING"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn reset_while_subscribed_in_resp3() {
+    Scenario::new("reset_while_subscribed_in_resp3")
+        .each(A, &[&["HELLO", "3"], &["SUBSCRIBE", "ch"]])
+        .each(A, &[&["RESET"]])
+        .each(A, &[&["PING"], &["GET", "k"]])
+        .each(B, &[&["PUBLISH", "ch", "m"]])
         .run()
         .await
 }
@@ -1053,6 +1195,21 @@ async fn wait_without_replicas() {
         .await
 }
 
+#[tokio::test]
+async fn blocking_command_inside_a_pipeline_served_by_another_client() {
+    Scenario::new("blocking_command_inside_a_pipeline_served_by_another_client")
+        .write(
+            A,
+            &[&["SET", "a", "1"], &["BLPOP", "l", "5"], &["GET", "a"]],
+        )
+        .blocked(1)
+        .read(A, 1)
+        .each(B, &[&["RPUSH", "l", "x"]])
+        .read(A, 2)
+        .run()
+        .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Inline commands and protocol errors
 // ---------------------------------------------------------------------------------------------
@@ -1079,11 +1236,34 @@ async fn inline_unbalanced_quotes_close_the_connection() {
         .await
 }
 
+/// An inline request longer than Redis's 64 KiB limit, without its newline.
 #[tokio::test]
-async fn protocol_error_closes_the_connection() {
-    Scenario::new("protocol_error")
-        .write_bytes(A, [encode(&["PING"]), b"*1\r\n$x\r\n".to_vec()].concat())
+async fn inline_request_too_big_closes_the_connection() {
+    let mut b = b"PING\r\n".to_vec();
+    b.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    Scenario::new("inline_request_too_big_closes_the_connection")
+        .write_bytes(A, b)
         .read_to_close(A)
+        .run()
+        .await
+}
+
+/// A null bulk as an argument, a bad array length, a bulk longer than `proto-max-bulk-len`, and a
+/// simple string where a bulk belongs: each an error, then the close.
+#[tokio::test]
+async fn protocol_errors_close_the_connection() {
+    Scenario::new("protocol_errors_close_the_connection")
+        .write_bytes(
+            A,
+            [encode(&["PING"]), b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec()].concat(),
+        )
+        .read_to_close(A)
+        .write_bytes(B, b"*abc\r\n".to_vec())
+        .read_to_close(B)
+        .write_bytes(C, b"*1\r\n$999999999999\r\n".to_vec())
+        .read_to_close(C)
+        .write_bytes(D, b"*1\r\n+PING\r\n".to_vec())
+        .read_to_close(D)
         .run()
         .await
 }
@@ -1133,6 +1313,28 @@ async fn resp2_forms_of_the_same_replies() {
     Scenario::new("resp2_types")
         .each(A, TYPED)
         .each(A, &[&["DEBUG", "PROTOCOL", "push"]])
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn resp3_nulls_inside_exec_and_after_client_reply_skip() {
+    Scenario::new("resp3_nulls_inside_exec_and_after_client_reply_skip")
+        .call(
+            A,
+            &[
+                &["HELLO", "3"],
+                &["MULTI"],
+                &["GET", "x"],
+                &["HGETALL", "x"],
+                &["ZSCORE", "z", "m"],
+                &["EXEC"],
+                &["CLIENT", "REPLY", "SKIP"],
+                &["GET", "x"],
+                &["CLIENT", "GETNAME"],
+            ],
+            7,
+        )
         .run()
         .await
 }
@@ -1205,6 +1407,26 @@ async fn scripts_and_functions() {
                 &["EVAL", "return {double=3.5}", "0"],
                 &["EVAL", "return {map={a=1}}", "0"],
                 &["EVAL", "return nil", "0"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn script_select_does_not_change_the_callers_db() {
+    Scenario::new("script_select_does_not_change_the_callers_db")
+        .each(
+            A,
+            &[
+                &[
+                    "EVAL",
+                    "redis.call('SELECT','1'); return redis.call('SET','k','v')",
+                    "0",
+                ],
+                &["GET", "k"],
+                &["SELECT", "1"],
+                &["GET", "k"],
             ],
         )
         .run()
@@ -1301,6 +1523,61 @@ async fn error_replies() {
         .await
 }
 
+#[tokio::test]
+async fn auth_errors() {
+    Scenario::new("auth_errors")
+        .each(
+            A,
+            &[
+                &["AUTH", "onlypw"],
+                &["AUTH", "default", "wrong"],
+                &["AUTH", "nouser", "pw"],
+                &["AUTH", "a", "b", "c"],
+                &["AUTH"],
+                &["ACL", "WHOAMI"],
+            ],
+        )
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn acl_checks_inside_transactions_blocking_and_subscribe() {
+    Scenario::new("acl_checks_inside_transactions_blocking_and_subscribe")
+        .each(
+            A,
+            &[
+                &[
+                    "ACL",
+                    "SETUSER",
+                    "u",
+                    "on",
+                    ">p",
+                    "+@all",
+                    "-get",
+                    "~x*",
+                    "resetchannels",
+                    "&news",
+                ],
+                &["AUTH", "u", "p"],
+                &["MULTI"],
+                &["GET", "x"],
+                &["SET", "x", "1"],
+                &["EXEC"],
+                &["SET", "y", "1"],
+                &["MULTI"],
+                &["SET", "y", "1"],
+                &["EXEC"],
+                &["BLPOP", "y", "0.01"],
+                &["BLPOP", "x", "0.01"],
+                &["SUBSCRIBE", "other"],
+                &["SUBSCRIBE", "news"],
+            ],
+        )
+        .run()
+        .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Several clients
 // ---------------------------------------------------------------------------------------------
@@ -1350,6 +1627,21 @@ async fn several_clients_interleaving() {
             B,
             &[&["GET", "shared"], &["SELECT", "0"], &["GET", "shared"]],
         )
+        .run()
+        .await
+}
+
+/// Two transactions open at once; a third never executed (C leaves with it open) writes nothing.
+#[tokio::test]
+async fn transactions_of_two_clients_interleaved() {
+    Scenario::new("transactions_of_two_clients_interleaved")
+        .each(A, &[&["MULTI"], &["INCR", "n"]])
+        .each(B, &[&["MULTI"], &["INCR", "n"]])
+        .each(A, &[&["INCR", "n"], &["EXEC"]])
+        .each(B, &[&["EXEC"], &["GET", "n"]])
+        .write(C, &[&["MULTI"], &["SET", "gone", "1"]])
+        .read(C, 2)
+        .each(A, &[&["GET", "gone"]])
         .run()
         .await
 }
