@@ -1107,6 +1107,53 @@ async fn reset_while_subscribed_in_resp3() {
         .await
 }
 
+/// One SUBSCRIBE and one UNSUBSCRIBE of 1000 channels each: 1000 frames each, in order.
+#[tokio::test]
+async fn pubsub_a_thousand_channels_in_one_command() {
+    let chans: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+    let mut sub: Vec<&str> = vec!["SUBSCRIBE"];
+    sub.extend(chans.iter().map(String::as_str));
+    let mut unsub: Vec<&str> = vec!["UNSUBSCRIBE"];
+    unsub.extend(chans.iter().rev().map(String::as_str));
+    Scenario::new("pubsub_a_thousand_channels_in_one_command")
+        .call(
+            A,
+            &[
+                &sub,
+                &unsub,
+                &["SUBSCRIBE", "again"],
+                &["UNSUBSCRIBE", "again"],
+                &["SUBSCRIBE", "x"],
+            ],
+            2003,
+        )
+        .each(B, &[&["PUBLISH", "x", "m"], &["PUBLISH", "c5", "m"]])
+        .read(A, 1)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn pubsub_subscribe_unsubscribe_resubscribe_pipelined_in_resp3() {
+    Scenario::new("pubsub_subscribe_unsubscribe_resubscribe_pipelined_in_resp3")
+        .call(
+            A,
+            &[
+                &["HELLO", "3"],
+                &["SUBSCRIBE", "a"],
+                &["UNSUBSCRIBE", "a"],
+                &["GET", "k"],
+                &["SUBSCRIBE", "b"],
+                &["SET", "k", "v"],
+                &["UNSUBSCRIBE"],
+                &["GET", "k"],
+            ],
+            8,
+        )
+        .run()
+        .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blocking commands
 // ---------------------------------------------------------------------------------------------
@@ -1339,6 +1386,24 @@ async fn resp3_nulls_inside_exec_and_after_client_reply_skip() {
         .await
 }
 
+#[tokio::test]
+async fn resp3_attributes_inside_exec() {
+    Scenario::new("resp3_attributes_inside_exec")
+        .each(
+            A,
+            &[
+                &["HELLO", "3"],
+                &["MULTI"],
+                &["DEBUG", "PROTOCOL", "attrib"],
+                &["DEBUG", "PROTOCOL", "map"],
+                &["EXEC"],
+                &["DEBUG", "PROTOCOL", "attrib"],
+            ],
+        )
+        .run()
+        .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scripts and functions
 // ---------------------------------------------------------------------------------------------
@@ -1484,6 +1549,29 @@ async fn binary_values() {
         .write_bytes(B, encode(&[&b"HELLO"[..], b"3"]))
         .write_bytes(B, encode(&[&b"HGETALL"[..], b"h"]))
         .read(B, 2)
+        .run()
+        .await
+}
+
+#[tokio::test]
+async fn large_values_in_transactions_and_messages() {
+    let big = "y".repeat(3 << 20);
+    Scenario::new("large_values_in_transactions_and_messages")
+        .each(A, &[&["SET", "big", &big]])
+        .each(
+            A,
+            &[
+                &["MULTI"],
+                &["GET", "big"],
+                &["GET", "big"],
+                &["EXEC"],
+                &["GET", "big"],
+            ],
+        )
+        .each(A, &[&["HELLO", "3"], &["SUBSCRIBE", "ch"]])
+        .each(B, &[&["PUBLISH", "ch", &big]])
+        .read(A, 1)
+        .each(A, &[&["GET", "big"], &["UNSUBSCRIBE", "ch"]])
         .run()
         .await
 }
