@@ -132,6 +132,7 @@ async fn issue10_item2_busy_script_answers_busy_and_can_be_killed() {
     Scenario::new("item2_busy_script")
         .each(A, &[&["CONFIG", "SET", "busy-reply-threshold", "100"]])
         .write(A, &[&["EVAL", "while true do end", "0"]])
+        .until(&["PING"], "-BUSY")
         .each(B, &[&["PING"]])
         .each(C, &[&["GET", "k"]])
         .each(B, &[&["SCRIPT", "KILL"]])
@@ -860,8 +861,9 @@ async fn client_reply_off_on_skip() {
             ],
             6,
         )
+        // B's replies stay B's while A's are dropped (B does not touch A's key: no race).
         .write(A, &[&["CLIENT", "REPLY", "OFF"], &["INCR", "k"]])
-        .each(B, &[&["GET", "k"]])
+        .each(B, &[&["SET", "b", "1"], &["GET", "b"]])
         .each(A, &[&["CLIENT", "REPLY", "ON"], &["GET", "k"]])
         .run()
         .await
@@ -964,7 +966,7 @@ async fn client_reply_off_with_large_replies_beside_another_client() {
                 &["INCR", "n"],
             ],
         )
-        .each(B, &[&["GET", "n"], &["INCR", "n"]])
+        .each(B, &[&["SET", "b", "1"], &["GET", "b"], &["GET", "big"]])
         .each(A, &[&["CLIENT", "REPLY", "ON"], &["GET", "n"]])
         .run()
         .await

@@ -6,7 +6,8 @@
 //! Rules that keep it deterministic:
 //! - A write is one `write_all` of exactly the scenario's bytes: the pipelining shape is the same
 //!   on both sides. Steps run in the scenario's order on each side; a client that must act after
-//!   another's command took effect reads that command's replies first (or waits for [`Step::Blocked`]).
+//!   another's command took effect reads that command's replies first, or waits for [`Step::Await`]
+//!   (a condition Redis reports, such as a client blocked or a script running).
 //! - Every read has a known frame count and a deadline ([`STEP_DEADLINE`]); counts come from the
 //!   scenario and the direct side must meet them (otherwise the scenario itself is wrong). Nothing
 //!   waits for silence: the end of the scenario is what proves that no extra frame was pending, as
@@ -21,10 +22,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::common::{bounded, encode, poll_until, Proxy, RawClient, RedisServer, Reply};
+use crate::common::{bounded, encode, Proxy, RawClient, RedisServer, POLL};
 
 /// How long one step may take on either side: reading its frames, seeing the close, or Redis
-/// reporting the blocked clients. Only a failing scenario ever waits this long.
+/// reporting what a [`Step::Await`] waits for. Only a failing scenario ever waits this long.
 pub const STEP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long a whole scenario (both sides, servers and proxy included) may take.
@@ -50,9 +51,10 @@ enum Step {
     Read { client: usize, frames: usize },
     /// The client reads until the server closes the connection.
     ReadToClose { client: usize },
-    /// Waits until this side's Redis reports this many blocked clients (polled over a connection of
-    /// the harness's own, not compared), so a later write certainly comes after a blocking command.
-    Blocked(u64),
+    /// Waits until this side's Redis answers `probe` with a reply containing `want` (polled over
+    /// connections of the harness's own, not compared), so that a later write certainly comes after
+    /// another client's command took effect (a client blocked, a script running).
+    Await { probe: Vec<String>, want: String },
 }
 
 /// A named list of steps for a number of clients.
@@ -125,8 +127,17 @@ impl Scenario {
     }
 
     /// Waits until Redis reports `n` blocked clients.
-    pub fn blocked(mut self, n: u64) -> Scenario {
-        self.steps.push(Step::Blocked(n));
+    pub fn blocked(self, n: u64) -> Scenario {
+        self.until(&["INFO", "clients"], &format!("blocked_clients:{n}\r\n"))
+    }
+
+    /// Waits until Redis answers `probe` (sent on a connection of the harness's own) with a reply
+    /// that contains `want`.
+    pub fn until(mut self, probe: &[&str], want: &str) -> Scenario {
+        self.steps.push(Step::Await {
+            probe: probe.iter().map(|a| a.to_string()).collect(),
+            want: want.to_owned(),
+        });
         self
     }
 
@@ -260,13 +271,10 @@ async fn run_step(step: &Step, clients: &mut [Option<RawClient>], redis: &RedisS
             },
             None => End::Done,
         },
-        Step::Blocked(n) => {
-            let reached = tokio::time::timeout(STEP_DEADLINE, blocked_clients(redis, n)).await;
-            match reached {
-                Ok(()) => End::Done,
-                Err(_) => End::Timeout,
-            }
-        }
+        Step::Await {
+            ref probe,
+            ref want,
+        } => await_reply(redis, probe, want.as_bytes()).await,
     };
     Outcome { frames, end }
 }
@@ -298,23 +306,23 @@ async fn read_frames(c: &mut RawClient, n: Option<usize>, out: &mut Vec<Bytes>) 
     End::Done
 }
 
-/// Polls `INFO clients` on `redis` until it reports `n` blocked clients.
-async fn blocked_clients(redis: &RedisServer, n: u64) {
-    let want = format!("blocked_clients:{n}\r\n");
-    poll_until(STEP_DEADLINE, &format!("{n} blocked clients"), || {
-        let want = want.clone();
-        async move {
-            let info = redis.direct().await.cmd(&["INFO", "clients"]).await;
-            match info {
-                Reply::Bulk(Some(text)) => text
-                    .windows(want.len())
-                    .any(|w| w == want.as_bytes())
-                    .then_some(()),
-                _ => None,
-            }
+/// Sends `probe` to `redis` on fresh connections until a reply contains `want` ([`End::Done`]) or
+/// [`STEP_DEADLINE`] passes ([`End::Timeout`]).
+async fn await_reply(redis: &RedisServer, probe: &[String], want: &[u8]) -> End {
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    let attempt = || async {
+        let mut c = redis.direct().await;
+        c.send(&encode(probe)).await;
+        c.try_read_frame().await
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, attempt()).await {
+            Err(_) => return End::Timeout,
+            Ok(Ok(Some((_, reply)))) if find(&reply, want).is_some() => return End::Done,
+            Ok(_) => {}
         }
-    })
-    .await
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The differences between Redis and respipe that are not differences in behaviour, replaced by a
@@ -362,7 +370,13 @@ fn describe(step: &Step) -> String {
         }
         Step::Read { client, frames } => format!("{} reads {frames} frame(s)", name(*client)),
         Step::ReadToClose { client } => format!("{} reads until the close", name(*client)),
-        Step::Blocked(n) => format!("Redis reports {n} blocked client(s)"),
+        Step::Await { probe, want } => {
+            format!(
+                "Redis answers {} with {}",
+                probe.join(" "),
+                escape(want.as_bytes())
+            )
+        }
     }
 }
 
