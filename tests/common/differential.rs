@@ -253,7 +253,7 @@ async fn run_step(step: &Step, clients: &mut [Option<RawClient>], redis: &RedisS
     let mut frames = Vec::new();
     let end = match *step {
         Step::Write { client, ref bytes } => match clients[client].as_mut() {
-            Some(c) => write(c, bytes).await,
+            Some(c) => write_all(c, bytes).await,
             None => End::Closed,
         },
         Step::Read { client, frames: n } => match clients[client].as_mut() {
@@ -279,7 +279,8 @@ async fn run_step(step: &Step, clients: &mut [Option<RawClient>], redis: &RedisS
     Outcome { frames, end }
 }
 
-async fn write(c: &mut RawClient, bytes: &[u8]) -> End {
+/// Writes `bytes` with one `write_all`, within [`STEP_DEADLINE`].
+async fn write_all(c: &mut RawClient, bytes: &[u8]) -> End {
     use tokio::io::AsyncWriteExt;
     let written = tokio::time::timeout(STEP_DEADLINE, c.stream.write_all(bytes)).await;
     match written {
