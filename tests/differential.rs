@@ -121,29 +121,6 @@ async fn issue10_item1_unsubscribe_several_pipelined() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Item 2: one busy script wedges the proxy
-// ---------------------------------------------------------------------------------------------
-
-/// A script that never ends: other clients get Redis's `-BUSY` (after the threshold the scenario
-/// sets to 100 ms) and can `SCRIPT KILL` it.
-#[tokio::test]
-#[ignore = "issue 10 item 2: other clients' commands queue behind the script instead of getting -BUSY"]
-async fn issue10_item2_busy_script_answers_busy_and_can_be_killed() {
-    Scenario::new("item2_busy_script")
-        .each(A, &[&["CONFIG", "SET", "busy-reply-threshold", "100"]])
-        .write(A, &[&["EVAL", "while true do end", "0"]])
-        .until(&["PING"], "-BUSY")
-        .each(B, &[&["PING"]])
-        .each(C, &[&["GET", "k"]])
-        .each(B, &[&["SCRIPT", "KILL"]])
-        .read(A, 1)
-        .each(A, &[&["PING"]])
-        .each(C, &[&["FUNCTION", "KILL"], &["SCRIPT", "KILL"]])
-        .run()
-        .await
-}
-
-// ---------------------------------------------------------------------------------------------
 // Item 4: a user without +select in a non-zero db
 // ---------------------------------------------------------------------------------------------
 

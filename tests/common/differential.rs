@@ -7,7 +7,7 @@
 //! - A write is one `write_all` of exactly the scenario's bytes: the pipelining shape is the same
 //!   on both sides. Steps run in the scenario's order on each side; a client that must act after
 //!   another's command took effect reads that command's replies first, or waits for [`Step::Await`]
-//!   (a condition Redis reports, such as a client blocked or a script running).
+//!   (a condition Redis reports, such as how many clients are blocked).
 //! - Every read has a known frame count and a deadline ([`STEP_DEADLINE`]); counts come from the
 //!   scenario and the direct side must meet them (otherwise the scenario itself is wrong). Nothing
 //!   waits for silence: the end of the scenario is what proves that no extra frame was pending, as
@@ -53,7 +53,7 @@ enum Step {
     ReadToClose { client: usize },
     /// Waits until this side's Redis answers `probe` with a reply containing `want` (polled over
     /// connections of the harness's own, not compared), so that a later write certainly comes after
-    /// another client's command took effect (a client blocked, a script running).
+    /// another client's command took effect (say, a client is blocked).
     Await { probe: Vec<String>, want: String },
 }
 
