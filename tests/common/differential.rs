@@ -192,7 +192,8 @@ impl Scenario {
     }
 
     /// The steps that end every scenario: each client still open says `QUIT` and reads to the
-    /// close, which proves that nothing else was pending for it.
+    /// close, which proves that nothing else was pending for it. So a scenario must not leave a
+    /// client blocked, nor in `CLIENT REPLY OFF` (Redis 7.0 then never closes after `QUIT`).
     fn closing_steps(&self) -> Vec<Step> {
         let mut open = vec![true; self.clients];
         for step in &self.steps {
