@@ -429,7 +429,6 @@ async fn issue10_item6_subscribe_inside_multi() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: RESET after SUBSCRIBE in one write loses the subscribe reply"]
 async fn issue10_item7_subscribe_reset_ping_get_in_one_write() {
     Scenario::new("item7_subscribe_reset")
         .each(
@@ -441,7 +440,6 @@ async fn issue10_item7_subscribe_reset_ping_get_in_one_write() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: RESET after UNSUBSCRIBE loses the confirmation"]
 async fn issue10_item7_unsubscribe_then_reset() {
     Scenario::new("item7_unsubscribe_reset")
         .each(A, &[&["SUBSCRIBE", "ch"]])
@@ -460,7 +458,6 @@ async fn issue10_item7_unsubscribe_then_reset_while_not_subscribed() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: a pipeline with SUBSCRIBE ... RESET loses replies"]
 async fn issue10_item7_pipeline_of_25_with_subscribe_and_reset() {
     let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
     let mut cmds: Vec<Vec<&str>> = keys.iter().map(|k| vec!["SET", k, "v"]).collect();
@@ -479,7 +476,6 @@ async fn issue10_item7_pipeline_of_25_with_subscribe_and_reset() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: RESET after a rejected SUBSCRIBE loses the error"]
 async fn issue10_item7_rejected_subscribe_then_reset() {
     Scenario::new("item7_rejected_subscribe_reset")
         .each(A, &[&["SUBSCRIBE"], &["RESET"], &["PING"]])
@@ -488,7 +484,6 @@ async fn issue10_item7_rejected_subscribe_then_reset() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: QUIT after SUBSCRIBE in one write loses the subscribe reply"]
 async fn issue10_item7_subscribe_then_quit_in_one_write() {
     Scenario::new("item7_subscribe_quit")
         .write(A, &[&["SUBSCRIBE", "ch"], &["QUIT"]])
@@ -498,7 +493,6 @@ async fn issue10_item7_subscribe_then_quit_in_one_write() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: RESET after MONITOR in one write loses the MONITOR reply"]
 async fn issue10_item7_monitor_then_reset_in_one_write() {
     Scenario::new("item7_monitor_reset")
         .each(A, &[&["MONITOR"], &["RESET"], &["PING"]])
