@@ -386,6 +386,20 @@ mod tests {
     }
 
     #[test]
+    fn client_probes_are_harmless_and_keep_the_spelling() {
+        let probe = |words: &[&str]| client_probe(Args::Inline(&inline(words)));
+        assert_eq!(
+            probe(&["CLIENT", "reply", "OFF"]).as_deref(),
+            Some(&b"*3\r\n$6\r\nCLIENT\r\n$5\r\nreply\r\n$2\r\nON\r\n"[..])
+        );
+        assert_eq!(
+            probe(&["client", "SETNAME", "a b"]),
+            probe(&["client", "SETNAME", "app"])
+        );
+        assert_eq!(probe(&["CLIENT", "LIST"]), None);
+    }
+
+    #[test]
     fn reset_with_arguments_goes_to_redis() {
         assert_eq!(classify_words(&["RESET", "now"]), Kind::Plain);
     }
