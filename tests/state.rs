@@ -515,3 +515,29 @@ async fn a_deleted_users_sessions_are_closed_and_a_new_password_keeps_them() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_named_clients_leases_carry_its_name() {
+    bounded(LIMIT, "named leases", async {
+        let pair = Pair::start().await;
+        let mut c = pair.client().await;
+        let commands: &[&[&str]] = &[
+            &["CLIENT", "SETNAME", "app"],
+            &["RPUSH", "l", "x"],
+            &["BLPOP", "l", "1"],
+            &["SUBSCRIBE", "ch"],
+            &["PING"],
+            &["UNSUBSCRIBE", "ch"],
+        ];
+        c.step(commands, 6).await;
+        let commands: &[&[&str]] = &[
+            &["WATCH", "w"],
+            &["MULTI"],
+            &["CLIENT", "GETNAME"],
+            &["EXEC"],
+            &["CLIENT", "GETNAME"],
+        ];
+        c.step(commands, 5).await;
+    })
+    .await
+}
