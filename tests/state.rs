@@ -181,6 +181,16 @@ async fn state_changes_pipelined_behind_a_transaction_are_not_refused() {
         ];
         c.step(commands, 9).await;
         assert_eq!(pair.value_in(2, "k").await, "$3\r\ndb2\r\n");
+        // Behind WAIT.
+        let commands: &[&[&str]] = &[
+            &["HELLO", "2"],
+            &["SET", "k", "v"],
+            &["WAIT", "0", "0"],
+            &["SELECT", "6"],
+            &["SET", "k", "db6"],
+        ];
+        c.step(commands, 5).await;
+        assert_eq!(pair.value_in(6, "k").await, "$3\r\ndb6\r\n");
     })
     .await
 }
