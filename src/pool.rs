@@ -297,6 +297,11 @@ impl Pools {
         Ok(pool)
     }
 
+    /// True when a pool in `key`'s state has been started.
+    pub fn serves(&self, key: &PoolKey) -> bool {
+        lock(&self.pools).contains_key(key)
+    }
+
     /// Lends a dedicated connection in `key`'s state; `Err` is the error line for the client when
     /// `max_leases` are out. Never waits.
     pub fn lease(&self, key: &PoolKey) -> Result<Lease, Bytes> {

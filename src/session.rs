@@ -988,7 +988,7 @@ impl Session {
         if line.first() == Some(&b'+') {
             if let Some(db) = db {
                 self.shared.pools.learn_db(self.state.auth.as_ref(), db);
-                self.state.apply(Change::Db(db));
+                return self.accept(args, vec![Change::Db(db)], line).await;
             }
         }
         self.answer(line)
@@ -1015,8 +1015,8 @@ impl Session {
             return Ok(());
         };
         if line.first() == Some(&b'+') {
-            self.state
-                .apply(Change::User(follow::credentials(user, password)));
+            let user = follow::credentials(user, password);
+            return self.accept(args, vec![Change::User(user)], line).await;
         }
         self.answer(line)
     }
@@ -1047,15 +1047,45 @@ impl Session {
             return Ok(());
         };
         if !follow::is_error(&line) {
-            for change in hello.changes() {
-                match change {
-                    // respipe's own password: the session is past `requirepass`, same Redis user.
-                    Change::User(_) if self.limits.requirepass.is_some() => {
-                        self.state.authenticated = true;
-                    }
-                    change => self.state.apply(change),
-                }
+            let mut changes = hello.changes();
+            if self.limits.requirepass.is_some() && hello.auth.is_some() {
+                // respipe's own password: the session is past `requirepass`, same Redis user.
+                changes.retain(|change| !matches!(change, Change::User(_)));
+                self.state.authenticated = true;
             }
+            return self.accept(args, changes, line).await;
+        }
+        self.answer(line)
+    }
+
+    /// Takes the changes Redis accepted (its answer `line`, which the client gets), unless Redis
+    /// will not set up a connection in the state they lead to: then the client gets respipe's
+    /// error quoting Redis's refusal and keeps its state, with a working session.
+    async fn accept(
+        &mut self,
+        args: Args<'_>,
+        changes: Vec<Change>,
+        line: Bytes,
+    ) -> Result<(), Close> {
+        let mut next = self.state.key();
+        for change in &changes {
+            match change {
+                Change::Db(db) => next.db = *db,
+                Change::User(user) => next.auth = Some(user.clone()),
+                Change::Resp3(resp3) => next.resp3 = *resp3,
+                Change::Name(_) => {}
+            }
+        }
+        // A state some pool is in needs no check: that pool's handshake went through.
+        if !self.state.is_in(&next) && !self.shared.pools.serves(&next) {
+            let handshake = Box::pin(self.shared.pools.probe(&next, &[])).await;
+            if let Err(UpstreamError::Handshake { reply, .. }) = handshake {
+                let name = args.get(0).unwrap_or_default();
+                return self.answer(reply::unreachable_state(name, &reply));
+            }
+        }
+        for change in changes {
+            self.state.apply(change);
         }
         self.answer(line)
     }

@@ -551,3 +551,46 @@ async fn a_named_clients_leases_carry_its_name() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_state_redis_will_not_set_up_again_is_refused_and_the_session_works() {
+    bounded(LIMIT, "unreachable state", async {
+        // Neither respipe's configured user nor bob may SELECT; alice may. A client that selects
+        // db 9 as alice, then switches to bob, is in a state no new connection can reach.
+        let redis = RedisServer::start().await;
+        let mut admin = Conn::connect(redis.addr()).await;
+        let users: &[&[&str]] = &[
+            &[
+                "ACL", "SETUSER", "cfg", "on", ">p", "+@all", "-select", "~*",
+            ],
+            &["ACL", "SETUSER", "alice", "on", ">a", "+@all", "~*"],
+            &[
+                "ACL", "SETUSER", "bob", "on", ">b", "+@all", "-select", "~*",
+            ],
+        ];
+        assert_eq!(admin.exchange(users, 3).await, ["+OK\r\n"; 3]);
+        let proxy = Proxy::ready_with(&redis, |c| {
+            c.upstream.username = Some("cfg".into());
+            c.upstream.password = Some("p".into());
+        })
+        .await;
+        let mut c = Conn::connect(proxy.addr()).await;
+        let commands: &[&[&str]] = &[
+            &["AUTH", "alice", "a"],
+            &["SELECT", "9"],
+            &["AUTH", "bob", "b"],
+            &["SET", "x", "v"],
+            &["ACL", "WHOAMI"],
+        ];
+        let r = c.exchange(commands, 5).await;
+        assert_eq!(r[..2], ["+OK\r\n", "+OK\r\n"]);
+        assert!(
+            r[2].starts_with("-ERR respipe: Redis accepts 'auth'") && r[2].contains("NOPERM"),
+            "{r:?}"
+        );
+        assert_eq!(r[3..], ["+OK\r\n", "$5\r\nalice\r\n"]);
+        let r = admin.exchange(&[&["SELECT", "9"], &["GET", "x"]], 2).await;
+        assert_eq!(r, ["+OK\r\n", "$1\r\nv\r\n"]);
+    })
+    .await
+}
