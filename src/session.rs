@@ -1076,8 +1076,9 @@ impl Session {
                 Change::Name(_) => {}
             }
         }
-        // A state some pool is in needs no check: that pool's handshake went through.
-        if !self.state.is_in(&next) && !self.shared.pools.serves(&next) {
+        // No check for a state some pool is in (its handshake went through), nor as the
+        // configured user (the handshake replays what the probes just saw Redis accept).
+        if next.auth.is_some() && !self.state.is_in(&next) && !self.shared.pools.serves(&next) {
             let handshake = Box::pin(self.shared.pools.probe(&next, &[])).await;
             if let Err(UpstreamError::Handshake { reply, .. }) = handshake {
                 let name = args.get(0).unwrap_or_default();
