@@ -128,7 +128,8 @@ pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
     upper.make_ascii_uppercase();
     match &*upper {
         b"QUIT" => Kind::Quit,
-        b"RESET" => Kind::Reset,
+        // `RESET now` goes to Redis, which answers its arity error and resets nothing.
+        b"RESET" if args.len() == 1 => Kind::Reset,
         // Malformed forms go to Redis, which answers its own arity error and changes nothing.
         b"SELECT" if args.len() == 2 => Kind::Select,
         b"AUTH" if matches!(args.len(), 2 | 3) => Kind::Auth,
@@ -216,18 +217,45 @@ fn client(args: Args<'_>) -> Kind {
     }
 }
 
+/// A harmless form of a `CLIENT` subcommand respipe answers itself, to ask Redis whether a user
+/// may run it (Redis checks the subcommand's existence, arity and ACLs before its arguments):
+/// the subcommand as the client spelled it (Redis's errors quote it), arguments that change
+/// nothing that matters on a short-lived connection. `None` for other commands.
+pub fn client_probe(args: Args<'_>) -> Option<bytes::Bytes> {
+    let sub = args.get(1)?;
+    let mut upper = sub.to_ascii_uppercase();
+    upper.truncate(MAX_NAME);
+    let rest: &[&[u8]] = match upper.as_slice() {
+        b"SETNAME" => &[b"respipe"],
+        b"GETNAME" => &[],
+        b"REPLY" => &[b"ON"],
+        b"NO-EVICT" => &[b"OFF"],
+        b"SETINFO" => &[b"LIB-NAME", b"respipe"],
+        _ => return None,
+    };
+    let mut question: Vec<&[u8]> = vec![b"CLIENT", sub];
+    question.extend_from_slice(rest);
+    Some(resp::encode_request(&question))
+}
+
 /// Redis's rule for client names and lib info: printable ASCII without spaces.
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
-/// A strict decimal integer, as Redis's `string2ll` reads it.
+/// A strict decimal integer, as Redis's `string2ll` reads it: an optional `-`, then `0` alone or
+/// digits that do not start with `0` (so `-0`, `01` and `+1` are not integers).
 pub fn parse_i64(arg: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(arg).ok()?;
-    if text.starts_with('+') || text.len() > 1 && text.starts_with('0') {
+    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
+    let canonical = match digits {
+        [b'0'] => digits.len() == arg.len(),
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
         return None;
     }
-    text.parse().ok()
+    std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -348,5 +376,31 @@ mod tests {
         assert_eq!(parse_i64(b"01"), None);
         assert_eq!(parse_i64(b"+1"), None);
         assert_eq!(parse_i64(b" 1"), None);
+        assert_eq!(parse_i64(b"-0"), None);
+        assert_eq!(parse_i64(b"-01"), None);
+        assert_eq!(parse_i64(b"-"), None);
+        assert_eq!(parse_i64(b""), None);
+        assert_eq!(parse_i64(b"1x"), None);
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+    }
+
+    #[test]
+    fn client_probes_are_harmless_and_keep_the_spelling() {
+        let probe = |words: &[&str]| client_probe(Args::Inline(&inline(words)));
+        assert_eq!(
+            probe(&["CLIENT", "reply", "OFF"]).as_deref(),
+            Some(&b"*3\r\n$6\r\nCLIENT\r\n$5\r\nreply\r\n$2\r\nON\r\n"[..])
+        );
+        assert_eq!(
+            probe(&["client", "SETNAME", "a b"]),
+            probe(&["client", "SETNAME", "app"])
+        );
+        assert_eq!(probe(&["CLIENT", "LIST"]), None);
+    }
+
+    #[test]
+    fn reset_with_arguments_goes_to_redis() {
+        assert_eq!(classify_words(&["RESET", "now"]), Kind::Plain);
     }
 }

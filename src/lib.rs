@@ -19,6 +19,7 @@
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
 //! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
+//! - [`follow`]: connection state that changes only when Redis accepts the command (now or at EXEC).
 //! - [`pool`]: the upstream connections and the routing step.
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
@@ -38,6 +39,7 @@ pub mod chunks;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod follow;
 pub mod live;
 pub mod metrics;
 pub mod outflow;

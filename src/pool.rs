@@ -42,6 +42,13 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// Most answers `verdicts` keeps (users times subcommand spellings); when full it starts over,
+/// and Redis is asked again.
+const MAX_VERDICTS: usize = 4096;
+
+/// A Redis user as caches key it: `None` is the upstream's configured user.
+type User = Option<Arc<Credentials>>;
+
 /// The connection state that selects a shared pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -102,8 +109,12 @@ pub struct Pools {
     leases_gauge: Gauge,
     lease_refusals: Counter,
     pools_gauge: Gauge,
-    /// Databases Redis has accepted a `SELECT` of: later selects of them need no probe.
-    known_dbs: Mutex<HashSet<u32>>,
+    /// Databases Redis has accepted a `SELECT` of, per user (`None`: the configured one; ACLs can
+    /// deny `SELECT` to some users): later selects of them by that user need no probe.
+    known_dbs: Mutex<HashSet<(User, u32)>>,
+    /// Redis's answers to harmless forms of the `CLIENT` subcommands respipe answers itself, per
+    /// user: whether that user may run them (ACLs) and whether the server has them at all.
+    verdicts: Mutex<HashMap<(User, Bytes), Bytes>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -132,6 +143,12 @@ impl Pool {
     /// The state this pool's connections are in.
     pub fn key(&self) -> &PoolKey {
         &self.key
+    }
+
+    /// True while Redis refuses the pool's user (deleted, or its password changed and a
+    /// connection had to be made again): Redis no longer serves that user's connections.
+    pub fn user_refused(&self) -> bool {
+        self.settings.user_refused.load(Ordering::Relaxed)
     }
 }
 
@@ -190,6 +207,8 @@ impl Pools {
             max_inflight: config.max_upstream_inflight.get(),
             queue_capacity: QUEUE_CAPACITY,
             dedicated: false,
+            user: None,
+            user_refused: Arc::default(),
         };
         let default_key = PoolKey {
             db: config.upstream.db,
@@ -214,7 +233,8 @@ impl Pools {
             leases_gauge: metrics::gauge!(crate::metrics::LEASES),
             lease_refusals: metrics::counter!(crate::metrics::LEASE_REFUSALS),
             pools_gauge: metrics::gauge!(crate::metrics::POOLS),
-            known_dbs: Mutex::new(HashSet::from([config.upstream.db])),
+            known_dbs: Mutex::new(HashSet::new()),
+            verdicts: Mutex::new(HashMap::new()),
         };
         pools.start_default(default_key);
         pools
@@ -237,6 +257,7 @@ impl Pools {
         lock(&self.base).upstream = upstream;
         lock(&self.pools).clear();
         lock(&self.known_dbs).clear();
+        lock(&self.verdicts).clear();
         self.start_default(key);
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -248,7 +269,7 @@ impl Pools {
 
     fn start_default(&self, key: PoolKey) {
         let pool = self.spawn_pool(key.clone(), 0);
-        lock(&self.known_dbs).insert(key.db);
+        self.learn_db(None, key.db);
         lock(&self.pools).insert(key, pool.clone());
         *lock(&self.default) = pool;
     }
@@ -274,6 +295,11 @@ impl Pools {
         let pool = self.spawn_pool(key.clone(), pools.len());
         pools.insert(key.clone(), pool.clone());
         Ok(pool)
+    }
+
+    /// True when a pool in `key`'s state has been started.
+    pub fn serves(&self, key: &PoolKey) -> bool {
+        lock(&self.pools).contains_key(key)
     }
 
     /// Lends a dedicated connection in `key`'s state; `Err` is the error line for the client when
@@ -308,20 +334,35 @@ impl Pools {
         upstream::probe(&settings, commands).await
     }
 
-    /// True when Redis has accepted `SELECT db` before.
-    pub fn known_db(&self, db: u32) -> bool {
-        self.known_dbs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&db)
+    /// True when Redis has accepted `SELECT db` from `user` before.
+    pub fn known_db(&self, user: Option<&Arc<Credentials>>, db: u32) -> bool {
+        lock(&self.known_dbs).contains(&(user.cloned(), db))
     }
 
-    /// Remembers that Redis accepted `SELECT db`.
-    pub fn learn_db(&self, db: u32) {
-        self.known_dbs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(db);
+    /// Remembers that Redis accepted `SELECT db` from `user`.
+    pub fn learn_db(&self, user: Option<&Arc<Credentials>>, db: u32) {
+        lock(&self.known_dbs).insert((user.cloned(), db));
+    }
+
+    /// Redis's answer to `question` from `user`, if it was asked before.
+    pub fn verdict(&self, user: Option<&Arc<Credentials>>, question: &Bytes) -> Option<Bytes> {
+        lock(&self.verdicts)
+            .get(&(user.cloned(), question.clone()))
+            .cloned()
+    }
+
+    /// Remembers Redis's answer to `question` from `user`.
+    pub fn remember_verdict(
+        &self,
+        user: Option<&Arc<Credentials>>,
+        question: Bytes,
+        answer: Bytes,
+    ) {
+        let mut verdicts = lock(&self.verdicts);
+        if verdicts.len() >= MAX_VERDICTS {
+            verdicts.clear();
+        }
+        verdicts.insert((user.cloned(), question), answer);
     }
 
     /// True while at least one connection of the default pool is established. Replaces retired
@@ -357,13 +398,11 @@ impl Pools {
         let base = lock(&self.base);
         let mut upstream: Upstream = base.upstream.clone();
         upstream.db = key.db;
-        if let Some(auth) = &key.auth {
-            upstream.username = auth.user.clone();
-            upstream.password = Some(auth.password.clone());
-        }
         UpstreamSettings {
             upstream,
             resp3: key.resp3,
+            user: key.auth.clone(),
+            user_refused: Arc::default(),
             ..base.clone()
         }
     }

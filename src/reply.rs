@@ -194,6 +194,15 @@ pub fn wait_refused(name: &[u8], redis_error: &[u8]) -> Bytes {
     ))
 }
 
+/// A state change Redis accepted, but whose state Redis refuses to set a new connection up in
+/// (`reply` is its refusal of the handshake): the client keeps its state.
+pub fn unreachable_state(name: &[u8], reply: &str) -> Bytes {
+    error(&format!(
+        "ERR respipe: Redis accepts '{}' but refuses to set up a connection in the state it leads to ({reply}); the state is unchanged",
+        String::from_utf8_lossy(name).to_lowercase()
+    ))
+}
+
 /// A command the configuration refuses (`deny_commands`).
 pub fn denied(name: &[u8]) -> Bytes {
     error(&format!(

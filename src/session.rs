@@ -24,6 +24,8 @@ use tracing::{debug, warn};
 use crate::chunks::Chunks;
 use crate::command::{self, Args, Kind, ReplyMode};
 use crate::config::Secret;
+use crate::error::UpstreamError;
+use crate::follow::{self, Change, Follow};
 use crate::live::{Cached, Live};
 use crate::metrics::ClientMetrics;
 use crate::outflow::{Breach, Outflow, OutputLimit, ServerLimit, READ_PAUSE_OWED_BYTES};
@@ -50,9 +52,12 @@ const NOAUTH: &str = "-NOAUTH Authentication required.\r\n";
 const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
 /// Redis's answer to HELLO without AUTH on a connection that must authenticate first.
 const HELLO_NOAUTH: &str = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
-/// Why state changes are refused while a dedicated connection is held.
-const WHILE_LEASED: &str =
-    "-ERR respipe: SELECT, AUTH and HELLO are not supported inside MULTI, after WATCH or while subscribed\r\n";
+/// Sent into a transaction to make Redis discard it at `EXEC` (`EXECABORT`), as it does after any
+/// command it rejects while queueing: respipe's own refusals inside `MULTI` abort it the same way.
+/// Redis answers it `-ERR unknown command`; the client never sees that reply.
+const ABORT_MULTI: &[u8] = b"*1\r\n$19\r\nRESPIPE-ABORT-MULTI\r\n";
+/// Why a command is refused inside `MULTI` (the transaction is aborted).
+const IN_MULTI: &str = "inside MULTI";
 
 /// Per-client limits, from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,8 +113,12 @@ pub struct Shared {
 /// An answer the client is owed, in command order.
 enum Pending {
     /// This many replies will come from the upstream connection; `shown: false` drops them
-    /// (`CLIENT REPLY OFF|SKIP`).
-    Upstream { count: u32, shown: bool },
+    /// (`CLIENT REPLY OFF|SKIP`). `follow`: state changes the reply decides (one command).
+    Upstream {
+        count: u32,
+        shown: bool,
+        follow: Option<Box<Follow>>,
+    },
     /// An answer respipe gives itself, held back until the upstream replies before it are written.
     Local(Bytes),
 }
@@ -164,6 +173,10 @@ struct State {
     /// The last command sent into the stream was an unsubscribe: when Redis reports no
     /// subscriptions left, nothing else is in the stream and the lease can go.
     unsubscribing: bool,
+    /// Inside `MULTI`: commands sent since, so the position of the next one in `EXEC`'s array.
+    queued: usize,
+    /// Inside `MULTI`: the state changes queued, by position; `EXEC`'s reply decides them.
+    changes: Vec<(usize, Change)>,
 }
 
 /// One client connection's state.
@@ -204,6 +217,11 @@ struct Session {
     outflow: Outflow,
     /// The pubsub output limit, once the session has subscribed.
     pubsub_limit: Option<OutputLimit>,
+    /// State changes the next request's reply decides (taken by `owe`).
+    follow: Option<Box<Follow>>,
+    /// Requests in flight whose replies decide state changes: until they arrive, what the
+    /// session answers from its state waits.
+    undecided: usize,
 }
 
 impl State {
@@ -219,6 +237,18 @@ impl State {
             watching: false,
             streaming: None,
             unsubscribing: false,
+            queued: 0,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Takes a change Redis accepted.
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Db(db) => self.db = db,
+            Change::User(user) => self.auth = Some(user),
+            Change::Resp3(resp3) => self.resp3 = resp3,
+            Change::Name(name) => self.name = name,
         }
     }
 
@@ -319,6 +349,8 @@ where
         last_input: tokio::time::Instant::now(),
         outflow: Outflow::new(tokio::time::Instant::now()),
         pubsub_limit: None,
+        follow: None,
+        undecided: 0,
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
@@ -659,10 +691,34 @@ impl Session {
         if !self.state.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
             return self.answer(Bytes::from_static(NOAUTH.as_bytes()));
         }
+        let changes_connection = matches!(kind, Kind::Select | Kind::Auth | Kind::Hello);
+        if changes_connection
+            && self.state.streaming == Some(Streaming::Subscribe)
+            && self.state.resp3
+            && self.limits.requirepass.is_none()
+        {
+            self.follow_in_stream(&kind, args, &bytes).await;
+        }
         if self.state.streaming.is_some() {
             return self.in_stream(kind, name, bytes).await;
         }
+        if self.undecided > 0 && kind != Kind::Plain {
+            // A reply still in flight decides the session's state: this command reads or
+            // changes it, so it waits for that reply.
+            self.drain().await?;
+        }
         let in_multi = self.state.in_multi;
+        if changes_connection && self.lease.is_some() && !self.lease_needed() {
+            // The lease is held only for replies still in flight (after EXEC, DISCARD, UNWATCH, a
+            // blocking command): wait for them and give it back, then change state as usual.
+            self.give_back_lease().await?;
+        }
+        if !in_multi && answered_by_client_state(&kind) {
+            // Redis checks arity and ACLs before it looks at the arguments: so does respipe.
+            if let Some(refusal) = self.client_refusal(args).await? {
+                return self.answer(refusal);
+            }
+        }
         match kind {
             Kind::Plain | Kind::Unsubscribe => self.forward(bytes, Route::Current, false).await,
             Kind::Quit => {
@@ -670,8 +726,31 @@ impl Session {
                 self.answer(reply::OK)
             }
             Kind::Reset => self.reset().await,
-            Kind::Select | Kind::Auth | Kind::Hello if self.lease.is_some() => {
-                self.answer(Bytes::from_static(WHILE_LEASED.as_bytes()))
+            Kind::Auth if in_multi && self.limits.requirepass.is_some() => {
+                self.refuse(reply::refused(name, "with requirepass, inside MULTI"))
+                    .await
+            }
+            Kind::Hello
+                if self.lease_needed()
+                    && self.limits.requirepass.is_some()
+                    && follow::Hello::parse(&args.iter().collect::<Vec<_>>())
+                        .auth
+                        .is_some() =>
+            {
+                let why = "AUTH with requirepass, inside MULTI or after WATCH";
+                self.refuse(reply::refused(name, why)).await
+            }
+            Kind::Select | Kind::Auth | Kind::Hello if self.lease_needed() => {
+                self.change_on_lease(&kind, args, bytes).await
+            }
+            Kind::SetName(_) if in_multi => self.change_on_lease(&kind, args, bytes).await,
+            Kind::GetName | Kind::Accept | Kind::Error(_) if in_multi => {
+                // Queued by Redis like any command; the lease carries the client's name.
+                self.forward(bytes, Route::Current, false).await
+            }
+            Kind::Reply(_) if in_multi => {
+                // Redis runs it at EXEC and then leaves replies out of EXEC's own array.
+                self.refuse(reply::refused(name, IN_MULTI)).await
             }
             Kind::Select => self.select(args, bytes).await,
             Kind::Auth => self.auth(args, bytes).await,
@@ -696,13 +775,21 @@ impl Session {
                 }
                 Ok(())
             }
-            Kind::Multi | Kind::Watch | Kind::Blocking if in_multi => {
-                // Inside MULTI Redis queues (or refuses) these on the transaction's connection.
+            Kind::Multi | Kind::Watch if in_multi => {
+                // Redis refuses these at once inside MULTI: no place in EXEC's array.
+                self.forward(bytes, Route::Current, false).await?;
+                self.state.queued = self.state.queued.saturating_sub(1);
+                Ok(())
+            }
+            Kind::Blocking if in_multi => {
+                // Inside MULTI Redis queues it on the transaction's connection (it does not block).
                 self.forward(bytes, Route::Current, false).await
             }
             Kind::Multi => {
                 self.forward(bytes, Route::Lease, false).await?;
                 self.state.in_multi = self.lease.is_some();
+                self.state.queued = 0;
+                self.state.changes.clear();
                 Ok(())
             }
             Kind::Watch => {
@@ -711,7 +798,14 @@ impl Session {
                 Ok(())
             }
             Kind::EndMulti => {
-                self.forward(bytes, Route::Current, false).await?;
+                let changes = std::mem::take(&mut self.state.changes);
+                if name.eq_ignore_ascii_case(b"EXEC") && !changes.is_empty() {
+                    // What the transaction changed holds once EXEC's reply says it ran.
+                    self.follow = Some(Box::new(Follow::Exec(changes)));
+                }
+                let sent = self.forward(bytes, Route::Current, false).await;
+                self.follow = None;
+                sent?;
                 if in_multi {
                     self.state.in_multi = false;
                     self.state.watching = false;
@@ -729,9 +823,11 @@ impl Session {
             // Inside MULTI Redis queues it on the transaction's connection.
             Kind::Wait if in_multi => self.forward(bytes, Route::Current, false).await,
             Kind::Wait => self.wait(name, bytes).await,
-            Kind::Subscribe | Kind::Monitor if in_multi => {
-                self.forward(bytes, Route::Current, false).await
+            Kind::Subscribe if in_multi => {
+                // EXEC would put the lease in subscribe mode with nothing reading its stream.
+                self.refuse(reply::refused(name, IN_MULTI)).await
             }
+            Kind::Monitor if in_multi => self.forward(bytes, Route::Current, false).await,
             Kind::Subscribe | Kind::Monitor => {
                 if kind == Kind::Subscribe && self.pubsub_limit.is_none() {
                     // Boxed: a probe is a large future (see `probe`).
@@ -749,17 +845,80 @@ impl Session {
                 Ok(())
             }
             Kind::Error(line) => self.answer(Bytes::from_static(line.as_bytes())),
-            Kind::Refuse(why) => {
-                self.shared.metrics.refused.increment(1);
-                self.local(reply::refused(name, why));
-                Ok(())
-            }
-            Kind::Denied => {
-                self.shared.metrics.refused.increment(1);
-                self.local(reply::denied(name));
-                Ok(())
-            }
+            Kind::Refuse(why) => self.refuse(reply::refused(name, why)).await,
+            Kind::Denied => self.refuse(reply::denied(name)).await,
         }
+    }
+
+    /// Refuses a command with respipe's own error line. Inside `MULTI` the transaction is aborted
+    /// too, as Redis aborts it after any command it rejects while queueing: `EXEC` then answers
+    /// `-EXECABORT` and nothing runs.
+    async fn refuse(&mut self, line: Bytes) -> Result<(), Close> {
+        self.shared.metrics.refused.increment(1);
+        if self.state.in_multi {
+            let abort = Bytes::from_static(ABORT_MULTI);
+            self.send(abort, 1, Route::Current, false, false).await?;
+        }
+        self.local(line);
+        Ok(())
+    }
+
+    /// `SELECT`, `AUTH`, `HELLO` or `CLIENT SETNAME` while the session needs its lease (inside
+    /// `MULTI`, after `WATCH`): the lease runs (or queues) it, as the client's own connection would,
+    /// and the session takes the change once Redis accepts it: from its reply, or from `EXEC`'s.
+    async fn change_on_lease(
+        &mut self,
+        kind: &Kind,
+        args: Args<'_>,
+        bytes: Bytes,
+    ) -> Result<(), Close> {
+        let changes = follow::requested(kind, args);
+        if self.state.in_multi {
+            let at = self.state.queued;
+            self.state
+                .changes
+                .extend(changes.into_iter().map(|c| (at, c)));
+        } else {
+            self.follow = Some(Box::new(Follow::Reply(changes)));
+        }
+        let sent = self.forward(bytes, Route::Current, false).await;
+        self.follow = None;
+        sent
+    }
+
+    /// Waits for the replies still in flight on a lease the session no longer needs, and gives it
+    /// back (the last reply usually does; this also covers a lease with nothing in flight).
+    async fn give_back_lease(&mut self) -> Result<(), Close> {
+        self.drain().await?;
+        self.lease = None;
+        self.current = None;
+        Ok(())
+    }
+
+    /// Redis's refusal of a `CLIENT` subcommand respipe answers from the session's state, for the
+    /// session's user (`NOPERM`, an unknown subcommand on an older server); `None` when Redis
+    /// allows it. Redis is asked once per user and subcommand, with harmless arguments; while it
+    /// cannot be reached the session answers (the setting is the session's own either way).
+    async fn client_refusal(&mut self, args: Args<'_>) -> Result<Option<Bytes>, Close> {
+        let Some(question) = command::client_probe(args) else {
+            return Ok(None);
+        };
+        let user = self.state.auth.clone();
+        let verdict = match self.shared.pools.verdict(user.as_ref(), &question) {
+            Some(verdict) => verdict,
+            None => {
+                // After earlier commands' replies: an ACL SETUSER just before must count.
+                self.drain().await?;
+                let Some(verdict) = self.ask(&question).await.ok().and_then(|mut r| r.pop()) else {
+                    return Ok(None);
+                };
+                self.shared
+                    .pools
+                    .remember_verdict(user.as_ref(), question, verdict.clone());
+                verdict
+            }
+        };
+        Ok(follow::is_error(&verdict).then_some(verdict))
     }
 
     /// A command while the lease streams (subscribed, MONITOR): Redis answers it in the stream
@@ -816,19 +975,20 @@ impl Session {
     /// `SELECT db`: checked on a probe connection (Redis's exact answer, nothing shared touched);
     /// on success later commands run in that db's pool.
     async fn select(&mut self, args: Args<'_>, bytes: Bytes) -> Result<(), Close> {
-        let db = args.get(1).and_then(command::parse_i64);
-        let known = db
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| self.shared.pools.known_db(*n));
+        let db = args
+            .get(1)
+            .and_then(command::parse_i64)
+            .and_then(|n| u32::try_from(n).ok());
+        let known = db.filter(|n| self.shared.pools.known_db(self.state.auth.as_ref(), *n));
         let ok = match known {
             Some(_) => Some(reply::OK),
-            None => self.probe(&bytes).await,
+            None => self.probe(&bytes).await?,
         };
         let Some(line) = ok else { return Ok(()) };
         if line.first() == Some(&b'+') {
-            if let Some(db) = db.and_then(|n| u32::try_from(n).ok()) {
-                self.shared.pools.learn_db(db);
-                self.state.db = db;
+            if let Some(db) = db {
+                self.shared.pools.learn_db(self.state.auth.as_ref(), db);
+                return self.accept(args, vec![Change::Db(db)], line).await;
             }
         }
         self.answer(line)
@@ -851,14 +1011,12 @@ impl Session {
                 Bytes::from_static(WRONGPASS.as_bytes())
             });
         }
-        let Some(line) = self.probe(&bytes).await else {
+        let Some(line) = self.probe(&bytes).await? else {
             return Ok(());
         };
         if line.first() == Some(&b'+') {
-            self.state.auth = Some(Arc::new(Credentials {
-                user: user.map(|u| String::from_utf8_lossy(u).into_owned()),
-                password: String::from_utf8_lossy(password).into_owned(),
-            }));
+            let user = follow::credentials(user, password);
+            return self.accept(args, vec![Change::User(user)], line).await;
         }
         self.answer(line)
     }
@@ -868,25 +1026,11 @@ impl Session {
     /// the user and the name.
     async fn hello(&mut self, args: Args<'_>) -> Result<(), Close> {
         let all: Vec<&[u8]> = args.iter().collect();
-        let proto = all.get(1).copied();
-        let mut creds = None;
-        let mut setname = None;
-        let mut i = 2;
-        while i < all.len() {
-            if all[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < all.len() {
-                creds = Some((all[i + 1], all[i + 2]));
-                i += 3;
-            } else if all[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < all.len() {
-                setname = Some(all[i + 1]);
-                i += 2;
-            } else {
-                break;
-            }
-        }
+        let hello = follow::Hello::parse(&all);
         // The probe gets the command as sent, except the AUTH part when respipe checks it itself.
         let mut probe_args: Vec<&[u8]> = all.clone();
         if let Some(required) = &self.limits.requirepass {
-            match creds {
+            match hello.auth {
                 Some((user, password)) => {
                     if user != b"default" || password != required.0.as_bytes() {
                         return self.answer(Bytes::from_static(WRONGPASS.as_bytes()));
@@ -899,42 +1043,88 @@ impl Session {
                 None => {}
             }
         }
-        let Some(line) = self.probe(&resp::encode_request(&probe_args)).await else {
+        let Some(line) = self.probe(&resp::encode_request(&probe_args)).await? else {
             return Ok(());
         };
-        if line.first() != Some(&b'-') && line.first() != Some(&b'!') {
-            if let Some(proto) = proto.and_then(command::parse_i64) {
-                self.state.resp3 = proto == 3;
+        if !follow::is_error(&line) {
+            let mut changes = hello.changes();
+            if self.limits.requirepass.is_some() && hello.auth.is_some() {
+                // respipe's own password: the session is past `requirepass`, same Redis user.
+                changes.retain(|change| !matches!(change, Change::User(_)));
+                self.state.authenticated = true;
             }
-            if let Some((user, password)) = creds {
-                if self.limits.requirepass.is_some() {
-                    self.state.authenticated = true;
-                } else {
-                    self.state.auth = Some(Arc::new(Credentials {
-                        user: Some(String::from_utf8_lossy(user).into_owned()),
-                        password: String::from_utf8_lossy(password).into_owned(),
-                    }));
-                }
+            return self.accept(args, changes, line).await;
+        }
+        self.answer(line)
+    }
+
+    /// Takes the changes Redis accepted (its answer `line`, which the client gets), unless Redis
+    /// will not set up a connection in the state they lead to: then the client gets respipe's
+    /// error quoting Redis's refusal and keeps its state, with a working session.
+    async fn accept(
+        &mut self,
+        args: Args<'_>,
+        changes: Vec<Change>,
+        line: Bytes,
+    ) -> Result<(), Close> {
+        let mut next = self.state.key();
+        for change in &changes {
+            match change {
+                Change::Db(db) => next.db = *db,
+                Change::User(user) => next.auth = Some(user.clone()),
+                Change::Resp3(resp3) => next.resp3 = *resp3,
+                Change::Name(_) => {}
             }
-            if let Some(name) = setname {
-                self.state.name = (!name.is_empty()).then(|| name.to_vec());
+        }
+        // No check for a state some pool is in (its handshake went through), nor as the
+        // configured user (the handshake replays what the probes just saw Redis accept).
+        if next.auth.is_some() && !self.state.is_in(&next) && !self.shared.pools.serves(&next) {
+            let handshake = Box::pin(self.shared.pools.probe(&next, &[])).await;
+            if let Err(UpstreamError::Handshake { reply, .. }) = handshake {
+                let name = args.get(0).unwrap_or_default();
+                return self.answer(reply::unreachable_state(name, &reply));
             }
+        }
+        for change in changes {
+            self.state.apply(change);
         }
         self.answer(line)
     }
 
     /// Runs one command on a probe connection in the session's current state; `None` when the
     /// upstream could not be reached (the client has been answered with that error).
-    async fn probe(&mut self, command: &Bytes) -> Option<Bytes> {
-        // Boxed: a probe (connect, TLS handshake, exchange) is a large future, and every session's
-        // future would otherwise be sized for it, idle ones included.
-        let key = self.state.key();
-        let probe = Box::pin(self.shared.pools.probe(&key, std::slice::from_ref(command)));
-        match probe.await {
+    async fn probe(&mut self, command: &Bytes) -> Result<Option<Bytes>, Close> {
+        // After the replies of earlier commands: Redis must see what they did first (an ACL
+        // SETUSER, a FLUSHALL, a MULTI's changes), as the client's own connection would.
+        self.drain().await?;
+        Ok(match self.ask(command).await {
             Ok(mut replies) => replies.pop(),
             Err(err) => {
                 let _ = self.answer(reply::upstream_unavailable(&err));
                 None
+            }
+        })
+    }
+
+    /// Runs one command on a probe connection in the session's current state.
+    async fn ask(&self, command: &Bytes) -> Result<Vec<Bytes>, UpstreamError> {
+        // Boxed: a probe (connect, TLS handshake, exchange) is a large future, and every session's
+        // future would otherwise be sized for it, idle ones included.
+        let key = self.state.key();
+        Box::pin(self.shared.pools.probe(&key, std::slice::from_ref(command))).await
+    }
+
+    /// `SELECT`, `AUTH` or `HELLO` while subscribed in RESP3: Redis runs it on the subscribed
+    /// connection and the stream carries its answer; a probe in the session's state says whether
+    /// Redis accepts it, so the session's state follows once the subscription ends.
+    async fn follow_in_stream(&mut self, kind: &Kind, args: Args<'_>, bytes: &Bytes) {
+        let accepted = self
+            .ask(bytes)
+            .await
+            .is_ok_and(|replies| replies.last().is_some_and(|r| !follow::is_error(r)));
+        if accepted {
+            for change in follow::requested(kind, args) {
+                self.state.apply(change);
             }
         }
     }
@@ -1079,8 +1269,17 @@ impl Session {
 
     /// Records that `count` replies are owed for commands sent upstream.
     fn owe(&mut self, count: u32, shown: bool) {
-        self.owed(Pending::Upstream { count, shown });
+        let follow = self.follow.take();
+        self.undecided += usize::from(follow.is_some());
+        self.owed(Pending::Upstream {
+            count,
+            shown,
+            follow,
+        });
         self.inflight += count as usize;
+        if self.state.in_multi {
+            self.state.queued += count as usize;
+        }
     }
 
     /// Queues an answer the client is owed, in command order.
@@ -1123,6 +1322,7 @@ impl Session {
                 Err(line) => return Ok(Err(line)),
             }
             self.current = None;
+            self.name_lease()?;
         }
         if let Some(handle) = self.settled_route() {
             return Ok(Ok(handle));
@@ -1135,6 +1335,21 @@ impl Session {
         self.pool_generation = self.shared.pools.generation();
         self.current = None;
         Ok(Ok(self.current_handle()))
+    }
+
+    /// Gives a fresh lease the client's name (its reply unseen), so that `CLIENT GETNAME` queued in
+    /// a transaction answers what the client's own connection would.
+    fn name_lease(&mut self) -> Result<(), Close> {
+        let (Some(lease), Some(name)) = (&self.lease, &self.state.name) else {
+            return Ok(());
+        };
+        let handle = lease.handle().clone();
+        let bytes = resp::encode_request(&[b"CLIENT".as_slice(), b"SETNAME", name]);
+        self.owe(1, false);
+        match handle.try_send(self.request(bytes, 1, false)) {
+            Ok(()) => Ok(()),
+            Err(_) => self.unsent(true, 1, reply::shutting_down()),
+        }
     }
 
     /// The connection for the next command when it needs no change: the lease if the session
@@ -1170,6 +1385,14 @@ impl Session {
         Ok(())
     }
 
+    /// True when Redis refuses the user the session authenticated as on its shared pool: the
+    /// pool's connection was closed (Redis closes a deleted user's connections; or it was lost
+    /// after a password change) and Redis no longer lets it in. The client's own connection
+    /// would be gone too. (A lease refused after a password change only fails its command.)
+    fn user_gone(&self) -> bool {
+        self.state.auth.is_some() && self.lease.is_none() && self.pool.user_refused()
+    }
+
     /// True while the session's state needs its dedicated connection.
     fn lease_needed(&self) -> bool {
         self.state.in_multi || self.state.watching || self.state.streaming.is_some()
@@ -1191,7 +1414,20 @@ impl Session {
         if let Response::Stream { bytes, lost } = response {
             return self.on_stream(bytes, lost);
         }
-        let Some(Pending::Upstream { count: owed, shown }) = self.pending.front_mut() else {
+        if matches!(response, Response::Failed { .. }) && self.user_gone() {
+            // Redis closes a deleted user's connections: so does respipe, without a reply.
+            debug!(
+                session = self.id,
+                "Redis refuses the session's user; closing client"
+            );
+            return Err(Close);
+        }
+        let Some(Pending::Upstream {
+            count: owed,
+            shown,
+            follow,
+        }) = self.pending.front_mut()
+        else {
             // A reply nobody asked for would break every later reply's routing: close.
             warn!(
                 session = self.id,
@@ -1202,6 +1438,13 @@ impl Session {
         let shown = *shown;
         let count = match response {
             Response::Replies { bytes, count } => {
+                if let Some(follow) = follow.take() {
+                    // Only ever on a one-command request: `bytes` is its reply.
+                    self.undecided -= 1;
+                    for change in follow.accepted(&bytes) {
+                        self.state.apply(change);
+                    }
+                }
                 self.shared.metrics.forwarded.increment(u64::from(count));
                 self.outflow.replies(bytes.len(), count);
                 if shown {
@@ -1210,6 +1453,9 @@ impl Session {
                 count
             }
             Response::Failed { count, error } => {
+                if follow.take().is_some() {
+                    self.undecided -= 1;
+                }
                 self.shared.metrics.failed.increment(u64::from(count));
                 if shown {
                     for _ in 0..count {
@@ -1348,6 +1594,14 @@ fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Option<io::
         Poll::Ready(read) => Some(read),
         Poll::Pending => None,
     }
+}
+
+/// True for the `CLIENT` subcommands respipe answers from the session's state.
+fn answered_by_client_state(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::SetName(_) | Kind::GetName | Kind::Accept | Kind::Reply(_) | Kind::Error(_)
+    )
 }
 
 /// `HELLO` arguments without their `AUTH user password` option (respipe checked it itself).

@@ -35,6 +35,7 @@ use crate::config::{Endpoint, Upstream};
 use crate::error::UpstreamError;
 use crate::live::{Cached, Live};
 use crate::metrics::{self, UpstreamMetrics};
+use crate::pool::Credentials;
 use crate::reply::{self, ReplyTx, Response};
 use crate::resp::{self, ReplyScanner};
 use crate::tls::UpstreamTls;
@@ -73,6 +74,12 @@ pub struct Request {
 pub struct UpstreamSettings {
     /// Where Redis is, and the credentials and db of the handshake.
     pub upstream: Upstream,
+    /// The client's Redis user the connection switches to (`AUTH`) after authenticating as the
+    /// configured one; `None`: it stays the configured user.
+    pub user: Option<Arc<Credentials>>,
+    /// Set by the handshake while Redis refuses the switch to `user` (a deleted user, a changed
+    /// password), cleared when it accepts it; read by the pool or lease holding these settings.
+    pub user_refused: Arc<AtomicBool>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
@@ -836,15 +843,7 @@ async fn open(settings: &UpstreamSettings) -> Result<Stream, UpstreamError> {
             }
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await.map_err(io)?),
         };
-        let hello = handshake_commands(upstream, settings.resp3);
-        for reply in stream.exchange(&hello, &addr).await? {
-            if reply.first() == Some(&b'-') {
-                return Err(UpstreamError::Handshake {
-                    addr: addr.clone(),
-                    reply: String::from_utf8_lossy(&reply[1..]).trim_end().to_owned(),
-                });
-            }
-        }
+        handshake(&mut stream, settings, &addr).await?;
         Ok(stream)
     };
     match timeout(limit, attempt).await {
@@ -890,25 +889,119 @@ impl Stream {
     }
 }
 
-/// The handshake as raw RESP: `AUTH` when credentials are configured, `SELECT` for a non-zero db.
-fn handshake_commands(upstream: &Upstream, resp3: bool) -> Vec<Bytes> {
-    let mut commands = Vec::new();
-    if let Some(password) = &upstream.password {
-        commands.push(match &upstream.username {
-            Some(user) if !user.is_empty() => {
-                resp::encode_request(&[b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()])
-            }
-            _ => resp::encode_request(&[b"AUTH".as_slice(), password.as_bytes()]),
-        });
+/// Runs the handshake of `settings` on a new connection, in an order the client's own connection
+/// could have taken: `SELECT` and `HELLO 3` first as the configured user (a client selects its db
+/// before it switches to a user that may lack `+select`, and `AUTH` keeps the db), then the switch
+/// to the client's user, then, as that user, whatever the configured user was refused. Pipelined:
+/// one round trip, two when something is retried. `Err` carries Redis's reply that refused it.
+async fn handshake(
+    stream: &mut Stream,
+    settings: &UpstreamSettings,
+    addr: &str,
+) -> Result<(), UpstreamError> {
+    let plan = Handshake::new(&settings.upstream, settings.user.as_deref(), settings.resp3);
+    let commands = plan.commands();
+    let replies = stream.exchange(&commands, addr).await?;
+    let mut retry = Vec::new();
+    let switch = plan.switch.as_ref().map(|_| commands.len() - 1);
+    for (i, (command, reply)) in commands.iter().zip(&replies).enumerate() {
+        if Some(i) == switch {
+            settings
+                .user_refused
+                .store(is_error(reply), Ordering::Relaxed);
+        }
+        if !is_error(reply) {
+            continue;
+        }
+        if plan.retried_after_switch(i) {
+            retry.push(command.clone());
+        } else {
+            return Err(handshake_refused(addr, reply));
+        }
     }
-    if resp3 {
-        commands.push(resp::encode_request(&[b"HELLO".as_slice(), b"3"]));
+    if !retry.is_empty() {
+        if let Some(reply) = stream
+            .exchange(&retry, addr)
+            .await?
+            .iter()
+            .find(|r| is_error(r))
+        {
+            return Err(handshake_refused(addr, reply));
+        }
     }
-    if upstream.db != 0 {
-        let db = upstream.db.to_string();
-        commands.push(resp::encode_request(&[b"SELECT".as_slice(), db.as_bytes()]));
+    Ok(())
+}
+
+/// A handshake, as raw RESP commands.
+#[derive(Debug)]
+struct Handshake {
+    /// `AUTH` as the configured user, when it has a password.
+    auth: Option<Bytes>,
+    /// `SELECT db` for a non-zero db, `HELLO 3` for RESP3: the state the connection must be in.
+    state: Vec<Bytes>,
+    /// `AUTH` as the client's user, when the client switched to one.
+    switch: Option<Bytes>,
+}
+
+impl Handshake {
+    fn new(upstream: &Upstream, user: Option<&Credentials>, resp3: bool) -> Self {
+        let auth = upstream
+            .password
+            .as_ref()
+            .map(|password| auth_command(upstream.username.as_deref(), password));
+        let mut state = Vec::new();
+        if upstream.db != 0 {
+            let db = upstream.db.to_string();
+            state.push(resp::encode_request(&[b"SELECT".as_slice(), db.as_bytes()]));
+        }
+        if resp3 {
+            state.push(resp::encode_request(&[b"HELLO".as_slice(), b"3"]));
+        }
+        let switch = user.map(|u| auth_command(u.user.as_deref(), &u.password));
+        Handshake {
+            auth,
+            state,
+            switch,
+        }
     }
-    commands
+
+    /// Every command of the first round, in order: configured `AUTH`, state, switch.
+    fn commands(&self) -> Vec<Bytes> {
+        let mut commands: Vec<Bytes> = self.auth.iter().cloned().collect();
+        commands.extend(self.state.iter().cloned());
+        commands.extend(self.switch.iter().cloned());
+        commands
+    }
+
+    /// True when command `i` of [`Handshake::commands`] is a state command that, refused as the
+    /// configured user, gets a second try as the client's user.
+    fn retried_after_switch(&self, i: usize) -> bool {
+        let first = usize::from(self.auth.is_some());
+        self.switch.is_some() && (first..first + self.state.len()).contains(&i)
+    }
+}
+
+/// `AUTH [user] password` (no user, or an empty one: the default user).
+fn auth_command(user: Option<&str>, password: &str) -> Bytes {
+    match user {
+        Some(user) if !user.is_empty() => {
+            resp::encode_request(&[b"AUTH".as_slice(), user.as_bytes(), password.as_bytes()])
+        }
+        _ => resp::encode_request(&[b"AUTH".as_slice(), password.as_bytes()]),
+    }
+}
+
+/// True for an error reply (RESP2 `-`, RESP3 blob error `!`).
+fn is_error(reply: &[u8]) -> bool {
+    matches!(reply.first(), Some(b'-' | b'!'))
+}
+
+/// Redis refused a handshake command with `reply`.
+fn handshake_refused(addr: &str, reply: &[u8]) -> UpstreamError {
+    UpstreamError::Handshake {
+        addr: addr.to_owned(),
+        reply: String::from_utf8_lossy(&reply[1..]).trim_end().to_owned(),
+    }
 }
 
 /// Writes `commands` pipelined and reads one raw reply frame for each.
@@ -970,25 +1063,46 @@ mod tests {
 
     #[test]
     fn handshake_is_empty_without_credentials_or_db() {
-        assert!(handshake_commands(&upstream(None, None, 0), false).is_empty());
+        assert!(Handshake::new(&upstream(None, None, 0), None, false)
+            .commands()
+            .is_empty());
     }
 
     #[test]
     fn handshake_authenticates_then_selects() {
-        let cmds = handshake_commands(&upstream(Some("app"), Some("secret"), 2), true);
+        let plan = Handshake::new(&upstream(Some("app"), Some("secret"), 2), None, true);
+        let cmds = plan.commands();
         assert_eq!(
             &cmds[0][..],
             b"*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$6\r\nsecret\r\n"
         );
-        assert_eq!(&cmds[1][..], b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
-        assert_eq!(&cmds[2][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n");
-        let cmds = handshake_commands(&upstream(Some(""), Some("pw"), 0), false);
+        assert_eq!(&cmds[1][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n");
+        assert_eq!(&cmds[2][..], b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n");
+        assert!((0..3).all(|i| !plan.retried_after_switch(i)));
+        let cmds = Handshake::new(&upstream(Some(""), Some("pw"), 0), None, false).commands();
         assert_eq!(
             &cmds[..],
             &[Bytes::from_static(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")]
         );
     }
 
+    #[test]
+    fn handshake_selects_before_switching_user_and_retries_after() {
+        let bob = Credentials {
+            user: Some("bob".into()),
+            password: "123".into(),
+        };
+        let plan = Handshake::new(&upstream(None, Some("pw"), 9), Some(&bob), false);
+        let cmds = plan.commands();
+        assert_eq!(&cmds[0][..], b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
+        assert_eq!(&cmds[1][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n9\r\n");
+        assert_eq!(
+            &cmds[2][..],
+            b"*3\r\n$4\r\nAUTH\r\n$3\r\nbob\r\n$3\r\n123\r\n"
+        );
+        let retried: Vec<bool> = (0..3).map(|i| plan.retried_after_switch(i)).collect();
+        assert_eq!(retried, [false, true, false]);
+    }
     #[tokio::test]
     async fn write_buf_coalesces_small_and_keeps_large() {
         let mut w = WriteBuf::default();

@@ -571,10 +571,10 @@ async fn client_settings_are_per_connection() {
         assert_eq!(b.cmd(&["CLIENT", "SETNAME", "beta"]).await, Reply::ok());
         assert_eq!(a.cmd(&["CLIENT", "GETNAME"]).await, bulk("alpha"));
         assert_eq!(b.cmd(&["CLIENT", "GETNAME"]).await, bulk("beta"));
-        assert_eq!(
-            a.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]).await,
-            Reply::ok()
-        );
+        // Whatever the server answers (7.0 has no SETINFO, 7.2 accepts it).
+        let setinfo = ["CLIENT", "SETINFO", "LIB-NAME", "x"];
+        let direct = redis.direct().await.cmd(&setinfo).await;
+        assert_eq!(a.cmd(&setinfo).await, direct);
 
         // REPLY OFF: nothing until REPLY ON, whose +OK comes back.
         let r = pipeline(
