@@ -125,7 +125,6 @@ async fn issue10_item1_unsubscribe_several_pipelined() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 10 item 4: AUTH as a user without +select in db 9 is refused"]
 async fn issue10_item4_auth_as_user_without_select_keeps_the_db() {
     Scenario::new("item4_auth_keeps_db")
         .each(
@@ -166,7 +165,6 @@ async fn issue10_item4_auth_as_user_without_select_keeps_the_db() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 10 item 5: SELECT inside MULTI is refused"]
 async fn issue10_item5_select_queued_inside_multi() {
     Scenario::new("item5_select_in_multi")
         .each(
@@ -185,7 +183,6 @@ async fn issue10_item5_select_queued_inside_multi() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 5: AUTH inside MULTI is refused"]
 async fn issue10_item5_auth_queued_inside_multi() {
     Scenario::new("item5_auth_in_multi")
         .each(
@@ -204,7 +201,6 @@ async fn issue10_item5_auth_queued_inside_multi() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 5: HELLO inside MULTI is refused"]
 async fn issue10_item5_hello_queued_inside_multi() {
     Scenario::new("item5_hello_in_multi")
         .each(
@@ -225,7 +221,6 @@ async fn issue10_item5_hello_queued_inside_multi() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 5: SELECT after WATCH is refused"]
 async fn issue10_item5_select_after_watch() {
     Scenario::new("item5_select_after_watch")
         // No conflict: WATCH remembers db 0's k; db 1's k is another key.
@@ -253,7 +248,6 @@ async fn issue10_item5_select_after_watch() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 5: AUTH and HELLO after WATCH are refused"]
 async fn issue10_item5_auth_and_hello_after_watch() {
     Scenario::new("item5_auth_hello_after_watch")
         .each(
@@ -343,7 +337,6 @@ async fn issue10_item5_auth_select_hello_2_while_subscribed_in_resp3() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 10 item 6: SELECT pipelined after EXEC is refused"]
 async fn issue10_item6_select_pipelined_after_exec() {
     Scenario::new("item6_select_after_exec")
         .each(
@@ -365,7 +358,6 @@ async fn issue10_item6_select_pipelined_after_exec() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 6: SELECT/HELLO/AUTH pipelined after a lease are refused"]
 async fn issue10_item6_state_pipelined_after_discard_unwatch_and_blpop() {
     Scenario::new("item6_state_after_lease")
         .each(
@@ -413,7 +405,7 @@ async fn issue10_item6_state_pipelined_after_discard_unwatch_and_blpop() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 6: SUBSCRIBE inside MULTI is dropped"]
+#[ignore = "documented difference (issue 10 item 6): respipe refuses SUBSCRIBE inside MULTI and aborts the transaction; Redis subscribes at EXEC"]
 async fn issue10_item6_subscribe_inside_multi() {
     Scenario::new("item6_subscribe_in_multi")
         .each(A, &[&["MULTI"], &["SUBSCRIBE", "ch"], &["EXEC"]])
@@ -518,7 +510,6 @@ async fn issue10_item7_debug_protocol_push_in_resp3() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: RESET now resets instead of an arity error"]
 async fn issue10_item9_reset_with_an_argument_is_an_arity_error() {
     Scenario::new("item9_reset_now")
         .each(
@@ -535,7 +526,6 @@ async fn issue10_item9_reset_with_an_argument_is_an_arity_error() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: SELECT -0 answers +OK"]
 async fn issue10_item9_select_minus_zero() {
     Scenario::new("item9_select_minus_zero")
         .each(
@@ -553,7 +543,6 @@ async fn issue10_item9_select_minus_zero() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: CLIENT SETNAME/GETNAME run at once inside MULTI"]
 async fn issue10_item9_client_setname_getname_queued_inside_multi() {
     Scenario::new("item9_client_name_in_multi")
         .each(
@@ -571,7 +560,6 @@ async fn issue10_item9_client_setname_getname_queued_inside_multi() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: CLIENT SETINFO answers +OK on Redis 7.0"]
 async fn issue10_item9_client_setinfo_is_unknown_to_redis_7_0() {
     Scenario::new("item9_client_setinfo")
         .each(
@@ -587,7 +575,6 @@ async fn issue10_item9_client_setinfo_is_unknown_to_redis_7_0() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: CLIENT SETNAME/GETNAME/REPLY skip ACL checks"]
 async fn issue10_item9_client_commands_obey_acls() {
     Scenario::new("item9_client_acl")
         .each(
@@ -609,7 +596,6 @@ async fn issue10_item9_client_commands_obey_acls() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: the accepted-db cache is shared across users"]
 async fn issue10_item9_accepted_databases_are_per_user() {
     Scenario::new("item9_select_cache_per_user")
         .each(A, &[&["SELECT", "5"], &["SET", "k", "a-in-5"]])
@@ -631,7 +617,7 @@ async fn issue10_item9_accepted_databases_are_per_user() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: after a password change the session gets WRONGPASS"]
+#[ignore = "issue 10 item 9, open: after a password change a new connection for the user (here SELECT 1) is refused with WRONGPASS"]
 async fn issue10_item9_password_change_keeps_the_authenticated_session() {
     Scenario::new("item9_password_change")
         .each(A, &[&["ACL", "SETUSER", "u", "on", ">p1", "+@all", "~*"]])
@@ -651,7 +637,7 @@ async fn issue10_item9_password_change_keeps_the_authenticated_session() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9: ACL DELUSER does not close the session"]
+#[ignore = "issue 10 item 9, open: respipe closes a deleted user's session at its next command, Redis at once"]
 async fn issue10_item9_deleted_user_is_disconnected() {
     Scenario::new("item9_deluser")
         .each(A, &[&["ACL", "SETUSER", "u", "on", ">p", "+@all", "~*"]])
