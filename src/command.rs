@@ -1,6 +1,14 @@
 //! A view of one client request and the table that classifies every command by what it does to
-//! connection state. The only place in respipe that knows Redis command semantics; the session
-//! decides from the kind and its own state where a command goes.
+//! connection state and how many reply frames Redis answers it with. The only place in respipe that
+//! knows Redis command semantics; the session decides from the kind and its own state where a command
+//! goes.
+//!
+//! Every command respipe puts on a shared connection must have a reply count respipe knows exactly,
+//! or the next client's reply goes to the wrong client. [`TABLE`] and [`SUBCOMMANDS`] list every
+//! command and subcommand of Redis (up to 8.4) with its [`Class`]; a test walks a real server's
+//! `COMMAND` reply and fails on any it does not list. A name in neither table (a module's command, a
+//! future one) is forwarded as [`Class::One`]: Redis answers an unknown command with one
+//! `-ERR unknown command` and a module command with one reply.
 
 use crate::resp;
 
@@ -66,6 +74,41 @@ pub enum ReplyMode {
     Skip,
 }
 
+/// How Redis frames its answer to one forwarded command, outside subscribe mode and transactions.
+/// The upstream connection counts frames by it to know where the next command's reply begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Exactly one reply frame. A RESP3 push that arrives before it was caused by this command (a
+    /// shared connection carries no subscriptions or tracking; `DEBUG PROTOCOL push` sends a push
+    /// then its reply): it goes along with the reply, uncounted.
+    One,
+    /// One error frame, or this many frames (RESP2 arrays or RESP3 pushes, all counted), the last
+    /// of which completes the answer: `(P|S)UNSUBSCRIBE` outside subscribe mode confirms each
+    /// channel argument, or once (with a null channel) without arguments.
+    ErrorOr(u32),
+}
+
+/// What respipe does with a command, as [`TABLE`] and [`SUBCOMMANDS`] record it; [`classify`] gives
+/// the matching [`Kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Forwarded wherever the session's commands run (its shared pool, or its lease); Redis answers
+    /// with exactly one reply frame ([`Shape::One`]), or closes the connection (`SHUTDOWN`, `DEBUG
+    /// RESTART`), which fails every command in flight on it explicitly.
+    One,
+    /// Forwarded; outside subscribe mode Redis answers with the frames [`Shape::unsubscribe`] counts.
+    Frames,
+    /// Runs on a connection lent to the client alone: a transaction (`EXEC`, `DISCARD` and `UNWATCH`
+    /// outside one are [`Class::One`]), a command that may block (`XREAD`/`XREADGROUP` only with
+    /// `BLOCK`), or a stream (subscriptions, `MONITOR`).
+    Lease,
+    /// Answered by respipe for the session (when Redis must judge it, it asks on a connection of its
+    /// own).
+    Local,
+    /// Refused with this reason: respipe cannot give it Redis's semantics.
+    Refuse(&'static str),
+}
+
 /// The arguments of one request, as the session has them: the raw RESP frame (arguments are
 /// iterated lazily, without copies) or the already split arguments of an inline command.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +126,130 @@ const REPLICATION: &str = "replication stream";
 const TRACKING: &str = "per-connection client tracking";
 /// Why cluster connection flags are refused: the upstream is a standalone Redis.
 const CLUSTER: &str = "cluster connection state";
+/// Why `SCRIPT DEBUG YES|SYNC` is refused: the next `EVAL` on that connection becomes a Lua
+/// debugger session that takes the connection over (forked with `YES`).
+const LUA_DEBUGGER: &str = "Lua debugger sessions";
+
+/// Every Redis command by lower-case name, sorted (binary search), with its class. Containers
+/// (`CLIENT`, `CONFIG`...) have their subcommands in [`SUBCOMMANDS`]. Up to Redis 8.4, so a newer
+/// server works too; `DEBUG`'s subcommands (which `COMMAND` does not list) all answer one frame,
+/// `DEBUG PROTOCOL push` a push before it.
+#[rustfmt::skip]
+pub const TABLE: &[(&str, Class)] = {
+    use Class::*;
+    &[
+    ("acl", One), ("append", One), ("asking", Refuse(CLUSTER)), ("auth", Local),
+    ("bgrewriteaof", One), ("bgsave", One), ("bitcount", One), ("bitfield", One),
+    ("bitfield_ro", One), ("bitop", One), ("bitpos", One), ("blmove", Lease), ("blmpop", Lease),
+    ("blpop", Lease), ("brpop", Lease), ("brpoplpush", Lease), ("bzmpop", Lease),
+    ("bzpopmax", Lease), ("bzpopmin", Lease), ("client", One), ("cluster", One), ("command", One),
+    ("config", One), ("copy", One), ("dbsize", One), ("debug", One), ("decr", One), ("decrby", One),
+    ("del", One), ("delex", One), ("digest", One), ("discard", Lease), ("dump", One), ("echo", One),
+    ("eval", One), ("eval_ro", One), ("evalsha", One), ("evalsha_ro", One), ("exec", Lease),
+    ("expire", One), ("expireat", One), ("expiretime", One), ("failover", One), ("fcall", One),
+    ("fcall_ro", One), ("flushall", One), ("flushdb", One), ("function", One), ("geoadd", One),
+    ("geodist", One), ("geohash", One), ("geopos", One), ("georadius", One), ("georadius_ro", One),
+    ("georadiusbymember", One), ("georadiusbymember_ro", One), ("geosearch", One),
+    ("geosearchstore", One), ("get", One), ("getbit", One), ("getdel", One), ("getex", One),
+    ("getrange", One), ("getset", One), ("hdel", One), ("hello", Local), ("hexists", One),
+    ("hexpire", One), ("hexpireat", One), ("hexpiretime", One), ("hget", One), ("hgetall", One),
+    ("hgetdel", One), ("hgetex", One), ("hincrby", One), ("hincrbyfloat", One), ("hkeys", One),
+    ("hlen", One), ("hmget", One), ("hmset", One), ("hpersist", One), ("hpexpire", One),
+    ("hpexpireat", One), ("hpexpiretime", One), ("hpttl", One), ("hrandfield", One), ("hscan", One),
+    ("hset", One), ("hsetex", One), ("hsetnx", One), ("hstrlen", One), ("httl", One),
+    ("hvals", One), ("incr", One), ("incrby", One), ("incrbyfloat", One), ("info", One),
+    ("keys", One), ("lastsave", One), ("latency", One), ("lcs", One), ("lindex", One),
+    ("linsert", One), ("llen", One), ("lmove", One), ("lmpop", One), ("lolwut", One), ("lpop", One),
+    ("lpos", One), ("lpush", One), ("lpushx", One), ("lrange", One), ("lrem", One), ("lset", One),
+    ("ltrim", One), ("memory", One), ("mget", One), ("migrate", One), ("module", One),
+    ("monitor", Lease), ("move", One), ("mset", One), ("msetex", One), ("msetnx", One),
+    ("multi", Lease), ("object", One), ("persist", One), ("pexpire", One), ("pexpireat", One),
+    ("pexpiretime", One), ("pfadd", One), ("pfcount", One), ("pfdebug", One), ("pfmerge", One),
+    ("pfselftest", One), ("ping", One), ("psetex", One), ("psubscribe", Lease),
+    ("psync", Refuse(REPLICATION)), ("pttl", One), ("publish", One), ("pubsub", One),
+    ("punsubscribe", Frames), ("quit", Local), ("randomkey", One), ("readonly", Refuse(CLUSTER)),
+    ("readwrite", Refuse(CLUSTER)), ("rename", One), ("renamenx", One),
+    ("replconf", Refuse(REPLICATION)), ("replicaof", One), ("reset", Local), ("restore", One),
+    ("restore-asking", One), ("role", One), ("rpop", One), ("rpoplpush", One), ("rpush", One),
+    ("rpushx", One), ("sadd", One), ("save", One), ("scan", One), ("scard", One), ("script", One),
+    ("sdiff", One), ("sdiffstore", One), ("select", Local), ("set", One), ("setbit", One),
+    ("setex", One), ("setnx", One), ("setrange", One), ("shutdown", One), ("sinter", One),
+    ("sintercard", One), ("sinterstore", One), ("sismember", One), ("slaveof", One),
+    ("slowlog", One), ("smembers", One), ("smismember", One), ("smove", One), ("sort", One),
+    ("sort_ro", One), ("spop", One), ("spublish", One), ("srandmember", One), ("srem", One),
+    ("sscan", One), ("ssubscribe", Lease), ("strlen", One), ("subscribe", Lease), ("substr", One),
+    ("sunion", One), ("sunionstore", One), ("sunsubscribe", Frames), ("swapdb", One),
+    ("sync", Refuse(REPLICATION)), ("time", One), ("touch", One), ("ttl", One), ("type", One),
+    ("unlink", One), ("unsubscribe", Frames), ("unwatch", Lease), ("vadd", One), ("vcard", One),
+    ("vdim", One), ("vemb", One), ("vgetattr", One), ("vinfo", One), ("vlinks", One),
+    ("vrandmember", One), ("vrem", One), ("vsetattr", One), ("vsim", One), ("wait", Lease),
+    ("waitaof", Lease), ("watch", Lease), ("xack", One), ("xackdel", One), ("xadd", One),
+    ("xautoclaim", One), ("xclaim", One), ("xdel", One), ("xdelex", One), ("xgroup", One),
+    ("xinfo", One), ("xlen", One), ("xpending", One), ("xrange", One), ("xread", Lease),
+    ("xreadgroup", Lease), ("xrevrange", One), ("xsetid", One), ("xtrim", One), ("zadd", One),
+    ("zcard", One), ("zcount", One), ("zdiff", One), ("zdiffstore", One), ("zincrby", One),
+    ("zinter", One), ("zintercard", One), ("zinterstore", One), ("zlexcount", One), ("zmpop", One),
+    ("zmscore", One), ("zpopmax", One), ("zpopmin", One), ("zrandmember", One), ("zrange", One),
+    ("zrangebylex", One), ("zrangebyscore", One), ("zrangestore", One), ("zrank", One),
+    ("zrem", One), ("zremrangebylex", One), ("zremrangebyrank", One), ("zremrangebyscore", One),
+    ("zrevrange", One), ("zrevrangebylex", One), ("zrevrangebyscore", One), ("zrevrank", One),
+    ("zscan", One), ("zscore", One), ("zunion", One), ("zunionstore", One),
+    ]
+};
+
+/// Every subcommand by lower-case container and name, sorted, with its class (`CLIENT`'s differ;
+/// `SCRIPT DEBUG NO` is forwarded, only `YES` and `SYNC` are refused).
+#[rustfmt::skip]
+pub const SUBCOMMANDS: &[(&str, &str, Class)] = {
+    use Class::*;
+    &[
+    ("acl", "cat", One), ("acl", "deluser", One), ("acl", "dryrun", One), ("acl", "genpass", One),
+    ("acl", "getuser", One), ("acl", "help", One), ("acl", "list", One), ("acl", "load", One),
+    ("acl", "log", One), ("acl", "save", One), ("acl", "setuser", One), ("acl", "users", One),
+    ("acl", "whoami", One), ("client", "caching", Refuse(TRACKING)), ("client", "getname", Local),
+    ("client", "getredir", One), ("client", "help", One), ("client", "id", One),
+    ("client", "info", One), ("client", "kill", One), ("client", "list", One),
+    ("client", "no-evict", Local), ("client", "no-touch", Refuse(TRACKING)),
+    ("client", "pause", One), ("client", "reply", Local), ("client", "setinfo", Local),
+    ("client", "setname", Local), ("client", "tracking", Refuse(TRACKING)),
+    ("client", "trackinginfo", One), ("client", "unblock", One), ("client", "unpause", One),
+    ("cluster", "addslots", One), ("cluster", "addslotsrange", One), ("cluster", "bumpepoch", One),
+    ("cluster", "count-failure-reports", One), ("cluster", "countkeysinslot", One),
+    ("cluster", "delslots", One), ("cluster", "delslotsrange", One), ("cluster", "failover", One),
+    ("cluster", "flushslots", One), ("cluster", "forget", One), ("cluster", "getkeysinslot", One),
+    ("cluster", "help", One), ("cluster", "info", One), ("cluster", "keyslot", One),
+    ("cluster", "links", One), ("cluster", "meet", One), ("cluster", "migration", One),
+    ("cluster", "myid", One), ("cluster", "myshardid", One), ("cluster", "nodes", One),
+    ("cluster", "replicas", One), ("cluster", "replicate", One), ("cluster", "reset", One),
+    ("cluster", "saveconfig", One), ("cluster", "set-config-epoch", One),
+    ("cluster", "setslot", One), ("cluster", "shards", One), ("cluster", "slaves", One),
+    ("cluster", "slot-stats", One), ("cluster", "slots", One), ("command", "count", One),
+    ("command", "docs", One), ("command", "getkeys", One), ("command", "getkeysandflags", One),
+    ("command", "help", One), ("command", "info", One), ("command", "list", One),
+    ("config", "get", One), ("config", "help", One), ("config", "resetstat", One),
+    ("config", "rewrite", One), ("config", "set", One), ("function", "delete", One),
+    ("function", "dump", One), ("function", "flush", One), ("function", "help", One),
+    ("function", "kill", One), ("function", "list", One), ("function", "load", One),
+    ("function", "restore", One), ("function", "stats", One), ("latency", "doctor", One),
+    ("latency", "graph", One), ("latency", "help", One), ("latency", "histogram", One),
+    ("latency", "history", One), ("latency", "latest", One), ("latency", "reset", One),
+    ("memory", "doctor", One), ("memory", "help", One), ("memory", "malloc-stats", One),
+    ("memory", "purge", One), ("memory", "stats", One), ("memory", "usage", One),
+    ("module", "help", One), ("module", "list", One), ("module", "load", One),
+    ("module", "loadex", One), ("module", "unload", One), ("object", "encoding", One),
+    ("object", "freq", One), ("object", "help", One), ("object", "idletime", One),
+    ("object", "refcount", One), ("pubsub", "channels", One), ("pubsub", "help", One),
+    ("pubsub", "numpat", One), ("pubsub", "numsub", One), ("pubsub", "shardchannels", One),
+    ("pubsub", "shardnumsub", One), ("script", "debug", Refuse(LUA_DEBUGGER)),
+    ("script", "exists", One), ("script", "flush", One), ("script", "help", One),
+    ("script", "kill", One), ("script", "load", One), ("slowlog", "get", One),
+    ("slowlog", "help", One), ("slowlog", "len", One), ("slowlog", "reset", One),
+    ("xgroup", "create", One), ("xgroup", "createconsumer", One), ("xgroup", "delconsumer", One),
+    ("xgroup", "destroy", One), ("xgroup", "help", One), ("xgroup", "setid", One),
+    ("xinfo", "consumers", One), ("xinfo", "groups", One), ("xinfo", "help", One),
+    ("xinfo", "stream", One),
+    ]
+};
 
 /// Longest command name we classify; longer names are unknown commands and go to Redis.
 const MAX_NAME: usize = 32;
@@ -158,7 +325,49 @@ pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
         b"MONITOR" => Kind::Monitor,
         b"SYNC" | b"PSYNC" | b"REPLCONF" => Kind::Refuse(REPLICATION),
         b"READONLY" | b"READWRITE" | b"ASKING" => Kind::Refuse(CLUSTER),
+        b"SCRIPT" => script(args),
+        // Every other name in the table answers one frame; so does any name not in it (Redis's
+        // `-ERR unknown command`, or a module command's reply).
         _ => Kind::Plain,
+    }
+}
+
+/// The table's class of `name` (with `sub`, of that subcommand), in any case; `None` when the
+/// table does not list it.
+pub fn class(name: &[u8], sub: Option<&[u8]>) -> Option<Class> {
+    match sub {
+        None => TABLE
+            .binary_search_by(|(n, _)| cmp_lower(n.as_bytes(), name))
+            .ok()
+            .map(|i| TABLE[i].1),
+        Some(sub) => SUBCOMMANDS
+            .binary_search_by(|(n, s, _)| {
+                cmp_lower(n.as_bytes(), name).then_with(|| cmp_lower(s.as_bytes(), sub))
+            })
+            .ok()
+            .map(|i| SUBCOMMANDS[i].2),
+    }
+}
+
+impl Shape {
+    /// How an unsubscribe (`args`: the whole request) is answered outside subscribe mode: one
+    /// frame per channel argument, or one without arguments, unless Redis refuses it with one error.
+    pub fn unsubscribe(args: Args<'_>) -> Shape {
+        let channels = args.len().saturating_sub(1).max(1);
+        Shape::ErrorOr(u32::try_from(channels).unwrap_or(u32::MAX))
+    }
+
+    /// Takes the next frame of the answer (a RESP3 `push`, an `error`); true when it completes the
+    /// answer, false when it is carried along with the frame that will.
+    #[inline]
+    pub fn completes(&mut self, push: bool, error: bool) -> bool {
+        match self {
+            Shape::One => !push,
+            Shape::ErrorOr(left) => {
+                *left = left.saturating_sub(1);
+                error || *left == 0
+            }
+        }
     }
 }
 
@@ -236,6 +445,28 @@ pub fn client_probe(args: Args<'_>) -> Option<bytes::Bytes> {
     let mut question: Vec<&[u8]> = vec![b"CLIENT", sub];
     question.extend_from_slice(rest);
     Some(resp::encode_request(&question))
+}
+
+/// `SCRIPT <subcommand>`: `DEBUG YES|SYNC` would turn the connection's next `EVAL` into a debugger
+/// session; everything else is one reply.
+fn script(args: Args<'_>) -> Kind {
+    let debug = args
+        .get(1)
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"DEBUG"));
+    let mode = args.get(2).unwrap_or_default();
+    if debug && (mode.eq_ignore_ascii_case(b"YES") || mode.eq_ignore_ascii_case(b"SYNC")) {
+        Kind::Refuse(LUA_DEBUGGER)
+    } else {
+        Kind::Plain
+    }
+}
+
+/// Compares a table name (lower case) with a name in any case, as the tables are sorted.
+fn cmp_lower(table: &[u8], name: &[u8]) -> std::cmp::Ordering {
+    table
+        .iter()
+        .copied()
+        .cmp(name.iter().map(u8::to_ascii_lowercase))
 }
 
 /// Redis's rule for client names and lib info: printable ASCII without spaces.
@@ -366,6 +597,132 @@ mod tests {
         assert_eq!(classify_words(&["CLIENT", "NO-EVICT", "on"]), Kind::Accept);
         assert_eq!(classify_words(&["CLIENT", "ID"]), Kind::Plain);
         assert_eq!(classify_words(&["CLIENT", "LIST"]), Kind::Plain);
+    }
+
+    #[test]
+    fn tables_are_sorted_and_looked_up_in_any_case() {
+        assert!(TABLE.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(SUBCOMMANDS
+            .windows(2)
+            .all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        assert_eq!(class(b"GET", None), Some(Class::One));
+        assert_eq!(class(b"unSubscribe", None), Some(Class::Frames));
+        assert_eq!(class(b"client", Some(b"SETNAME")), Some(Class::Local));
+        assert_eq!(
+            class(b"Script", Some(b"debug")),
+            Some(Class::Refuse(LUA_DEBUGGER))
+        );
+        assert_eq!(class(b"nosuchcommand", None), None);
+        assert_eq!(class(b"client", Some(b"nosuch")), None);
+        // Every container with subcommands is itself in the table.
+        for (container, _, _) in SUBCOMMANDS {
+            assert!(class(container.as_bytes(), None).is_some(), "{container}");
+        }
+    }
+
+    /// The class `classify` gives a request, in the table's terms.
+    fn class_of(words: &[&str]) -> Class {
+        match classify_words(words) {
+            Kind::Plain => Class::One,
+            Kind::Unsubscribe => Class::Frames,
+            Kind::Multi
+            | Kind::EndMulti
+            | Kind::Watch
+            | Kind::Unwatch
+            | Kind::Blocking
+            | Kind::Wait
+            | Kind::Subscribe
+            | Kind::Monitor => Class::Lease,
+            Kind::Refuse(why) => Class::Refuse(why),
+            Kind::Quit
+            | Kind::Reset
+            | Kind::Select
+            | Kind::Auth
+            | Kind::Hello
+            | Kind::SetName(_)
+            | Kind::GetName
+            | Kind::Accept
+            | Kind::Reply(_)
+            | Kind::Error(_)
+            | Kind::Denied => Class::Local,
+        }
+    }
+
+    /// The table and `classify` agree: a `One` command is plain whatever its arguments, any other
+    /// class is what `classify` gives for some well-formed form of it.
+    #[test]
+    fn classify_agrees_with_the_table() {
+        let forms: &[&[&str]] = &[
+            &[],
+            &["x"],
+            &["on"],
+            &["x", "y"],
+            &["lib-name", "x"],
+            &["BLOCK", "0", "STREAMS", "s", "$"],
+        ];
+        let check = |words: &[&str], want: Class| {
+            let got: Vec<Class> = forms
+                .iter()
+                .map(|extra| {
+                    let all: Vec<&str> = words.iter().chain(extra.iter()).copied().collect();
+                    class_of(&all)
+                })
+                .collect();
+            if want == Class::One {
+                assert!(got.iter().all(|c| *c == Class::One), "{words:?}: {got:?}");
+            } else {
+                assert!(got.contains(&want), "{words:?}: {want:?} not in {got:?}");
+            }
+        };
+        for (name, want) in TABLE {
+            check(&[name], *want);
+        }
+        for (name, sub, want) in SUBCOMMANDS {
+            let mut want = *want;
+            if (*name, *sub) == ("script", "debug") {
+                // Only `YES` and `SYNC` are refused.
+                assert_eq!(class_of(&[name, sub, "yes"]), want);
+                assert_eq!(class_of(&[name, sub, "SYNC"]), want);
+                want = Class::One;
+            }
+            check(&[name, sub], want);
+        }
+    }
+
+    #[test]
+    fn shapes_count_frames() {
+        let mut one = Shape::One;
+        assert!(!one.completes(true, false), "a push is carried along");
+        assert!(one.completes(false, false));
+        assert!(one.completes(false, true));
+
+        let unsubscribe = |words: &[&str]| {
+            let args = inline(words);
+            Shape::unsubscribe(Args::Inline(&args))
+        };
+        assert_eq!(unsubscribe(&["UNSUBSCRIBE"]), Shape::ErrorOr(1));
+        assert_eq!(unsubscribe(&["punsubscribe", "a"]), Shape::ErrorOr(1));
+        let mut three = unsubscribe(&["SUNSUBSCRIBE", "a", "b", "c"]);
+        assert_eq!(three, Shape::ErrorOr(3));
+        assert!(!three.completes(true, false));
+        assert!(!three.completes(false, false));
+        assert!(three.completes(true, false));
+        let mut denied = unsubscribe(&["UNSUBSCRIBE", "a", "b", "c"]);
+        assert!(
+            denied.completes(false, true),
+            "an error is the whole answer"
+        );
+    }
+
+    #[test]
+    fn script_debug_is_refused_but_no() {
+        assert!(matches!(
+            classify_words(&["SCRIPT", "DEBUG", "yes"]),
+            Kind::Refuse(_)
+        ));
+        assert_eq!(classify_words(&["script", "debug", "no"]), Kind::Plain);
+        assert_eq!(classify_words(&["SCRIPT", "FLUSH"]), Kind::Plain);
+        assert_eq!(classify_words(&["SCRIPT"]), Kind::Plain);
     }
 
     #[test]
