@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::chunks::Chunks;
-use crate::command::{self, Args, Kind, ReplyMode};
+use crate::command::{self, Args, Kind, ReplyMode, Shape};
 use crate::config::Secret;
 use crate::error::UpstreamError;
 use crate::follow::{self, Change, Follow};
@@ -575,7 +575,7 @@ impl Session {
         if count > 0 {
             let bytes = self.inbuf.split_to(run).freeze();
             self.owe(count, true);
-            permit.send(self.request(bytes, count, false));
+            permit.send(self.request(bytes, count, false, Shape::One));
         }
         Ok(rest)
     }
@@ -720,7 +720,18 @@ impl Session {
             }
         }
         match kind {
-            Kind::Plain | Kind::Unsubscribe => self.forward(bytes, Route::Current, false).await,
+            Kind::Plain => self.forward(bytes, Route::Current, false).await,
+            Kind::Unsubscribe => {
+                // Outside subscribe mode Redis confirms every channel (inside MULTI: `+QUEUED`).
+                let shape = if in_multi {
+                    Shape::One
+                } else {
+                    Shape::unsubscribe(args)
+                };
+                let shown = self.state.take_shown();
+                self.send(bytes, 1, Route::Current, false, shape, shown)
+                    .await
+            }
             Kind::Quit => {
                 self.closing = true;
                 self.answer(reply::OK)
@@ -857,7 +868,8 @@ impl Session {
         self.shared.metrics.refused.increment(1);
         if self.state.in_multi {
             let abort = Bytes::from_static(ABORT_MULTI);
-            self.send(abort, 1, Route::Current, false, false).await?;
+            self.send(abort, 1, Route::Current, false, Shape::One, false)
+                .await?;
         }
         self.local(line);
         Ok(())
@@ -1160,7 +1172,8 @@ impl Session {
     /// is itself `+RESET` (only a script's status reply can be) would end the wait early.
     async fn end_stream(&mut self, reset: Bytes) -> Result<bool, Close> {
         self.state.unsubscribing = false;
-        self.send(reset, 1, Route::Lease, true, true).await?;
+        self.send(reset, 1, Route::Lease, true, Shape::One, true)
+            .await?;
         while self.state.streaming.is_some() {
             match self.rx.recv().await {
                 Response::Stream { bytes, lost: false } if bytes == reply::RESET => {
@@ -1187,6 +1200,7 @@ impl Session {
         let noop = Request {
             bytes: reply::WAIT_NOOP,
             count: 1,
+            shape: Shape::One,
             reply: tx,
             stream: false,
         };
@@ -1212,23 +1226,25 @@ impl Session {
             return Ok(());
         }
         let bytes = self.inbuf.split_to(len).freeze();
-        self.send(bytes, count, Route::Current, false, true).await
+        self.send(bytes, count, Route::Current, false, Shape::One, true)
+            .await
     }
 
     /// Sends one command where it must run, subject to `CLIENT REPLY`.
     async fn forward(&mut self, bytes: Bytes, route: Route, stream: bool) -> Result<(), Close> {
         let shown = self.state.take_shown();
-        self.send(bytes, 1, route, stream, shown).await
+        self.send(bytes, 1, route, stream, Shape::One, shown).await
     }
 
-    /// Sends `count` commands upstream and records what the client is owed. Stream requests owe
-    /// nothing: their answers arrive in the stream.
+    /// Sends `count` commands upstream, each answered as `shape` says, and records what the client
+    /// is owed. Stream requests owe nothing: their answers arrive in the stream.
     async fn send(
         &mut self,
         bytes: Bytes,
         count: u32,
         route: Route,
         stream: bool,
+        shape: Shape,
         shown: bool,
     ) -> Result<(), Close> {
         let handle = match self.route(route).await? {
@@ -1244,7 +1260,7 @@ impl Session {
         if owed {
             self.owe(count, shown);
         }
-        let request = self.request(bytes, count, stream);
+        let request = self.request(bytes, count, stream, shape);
         // The queue almost always has room: no timer, no wait. Only a full queue pays for them.
         let request = match handle.try_send(request) {
             Ok(()) => return Ok(()),
@@ -1288,10 +1304,11 @@ impl Session {
     }
 
     /// A request whose replies come back to this session.
-    fn request(&self, bytes: Bytes, count: u32, stream: bool) -> Request {
+    fn request(&self, bytes: Bytes, count: u32, stream: bool, shape: Shape) -> Request {
         Request {
             bytes,
             count,
+            shape,
             reply: self.tx.clone(),
             stream,
         }
@@ -1346,7 +1363,7 @@ impl Session {
         let handle = lease.handle().clone();
         let bytes = resp::encode_request(&[b"CLIENT".as_slice(), b"SETNAME", name]);
         self.owe(1, false);
-        match handle.try_send(self.request(bytes, 1, false)) {
+        match handle.try_send(self.request(bytes, 1, false, Shape::One)) {
             Ok(()) => Ok(()),
             Err(_) => self.unsent(true, 1, reply::shutting_down()),
         }

@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::batch::{Batch, BatchPolicy};
 use crate::chunks::Chunks;
+use crate::command::Shape;
 use crate::config::{Endpoint, Upstream};
 use crate::error::UpstreamError;
 use crate::live::{Cached, Live};
@@ -61,6 +62,9 @@ pub struct Request {
     pub bytes: Bytes,
     /// How many commands (and so replies) `bytes` holds; at least 1.
     pub count: u32,
+    /// How Redis frames each reply (outside stream mode): one frame each, or an unsubscribe's
+    /// confirmations (then `count` is 1).
+    pub shape: Shape,
     /// Where the replies go: the session's reply channel.
     pub reply: ReplyTx,
     /// Puts the connection in stream mode (subscriptions, MONITOR): from this request's turn on,
@@ -173,6 +177,8 @@ struct Slot {
     reply: ReplyTx,
     /// Replies still owed to this slot.
     remaining: u32,
+    /// How the next reply is framed; counts down the frames of a multi-frame answer.
+    shape: Shape,
     /// When the command timeout expires (`None`: no timeout).
     deadline: Option<Instant>,
     /// Timed out: the session was already answered, late replies are read and dropped.
@@ -592,6 +598,7 @@ impl<'a> Conn<'a> {
         self.fifo.push_back(Slot {
             reply: request.reply,
             remaining: request.count,
+            shape: request.shape,
             deadline: self.command_timeout().map(|t| now + t),
             dead: false,
             stream: request.stream,
@@ -653,13 +660,14 @@ impl<'a> Conn<'a> {
                 self.hand_over();
                 continue;
             }
-            if frame.push {
-                // An out-of-band RESP3 push belongs to no command: hand over what precedes it, drop it.
-                self.hand_over();
-                self.rbuf.advance(frame.len);
+            let error = matches!(self.rbuf.get(self.chunk_len), Some(b'-' | b'!'));
+            self.chunk_len += frame.len;
+            if !slot.shape.completes(frame.push, error) {
+                // Part of the head command's answer before its last frame: a RESP3 push it caused
+                // (a shared connection has no subscriptions or tracking that could send one), or an
+                // unsubscribe's confirmation. It goes to the same client with that last frame.
                 continue;
             }
-            self.chunk_len += frame.len;
             self.chunk_count += 1;
             slot.remaining -= 1;
             if slot.remaining == 0 {
