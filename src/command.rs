@@ -86,6 +86,10 @@ pub enum Shape {
     /// of which completes the answer: `(P|S)UNSUBSCRIBE` outside subscribe mode confirms each
     /// channel argument, or once (with a null channel) without arguments.
     ErrorOr(u32),
+    /// `EXEC` or `DISCARD`: one frame, and when it is the transaction's results (an array) this
+    /// many more, pushes or not. Redis counts an unsubscribe queued in the transaction as one
+    /// element of the array, but writes each of its confirmations as a frame of its own.
+    Exec(u32),
 }
 
 /// What respipe does with a command, as [`TABLE`] and [`SUBCOMMANDS`] record it; [`classify`] gives
@@ -358,15 +362,35 @@ impl Shape {
         Shape::ErrorOr(u32::try_from(channels).unwrap_or(u32::MAX))
     }
 
-    /// Takes the next frame of the answer (a RESP3 `push`, an `error`); true when it completes the
-    /// answer, false when it is carried along with the frame that will.
+    /// The frames beyond its first that an unsubscribe queued in a transaction adds to `EXEC`'s
+    /// answer.
+    pub fn spilled(self) -> u32 {
+        match self {
+            Shape::ErrorOr(frames) => frames.saturating_sub(1),
+            Shape::One | Shape::Exec(_) => 0,
+        }
+    }
+
+    /// Takes the next frame of the answer (`push`: a RESP3 push); true when it completes the answer,
+    /// false when it is carried along with the frame that will.
     #[inline]
-    pub fn completes(&mut self, push: bool, error: bool) -> bool {
+    pub fn completes(&mut self, push: bool, frame: &[u8]) -> bool {
         match self {
             Shape::One => !push,
             Shape::ErrorOr(left) => {
                 *left = left.saturating_sub(1);
-                error || *left == 0
+                matches!(frame.first(), Some(b'-' | b'!')) || *left == 0
+            }
+            Shape::Exec(more) => {
+                if push {
+                    return false;
+                }
+                let ran = frame.first() == Some(&b'*') && !frame.starts_with(b"*-1");
+                if !ran || *more == 0 {
+                    return true;
+                }
+                *self = Shape::ErrorOr(*more);
+                false
             }
         }
     }
@@ -692,10 +716,13 @@ mod tests {
 
     #[test]
     fn shapes_count_frames() {
+        const CONFIRM: &[u8] = b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n";
+        const PUSH: &[u8] = b">3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n";
+        const NOPERM: &[u8] = b"-NOPERM no\r\n";
         let mut one = Shape::One;
-        assert!(!one.completes(true, false), "a push is carried along");
-        assert!(one.completes(false, false));
-        assert!(one.completes(false, true));
+        assert!(!one.completes(true, PUSH), "a push is carried along");
+        assert!(one.completes(false, b"+OK\r\n"));
+        assert!(one.completes(false, NOPERM));
 
         let unsubscribe = |words: &[&str]| {
             let args = inline(words);
@@ -705,14 +732,30 @@ mod tests {
         assert_eq!(unsubscribe(&["punsubscribe", "a"]), Shape::ErrorOr(1));
         let mut three = unsubscribe(&["SUNSUBSCRIBE", "a", "b", "c"]);
         assert_eq!(three, Shape::ErrorOr(3));
-        assert!(!three.completes(true, false));
-        assert!(!three.completes(false, false));
-        assert!(three.completes(true, false));
+        assert_eq!(three.spilled(), 2);
+        assert!(!three.completes(true, PUSH));
+        assert!(!three.completes(false, CONFIRM));
+        assert!(three.completes(true, PUSH));
         let mut denied = unsubscribe(&["UNSUBSCRIBE", "a", "b", "c"]);
         assert!(
-            denied.completes(false, true),
+            denied.completes(false, NOPERM),
             "an error is the whole answer"
         );
+
+        let mut exec = Shape::Exec(2);
+        assert!(
+            !exec.completes(false, b"*1\r\n*3\r\n"),
+            "the results, then 2 more"
+        );
+        assert!(!exec.completes(false, CONFIRM));
+        assert!(exec.completes(true, PUSH));
+        for first in [&b"*-1\r\n"[..], b"_\r\n", b"-EXECABORT x\r\n", b"+OK\r\n"] {
+            assert!(
+                Shape::Exec(2).completes(false, first),
+                "{first:?} is the whole answer"
+            );
+        }
+        assert!(Shape::Exec(0).completes(false, b"*0\r\n"));
     }
 
     #[test]

@@ -134,7 +134,9 @@ pub fn is_error(reply: &[u8]) -> bool {
     matches!(reply.first(), Some(b'-' | b'!'))
 }
 
-/// The elements of an array reply (`*n`), each a raw frame; empty for anything else.
+/// The elements of an array reply (`*n`), each a raw frame, then the frames that follow it (an
+/// unsubscribe queued in a transaction writes its confirmations after the first as frames of
+/// their own, after `EXEC`'s array; queued positions count them); empty for anything else.
 fn array_elements(reply: &[u8]) -> Vec<&[u8]> {
     let Some(rest) = reply.strip_prefix(b"*") else {
         return Vec::new();
@@ -147,14 +149,9 @@ fn array_elements(reply: &[u8]) -> Vec<&[u8]> {
     };
     let mut at = &rest[eol + 2..];
     let mut elements = Vec::with_capacity(n.min(64));
-    for _ in 0..n {
-        match ReplyScanner::default().scan(at) {
-            Ok(Some(frame)) => {
-                elements.push(&at[..frame.len]);
-                at = &at[frame.len..];
-            }
-            _ => break,
-        }
+    while let Ok(Some(frame)) = ReplyScanner::default().scan(at) {
+        elements.push(&at[..frame.len]);
+        at = &at[frame.len..];
     }
     elements
 }

@@ -177,6 +177,9 @@ struct State {
     queued: usize,
     /// Inside `MULTI`: the state changes queued, by position; `EXEC`'s reply decides them.
     changes: Vec<(usize, Change)>,
+    /// Frames `EXEC`'s answer will have beyond the transaction's results: the confirmations of
+    /// unsubscribes queued in it.
+    exec_frames: u32,
 }
 
 /// One client connection's state.
@@ -239,6 +242,7 @@ impl State {
             unsubscribing: false,
             queued: 0,
             changes: Vec::new(),
+            exec_frames: 0,
         }
     }
 
@@ -721,17 +725,16 @@ impl Session {
         }
         match kind {
             Kind::Plain => self.forward(bytes, Route::Current, false).await,
-            Kind::Unsubscribe => {
-                // Outside subscribe mode Redis confirms every channel (inside MULTI: `+QUEUED`).
-                let shape = if in_multi {
-                    Shape::One
-                } else {
-                    Shape::unsubscribe(args)
-                };
-                let shown = self.state.take_shown();
-                self.send(bytes, 1, Route::Current, false, shape, shown)
-                    .await
+            Kind::Unsubscribe if in_multi => {
+                // Queued; EXEC will write each of its confirmations as a frame of its own, so the
+                // next command's reply is that many frames further on.
+                let spilled = Shape::unsubscribe(args).spilled();
+                self.state.exec_frames += spilled;
+                self.state.queued += spilled as usize;
+                self.forward(bytes, Route::Current, false).await
             }
+            // Outside subscribe mode Redis confirms every channel.
+            Kind::Unsubscribe => self.forward_as(bytes, Shape::unsubscribe(args)).await,
             Kind::Quit => {
                 self.closing = true;
                 self.answer(reply::OK)
@@ -814,7 +817,8 @@ impl Session {
                     // What the transaction changed holds once EXEC's reply says it ran.
                     self.follow = Some(Box::new(Follow::Exec(changes)));
                 }
-                let sent = self.forward(bytes, Route::Current, false).await;
+                let shape = Shape::Exec(std::mem::take(&mut self.state.exec_frames));
+                let sent = self.forward_as(bytes, shape).await;
                 self.follow = None;
                 sent?;
                 if in_multi {
@@ -1234,6 +1238,14 @@ impl Session {
     async fn forward(&mut self, bytes: Bytes, route: Route, stream: bool) -> Result<(), Close> {
         let shown = self.state.take_shown();
         self.send(bytes, 1, route, stream, Shape::One, shown).await
+    }
+
+    /// Sends one command answered as `shape` says where the session's commands run, subject to
+    /// `CLIENT REPLY`.
+    async fn forward_as(&mut self, bytes: Bytes, shape: Shape) -> Result<(), Close> {
+        let shown = self.state.take_shown();
+        self.send(bytes, 1, Route::Current, false, shape, shown)
+            .await
     }
 
     /// Sends `count` commands upstream, each answered as `shape` says, and records what the client

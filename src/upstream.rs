@@ -660,9 +660,10 @@ impl<'a> Conn<'a> {
                 self.hand_over();
                 continue;
             }
-            let error = matches!(self.rbuf.get(self.chunk_len), Some(b'-' | b'!'));
+            let bytes = &self.rbuf[self.chunk_len..self.chunk_len + frame.len];
+            let complete = slot.shape.completes(frame.push, bytes);
             self.chunk_len += frame.len;
-            if !slot.shape.completes(frame.push, error) {
+            if !complete {
                 // Part of the head command's answer before its last frame: a RESP3 push it caused
                 // (a shared connection has no subscriptions or tracking that could send one), or an
                 // unsubscribe's confirmation. It goes to the same client with that last frame.

@@ -204,6 +204,81 @@ async fn unsubscribes_interleaved_with_other_clients() {
     .await;
 }
 
+/// An unsubscribe queued in a transaction: Redis counts it as one element of `EXEC`'s array but
+/// writes each confirmation as a frame of its own. The client gets exactly Redis's bytes, and its
+/// next reply is its own; also when the transaction does not run (`DISCARD`, `EXECABORT`, a
+/// `WATCH` conflict).
+#[tokio::test]
+async fn unsubscribe_queued_in_a_transaction() {
+    bounded(LIMIT, "unsubscribe in MULTI", async {
+        let redis = RedisServer::start().await;
+        let proxy = Proxy::ready(&redis).await;
+        let scripts: &[&[&[&str]]] = &[
+            &[
+                &["MULTI"],
+                &["UNSUBSCRIBE", "a", "b", "c"],
+                &["PING"],
+                &["PUNSUBSCRIBE"],
+                &["EXEC"],
+                &["PING", "after"],
+            ],
+            &[&["MULTI"], &["SUNSUBSCRIBE", "a", "b"], &["EXEC"]],
+            &[
+                &["MULTI"],
+                &["UNSUBSCRIBE", "a", "b"],
+                &["DISCARD"],
+                &["PING", "after"],
+            ],
+            &[
+                &["MULTI"],
+                &["UNSUBSCRIBE", "a", "b"],
+                &["NOSUCHCOMMAND"],
+                &["EXEC"],
+                &["PING", "after"],
+            ],
+            &[
+                &["MULTI"],
+                &["UNSUBSCRIBE", "a", "b"],
+                &["EXEC"],
+                &["MULTI"],
+                &["PING"],
+                &["EXEC"],
+            ],
+        ];
+        for proto in [2u8, 3] {
+            for script in scripts {
+                let want = direct_answer(&redis, proto, script).await;
+                let mut c = Frames::connect_as(proxy.addr(), proto).await;
+                c.send(script).await;
+                c.send(&[&["PING", END]]).await;
+                let got = c.until_end(&format!("RESP{proto} {script:?}")).await;
+                assert_eq!(show(&got), show(&want), "RESP{proto} {script:?}");
+            }
+            // A WATCH conflict: EXEC answers a null, and nothing else.
+            let watch_conflict = async |addr: SocketAddr| {
+                let mut c = Frames::connect_as(addr, proto).await;
+                c.send(&[&["WATCH", "w"]]).await;
+                c.frame("WATCH").await;
+                let mut other = Frames::connect_as(addr, proto).await;
+                other.send(&[&["SET", "w", "changed"]]).await;
+                other.frame("SET").await;
+                c.send(&[
+                    &["MULTI"],
+                    &["UNSUBSCRIBE", "a", "b"],
+                    &["EXEC"],
+                    &["PING", END],
+                ])
+                .await;
+                c.until_end("WATCH conflict").await
+            };
+            let want = watch_conflict(redis.addr()).await;
+            let got = watch_conflict(proxy.addr()).await;
+            assert_eq!(show(&got), show(&want), "RESP{proto} WATCH conflict");
+        }
+    })
+    .await;
+}
+
 /// A user denied `unsubscribe` gets Redis's one `-NOPERM` error (not one frame per channel), and the
 /// next client on the shared connection still gets its own replies.
 #[tokio::test]
