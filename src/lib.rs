@@ -15,7 +15,8 @@
 //! # Layout
 //! - [`config`]: one validated `Config` from file < env < flags.
 //! - [`resp`]: RESP2/RESP3 scanners yielding frame boundaries; bounded, resumable, never panic.
-//! - [`command`]: the table that classifies every command (forward, answer locally, refuse).
+//! - [`command`]: the table that classifies every command (forward with its reply shape, lease,
+//!   answer locally, refuse).
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
 //! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.

@@ -224,8 +224,9 @@ struct Conn<'a> {
     /// The batch being written.
     out: WriteBuf,
     written: VecDeque<WrittenBatch>,
-    /// Bytes of complete replies at the front of `rbuf` that belong to the head slot and are not yet
-    /// handed over, and how many replies they are.
+    /// Bytes of complete frames at the front of `rbuf` that belong to the head slot and are not yet
+    /// handed over, and how many replies they complete (frames carried along with a reply, see
+    /// [`Shape`], wait for it).
     chunk_len: usize,
     chunk_count: u32,
     /// A stream slot is in the FIFO: later requests add no slots (their replies arrive in the stream).
@@ -707,6 +708,7 @@ impl<'a> Conn<'a> {
     /// slot timed out or the session is gone).
     fn hand_over(&mut self) {
         if self.chunk_count == 0 {
+            // Nothing complete; frames carried along with the next reply wait for it.
             return;
         }
         let bytes = self.rbuf.split_to(self.chunk_len).freeze();

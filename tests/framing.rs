@@ -335,10 +335,19 @@ async fn a_push_caused_by_a_command_reaches_its_client() {
     bounded(LIMIT, "DEBUG PROTOCOL push", async {
         let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]).await;
         let proxy = Proxy::ready(&redis).await;
+        // Every other RESP3 type DEBUG PROTOCOL makes is one frame (an attribute with its value).
         let script: &[&[&str]] = &[
             &["DEBUG", "PROTOCOL", "push"],
             &["PING"],
             &["DEBUG", "PROTOCOL", "push"],
+            &["DEBUG", "PROTOCOL", "attrib"],
+            &["DEBUG", "PROTOCOL", "verbatim"],
+            &["DEBUG", "PROTOCOL", "bignum"],
+            &["DEBUG", "PROTOCOL", "map"],
+            &["DEBUG", "PROTOCOL", "set"],
+            &["DEBUG", "PROTOCOL", "double"],
+            &["DEBUG", "PROTOCOL", "null"],
+            &["DEBUG", "PROTOCOL", "true"],
         ];
         let want = direct_answer(&redis, 3, script).await;
         assert!(want.starts_with(b">2\r\n"), "Redis itself: {}", show(&want));
