@@ -63,7 +63,6 @@ fn unsubscribe_several_while_not_subscribed(name: &str, cmd: &str) -> Scenario {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 1: the extra unsubscribe frames break the shared connection"]
 async fn issue10_item1_unsubscribe_several_while_not_subscribed() {
     unsubscribe_several_while_not_subscribed("item1_unsubscribe", "UNSUBSCRIBE")
         .run()
@@ -71,7 +70,6 @@ async fn issue10_item1_unsubscribe_several_while_not_subscribed() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 1: the extra punsubscribe frames break the shared connection"]
 async fn issue10_item1_punsubscribe_several_while_not_subscribed() {
     unsubscribe_several_while_not_subscribed("item1_punsubscribe", "PUNSUBSCRIBE")
         .run()
@@ -79,7 +77,6 @@ async fn issue10_item1_punsubscribe_several_while_not_subscribed() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 1: the extra sunsubscribe frames break the shared connection"]
 async fn issue10_item1_sunsubscribe_several_while_not_subscribed() {
     unsubscribe_several_while_not_subscribed("item1_sunsubscribe", "SUNSUBSCRIBE")
         .run()
@@ -88,7 +85,6 @@ async fn issue10_item1_sunsubscribe_several_while_not_subscribed() {
 
 /// A's unsubscribe and B's GET in flight at once: whichever Redis runs first, each gets its own.
 #[tokio::test]
-#[ignore = "issue 10 item 1: B gets A's extra unsubscribe frames or an upstream error"]
 async fn issue10_item1_unsubscribe_several_concurrent_with_another_client() {
     Scenario::new("item1_unsubscribe_concurrent")
         .each(B, &[&["SET", "keyB", "valueB"]])
@@ -102,7 +98,6 @@ async fn issue10_item1_unsubscribe_several_concurrent_with_another_client() {
 
 /// The same in one pipelined write, with the unsubscribe between two plain commands of A.
 #[tokio::test]
-#[ignore = "issue 10 item 1: replies after a multi-channel UNSUBSCRIBE are lost"]
 async fn issue10_item1_unsubscribe_several_pipelined() {
     Scenario::new("item1_unsubscribe_pipelined")
         .each(B, &[&["SET", "keyB", "valueB"]])
@@ -116,6 +111,41 @@ async fn issue10_item1_unsubscribe_several_pipelined() {
             5,
         )
         .each(B, &[&["GET", "keyB"]])
+        .run()
+        .await
+}
+
+/// The same in RESP3, where each confirmation is a push frame.
+#[tokio::test]
+async fn issue10_item1_unsubscribe_several_in_resp3() {
+    Scenario::new("item1_unsubscribe_resp3")
+        .each(A, &[&["HELLO", "3"]])
+        .each(B, &[&["HELLO", "3"], &["SET", "keyB", "valueB"]])
+        .write(A, &[&["SUNSUBSCRIBE", "foo", "bar", "quux"]])
+        .read(A, 1)
+        .each(B, &[&["GET", "keyB"]])
+        .read(A, 2)
+        .each(A, &[&["PUNSUBSCRIBE"], &["UNSUBSCRIBE", "foo"], &["PING"]])
+        .run()
+        .await
+}
+
+/// An unsubscribe queued in a transaction: Redis counts it as one element of `EXEC`'s array and
+/// writes its other confirmations as frames of their own, in RESP2 and RESP3.
+#[tokio::test]
+async fn issue10_item1_unsubscribe_several_queued_in_multi() {
+    let transaction: &[&[&str]] = &[
+        &["MULTI"],
+        &["UNSUBSCRIBE", "a", "b", "c"],
+        &["PING"],
+        &["EXEC"],
+        &["SET", "keyA", "valueA"],
+    ];
+    Scenario::new("item1_unsubscribe_in_multi")
+        .call(A, transaction, 7)
+        .each(B, &[&["HELLO", "3"]])
+        .call(B, transaction, 7)
+        .each(A, &[&["GET", "keyA"]])
         .run()
         .await
 }
@@ -493,7 +523,6 @@ async fn issue10_item7_monitor_then_reset_in_one_write() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 7: the push frame of DEBUG PROTOCOL push is dropped"]
 async fn issue10_item7_debug_protocol_push_in_resp3() {
     Scenario::new("item7_debug_protocol_push")
         .call(
