@@ -150,6 +150,40 @@ async fn issue10_item1_unsubscribe_several_queued_in_multi() {
         .await
 }
 
+/// A `SELECT` queued after a multi-channel unsubscribe: its result is not at its command's place in
+/// `EXEC`'s array but after the confirmations; the session's db follows it (db 1 when it ran, db 0
+/// when Redis refused it).
+#[tokio::test]
+async fn issue10_item1_select_queued_after_an_unsubscribe() {
+    Scenario::new("item1_select_after_unsubscribe_in_multi")
+        .call(
+            A,
+            &[
+                &["MULTI"],
+                &["UNSUBSCRIBE", "a", "b", "c"],
+                &["SELECT", "1"],
+                &["EXEC"],
+            ],
+            6,
+        )
+        .each(A, &[&["SET", "k", "in1"]])
+        .each(B, &[&["GET", "k"]])
+        .call(
+            B,
+            &[
+                &["MULTI"],
+                &["UNSUBSCRIBE", "a", "b"],
+                &["SELECT", "99"],
+                &["EXEC"],
+            ],
+            5,
+        )
+        .each(B, &[&["SET", "k", "in0"]])
+        .each(A, &[&["GET", "k"], &["SELECT", "0"], &["GET", "k"]])
+        .run()
+        .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 4: a user without +select in a non-zero db
 // ---------------------------------------------------------------------------------------------
