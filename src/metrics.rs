@@ -268,7 +268,7 @@ fn describe() {
     );
     describe_counter!(
         CLIENT_CLOSED_BY_PROXY,
-        "Client connections closed by respipe, by reason (protocol_error, reply_limit)."
+        "Client connections closed by respipe, by reason (protocol_error, reply_limit, pubsub_limit)."
     );
     describe_counter!(
         COMMANDS,
