@@ -55,6 +55,9 @@ pub enum Kind {
     Unsubscribe,
     /// `MONITOR`: the connection streams every command Redis runs, for the rest of the connection.
     Monitor,
+    /// `SYNC`, `PSYNC`, `REPLCONF`: the client reads the replication stream; it gets a connection of
+    /// its own, spliced byte for byte, for the rest of its connection.
+    Replicate,
     /// Answered with this exact error line by the session itself.
     Error(&'static str),
     /// Refused: no way to give it Redis's semantics through respipe (the reason).
@@ -123,9 +126,6 @@ pub enum Args<'a> {
     Inline(&'a [Vec<u8>]),
 }
 
-/// Why replication and cluster-state commands are refused: a shared or lent connection cannot give
-/// them their meaning.
-const REPLICATION: &str = "replication stream";
 /// Why per-connection client-side caching and `NO-TOUCH` are refused for now.
 const TRACKING: &str = "per-connection client tracking";
 /// Why cluster connection flags are refused: the upstream is a standalone Redis.
@@ -328,7 +328,7 @@ pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => Kind::Subscribe,
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Kind::Unsubscribe,
         b"MONITOR" => Kind::Monitor,
-        b"SYNC" | b"PSYNC" | b"REPLCONF" => Kind::Refuse(REPLICATION),
+        b"SYNC" | b"PSYNC" | b"REPLCONF" => Kind::Replicate,
         b"READONLY" | b"READWRITE" | b"ASKING" => Kind::Refuse(CLUSTER),
         b"SCRIPT" => script(args),
         // Every other name in the table answers one frame; so does any name not in it (Redis's
@@ -563,10 +563,12 @@ mod tests {
         assert_eq!(classify_words(&["monitor"]), Kind::Monitor);
         assert_eq!(classify_words(&["reset"]), Kind::Reset);
         assert_eq!(classify_words(&["quit"]), Kind::Quit);
-        assert!(matches!(
-            classify_words(&["psync", "?", "-1"]),
-            Kind::Refuse(_)
-        ));
+        assert_eq!(classify_words(&["psync", "?", "-1"]), Kind::Replicate);
+        assert_eq!(classify_words(&["SYNC"]), Kind::Replicate);
+        assert_eq!(
+            classify_words(&["replconf", "capa", "eof"]),
+            Kind::Replicate
+        );
     }
 
     #[test]

@@ -108,6 +108,12 @@ pub struct Config {
     /// blocking commands, subscriptions and MONITOR. Default 256. Past it such a command gets
     /// `-ERR respipe: no dedicated upstream connection available (max_leases ...)`; nothing waits.
     pub max_leases: NonZeroUsize,
+    /// Dedicated connections kept handshaken in advance for each state (db, protocol, user) that
+    /// clients have leased in, so `MULTI` and the rest take one without a connect or a handshake.
+    /// A lease given back in a state respipe trusts is scrubbed (`RESET`, then the state's handshake)
+    /// and kept as one of them. Default 2; `0` disables (every lease is a fresh connection). They
+    /// count against `max_leases` and give way to a client that needs a lease when none is left.
+    pub warm_leases: usize,
     /// Distinct shared pools (one per db, protocol and user in use). Default 32. Past it a client that
     /// needs another pool gets `-ERR respipe: too many upstream pools (max_pools ...)`.
     pub max_pools: NonZeroUsize,
@@ -312,6 +318,8 @@ pub const SETTINGS: &[Setting] = &[
         "Commands in flight on one upstream connection; past it new requests wait"),
     setting("max_leases", "--max-leases", "RESPIPE_MAX_LEASES", "N", "256",
         "Dedicated upstream connections lent at once (transactions, blocking commands, subscriptions, MONITOR)"),
+    setting("warm_leases", "--warm-leases", "RESPIPE_WARM_LEASES", "N", "2",
+        "Dedicated connections kept handshaken in advance per state in use (counted in max_leases); 0 disables"),
     setting("max_pools", "--max-pools", "RESPIPE_MAX_POOLS", "N", "32",
         "Shared pools at most, one per (db, protocol, user) in use"),
     setting("requirepass", "--requirepass", "RESPIPE_REQUIREPASS", "PASSWORD", "",
@@ -431,6 +439,7 @@ impl Default for Config {
             max_request_args: nz(16 << 20),
             max_upstream_inflight: nz(65_536),
             max_leases: nz(256),
+            warm_leases: 2,
             max_pools: nz(32),
             requirepass: None,
             deny_commands: Vec::new(),
@@ -869,6 +878,11 @@ impl Values {
                 .get("max_upstream_inflight", count(1))?
                 .unwrap_or(d.max_upstream_inflight),
             max_leases: self.get("max_leases", count(1))?.unwrap_or(d.max_leases),
+            warm_leases: self
+                .get("warm_leases", |raw| {
+                    usize::try_from(integer(raw)?).map_err(|_| "too large".to_owned())
+                })?
+                .unwrap_or(d.warm_leases),
             max_pools: self.get("max_pools", count(1))?.unwrap_or(d.max_pools),
             requirepass: self
                 .get("requirepass", |raw| {

@@ -22,6 +22,7 @@
 //! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - [`follow`]: connection state that changes only when Redis accepts the command (now or at EXEC).
 //! - [`pool`]: the upstream connections and the routing step.
+//! - [`warm`]: dedicated connections handshaken in advance, and the scrub of given-back ones.
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
 //! - [`chunks`]: byte chunks drained by vectored writes.
@@ -53,6 +54,7 @@ pub mod session;
 pub mod spare;
 pub mod tls;
 pub mod upstream;
+pub mod warm;
 
 pub use admin::Admin;
 pub use config::Config;

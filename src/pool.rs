@@ -4,8 +4,10 @@
 //! user ([`PoolKey`]). The pool of the configured upstream starts with the proxy; others start on
 //! first use, up to `max_pools`. Connection-exclusive state (transactions, blocking commands,
 //! subscriptions, MONITOR) gets a *lease*: a dedicated connection of its own, handshaken like the
-//! session's pool, up to `max_leases` at once, closed when the client no longer needs it. Cluster
-//! slot routing will plug in here too.
+//! session's pool, up to `max_leases` at once. A few per state are kept handshaken in advance and
+//! given-back ones are scrubbed for reuse ([`crate::warm`]); the rest close when the client no
+//! longer needs them. A replication reader (`SYNC`, `PSYNC`) gets a [`Tap`]: a raw connection
+//! spliced to the client, which counts as a lease too. Cluster slot routing will plug in here too.
 //!
 //! A shared connection that retired (a command at its head timed out: a busy script, `DEBUG SLEEP`)
 //! is replaced by a fresh one the next time a session is routed to it; sessions with commands still
@@ -26,7 +28,8 @@ use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply;
 use crate::tls::UpstreamTls;
-use crate::upstream::{self, Tunables, UpstreamHandle, UpstreamSettings};
+use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
+use crate::warm::Warm;
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
 /// request may carry many commands, so this is not a command limit (that is
@@ -79,16 +82,35 @@ struct Member {
     label: String,
 }
 
-/// A dedicated upstream connection lent to one session. Dropping it closes the connection (the
-/// driver sees its queue closed) and returns the permit.
+/// A dedicated upstream connection, lent to one session or kept warm. Dropping it closes the
+/// connection (the driver sees its queue closed) and returns the permit; [`Pools::give_back`]
+/// keeps it for reuse instead.
 #[derive(Debug)]
 pub struct Lease {
     handle: UpstreamHandle,
+    /// The state the connection was handshaken in.
+    key: PoolKey,
+    /// The warm set's generation when it was made: a reload of the upstream makes it stale.
+    generation: u64,
     /// One of `max_leases` permits, held for the lease's life.
     _permit: OwnedSemaphorePermit,
-    /// `respipe_leases`, decremented on drop.
-    gauge: Gauge,
+    /// Counted in `respipe_leases` while lent to a session; `None` while warm.
+    lent: Option<Lent>,
 }
+
+/// A raw upstream connection spliced byte for byte to one client (a replication reader): counts
+/// as a lease while it lives.
+pub struct Tap {
+    /// The connection, connected and handshaken in the client's state.
+    pub stream: Box<dyn RawIo>,
+    /// One of `max_leases` permits, held for the tap's life.
+    _permit: OwnedSemaphorePermit,
+    _lent: Lent,
+}
+
+/// One count in `respipe_leases`, taken back on drop.
+#[derive(Debug)]
+struct Lent(Gauge);
 
 /// The upstream connections of the proxy.
 #[derive(Debug)]
@@ -103,8 +125,11 @@ pub struct Pools {
     generation: AtomicU64,
     /// Every pool by key, the default one included. Looked up only when a session's key changes.
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-    /// `max_leases` permits; a lease holds one.
+    /// `max_leases` permits; a lease (lent, warm or being scrubbed) or a tap holds one. When none
+    /// is left a new lease closes a warm one, or is refused.
     leases: Arc<Semaphore>,
+    /// Leases handshaken in advance, per state.
+    warm: Arc<Warm>,
     max_leases: usize,
     leases_gauge: Gauge,
     lease_refusals: Counter,
@@ -188,9 +213,21 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Lease {
+    /// The state the connection is in.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The warm set's generation when the lease was made.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Drop for Lent {
     fn drop(&mut self) {
-        self.gauge.decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
@@ -229,6 +266,10 @@ impl Pools {
             generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             leases: Arc::new(Semaphore::new(config.max_leases.get())),
+            warm: Arc::new(Warm::new(
+                config.warm_leases,
+                config.connect_timeout.saturating_mul(2),
+            )),
             max_leases: config.max_leases.get(),
             leases_gauge: metrics::gauge!(crate::metrics::LEASES),
             lease_refusals: metrics::counter!(crate::metrics::LEASE_REFUSALS),
@@ -255,6 +296,7 @@ impl Pools {
             auth: None,
         };
         lock(&self.base).upstream = upstream;
+        self.warm.clear();
         lock(&self.pools).clear();
         lock(&self.known_dbs).clear();
         lock(&self.verdicts).clear();
@@ -302,26 +344,104 @@ impl Pools {
         lock(&self.pools).contains_key(key)
     }
 
-    /// Lends a dedicated connection in `key`'s state; `Err` is the error line for the client when
-    /// `max_leases` are out. Never waits.
+    /// Lends a dedicated connection in `key`'s state: a warm one if there is one, else a fresh
+    /// one (and warm ones are started for the next clients). `Err` is the error line for the client
+    /// when `max_leases` are out. Never waits.
     pub fn lease(&self, key: &PoolKey) -> Result<Lease, Bytes> {
-        let Ok(permit) = self.leases.clone().try_acquire_owned() else {
-            self.lease_refusals.increment(1);
-            return Err(reply::error(&format!(
-                "ERR respipe: no dedicated upstream connection available (max_leases={} in use)",
-                self.max_leases
-            )));
-        };
+        if let Some(lease) = self.warm.take(key) {
+            return Ok(self.lend(lease));
+        }
+        let permit = self.permit()?;
+        let lease = self.spawn_lease(key, permit);
+        self.refill(key);
+        Ok(self.lend(lease))
+    }
+
+    /// Takes back a lease whose connection the session trusts: idle, not in a transaction, a
+    /// stream or a blocking call. It is scrubbed (`RESET` and the handshake of its state) and kept
+    /// warm, or closed when its state has enough warm leases or the last free permit would go.
+    pub fn give_back(&self, mut lease: Lease) {
+        lease.lent = None;
+        if !lease.handle.is_up()
+            || self.leases.available_permits() == 0
+            || !self.warm.reserve(&lease.key)
+        {
+            return;
+        }
+        let mut scrub = vec![Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n")];
+        scrub.extend(upstream::handshake_commands(&self.settings_for(&lease.key)));
+        self.warm.prepare(lease, scrub);
+    }
+
+    /// Connects a raw connection in `key`'s state for a client that reads the replication stream;
+    /// `Err` is the error line for the client (`max_leases` out, or the upstream unreachable).
+    pub async fn tap(&self, key: &PoolKey) -> Result<Tap, Bytes> {
+        let permit = self.permit()?;
+        let settings = self.settings_for(key);
+        let stream = upstream::open_raw(&settings)
+            .await
+            .map_err(|err| reply::upstream_unavailable(&err))?;
+        self.leases_gauge.increment(1.0);
+        Ok(Tap {
+            stream,
+            _permit: permit,
+            _lent: Lent(self.leases_gauge.clone()),
+        })
+    }
+
+    /// One of the `max_leases` permits: a free one, else the one a warm lease holds (that lease
+    /// closes). `Err` is the refusal line for the client.
+    fn permit(&self) -> Result<OwnedSemaphorePermit, Bytes> {
+        if let Ok(permit) = self.leases.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.warm.evict_one() {
+            if let Ok(permit) = self.leases.clone().try_acquire_owned() {
+                return Ok(permit);
+            }
+        }
+        self.lease_refusals.increment(1);
+        Err(reply::error(&format!(
+            "ERR respipe: no dedicated upstream connection available (max_leases={} in use)",
+            self.max_leases
+        )))
+    }
+
+    /// Starts warm leases in `key`'s state up to `warm_leases`, never taking the last free permit
+    /// (a client that needs a lease must find one without waiting for a warm-up).
+    fn refill(&self, key: &PoolKey) {
+        while let Ok(permit) = self.leases.clone().try_acquire_owned() {
+            if self.leases.available_permits() == 0 || !self.warm.reserve(key) {
+                return;
+            }
+            let lease = self.spawn_lease(key, permit);
+            self.warm
+                .prepare(lease, vec![Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")]);
+        }
+    }
+
+    /// A new dedicated connection in `key`'s state (its driver connects in the background).
+    fn spawn_lease(&self, key: &PoolKey, permit: OwnedSemaphorePermit) -> Lease {
+        // The generation first: a reload between the two makes the lease stale, never wrong.
+        let generation = self.warm.generation();
         let settings = UpstreamSettings {
             dedicated: true,
             ..self.settings_for(key)
         };
-        self.leases_gauge.increment(1.0);
-        Ok(Lease {
+        Lease {
             handle: UpstreamHandle::spawn("lease".to_owned(), Arc::new(settings)),
+            key: key.clone(),
+            generation,
             _permit: permit,
-            gauge: self.leases_gauge.clone(),
-        })
+            lent: None,
+        }
+    }
+
+    /// Marks a lease as lent to a session (`respipe_leases`).
+    fn lend(&self, mut lease: Lease) -> Lease {
+        self.leases_gauge.increment(1.0);
+        lease.lent = Some(Lent(self.leases_gauge.clone()));
+        lease
     }
 
     /// Runs `commands` on a short-lived connection in `key`'s state and returns Redis's replies.

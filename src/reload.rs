@@ -33,6 +33,7 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         pool_size,
         max_clients,
         max_leases,
+        warm_leases,
         max_pools,
         max_upstream_inflight,
         connect_timeout,

@@ -29,7 +29,7 @@ use crate::follow::{self, Change, Follow};
 use crate::live::{Cached, Live};
 use crate::metrics::ClientMetrics;
 use crate::outflow::{Breach, Outflow, OutputLimit, ServerLimit, READ_PAUSE_OWED_BYTES};
-use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools};
+use crate::pool::{Credentials, Lease, Pool, PoolKey, Pools, Tap};
 use crate::reply::{self, ReplyRx, ReplyTx, Response};
 use crate::resp::{self, RequestFrame, RequestKind, RequestLimits, RequestScanner};
 use crate::spare;
@@ -204,6 +204,9 @@ struct Session {
     limits: Cached<SessionLimits>,
     /// The dedicated connection, while one is needed.
     lease: Option<Lease>,
+    /// A replication reader's connection and the bytes that go first on it: once every earlier
+    /// reply is written, the client is spliced to it for the rest of its connection.
+    tap: Option<(Tap, Bytes)>,
     /// The session's reply mailbox: a clone of `tx` rides in every request's reply slot; `rx` is
     /// read by this task only.
     tx: ReplyTx,
@@ -344,6 +347,7 @@ where
         pool: shared.pools.default_pool(),
         pool_generation: shared.pools.generation(),
         lease: None,
+        tap: None,
         tx,
         rx,
         closing: false,
@@ -375,6 +379,9 @@ impl Session {
         loop {
             self.limits.refresh(&self.shared.limits);
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
+                if let Some((tap, first)) = self.tap.take() {
+                    return Box::pin(self.splice(tap, first, rd, wr)).await;
+                }
                 let _ = wr.shutdown().await;
                 return Ok(());
             }
@@ -859,6 +866,8 @@ impl Session {
                 }
                 Ok(())
             }
+            Kind::Replicate if in_multi => self.forward(bytes, Route::Current, false).await,
+            Kind::Replicate => self.replicate(bytes).await,
             Kind::Error(line) => self.answer(Bytes::from_static(line.as_bytes())),
             Kind::Refuse(why) => self.refuse(reply::refused(name, why)).await,
             Kind::Denied => self.refuse(reply::denied(name)).await,
@@ -1141,6 +1150,69 @@ impl Session {
         if accepted {
             for change in follow::requested(kind, args) {
                 self.state.apply(change);
+            }
+        }
+    }
+
+    /// `SYNC`, `PSYNC` or `REPLCONF` outside a transaction: connects a raw connection in the
+    /// session's state and stops reading; the command and everything the client sent after it go
+    /// first on that connection once every earlier reply is written (see `splice`). When the
+    /// connection cannot be had, the client gets the error and the session goes on.
+    async fn replicate(&mut self, bytes: Bytes) -> Result<(), Close> {
+        // Boxed: a connect (and TLS handshake) is a large future; idle sessions stay small.
+        let key = self.state.key();
+        match Box::pin(self.shared.pools.tap(&key)).await {
+            Ok(tap) => {
+                let mut first = BytesMut::from(&bytes[..]);
+                first.extend_from_slice(&self.inbuf.split());
+                self.tap = Some((tap, first.freeze()));
+                self.closing = true;
+                Ok(())
+            }
+            Err(line) => self.answer(line),
+        }
+    }
+
+    /// The rest of a replication reader's connection: its bytes and the upstream's are copied both
+    /// ways unchanged (RDB payload, then the command stream) until the upstream closes, the client
+    /// closes and the upstream follows, or the proxy shuts down. Any lease is given up first.
+    async fn splice<R, W>(
+        &mut self,
+        tap: Tap,
+        first: Bytes,
+        mut rd: R,
+        mut wr: W,
+    ) -> Result<(), Close>
+    where
+        R: ClientRead,
+        W: AsyncWrite + Unpin,
+    {
+        self.lease = None;
+        self.current = None;
+        debug!(
+            session = self.id,
+            "client spliced to a replication connection"
+        );
+        let (mut up_rd, mut up_wr) = tokio::io::split(tap.stream);
+        if up_wr.write_all(&first).await.is_err() {
+            return Err(Close);
+        }
+        let mut to_upstream = std::pin::pin!(async {
+            let _ = tokio::io::copy(&mut rd, &mut up_wr).await;
+            // Redis closes a connection whose client is done: the other direction then ends.
+            let _ = up_wr.shutdown().await;
+        });
+        let mut to_client = std::pin::pin!(async {
+            let _ = tokio::io::copy(&mut up_rd, &mut wr).await;
+            let _ = wr.shutdown().await;
+        });
+        let shutdown = self.shared.shutdown.clone();
+        let mut client_done = false;
+        loop {
+            tokio::select! {
+                _ = &mut to_upstream, if !client_done => client_done = true,
+                _ = &mut to_client => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(()),
             }
         }
     }
@@ -1516,8 +1588,11 @@ impl Session {
         if self.inflight == 0 {
             self.current = None;
             if !self.lease_needed() {
-                // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back.
-                self.lease = None;
+                // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back
+                // (idle and out of any transaction or stream, so it can be scrubbed and reused).
+                if let Some(lease) = self.lease.take() {
+                    self.shared.pools.give_back(lease);
+                }
             }
         }
         self.check_reply_limit()

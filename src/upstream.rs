@@ -866,6 +866,21 @@ async fn open(settings: &UpstreamSettings) -> Result<Stream, UpstreamError> {
     }
 }
 
+/// A raw upstream connection, whatever its transport.
+pub trait RawIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> RawIo for T {}
+
+/// Connects and handshakes as `settings` say (like a driver's connection) and hands over the raw
+/// connection, for a client that is spliced to it byte for byte.
+pub async fn open_raw(settings: &UpstreamSettings) -> Result<Box<dyn RawIo>, UpstreamError> {
+    Ok(match open(settings).await? {
+        Stream::Tcp(s) => Box::new(s),
+        Stream::Unix(s) => Box::new(s),
+        Stream::Tls(s) => s,
+    })
+}
+
 /// Runs `commands` on a short-lived connection of its own (connected and handshaken as `settings`
 /// say) and returns Redis's raw replies. Used to check what must not touch a shared connection:
 /// `AUTH` credentials, a `SELECT` target, `HELLO`.
@@ -941,6 +956,13 @@ async fn handshake(
         }
     }
     Ok(())
+}
+
+/// The first round of the handshake of `settings`, as raw RESP: what a given-back lease is sent
+/// after `RESET` to be in its state again (a state that needs a second round fails that check,
+/// and the lease closes instead of being reused).
+pub(crate) fn handshake_commands(settings: &UpstreamSettings) -> Vec<Bytes> {
+    Handshake::new(&settings.upstream, settings.user.as_deref(), settings.resp3).commands()
 }
 
 /// A handshake, as raw RESP commands.
