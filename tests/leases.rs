@@ -58,7 +58,10 @@ async fn tx(c: &mut RawClient, key: &str) {
 async fn multi_until_ok(c: &mut RawClient) {
     let deadline = std::time::Instant::now() + WAIT;
     while c.cmd(&["MULTI"]).await != Reply::ok() {
-        assert!(std::time::Instant::now() < deadline, "MULTI never got a lease");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MULTI never got a lease"
+        );
         tokio::time::sleep(common::POLL).await;
     }
 }
@@ -83,7 +86,11 @@ async fn redis_cli_rdb_through_respipe_writes_a_valid_rdb() {
         let (code, out, err) = common::run_to_exit(cli, WAIT);
         assert_eq!(code, Some(0), "redis-cli --rdb: {out} {err}");
         let rdb = std::fs::read(&file).expect("the RDB file");
-        assert!(rdb.starts_with(b"REDIS"), "not an RDB: {:?}", &rdb[..rdb.len().min(16)]);
+        assert!(
+            rdb.starts_with(b"REDIS"),
+            "not an RDB: {:?}",
+            &rdb[..rdb.len().min(16)]
+        );
         assert!(rdb.windows(11).any(|w| w == b"in-the-dump"));
         // The proxy still serves others.
         assert_eq!(c.cmd(&["GET", "in-the-dump"]).await, Reply::bulk("yes"));
@@ -208,7 +215,10 @@ async fn warm_leases_hide_the_handshake_from_transactions() {
         for round in 0..5 {
             poll_until(WAIT, "warm leases ready", || async {
                 let cmds = lease_commands(&redis, 1, 2).await;
-                let idle = cmds.iter().filter(|c| *c == "ping" || *c == "select").count();
+                let idle = cmds
+                    .iter()
+                    .filter(|c| *c == "ping" || *c == "select")
+                    .count();
                 (idle >= 2 && !cmds.iter().any(|c| c == "exec" || c == "reset")).then_some(())
             })
             .await;
@@ -260,7 +270,11 @@ async fn on_lease(lease: &Lease, commands: &[&[&str]]) -> String {
         reply: tx,
         stream: false,
     };
-    lease.handle().send(request).await.expect("the lease's driver");
+    lease
+        .handle()
+        .send(request)
+        .await
+        .expect("the lease's driver");
     let mut out = Vec::new();
     let mut got = 0;
     while got < count {
