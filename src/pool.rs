@@ -362,7 +362,10 @@ impl Pools {
     /// warm, or closed when its state has enough warm leases or the last free permit would go.
     pub fn give_back(&self, mut lease: Lease) {
         lease.lent = None;
-        if !lease.handle.is_up()
+        // A lease from before a reload of the upstream closes: its scrub would send the new
+        // upstream's credentials to the old one.
+        if lease.generation != self.warm.generation()
+            || !lease.handle.is_up()
             || self.leases.available_permits() == 0
             || !self.warm.reserve(&lease.key)
         {
