@@ -92,8 +92,9 @@ pub struct Lease {
     key: PoolKey,
     /// The warm set's generation when it was made: a reload of the upstream makes it stale.
     generation: u64,
-    /// One of `max_leases` permits, held for the lease's life.
-    _permit: OwnedSemaphorePermit,
+    /// One of `max_leases` permits, held for the lease's life; kept by the warm set instead while
+    /// a warm lease is being checked (see [`crate::warm`]).
+    permit: Option<OwnedSemaphorePermit>,
     /// Counted in `respipe_leases` while lent to a session; `None` while warm.
     lent: Option<Lent>,
 }
@@ -222,6 +223,16 @@ impl Lease {
     /// The warm set's generation when the lease was made.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Takes the lease's permit (the warm set holds it while the lease is checked).
+    pub(crate) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.permit.take()
+    }
+
+    /// Gives the lease a permit back.
+    pub(crate) fn set_permit(&mut self, permit: OwnedSemaphorePermit) {
+        self.permit = Some(permit);
     }
 }
 
@@ -392,16 +403,14 @@ impl Pools {
         })
     }
 
-    /// One of the `max_leases` permits: a free one, else the one a warm lease holds (that lease
+    /// One of the `max_leases` permits: a free one, else one a warm lease holds (that lease
     /// closes). `Err` is the refusal line for the client.
     fn permit(&self) -> Result<OwnedSemaphorePermit, Bytes> {
         if let Ok(permit) = self.leases.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        if self.warm.evict_one() {
-            if let Ok(permit) = self.leases.clone().try_acquire_owned() {
-                return Ok(permit);
-            }
+        if let Some(permit) = self.warm.evict_one() {
+            return Ok(permit);
         }
         self.lease_refusals.increment(1);
         Err(reply::error(&format!(
@@ -435,7 +444,7 @@ impl Pools {
             handle: UpstreamHandle::spawn("lease".to_owned(), Arc::new(settings)),
             key: key.clone(),
             generation,
-            _permit: permit,
+            permit: Some(permit),
             lent: None,
         }
     }

@@ -6,13 +6,17 @@
 //! given-back one, which leaves it exactly as a fresh connection in that state (db, user, protocol,
 //! no name, no WATCH, MULTI, subscriptions or reply mode). A check that fails or does not finish
 //! within its limit closes the connection. The set is bounded per state (`warm_leases`), and every
-//! lease in it or on its way holds one of the `max_leases` permits.
+//! lease in it or on its way counts against `max_leases`: a ready one holds its permit, and the
+//! permits of those being checked are held here, so a client that needs a lease when none is free
+//! takes a warm lease's permit at once (that lease closes; one being checked closes when its check
+//! ends, so Redis may briefly see it beside the client's).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::pool::{Lease, PoolKey};
 use crate::reply::{self, Response};
@@ -35,6 +39,9 @@ struct WarmState {
     ready: HashMap<PoolKey, Vec<Lease>>,
     /// Leases being checked, per state (counted so a burst does not start too many).
     preparing: HashMap<PoolKey, usize>,
+    /// The permits of the leases being checked; one goes back to each that passes, while any are
+    /// left. A client that needs a lease may take one.
+    held: Vec<OwnedSemaphorePermit>,
     /// Bumped when the upstream is replaced: leases made before are never kept.
     generation: u64,
 }
@@ -66,15 +73,15 @@ impl Warm {
         None
     }
 
-    /// Closes one ready lease, of any state, so its permit can serve a client now. False when
-    /// there is none.
-    pub fn evict_one(&self) -> bool {
-        let evicted = self
-            .lock()
-            .ready
-            .values_mut()
-            .find_map(|leases| leases.pop());
-        evicted.is_some()
+    /// A permit for a client that needs a lease now: a ready lease's (of any state; it closes),
+    /// else that of one being checked. `None` when the set holds none.
+    pub fn evict_one(&self) -> Option<OwnedSemaphorePermit> {
+        let mut state = self.lock();
+        let ready = state.ready.values_mut().find_map(|leases| leases.pop());
+        match ready {
+            Some(mut lease) => lease.take_permit(),
+            None => state.held.pop(),
+        }
     }
 
     /// Room for one more lease in `key`'s state, counting those being checked: when there is, it
@@ -93,7 +100,10 @@ impl Warm {
     /// Runs `commands` on the lease's connection in the background and keeps the lease when every
     /// reply is a success, it is still current and there is room; otherwise closes it. Needs a
     /// [`Warm::reserve`] first.
-    pub fn prepare(self: &Arc<Self>, lease: Lease, commands: Vec<Bytes>) {
+    pub fn prepare(self: &Arc<Self>, mut lease: Lease, commands: Vec<Bytes>) {
+        if let Some(permit) = lease.take_permit() {
+            self.lock().held.push(permit);
+        }
         let warm = self.clone();
         tokio::spawn(async move {
             let checked = tokio::time::timeout(warm.limit, check(&lease, &commands)).await;
@@ -103,6 +113,10 @@ impl Warm {
                 *n = n.saturating_sub(1);
             }
             let current = lease.generation() == state.generation;
+            let Some(permit) = state.held.pop() else {
+                return;
+            };
+            lease.set_permit(permit);
             let ready = state.ready.entry(key).or_default();
             if matches!(checked, Ok(true)) && current && ready.len() < warm.per_key {
                 ready.push(lease);
