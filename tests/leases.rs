@@ -30,6 +30,13 @@ fn arr(items: Vec<Reply>) -> Reply {
     Reply::Array(Some(items))
 }
 
+/// respipe's refusal when `max` leases are out.
+fn no_lease(max: usize) -> Reply {
+    Reply::Error(format!(
+        "ERR respipe: no dedicated upstream connection available (max_leases={max} in use)"
+    ))
+}
+
 /// Reads from `c` until `buf` holds `needle` (bounded by [`WAIT`]); returns everything read.
 async fn read_until(c: &mut RawClient, mut buf: Vec<u8>, needle: &[u8]) -> Vec<u8> {
     bounded(WAIT, "the expected bytes", async {
@@ -163,13 +170,7 @@ async fn replconf_then_psync_gets_a_full_resync_and_counts_as_a_lease() {
         );
         // The spliced connection holds the only lease.
         let mut other = proxy.raw().await;
-        assert_eq!(
-            other.cmd(&["MULTI"]).await,
-            Reply::Error(
-                "ERR respipe: no dedicated upstream connection available (max_leases=1 in use)"
-                    .into()
-            )
-        );
+        assert_eq!(other.cmd(&["MULTI"]).await, no_lease(1));
         drop(replica);
         multi_until_ok(&mut other).await;
     })
@@ -180,14 +181,19 @@ async fn replconf_then_psync_gets_a_full_resync_and_counts_as_a_lease() {
 // Item 14: warm leases
 // ---------------------------------------------------------------------------------------------
 
-/// The connections of the Redis that are in `db` and speak `resp`, with their last command.
-async fn lease_commands(redis: &RedisServer, db: u32, resp: u32) -> Vec<String> {
+/// `CLIENT LIST` on a direct connection (which is in it too).
+async fn client_list(redis: &RedisServer) -> String {
     let mut d = redis.direct().await;
     let Reply::Bulk(Some(list)) = d.cmd(&["CLIENT", "LIST"]).await else {
         panic!("CLIENT LIST");
     };
-    String::from_utf8(list)
-        .unwrap()
+    String::from_utf8(list).unwrap()
+}
+
+/// The connections of the Redis that are in `db` and speak `resp`, with their last command.
+async fn lease_commands(redis: &RedisServer, db: u32, resp: u32) -> Vec<String> {
+    client_list(redis)
+        .await
         .lines()
         .filter(|l| {
             common::field(l, "db") == Some(db.to_string())
@@ -386,10 +392,7 @@ async fn a_reused_lease_carries_no_state_into_the_next_client() {
             assert_eq!(b.cmd(&["EXEC"]).await, arr(vec![Reply::ok()]));
             assert_eq!(d.cmd(&["GET", &key]).await, Reply::bulk("v"), "db 0");
         }
-        let Reply::Bulk(Some(list)) = d.cmd(&["CLIENT", "LIST"]).await else {
-            panic!("CLIENT LIST");
-        };
-        let list = String::from_utf8(list).unwrap();
+        let list = client_list(&redis).await;
         assert!(!list.contains("name=leaked"), "{list}");
     })
     .await
@@ -414,19 +417,9 @@ async fn max_leases_bounds_lent_and_warm_leases_together() {
             multi_until_ok(x).await;
         }
         let mut e = proxy.raw().await;
-        assert_eq!(
-            e.cmd(&["MULTI"]).await,
-            Reply::Error(
-                "ERR respipe: no dedicated upstream connection available (max_leases=2 in use)"
-                    .into()
-            )
-        );
+        assert_eq!(e.cmd(&["MULTI"]).await, no_lease(2));
         // Redis sees at most the shared pools' connections plus max_leases dedicated ones.
-        let mut d = redis.direct().await;
-        let Reply::Bulk(Some(list)) = d.cmd(&["CLIENT", "LIST"]).await else {
-            panic!("CLIENT LIST");
-        };
-        let others = String::from_utf8(list).unwrap().lines().count() - 1;
+        let others = client_list(&redis).await.lines().count() - 1;
         assert!(others <= 2 + 2, "{others} connections besides this one");
     })
     .await
