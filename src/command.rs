@@ -107,7 +107,8 @@ pub enum Class {
     Frames,
     /// Runs on a connection lent to the client alone: a transaction (`EXEC`, `DISCARD` and `UNWATCH`
     /// outside one are [`Class::One`]), a command that may block (`XREAD`/`XREADGROUP` only with
-    /// `BLOCK`), or a stream (subscriptions, `MONITOR`).
+    /// `BLOCK`), a stream (subscriptions, `MONITOR`), or a replication reader (`SYNC`, `PSYNC`,
+    /// `REPLCONF`: a raw connection spliced to the client).
     Lease,
     /// Answered by respipe for the session (when Redis must judge it, it asks on a connection of its
     /// own).
@@ -171,10 +172,10 @@ pub const TABLE: &[(&str, Class)] = {
     ("multi", Lease), ("object", One), ("persist", One), ("pexpire", One), ("pexpireat", One),
     ("pexpiretime", One), ("pfadd", One), ("pfcount", One), ("pfdebug", One), ("pfmerge", One),
     ("pfselftest", One), ("ping", One), ("psetex", One), ("psubscribe", Lease),
-    ("psync", Refuse(REPLICATION)), ("pttl", One), ("publish", One), ("pubsub", One),
+    ("psync", Lease), ("pttl", One), ("publish", One), ("pubsub", One),
     ("punsubscribe", Frames), ("quit", Local), ("randomkey", One), ("readonly", Refuse(CLUSTER)),
     ("readwrite", Refuse(CLUSTER)), ("rename", One), ("renamenx", One),
-    ("replconf", Refuse(REPLICATION)), ("replicaof", One), ("reset", Local), ("restore", One),
+    ("replconf", Lease), ("replicaof", One), ("reset", Local), ("restore", One),
     ("restore-asking", One), ("role", One), ("rpop", One), ("rpoplpush", One), ("rpush", One),
     ("rpushx", One), ("sadd", One), ("save", One), ("scan", One), ("scard", One), ("script", One),
     ("sdiff", One), ("sdiffstore", One), ("select", Local), ("set", One), ("setbit", One),
@@ -184,7 +185,7 @@ pub const TABLE: &[(&str, Class)] = {
     ("sort_ro", One), ("spop", One), ("spublish", One), ("srandmember", One), ("srem", One),
     ("sscan", One), ("ssubscribe", Lease), ("strlen", One), ("subscribe", Lease), ("substr", One),
     ("sunion", One), ("sunionstore", One), ("sunsubscribe", Frames), ("swapdb", One),
-    ("sync", Refuse(REPLICATION)), ("time", One), ("touch", One), ("ttl", One), ("type", One),
+    ("sync", Lease), ("time", One), ("touch", One), ("ttl", One), ("type", One),
     ("unlink", One), ("unsubscribe", Frames), ("unwatch", Lease), ("vadd", One), ("vcard", One),
     ("vdim", One), ("vemb", One), ("vgetattr", One), ("vinfo", One), ("vlinks", One),
     ("vrandmember", One), ("vrem", One), ("vsetattr", One), ("vsim", One), ("wait", Lease),
@@ -659,7 +660,8 @@ mod tests {
             | Kind::Blocking
             | Kind::Wait
             | Kind::Subscribe
-            | Kind::Monitor => Class::Lease,
+            | Kind::Monitor
+            | Kind::Replicate => Class::Lease,
             Kind::Refuse(why) => Class::Refuse(why),
             Kind::Quit
             | Kind::Reset

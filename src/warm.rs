@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::command::Shape;
 use crate::pool::{Lease, PoolKey};
 use crate::reply::{self, Response};
 use crate::resp::{self, ReplyScanner};
@@ -150,6 +151,7 @@ async fn check(lease: &Lease, commands: &[Bytes]) -> bool {
     let request = Request {
         bytes: bytes.freeze(),
         count,
+        shape: Shape::One,
         reply: tx,
         stream: false,
     };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{bounded, encode, poll_until, Proxy, RawClient, RedisServer, Reply};
+use respipe::command::Shape;
 use respipe::config::Upstream;
 use respipe::pool::{Lease, PoolKey, Pools};
 use respipe::reply::{self, Response};
@@ -273,6 +274,7 @@ async fn on_lease(lease: &Lease, commands: &[&[&str]]) -> String {
     let request = Request {
         bytes: Bytes::from(bytes),
         count,
+        shape: Shape::One,
         reply: tx,
         stream: false,
     };
