@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{bounded, Proxy, RawClient, RedisServer, Reply, POLL};
+use common::{bounded, cmd_until, Proxy, RawClient, RedisServer, Reply};
 
 const LIMIT: Duration = Duration::from_secs(60);
-const WAIT: Duration = Duration::from_secs(15);
 
 fn int(r: &Reply) -> i64 {
     match r {
@@ -52,25 +51,36 @@ fn hello_id(r: Reply) -> i64 {
     int(&items[at + 1])
 }
 
-/// Sends `args` on `c` until `accept` likes the reply (polling, bounded by [`WAIT`]).
-async fn cmd_until(
-    c: &mut RawClient,
-    args: &[&str],
-    what: &str,
-    accept: impl Fn(&Reply) -> bool,
+/// `CLIENT ID` through the `redis` crate.
+async fn crate_id(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+/// `blocked` sends `BLPOP nothing 0`; once Redis has it blocked, `other` unblocks it by `id` (the
+/// id is polled: respipe's lease learns its Redis id in the same write as `BLPOP`). The reply
+/// `blocked` then gets.
+async fn unblocked(
+    redis: &RedisServer,
+    blocked: &mut RawClient,
+    other: &mut RawClient,
+    id: &str,
+    reason: Option<&str>,
 ) -> Reply {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = c.cmd(args).await;
-        if accept(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: still {r:?} after {WAIT:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let unblock: Vec<&str> = ["CLIENT", "UNBLOCK", id]
+        .into_iter()
+        .chain(reason)
+        .collect();
+    blocked
+        .send(&common::encode(&["BLPOP", "nothing", "0"]))
+        .await;
+    wait_blocked(redis, 1).await;
+    let r = cmd_until(other, &unblock, "CLIENT UNBLOCK", |r| *r != Reply::Int(0)).await;
+    assert_eq!(r, Reply::Int(1));
+    blocked.read_reply().await
 }
 
 /// Waits until Redis reports `n` blocked clients.
@@ -106,16 +116,7 @@ async fn every_client_has_its_own_id_equal_to_its_hello_id() {
         // The redis crate sees the same: its own id per connection.
         let mut c = proxy.redis().await;
         let mut d = proxy.redis().await;
-        let id_c: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let id_d: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut d)
-            .await
-            .unwrap();
+        let (id_c, id_d) = (crate_id(&mut c).await, crate_id(&mut d).await);
         assert_ne!(id_c, id_d);
         assert!(![id_a, id_b].contains(&id_c) && ![id_a, id_b].contains(&id_d));
     })
@@ -256,47 +257,19 @@ async fn client_unblock_reaches_a_client_blocked_in_blpop() {
         let id = int(&blocked.cmd(&["CLIENT", "ID"]).await).to_string();
         assert_eq!(other.cmd(&["CLIENT", "UNBLOCK", &id]).await, Reply::Int(0));
 
-        // What Redis answers a client it unblocks, directly.
+        // What Redis answers a client it unblocks, directly, and what respipe's client gets.
         let mut direct_blocked = redis.direct().await;
         let mut direct = redis.direct().await;
         let direct_id = int(&direct_blocked.cmd(&["CLIENT", "ID"]).await).to_string();
-        let mut expected = Vec::new();
         for reason in [None, Some("ERROR")] {
-            let unblock: Vec<&str> = ["CLIENT", "UNBLOCK", &direct_id]
-                .into_iter()
-                .chain(reason)
-                .collect();
-            direct_blocked
-                .send(&common::encode(&["BLPOP", "nothing", "0"]))
-                .await;
-            wait_blocked(&redis, 1).await;
-            assert_eq!(direct.cmd(&unblock).await, Reply::Int(1));
-            expected.push(direct_blocked.read_reply().await);
-        }
-        assert_eq!(expected[0], Reply::Array(None));
-        assert!(expected[1]
-            .error_text()
-            .is_some_and(|e| e.starts_with("UNBLOCKED")));
-
-        for (reason, expected) in [None, Some("ERROR")].into_iter().zip(expected) {
-            let unblock: Vec<&str> = ["CLIENT", "UNBLOCK", &id]
-                .into_iter()
-                .chain(reason)
-                .collect();
-            blocked
-                .send(&common::encode(&["BLPOP", "nothing", "0"]))
-                .await;
-            wait_blocked(&redis, 1).await;
-            // The lease learns its Redis id in the same write as BLPOP: poll until it has.
-            let r = cmd_until(
-                &mut other,
-                &unblock,
-                "CLIENT UNBLOCK reaches the lease",
-                |r| *r != Reply::Int(0),
-            )
-            .await;
-            assert_eq!(r, Reply::Int(1));
-            assert_eq!(blocked.read_reply().await, expected);
+            let expected =
+                unblocked(&redis, &mut direct_blocked, &mut direct, &direct_id, reason).await;
+            let got = unblocked(&redis, &mut blocked, &mut other, &id, reason).await;
+            assert_eq!(got, expected, "CLIENT UNBLOCK id {reason:?}");
+            match reason {
+                None => assert_eq!(got, Reply::Array(None)),
+                Some(_) => assert!(got.error_text().is_some_and(|e| e.starts_with("UNBLOCKED"))),
+            }
         }
         // Not blocked any more, and a bad reason is Redis's error.
         assert_eq!(other.cmd(&["CLIENT", "UNBLOCK", &id]).await, Reply::Int(0));
