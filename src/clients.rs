@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use crate::command::Args;
+use crate::resp::ReplyScanner;
 use crate::upstream::WeakHandle;
 
 /// The `CLIENT LIST` fields of Redis 7.0, used until the upstream's own list has shown its fields.
@@ -105,8 +106,9 @@ pub struct Client {
     /// Milliseconds from `created` to the last command (`idle=`).
     last_command: AtomicU64,
     state: Mutex<Snapshot>,
-    /// Notified once by `CLIENT KILL`; the session's loop waits on it and closes (a notification
-    /// sent before the wait starts is kept).
+    /// Set by `CLIENT KILL`; the session's loop checks it every pass and closes.
+    killed: AtomicBool,
+    /// Wakes an idle session that was killed (a notification sent before the wait starts is kept).
     kill: Notify,
 }
 
@@ -125,6 +127,9 @@ pub struct Snapshot {
     pub multi: bool,
     /// Subscribed (flag `P`, type `pubsub`).
     pub pubsub: bool,
+    /// Channels, patterns and shard channels subscribed to (`sub=`, `psub=`, `ssub=`), as
+    /// Redis's confirmations count them.
+    pub subscriptions: [u64; 3],
     /// In `MONITOR` (flag `O`).
     pub monitor: bool,
     /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
@@ -191,6 +196,7 @@ impl Registry {
             created: Instant::now(),
             last_command: AtomicU64::new(0),
             state: Mutex::new(Snapshot::default()),
+            killed: AtomicBool::new(false),
             kill: Notify::new(),
         });
         lock(&self.clients).insert(id, client.clone());
@@ -207,12 +213,15 @@ impl Registry {
         lock(&self.clients).get(&id).cloned()
     }
 
-    /// Every session `filter` names, in id order; `me` is the caller (for `SKIPME`).
+    /// Every session `filter` names, in id order, but those killed already; `me` is the caller
+    /// (for `SKIPME`).
     pub fn matching(&self, filter: &Filter, me: u64, default_user: &str) -> Vec<Arc<Client>> {
         let now = Instant::now();
         lock(&self.clients)
             .values()
-            .filter(|c| !(filter.skip_me && c.id == me) && c.matches(filter, now, default_user))
+            .filter(|c| !c.is_killed())
+            .filter(|c| !(filter.skip_me && c.id == me))
+            .filter(|c| c.matches(filter, now, default_user))
             .cloned()
             .collect()
     }
@@ -300,10 +309,16 @@ impl Client {
 
     /// Closes the session as Redis closes a killed connection.
     pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
         self.kill.notify_one();
     }
 
-    /// Resolves once the session has been killed.
+    /// True once the session has been killed (one relaxed load: checked every pass of its loop).
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the session has been killed (wakes it when it waits for nothing else).
     pub async fn killed(&self) {
         self.kill.notified().await
     }
@@ -326,6 +341,22 @@ impl Client {
                 cmd.push('|');
                 push_lower(cmd, sub);
             }
+        }
+    }
+
+    /// Follows a frame of the session's subscription stream: a (un)subscribe confirmation
+    /// updates the counts; messages and anything else are left alone.
+    pub fn count_subscriptions(&self, frame: &[u8]) {
+        if let Some((kind, count)) = confirmation(frame) {
+            let mut state = self.snapshot();
+            let counts = &mut state.subscriptions;
+            // Redis counts channels and patterns together, shard channels apart: each
+            // confirmation changes only its own kind.
+            counts[kind] = match kind {
+                0 => count.saturating_sub(counts[1]),
+                1 => count.saturating_sub(counts[0]),
+                _ => count,
+            };
         }
     }
 
@@ -385,6 +416,9 @@ impl Client {
                 "flags" => write!(out, "{}", state.flags(self.peer.unix)),
                 "db" => write!(out, "{}", state.db),
                 "multi" => write!(out, "{}", if state.multi { 0 } else { -1 }),
+                "sub" => write!(out, "{}", state.subscriptions[0]),
+                "psub" => write!(out, "{}", state.subscriptions[1]),
+                "ssub" => write!(out, "{}", state.subscriptions[2]),
                 "events" => write!(out, "r"),
                 "cmd" if state.cmd.is_empty() => write!(out, "NULL"),
                 "cmd" => write!(out, "{}", state.cmd),
@@ -393,7 +427,7 @@ impl Client {
                 "resp" => write!(out, "{}", if state.resp3 { 3 } else { 2 }),
                 "lib-name" => write!(out, "{}", state.lib_name),
                 "lib-ver" => write!(out, "{}", state.lib_ver),
-                // Buffer sizes, subscription counts and anything newer: respipe reports 0.
+                // Buffer sizes and anything newer: respipe reports 0.
                 _ => write!(out, "0"),
             };
         }
@@ -515,6 +549,27 @@ pub fn hello_with_id(reply: &[u8], id: u64) -> Option<Bytes> {
     out.put_slice(id.to_string().as_bytes());
     out.put_slice(&reply[end..]);
     Some(out.freeze())
+}
+
+/// A subscription confirmation (`subscribe`, `psubscribe`, `ssubscribe` or their `un` forms, as a
+/// RESP2 array or a RESP3 push): the kind (0 channels, 1 patterns, 2 shard channels) and the count
+/// Redis reports.
+fn confirmation(frame: &[u8]) -> Option<(usize, u64)> {
+    const KINDS: [(&[u8], usize); 6] = [
+        (b"$9\r\nsubscribe\r\n", 0),
+        (b"$11\r\nunsubscribe\r\n", 0),
+        (b"$10\r\npsubscribe\r\n", 1),
+        (b"$12\r\npunsubscribe\r\n", 1),
+        (b"$10\r\nssubscribe\r\n", 2),
+        (b"$12\r\nsunsubscribe\r\n", 2),
+    ];
+    let rest = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
+    let (name, kind) = KINDS.iter().find(|(name, _)| rest.starts_with(name))?;
+    let rest = &rest[name.len()..];
+    let channel = ReplyScanner::default().scan(rest).ok()??;
+    integer_reply(&rest[channel.len..]).map(|count| (*kind, count))
 }
 
 /// An integer reply (`:n`), as Redis's `CLIENT ID` sends it.
@@ -692,6 +747,21 @@ mod tests {
             b"*6\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:7\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
         );
         assert!(hello_with_id(b"-NOPROTO x\r\n", 7).is_none());
+    }
+
+    #[test]
+    fn subscriptions_are_counted_from_confirmations() {
+        let r = Registry::new();
+        let c = r.register(1, peer("127.0.0.1:1"));
+        c.count_subscriptions(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        c.count_subscriptions(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n");
+        c.count_subscriptions(b">3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n");
+        c.count_subscriptions(b">3\r\n$10\r\nssubscribe\r\n$1\r\ns\r\n:1\r\n");
+        c.count_subscriptions(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n");
+        assert_eq!(c.snapshot().subscriptions, [2, 1, 1]);
+        c.count_subscriptions(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:2\r\n");
+        c.count_subscriptions(b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:1\r\n");
+        assert_eq!(c.snapshot().subscriptions, [1, 0, 1]);
     }
 
     #[test]

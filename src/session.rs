@@ -390,6 +390,11 @@ impl Session {
         let client = self.client.clone();
         let mut killed = std::pin::pin!(client.killed());
         loop {
+            if self.client.is_killed() {
+                // Like Redis freeing a killed client: at once, whatever is pending.
+                debug!(session = self.id, "client killed (CLIENT KILL)");
+                return Err(Close);
+            }
             self.limits.refresh(&self.shared.limits);
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
                 let _ = wr.shutdown().await;
@@ -412,8 +417,6 @@ impl Session {
             let inbuf = &mut self.inbuf;
             let event = tokio::select! {
                 biased;
-                // Like Redis freeing a killed client: at once, whatever is pending.
-                _ = &mut killed => Event::Killed,
                 // Replies come only for commands in flight or from a lease's stream.
                 r = self.rx.recv(), if self.inflight > 0 || self.lease.is_some() => Event::Reply(r),
                 r = self.out.write_to(&mut wr), if writing => Event::Wrote(r),
@@ -443,6 +446,8 @@ impl Session {
                 }, if can_read => Event::Read(r),
                 _ = std::future::ready(()), if resume => Event::Resume,
                 _ = &mut cancelled, if !self.closing => Event::Shutdown,
+                // Wakes a killed session that waits for nothing else (a busy one sees the flag).
+                _ = &mut killed => Event::Killed,
                 // In a block, so the timer is only made when the branch is enabled.
                 _ = async { tokio::time::sleep_until(idle_deadline).await }, if idle_limit.is_some() => {
                     Event::LeaseIdle
@@ -485,10 +490,8 @@ impl Session {
                     self.on_bytes().await?;
                 }
                 Event::Shutdown => self.closing = true,
-                Event::Killed => {
-                    debug!(session = self.id, "client killed (CLIENT KILL)");
-                    return Err(Close);
-                }
+                // The flag is checked at the top of the loop.
+                Event::Killed => {}
                 Event::LeaseIdle => {
                     warn!(
                         session = self.id,
@@ -1604,6 +1607,9 @@ impl Session {
             self.state.streaming = None;
             self.closing = true;
             return Ok(());
+        }
+        if streaming == Streaming::Subscribe {
+            self.client.count_subscriptions(&bytes);
         }
         if streaming == Streaming::Subscribe
             && self.state.unsubscribing

@@ -337,3 +337,44 @@ async fn client_subcommands_follow_the_users_acl() {
     })
     .await
 }
+
+#[tokio::test]
+async fn subscribers_are_listed_and_killed_by_type() {
+    bounded(LIMIT, "subscribers", async {
+        let redis = RedisServer::start().await;
+        let proxy = Proxy::ready(&redis).await;
+        let mut a = proxy.raw().await;
+        let mut sub = proxy.raw().await;
+        let id = int(&sub.cmd(&["CLIENT", "ID"]).await).to_string();
+        sub.send(&common::encode(&["SUBSCRIBE", "c1", "c2"])).await;
+        sub.send(&common::encode(&["PSUBSCRIBE", "p*"])).await;
+        assert_eq!(sub.read_replies(3).await.len(), 3);
+        let line = text(
+            cmd_until(
+                &mut a,
+                &["CLIENT", "LIST", "TYPE", "pubsub"],
+                "subscriber listed",
+                |r| matches!(r, Reply::Bulk(Some(b)) if b.ends_with(b"\n")),
+            )
+            .await,
+        );
+        let line = line.trim_end();
+        assert_eq!(field(line, "id"), id);
+        assert_eq!(field(line, "flags"), "P");
+        assert_eq!(
+            (field(line, "sub"), field(line, "psub"), field(line, "ssub")),
+            ("2", "1", "0")
+        );
+        assert_eq!(field(line, "cmd"), "psubscribe");
+        assert_eq!(
+            a.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await,
+            Reply::Int(1)
+        );
+        sub.expect_eof().await;
+        assert_eq!(
+            a.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await,
+            Reply::Int(0)
+        );
+    })
+    .await
+}

@@ -255,6 +255,9 @@ impl Session {
         }
         snapshot.multi = self.state.in_multi;
         snapshot.pubsub = self.state.streaming == Some(Streaming::Subscribe);
+        if !snapshot.pubsub {
+            snapshot.subscriptions = [0; 3];
+        }
         snapshot.monitor = self.state.streaming == Some(Streaming::Monitor);
         if self.lease.is_none() {
             snapshot.blocked = None;
