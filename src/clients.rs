@@ -746,6 +746,11 @@ mod tests {
             &out[..],
             b"*6\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:7\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
         );
+        let resp3 = b"%3\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:9\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        assert_eq!(
+            &hello_with_id(resp3, 1234).unwrap()[..],
+            b"%3\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:1234\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+        );
         assert!(hello_with_id(b"-NOPROTO x\r\n", 7).is_none());
     }
 

@@ -231,6 +231,27 @@ async fn client_kill_closes_respipe_clients() {
         assert_eq!(a.cmd(&["CLIENT", "KILL", &c_addr]).await, Reply::ok());
         c.expect_eof().await;
 
+        // LADDR and USER name respipe's clients; MAXAGE is whatever this Redis version says.
+        let mut d = proxy.raw().await;
+        let laddr = proxy.addr().to_string();
+        assert_eq!(
+            a.cmd(&["CLIENT", "KILL", "USER", "default", "LADDR", "1.1.1.1:1"])
+                .await,
+            Reply::Int(0)
+        );
+        assert_eq!(
+            a.cmd(&["CLIENT", "KILL", "USER", "default", "LADDR", &laddr])
+                .await,
+            Reply::Int(1)
+        );
+        d.expect_eof().await;
+        for cmd in [
+            &["CLIENT", "KILL", "USER", "nobody"][..],
+            &["CLIENT", "KILL", "MAXAGE", "100"],
+        ] {
+            assert_eq!(a.cmd(cmd).await, direct.cmd(cmd).await, "{cmd:?}");
+        }
+
         // SKIPME: the caller is spared unless it says no; then it gets its reply and is closed.
         let a_addr = a.stream.local_addr().unwrap().to_string();
         assert_eq!(
