@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -102,9 +101,13 @@ pub struct Peer {
 pub struct Client {
     id: u64,
     peer: Peer,
-    created: Instant,
-    /// Milliseconds from `created` to the last command (`idle=`).
+    /// When it connected, in [`coarse_ms`].
+    created: u64,
+    /// When it last ran a command, in [`coarse_ms`] (`idle=`).
     last_command: AtomicU64,
+    /// A hash of the last command's name as `state.cmd` has it: the same command again (the
+    /// common case) changes nothing there and takes no lock.
+    cmd_key: AtomicU64,
     state: Mutex<Snapshot>,
     /// Set by `CLIENT KILL`; the session's loop checks it every pass and closes.
     killed: AtomicBool,
@@ -193,8 +196,9 @@ impl Registry {
         let client = Arc::new(Client {
             id,
             peer,
-            created: Instant::now(),
-            last_command: AtomicU64::new(0),
+            created: coarse_ms(),
+            last_command: AtomicU64::new(coarse_ms()),
+            cmd_key: AtomicU64::new(0),
             state: Mutex::new(Snapshot::default()),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
@@ -216,7 +220,7 @@ impl Registry {
     /// Every session `filter` names, in id order, but those killed already; `me` is the caller
     /// (for `SKIPME`).
     pub fn matching(&self, filter: &Filter, me: u64, default_user: &str) -> Vec<Arc<Client>> {
-        let now = Instant::now();
+        let now = coarse_ms();
         lock(&self.clients)
             .values()
             .filter(|c| !c.is_killed())
@@ -258,7 +262,7 @@ impl Registry {
     /// `CLIENT LIST` of `clients`, each line ending in `\n`, in the reply type Redis used in
     /// `like` (a RESP3 verbatim string or a bulk string).
     pub fn list(&self, clients: &[Arc<Client>], default_user: &str, like: &[u8]) -> Bytes {
-        let now = Instant::now();
+        let now = coarse_ms();
         let mut text = String::new();
         for client in clients {
             client.line(
@@ -328,19 +332,27 @@ impl Client {
         lock(&self.state)
     }
 
-    /// Notes the command the session is running (`cmd=`, and `idle=` restarts).
+    /// Notes the command the session is running (`cmd=`, and `idle=` restarts). Called once per
+    /// read of the client's requests: a coarse clock read and, unless the command differs from the
+    /// last one, no lock.
     pub fn ran(&self, name: &[u8], args: Args<'_>) {
-        let millis = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_command.store(millis, Ordering::Relaxed);
+        self.last_command.store(coarse_ms(), Ordering::Relaxed);
+        let sub = if CONTAINERS.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+            args.get(1)
+        } else {
+            None
+        };
+        let key = fold_hash(name, sub.unwrap_or_default());
+        if self.cmd_key.swap(key, Ordering::Relaxed) == key {
+            return;
+        }
         let mut state = self.snapshot();
         let cmd = &mut state.cmd;
         cmd.clear();
         push_lower(cmd, name);
-        if CONTAINERS.iter().any(|c| c.eq_ignore_ascii_case(name)) {
-            if let Some(sub) = args.get(1) {
-                cmd.push('|');
-                push_lower(cmd, sub);
-            }
+        if let Some(sub) = sub {
+            cmd.push('|');
+            push_lower(cmd, sub);
         }
     }
 
@@ -360,11 +372,11 @@ impl Client {
         }
     }
 
-    fn age(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.created).as_secs()
+    fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.created) / 1000
     }
 
-    fn matches(&self, filter: &Filter, now: Instant, default_user: &str) -> bool {
+    fn matches(&self, filter: &Filter, now: u64, default_user: &str) -> bool {
         if !filter.ids.is_empty() && !filter.ids.contains(&self.id) {
             return false;
         }
@@ -388,13 +400,11 @@ impl Client {
         &self,
         fields: Fields<'_>,
         state: &Snapshot,
-        now: Instant,
+        now: u64,
         default_user: &str,
         out: &mut String,
     ) {
-        let idle_ms = u64::try_from(now.saturating_duration_since(self.created).as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_sub(self.last_command.load(Ordering::Relaxed));
+        let idle_ms = now.saturating_sub(self.last_command.load(Ordering::Relaxed));
         for (i, field) in fields.iter().enumerate() {
             if i > 0 {
                 out.push(' ');
@@ -626,6 +636,38 @@ fn client_type(value: &[u8]) -> Result<ClientType, String> {
             String::from_utf8_lossy(value)
         )),
     }
+}
+
+/// Milliseconds of the coarse monotonic clock: a few milliseconds' resolution for a fraction of
+/// `Instant::now`'s cost (`age=` and `idle=` are whole seconds).
+#[cfg(target_os = "linux")]
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid `timespec` for the call to fill; the clock exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or_default();
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or_default();
+    secs * 1000 + nanos / 1_000_000
+}
+
+/// Milliseconds since the first call (no coarse clock here).
+#[cfg(not(target_os = "linux"))]
+fn coarse_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// FNV-1a of a command name and subcommand, case folded (never 0, the "nothing yet" key).
+fn fold_hash(name: &[u8], sub: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.iter().chain(b"|").chain(sub) {
+        hash = (hash ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash | 1
 }
 
 fn push_lower(out: &mut String, bytes: &[u8]) {
