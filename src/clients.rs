@@ -126,8 +126,8 @@ pub struct Snapshot {
     pub user: Option<String>,
     /// `CLIENT SETNAME`.
     pub name: Option<Vec<u8>>,
-    /// Inside `MULTI` (flag `x`).
-    pub multi: bool,
+    /// Inside `MULTI` (flag `x`): the commands queued so far (`multi=`, -1 outside).
+    pub multi: Option<usize>,
     /// Subscribed (flag `P`, type `pubsub`).
     pub pubsub: bool,
     /// Channels, patterns and shard channels subscribed to (`sub=`, `psub=`, `ssub=`), as
@@ -425,7 +425,10 @@ impl Client {
                 "idle" => write!(out, "{}", idle_ms / 1000),
                 "flags" => write!(out, "{}", state.flags(self.peer.unix)),
                 "db" => write!(out, "{}", state.db),
-                "multi" => write!(out, "{}", if state.multi { 0 } else { -1 }),
+                "multi" => match state.multi {
+                    Some(queued) => write!(out, "{queued}"),
+                    None => write!(out, "-1"),
+                },
                 "sub" => write!(out, "{}", state.subscriptions[0]),
                 "psub" => write!(out, "{}", state.subscriptions[1]),
                 "ssub" => write!(out, "{}", state.subscriptions[2]),
@@ -463,7 +466,7 @@ impl Snapshot {
         let mut flags: String = [
             (self.monitor, 'O'),
             (self.pubsub, 'P'),
-            (self.multi, 'x'),
+            (self.multi.is_some(), 'x'),
             (blocked, 'b'),
             (unix, 'U'),
         ]

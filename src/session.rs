@@ -510,6 +510,9 @@ impl Session {
             // large future, and every session, idle ones included, would otherwise be sized for it.
             Box::pin(self.on_input()).await?;
             self.publish();
+        } else if self.state.in_multi {
+            // `CLIENT LIST` shows the commands queued.
+            self.publish();
         }
         if self.lease.is_some() {
             // Only a lease's idle timeout looks at it: no clock read per command.

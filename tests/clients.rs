@@ -169,6 +169,14 @@ async fn client_list_and_info_show_respipe_clients_in_redis_format() {
         assert_eq!(keys(lines[0]), keys(own.lines().next().unwrap()));
         assert_eq!(keys(lines[1]), keys(own.lines().next().unwrap()));
 
+        // A transaction shows as Redis shows it: flag x and the commands queued.
+        assert_eq!(a.cmd(&["MULTI"]).await, Reply::ok());
+        assert_eq!(a.cmd(&["INCR", "n"]).await, Reply::Simple("QUEUED".into()));
+        let line = text(b.cmd(&["CLIENT", "LIST", "ID", &id_a.to_string()]).await);
+        let line = line.trim_end();
+        assert_eq!((field(line, "flags"), field(line, "multi")), ("x", "1"));
+        assert_eq!(a.cmd(&["DISCARD"]).await, Reply::ok());
+
         // Filters, and CLIENT INFO for the caller.
         let only_b = text(
             a.cmd(&["CLIENT", "LIST", "ID", &id_b.to_string(), "999"])

@@ -253,7 +253,7 @@ impl Session {
         if snapshot.name != self.state.name {
             snapshot.name.clone_from(&self.state.name);
         }
-        snapshot.multi = self.state.in_multi;
+        snapshot.multi = self.state.in_multi.then_some(self.state.queued);
         snapshot.pubsub = self.state.streaming == Some(Streaming::Subscribe);
         if !snapshot.pubsub {
             snapshot.subscriptions = [0; 3];
