@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -83,17 +84,26 @@ pub struct Registry {
     fields: OnceLock<Box<[Box<str>]>>,
 }
 
-/// Where a client connection comes from, as `CLIENT LIST` shows it.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// `ip:port` of the client (for a unix socket, `path:0`).
-    pub addr: String,
-    /// `ip:port` respipe accepted it on (for a unix socket, `path:0`).
-    pub laddr: String,
-    /// The socket's file descriptor.
-    pub fd: i32,
-    /// A unix socket client (flag `U`).
-    pub unix: bool,
+/// Where a client connection comes from, as `CLIENT LIST` shows it. Addresses are kept as they
+/// are (no text per client) and formatted when listed.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A TCP client: its address, the address respipe accepted it on, the socket's descriptor.
+    Tcp {
+        /// `addr=`.
+        addr: SocketAddr,
+        /// `laddr=`.
+        laddr: SocketAddr,
+        /// `fd=`.
+        fd: i32,
+    },
+    /// A unix socket client (flag `U`): Redis shows `path:0` as both addresses.
+    Unix {
+        /// The listening socket's path.
+        path: Arc<str>,
+        /// `fd=`.
+        fd: i32,
+    },
 }
 
 /// One session as the registry knows it.
@@ -135,10 +145,8 @@ pub struct Snapshot {
     pub subscriptions: [u64; 3],
     /// In `MONITOR` (flag `O`).
     pub monitor: bool,
-    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
-    pub lib_name: String,
-    /// See `lib_name`.
-    pub lib_ver: String,
+    /// `CLIENT SETINFO LIB-NAME` and `LIB-VER` (boxed: most clients never set them).
+    pub lib: Option<Box<[String; 2]>>,
     /// The lease a blocking command waits on (flag `b` while it lives) and, once Redis said, that
     /// connection's Redis client id (the target of `CLIENT UNBLOCK`).
     pub blocked: Option<(WeakHandle, Option<u64>)>,
@@ -284,6 +292,30 @@ impl Registry {
     }
 }
 
+impl Peer {
+    /// `addr=`: `ip:port`, or `path:0` for a unix socket.
+    pub fn addr(&self) -> String {
+        match self {
+            Peer::Tcp { addr, .. } => addr.to_string(),
+            Peer::Unix { path, .. } => format!("{path}:0"),
+        }
+    }
+
+    /// `laddr=`: the address respipe accepted the client on.
+    pub fn laddr(&self) -> String {
+        match self {
+            Peer::Tcp { laddr, .. } => laddr.to_string(),
+            Peer::Unix { path, .. } => format!("{path}:0"),
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        match self {
+            Peer::Tcp { fd, .. } | Peer::Unix { fd, .. } => *fd,
+        }
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Registry::new()
@@ -380,8 +412,11 @@ impl Client {
         if !filter.ids.is_empty() && !filter.ids.contains(&self.id) {
             return false;
         }
-        if filter.addr.as_ref().is_some_and(|a| *a != self.peer.addr)
-            || filter.laddr.as_ref().is_some_and(|a| *a != self.peer.laddr)
+        if filter.addr.as_ref().is_some_and(|a| *a != self.peer.addr())
+            || filter
+                .laddr
+                .as_ref()
+                .is_some_and(|a| *a != self.peer.laddr())
             || filter.max_age.is_some_and(|max| self.age(now) < max)
         {
             return false;
@@ -413,9 +448,9 @@ impl Client {
             out.push('=');
             let _ = match field {
                 "id" => write!(out, "{}", self.id),
-                "addr" => write!(out, "{}", self.peer.addr),
-                "laddr" => write!(out, "{}", self.peer.laddr),
-                "fd" => write!(out, "{}", self.peer.fd),
+                "addr" => write!(out, "{}", self.peer.addr()),
+                "laddr" => write!(out, "{}", self.peer.laddr()),
+                "fd" => write!(out, "{}", self.peer.fd()),
                 "name" => write!(
                     out,
                     "{}",
@@ -423,7 +458,11 @@ impl Client {
                 ),
                 "age" => write!(out, "{}", self.age(now)),
                 "idle" => write!(out, "{}", idle_ms / 1000),
-                "flags" => write!(out, "{}", state.flags(self.peer.unix)),
+                "flags" => write!(
+                    out,
+                    "{}",
+                    state.flags(matches!(self.peer, Peer::Unix { .. }))
+                ),
                 "db" => write!(out, "{}", state.db),
                 "multi" => match state.multi {
                     Some(queued) => write!(out, "{queued}"),
@@ -438,8 +477,8 @@ impl Client {
                 "user" => write!(out, "{}", state.user.as_deref().unwrap_or(default_user)),
                 "redir" => write!(out, "-1"),
                 "resp" => write!(out, "{}", if state.resp3 { 3 } else { 2 }),
-                "lib-name" => write!(out, "{}", state.lib_name),
-                "lib-ver" => write!(out, "{}", state.lib_ver),
+                "lib-name" => write!(out, "{}", state.lib.as_ref().map_or("", |l| &l[0])),
+                "lib-ver" => write!(out, "{}", state.lib.as_ref().map_or("", |l| &l[1])),
                 // Buffer sizes and anything newer: respipe reports 0.
                 _ => write!(out, "0"),
             };
@@ -690,11 +729,10 @@ mod tests {
     use super::*;
 
     fn peer(addr: &str) -> Peer {
-        Peer {
-            addr: addr.into(),
-            laddr: "127.0.0.1:6380".into(),
+        Peer::Tcp {
+            addr: addr.parse().unwrap(),
+            laddr: "127.0.0.1:6380".parse().unwrap(),
             fd: 9,
-            unix: false,
         }
     }
 
@@ -722,7 +760,7 @@ mod tests {
         );
 
         r.learn_fields(b"$29\r\nid=3 addr=x lib-name=redis-py\n\r\n");
-        c.snapshot().lib_name = "redis-rs".into();
+        c.snapshot().lib = Some(Box::new(["redis-rs".into(), String::new()]));
         let list = r.list(&[c], "bob", b"=");
         assert_eq!(
             &list[..],

@@ -179,7 +179,7 @@ impl Accept {
     fn spawn(&self, stream: ClientStream, peer: Peer) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.shared.metrics.rejected.increment(1);
-            debug!(client.addr = %peer.addr, "max_clients reached; refusing connection");
+            debug!(client.addr = %peer.addr(), "max_clients reached; refusing connection");
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, reject(stream)).await;
             });
@@ -187,7 +187,7 @@ impl Accept {
         };
         let id = self.shared.clients.next_id();
         let shared = self.shared.clone();
-        let span = tracing::debug_span!("client", client.addr = %peer.addr, session = id);
+        let span = tracing::debug_span!("client", client.addr = %peer.addr(), session = id);
         let acceptor = self.acceptor.clone();
         self.sessions.spawn(
             async move {
@@ -243,26 +243,22 @@ async fn accept(listener: &Listener) -> std::io::Result<(ClientStream, Peer)> {
             let (s, peer) = l.accept().await?;
             // Replies must leave at once; batching is done by respipe, not by Nagle.
             s.set_nodelay(true)?;
-            let peer = Peer {
-                addr: peer.to_string(),
-                laddr: s.local_addr()?.to_string(),
+            let peer = Peer::Tcp {
+                addr: peer,
+                laddr: s.local_addr()?,
                 fd: s.as_raw_fd(),
-                unix: false,
             };
             Ok((ClientStream::Tcp(s), peer))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            // Redis shows a unix socket client as `path:0`, on both sides.
             let path = s.local_addr()?;
             let path = path
                 .as_pathname()
                 .map_or_else(String::new, |p| p.display().to_string());
-            let peer = Peer {
-                addr: format!("{path}:0"),
-                laddr: format!("{path}:0"),
+            let peer = Peer::Unix {
+                path: path.into(),
                 fd: s.as_raw_fd(),
-                unix: true,
             };
             Ok((ClientStream::Unix(s), peer))
         }

@@ -229,11 +229,8 @@ impl Session {
             };
             let value = String::from_utf8_lossy(value).into_owned();
             let mut state = self.client.snapshot();
-            if attr.eq_ignore_ascii_case(b"LIB-NAME") {
-                state.lib_name = value;
-            } else {
-                state.lib_ver = value;
-            }
+            let lib = state.lib.get_or_insert_with(Box::default);
+            lib[usize::from(!attr.eq_ignore_ascii_case(b"LIB-NAME"))] = value;
         }
     }
 
