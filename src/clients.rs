@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::command::Args;
@@ -355,8 +356,8 @@ impl Client {
     }
 
     /// Resolves once the session has been killed (wakes it when it waits for nothing else).
-    pub async fn killed(&self) {
-        self.kill.notified().await
+    pub fn killed(&self) -> Notified<'_> {
+        self.kill.notified()
     }
 
     /// The published state, for the session to update.

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admin::{self, Admin};
-use crate::clients::{Peer, Registry};
+use crate::clients::{Client, Peer, Registry};
 use crate::config::Config;
 use crate::error::Error;
 use crate::live::Live;
@@ -188,6 +188,8 @@ impl Accept {
         let id = self.shared.clients.next_id();
         let shared = self.shared.clone();
         let span = tracing::debug_span!("client", client.addr = %peer.addr(), session = id);
+        // Registered here, not in the task: the task then carries one pointer, not the addresses.
+        let client = self.shared.clients.register(id, peer);
         let acceptor = self.acceptor.clone();
         self.sessions.spawn(
             async move {
@@ -196,15 +198,15 @@ impl Accept {
                     // Boxed: the TLS handshake and a TLS session are large futures, and this task
                     // would otherwise be that large for every plain client too.
                     ClientStream::Tcp(mut s) => match acceptor {
-                        Some(acceptor) => Box::pin(serve_tls(s, acceptor, id, peer, shared)).await,
+                        Some(acceptor) => Box::pin(serve_tls(s, acceptor, client, shared)).await,
                         None => {
                             let (rd, wr) = s.split();
-                            session::serve(rd, wr, id, peer, shared).await
+                            session::serve(rd, wr, client, shared).await
                         }
                     },
                     ClientStream::Unix(mut s) => {
                         let (rd, wr) = s.split();
-                        session::serve(rd, wr, id, peer, shared).await
+                        session::serve(rd, wr, client, shared).await
                     }
                 }
             }
@@ -217,17 +219,22 @@ impl Accept {
 async fn serve_tls(
     stream: TcpStream,
     acceptor: TlsAcceptor,
-    id: u64,
-    peer: Peer,
+    client: Arc<Client>,
     shared: Arc<Shared>,
 ) {
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let (rd, wr) = tokio::io::split(tls);
-            session::serve(rd, wr, id, peer, shared).await
+            session::serve(rd, wr, client, shared).await
         }
-        Ok(Err(err)) => debug!(error = %err, "client TLS handshake failed"),
-        Err(_) => debug!("client TLS handshake timed out"),
+        Ok(Err(err)) => {
+            shared.clients.remove(client.id());
+            debug!(error = %err, "client TLS handshake failed");
+        }
+        Err(_) => {
+            shared.clients.remove(client.id());
+            debug!("client TLS handshake timed out");
+        }
     }
 }
 

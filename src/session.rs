@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::chunks::Chunks;
-use crate::clients::{self, Client, Peer, Registry};
+use crate::clients::{self, Client, Registry};
 use crate::command::{self, Args, Kind, ReplyMode, Shape};
 use crate::config::Secret;
 use crate::error::UpstreamError;
@@ -335,17 +335,19 @@ impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
     }
 }
 
-/// Serves one client until it leaves, QUITs, breaks the protocol, or the proxy shuts down. The
-/// halves are the socket's borrowed split: no lock between reading and writing.
-pub async fn serve<R, W>(rd: R, wr: W, id: u64, peer: Peer, shared: Arc<Shared>)
+/// Serves one client until it leaves, QUITs, breaks the protocol, is killed (`CLIENT KILL`), or the
+/// proxy shuts down; then takes it out of the registry. The halves are the socket's borrowed split:
+/// no lock between reading and writing.
+pub async fn serve<R, W>(rd: R, wr: W, client: Arc<Client>, shared: Arc<Shared>)
 where
     R: ClientRead,
     W: AsyncWrite + Unpin,
 {
     let (tx, rx) = reply::mailbox();
+    let id = client.id();
     let mut session = Session {
         id,
-        client: shared.clients.register(id, peer),
+        client,
         scanner: RequestScanner::new(shared.limits.load().request),
         limits: shared.limits.cached(),
         inbuf: BytesMut::new(),
