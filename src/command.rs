@@ -36,6 +36,8 @@ pub enum Kind {
     Accept,
     /// `CLIENT REPLY ON|OFF|SKIP`.
     Reply(ReplyMode),
+    /// `CLIENT ID`, `INFO`, `LIST`, `KILL` or `UNBLOCK`: about respipe's clients, not Redis's.
+    Client(ClientOp),
     /// `MULTI`: starts a transaction (needs a dedicated connection).
     Multi,
     /// `EXEC` or `DISCARD`: ends a transaction.
@@ -64,6 +66,21 @@ pub enum Kind {
     Refuse(&'static str),
     /// Refused because the configuration lists it in `deny_commands`.
     Denied,
+}
+
+/// The `CLIENT` subcommands that describe or act on clients (see `clients.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientOp {
+    /// `CLIENT ID`.
+    Id,
+    /// `CLIENT INFO`.
+    Info,
+    /// `CLIENT LIST [TYPE type] [ID id...]`.
+    List,
+    /// `CLIENT KILL addr` or `CLIENT KILL filter value...`.
+    Kill,
+    /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`.
+    Unblock,
 }
 
 /// `CLIENT REPLY` modes.
@@ -111,7 +128,8 @@ pub enum Class {
     /// `REPLCONF`: a raw connection spliced to the client).
     Lease,
     /// Answered by respipe for the session (when Redis must judge it, it asks on a connection of its
-    /// own).
+    /// own, or on the session's with a form that acts on nothing: `CLIENT ID|INFO|LIST|KILL`;
+    /// `CLIENT UNBLOCK` goes to Redis naming the connection the client is blocked on).
     Local,
     /// Refused with this reason: respipe cannot give it Redis's semantics.
     Refuse(&'static str),
@@ -213,12 +231,12 @@ pub const SUBCOMMANDS: &[(&str, &str, Class)] = {
     ("acl", "getuser", One), ("acl", "help", One), ("acl", "list", One), ("acl", "load", One),
     ("acl", "log", One), ("acl", "save", One), ("acl", "setuser", One), ("acl", "users", One),
     ("acl", "whoami", One), ("client", "caching", Refuse(TRACKING)), ("client", "getname", Local),
-    ("client", "getredir", One), ("client", "help", One), ("client", "id", One),
-    ("client", "info", One), ("client", "kill", One), ("client", "list", One),
+    ("client", "getredir", One), ("client", "help", One), ("client", "id", Local),
+    ("client", "info", Local), ("client", "kill", Local), ("client", "list", Local),
     ("client", "no-evict", Local), ("client", "no-touch", Refuse(TRACKING)),
     ("client", "pause", One), ("client", "reply", Local), ("client", "setinfo", Local),
     ("client", "setname", Local), ("client", "tracking", Refuse(TRACKING)),
-    ("client", "trackinginfo", One), ("client", "unblock", One), ("client", "unpause", One),
+    ("client", "trackinginfo", One), ("client", "unblock", Local), ("client", "unpause", One),
     ("cluster", "addslots", One), ("cluster", "addslotsrange", One), ("cluster", "bumpepoch", One),
     ("cluster", "count-failure-reports", One), ("cluster", "countkeysinslot", One),
     ("cluster", "delslots", One), ("cluster", "delslotsrange", One), ("cluster", "failover", One),
@@ -448,6 +466,12 @@ fn client(args: Args<'_>) -> Kind {
             }
         }
         b"TRACKING" | b"CACHING" | b"NO-TOUCH" => Kind::Refuse(TRACKING),
+        // Malformed forms go to Redis, which answers its own error and acts on nothing.
+        b"ID" if argc == 2 => Kind::Client(ClientOp::Id),
+        b"INFO" if argc == 2 => Kind::Client(ClientOp::Info),
+        b"LIST" => Kind::Client(ClientOp::List),
+        b"KILL" if argc > 2 => Kind::Client(ClientOp::Kill),
+        b"UNBLOCK" if matches!(argc, 3 | 4) => Kind::Client(ClientOp::Unblock),
         _ => Kind::Plain,
     }
 }
@@ -623,8 +647,25 @@ mod tests {
             Kind::Refuse(_)
         ));
         assert_eq!(classify_words(&["CLIENT", "NO-EVICT", "on"]), Kind::Accept);
-        assert_eq!(classify_words(&["CLIENT", "ID"]), Kind::Plain);
-        assert_eq!(classify_words(&["CLIENT", "LIST"]), Kind::Plain);
+        assert_eq!(
+            classify_words(&["CLIENT", "ID"]),
+            Kind::Client(ClientOp::Id)
+        );
+        assert_eq!(
+            classify_words(&["client", "list", "type", "normal"]),
+            Kind::Client(ClientOp::List)
+        );
+        assert_eq!(
+            classify_words(&["CLIENT", "KILL", "1.2.3.4:5"]),
+            Kind::Client(ClientOp::Kill)
+        );
+        assert_eq!(classify_words(&["CLIENT", "KILL"]), Kind::Plain);
+        assert_eq!(
+            classify_words(&["CLIENT", "UNBLOCK", "3", "ERROR"]),
+            Kind::Client(ClientOp::Unblock)
+        );
+        assert_eq!(classify_words(&["CLIENT", "ID", "x"]), Kind::Plain);
+        assert_eq!(classify_words(&["CLIENT", "PAUSE", "10"]), Kind::Plain);
     }
 
     #[test]
@@ -672,6 +713,7 @@ mod tests {
             | Kind::GetName
             | Kind::Accept
             | Kind::Reply(_)
+            | Kind::Client(_)
             | Kind::Error(_)
             | Kind::Denied => Class::Local,
         }

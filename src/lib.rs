@@ -18,6 +18,7 @@
 //! - [`command`]: the table that classifies every command (forward with its reply shape, lease,
 //!   answer locally, refuse).
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
+//! - [`clients`]: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
 //! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
 //! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - [`follow`]: connection state that changes only when Redis accepts the command (now or at EXEC).
@@ -38,6 +39,7 @@
 pub mod admin;
 pub mod batch;
 pub mod chunks;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod error;

@@ -497,6 +497,16 @@ impl Pools {
         verdicts.insert((user.cloned(), question), answer);
     }
 
+    /// The Redis user of the configured upstream (`default` when none is configured).
+    pub fn configured_user(&self) -> String {
+        lock(&self.base)
+            .upstream
+            .username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
     /// True while at least one connection of the default pool is established. Replaces retired
     /// connections as routing does, so a stalled one that Redis then closed does not keep the
     /// proxy unready while no client sends anything.

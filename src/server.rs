@@ -1,7 +1,7 @@
 //! The accept side: listeners (TCP and unix), the connection limit, and `run`, which serves until
 //! shutdown and then drains.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admin::{self, Admin};
+use crate::clients::{Client, Peer, Registry};
 use crate::config::Config;
 use crate::error::Error;
 use crate::live::Live;
@@ -78,6 +79,7 @@ pub async fn run_with_updates(
         limits: Live::new(SessionLimits::from_config(&config)),
         shutdown: shutdown.clone(),
         pubsub_limit: ServerLimit::default(),
+        clients: Registry::new(),
     });
     {
         let shared = Arc::downgrade(&shared);
@@ -108,14 +110,12 @@ pub async fn run_with_updates(
     // when none is left, new connections get Redis's "max number of clients reached" and are closed.
     let permits = Arc::new(Semaphore::new(config.max_clients.get()));
     let sessions = TaskTracker::new();
-    let ids = Arc::new(AtomicU64::new(0));
     let mut accepting = Vec::new();
     for listener in listeners {
         let accept = Accept {
             shared: shared.clone(),
             sessions: sessions.clone(),
             permits: permits.clone(),
-            ids: ids.clone(),
             acceptor: acceptor.clone(),
         };
         accepting.push(tokio::spawn(accept.run(listener)));
@@ -146,7 +146,6 @@ struct Accept {
     shared: Arc<Shared>,
     sessions: TaskTracker,
     permits: Arc<Semaphore>,
-    ids: Arc<AtomicU64>,
     /// TLS for TCP clients, when configured.
     acceptor: Option<TlsAcceptor>,
 }
@@ -177,18 +176,20 @@ impl Accept {
         }
     }
 
-    fn spawn(&self, stream: ClientStream, peer: String) {
+    fn spawn(&self, stream: ClientStream, peer: Peer) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.shared.metrics.rejected.increment(1);
-            debug!(client.addr = %peer, "max_clients reached; refusing connection");
+            debug!(client.addr = %peer.addr(), "max_clients reached; refusing connection");
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(REJECT_WRITE_TIMEOUT, reject(stream)).await;
             });
             return;
         };
-        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.clients.next_id();
         let shared = self.shared.clone();
-        let span = tracing::debug_span!("client", client.addr = %peer, session = id);
+        let span = tracing::debug_span!("client", client.addr = %peer.addr(), session = id);
+        // Registered here, not in the task: the task then carries one pointer, not the addresses.
+        let client = self.shared.clients.register(id, peer);
         let acceptor = self.acceptor.clone();
         self.sessions.spawn(
             async move {
@@ -197,15 +198,15 @@ impl Accept {
                     // Boxed: the TLS handshake and a TLS session are large futures, and this task
                     // would otherwise be that large for every plain client too.
                     ClientStream::Tcp(mut s) => match acceptor {
-                        Some(acceptor) => Box::pin(serve_tls(s, acceptor, id, shared)).await,
+                        Some(acceptor) => Box::pin(serve_tls(s, acceptor, client, shared)).await,
                         None => {
                             let (rd, wr) = s.split();
-                            session::serve(rd, wr, id, shared).await
+                            session::serve(rd, wr, client, shared).await
                         }
                     },
                     ClientStream::Unix(mut s) => {
                         let (rd, wr) = s.split();
-                        session::serve(rd, wr, id, shared).await
+                        session::serve(rd, wr, client, shared).await
                     }
                 }
             }
@@ -215,14 +216,25 @@ impl Accept {
 }
 
 /// A TLS client: the handshake (bounded), then its session.
-async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, id: u64, shared: Arc<Shared>) {
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    client: Arc<Client>,
+    shared: Arc<Shared>,
+) {
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let (rd, wr) = tokio::io::split(tls);
-            session::serve(rd, wr, id, shared).await
+            session::serve(rd, wr, client, shared).await
         }
-        Ok(Err(err)) => debug!(error = %err, "client TLS handshake failed"),
-        Err(_) => debug!("client TLS handshake timed out"),
+        Ok(Err(err)) => {
+            shared.clients.remove(client.id());
+            debug!(error = %err, "client TLS handshake failed");
+        }
+        Err(_) => {
+            shared.clients.remove(client.id());
+            debug!("client TLS handshake timed out");
+        }
     }
 }
 
@@ -232,17 +244,30 @@ enum ClientStream {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<(ClientStream, String)> {
+async fn accept(listener: &Listener) -> std::io::Result<(ClientStream, Peer)> {
     match listener {
         Listener::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             // Replies must leave at once; batching is done by respipe, not by Nagle.
             s.set_nodelay(true)?;
-            Ok((ClientStream::Tcp(s), peer.to_string()))
+            let peer = Peer::Tcp {
+                addr: peer,
+                laddr: s.local_addr()?,
+                fd: s.as_raw_fd(),
+            };
+            Ok((ClientStream::Tcp(s), peer))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            Ok((ClientStream::Unix(s), "unix".to_owned()))
+            let path = s.local_addr()?;
+            let path = path
+                .as_pathname()
+                .map_or_else(String::new, |p| p.display().to_string());
+            let peer = Peer::Unix {
+                path: path.into(),
+                fd: s.as_raw_fd(),
+            };
+            Ok((ClientStream::Unix(s), peer))
         }
     }
 }

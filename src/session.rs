@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::chunks::Chunks;
+use crate::clients::{self, Client, Registry};
 use crate::command::{self, Args, Kind, ReplyMode, Shape};
 use crate::config::Secret;
 use crate::error::UpstreamError;
@@ -34,6 +35,8 @@ use crate::reply::{self, ReplyRx, ReplyTx, Response};
 use crate::resp::{self, RequestFrame, RequestKind, RequestLimits, RequestScanner};
 use crate::spare;
 use crate::upstream::{Request, UpstreamHandle};
+
+mod identity;
 
 /// While this many reply bytes wait for the client to read them, respipe stops reading the client's
 /// requests (backpressure; see also `outflow::READ_PAUSE_OWED_BYTES`); the hard limit that closes
@@ -108,6 +111,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Redis's `client-output-buffer-limit pubsub`, read when the first client subscribes.
     pub pubsub_limit: ServerLimit,
+    /// Every connected session, for `CLIENT LIST`, `KILL` and `UNBLOCK`.
+    pub clients: Registry,
 }
 
 /// An answer the client is owed, in command order.
@@ -121,6 +126,9 @@ enum Pending {
     },
     /// An answer respipe gives itself, held back until the upstream replies before it are written.
     Local(Bytes),
+    /// One reply from the upstream that the session turns into its own answer (`CLIENT ID`,
+    /// `LIST`, `KILL`...: Redis checks, respipe answers); then like `Upstream` with a count of 1.
+    Check(Box<identity::Check>),
 }
 
 /// What woke the session loop.
@@ -133,6 +141,8 @@ enum Event {
     Shutdown,
     /// Idle past `lease_idle_timeout` while holding a transaction's lease.
     LeaseIdle,
+    /// `CLIENT KILL` named this session.
+    Killed,
 }
 
 /// The session must close now: the client's socket failed, or a limit was hit (reason logged).
@@ -185,6 +195,8 @@ struct State {
 /// One client connection's state.
 struct Session {
     id: u64,
+    /// This session in the registry of clients (removed when the session ends).
+    client: Arc<Client>,
     shared: Arc<Shared>,
     scanner: RequestScanner,
     inbuf: BytesMut,
@@ -326,16 +338,19 @@ impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
     }
 }
 
-/// Serves one client until it leaves, QUITs, breaks the protocol, or the proxy shuts down. The
-/// halves are the socket's borrowed split: no lock between reading and writing.
-pub async fn serve<R, W>(rd: R, wr: W, id: u64, shared: Arc<Shared>)
+/// Serves one client until it leaves, QUITs, breaks the protocol, is killed (`CLIENT KILL`), or the
+/// proxy shuts down; then takes it out of the registry. The halves are the socket's borrowed split:
+/// no lock between reading and writing.
+pub async fn serve<R, W>(rd: R, wr: W, client: Arc<Client>, shared: Arc<Shared>)
 where
     R: ClientRead,
     W: AsyncWrite + Unpin,
 {
     let (tx, rx) = reply::mailbox();
+    let id = client.id();
     let mut session = Session {
         id,
+        client,
         scanner: RequestScanner::new(shared.limits.load().request),
         limits: shared.limits.cached(),
         inbuf: BytesMut::new(),
@@ -362,7 +377,9 @@ where
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);
+    session.publish();
     let _ = session.run(rd, wr).await;
+    session.shared.clients.remove(id);
     session.shared.metrics.connections.decrement(1.0);
     debug!(session = session.id, "client session ended");
 }
@@ -376,7 +393,14 @@ impl Session {
         let shutdown = self.shared.shutdown.clone();
         // Made once: a fresh `cancelled()` each pass would lock the token's waiter list every event.
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let client = self.client.clone();
+        let mut killed = std::pin::pin!(client.killed());
         loop {
+            if self.client.is_killed() {
+                // Like Redis freeing a killed client: at once, whatever is pending.
+                debug!(session = self.id, "client killed (CLIENT KILL)");
+                return Err(Close);
+            }
             self.limits.refresh(&self.shared.limits);
             if self.closing && self.pending.is_empty() && self.out.is_empty() {
                 if let Some((tap, first)) = self.tap.take() {
@@ -431,6 +455,8 @@ impl Session {
                 }, if can_read => Event::Read(r),
                 _ = std::future::ready(()), if resume => Event::Resume,
                 _ = &mut cancelled, if !self.closing => Event::Shutdown,
+                // Wakes a killed session that waits for nothing else (a busy one sees the flag).
+                _ = &mut killed => Event::Killed,
                 // In a block, so the timer is only made when the branch is enabled.
                 _ = async { tokio::time::sleep_until(idle_deadline).await }, if idle_limit.is_some() => {
                     Event::LeaseIdle
@@ -438,12 +464,17 @@ impl Session {
             };
             match event {
                 Event::Reply(response) => {
+                    let leased = self.lease.is_some();
                     self.on_response(response)?;
                     // Everything already answered goes out in the same write.
                     while let Some(response) = self.rx.try_recv() {
                         self.on_response(response)?;
                     }
                     self.release_if_idle();
+                    if leased {
+                        // A lease given back or a stream left: CLIENT LIST shows it.
+                        self.publish();
+                    }
                     // The replies go out in this pass: writing now saves a turn of the loop.
                     self.write_now(&mut wr)?;
                 }
@@ -468,6 +499,8 @@ impl Session {
                     self.on_bytes().await?;
                 }
                 Event::Shutdown => self.closing = true,
+                // The flag is checked at the top of the loop.
+                Event::Killed => {}
                 Event::LeaseIdle => {
                     warn!(
                         session = self.id,
@@ -485,6 +518,10 @@ impl Session {
             // Boxed: the general path (state changes, probes, waiting for room upstream) is a
             // large future, and every session, idle ones included, would otherwise be sized for it.
             Box::pin(self.on_input()).await?;
+            self.publish();
+        } else if self.state.in_multi {
+            // `CLIENT LIST` shows the commands queued.
+            self.publish();
         }
         if self.lease.is_some() {
             // Only a lease's idle timeout looks at it: no clock read per command.
@@ -559,6 +596,8 @@ impl Session {
             return Ok(false);
         };
         let (mut run, mut count, mut rest) = (0usize, 0u32, true);
+        // The run's last frame and its name, for `CLIENT LIST`'s `cmd=`.
+        let mut last = (0..0, 0..0);
         loop {
             if self.owes_too_much(count as usize) {
                 self.held = run < self.inbuf.len();
@@ -580,11 +619,16 @@ impl Session {
                 rest = false;
                 break;
             }
+            last = (
+                run..run + frame.len,
+                run + frame.name.start..run + frame.name.end,
+            );
             run += frame.len;
             count += 1;
         }
         if count > 0 {
             let bytes = self.inbuf.split_to(run).freeze();
+            self.client.ran(&bytes[last.1], Args::Resp(&bytes[last.0]));
             self.owe(count, true);
             permit.send(self.request(bytes, count, false, Shape::One));
         }
@@ -699,6 +743,7 @@ impl Session {
         args: Args<'_>,
         bytes: Bytes,
     ) -> Result<(), Close> {
+        self.note(&kind, name, args);
         if !self.state.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
             return self.answer(Bytes::from_static(NOAUTH.as_bytes()));
         }
@@ -789,6 +834,7 @@ impl Session {
                 self.answer(name)
             }
             Kind::Accept => self.answer(reply::OK),
+            Kind::Client(op) => self.client_op(op, args, bytes).await,
             Kind::Reply(mode) => {
                 self.state.reply = mode;
                 if mode == ReplyMode::On {
@@ -841,7 +887,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Kind::Blocking => self.forward(bytes, Route::Lease, false).await,
+            Kind::Blocking => self.blocking(bytes).await,
             // Inside MULTI Redis queues it on the transaction's connection.
             Kind::Wait if in_multi => self.forward(bytes, Route::Current, false).await,
             Kind::Wait => self.wait(name, bytes).await,
@@ -1113,6 +1159,7 @@ impl Session {
         for change in changes {
             self.state.apply(change);
         }
+        let line = clients::hello_with_id(&line, self.id).unwrap_or(line);
         self.answer(line)
     }
 
@@ -1331,6 +1378,22 @@ impl Session {
         shape: Shape,
         shown: bool,
     ) -> Result<(), Close> {
+        self.send_checked(bytes, count, route, stream, shape, shown, None)
+            .await
+    }
+
+    /// [`Session::send`]; with a `check`, its one reply becomes the session's own answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_checked(
+        &mut self,
+        bytes: Bytes,
+        count: u32,
+        route: Route,
+        stream: bool,
+        shape: Shape,
+        shown: bool,
+        check: Option<Box<identity::Check>>,
+    ) -> Result<(), Close> {
         let handle = match self.route(route).await? {
             Ok(handle) => handle,
             Err(line) => {
@@ -1341,8 +1404,10 @@ impl Session {
             }
         };
         let owed = !stream && self.state.streaming.is_none();
-        if owed {
-            self.owe(count, shown);
+        match check {
+            Some(check) if owed => self.owe_as(Pending::Check(check), count),
+            _ if owed => self.owe(count, shown),
+            _ => {}
         }
         let request = self.request(bytes, count, stream, shape);
         // The queue almost always has room: no timer, no wait. Only a full queue pays for them.
@@ -1371,11 +1436,19 @@ impl Session {
     fn owe(&mut self, count: u32, shown: bool) {
         let follow = self.follow.take();
         self.undecided += usize::from(follow.is_some());
-        self.owed(Pending::Upstream {
+        self.owe_as(
+            Pending::Upstream {
+                count,
+                shown,
+                follow,
+            },
             count,
-            shown,
-            follow,
-        });
+        );
+    }
+
+    /// Records `pending` for `count` commands sent upstream.
+    fn owe_as(&mut self, pending: Pending, count: u32) {
+        self.owed(pending);
         self.inflight += count as usize;
         if self.state.in_multi {
             self.state.queued += count as usize;
@@ -1523,6 +1596,7 @@ impl Session {
             );
             return Err(Close);
         }
+        let response = self.checked(response);
         let Some(Pending::Upstream {
             count: owed,
             shown,
@@ -1613,6 +1687,9 @@ impl Session {
             self.state.streaming = None;
             self.closing = true;
             return Ok(());
+        }
+        if streaming == Streaming::Subscribe {
+            self.client.count_subscriptions(&bytes);
         }
         if streaming == Streaming::Subscribe
             && self.state.unsubscribing

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -132,6 +132,11 @@ impl Tunables {
 /// The cloneable handle of one upstream connection.
 #[derive(Debug, Clone)]
 pub struct UpstreamHandle(Arc<HandleInner>);
+
+/// A handle that does not keep its connection open: it only tells whether the connection's
+/// handles are all gone (a lease given back).
+#[derive(Debug, Clone)]
+pub struct WeakHandle(Weak<HandleInner>);
 
 /// What a handle holds, shared by its clones (a clone is one reference count).
 #[derive(Debug)]
@@ -287,6 +292,18 @@ impl UpstreamHandle {
     /// The upstream endpoint (no credentials).
     pub fn addr(&self) -> &str {
         &self.0.addr
+    }
+
+    /// A reference that does not keep the connection open.
+    pub fn downgrade(&self) -> WeakHandle {
+        WeakHandle(Arc::downgrade(&self.0))
+    }
+}
+
+impl WeakHandle {
+    /// True while some handle of the connection is held.
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use common::{bounded, encode, poll_until, Proxy, RawClient, RedisServer, Reply};
+use common::{bounded, cmd_until, encode, poll_until, Proxy, RawClient, RedisServer, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -85,27 +85,6 @@ async fn wait_blocked(redis: &RedisServer, n: u64) {
         },
     )
     .await
-}
-
-/// Sends `args` on `c` until `accept` likes the reply (polling, bounded by [`WAIT`]).
-async fn cmd_until(
-    c: &mut RawClient,
-    args: &[&str],
-    what: &str,
-    accept: impl Fn(&Reply) -> bool,
-) -> Reply {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let r = c.cmd(args).await;
-        if accept(&r) {
-            return r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: still {r:?} after {WAIT:?}"
-        );
-        tokio::time::sleep(common::POLL).await;
-    }
 }
 
 fn nz(n: usize) -> NonZeroUsize {

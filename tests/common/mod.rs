@@ -51,6 +51,30 @@ where
     }
 }
 
+/// How long [`cmd_until`] polls.
+pub const CMD_UNTIL: Duration = Duration::from_secs(15);
+
+/// Sends `args` on `c` until `accept` likes the reply (polling, bounded by [`CMD_UNTIL`]).
+pub async fn cmd_until(
+    c: &mut RawClient,
+    args: &[&str],
+    what: &str,
+    accept: impl Fn(&Reply) -> bool,
+) -> Reply {
+    let deadline = Instant::now() + CMD_UNTIL;
+    loop {
+        let r = c.cmd(args).await;
+        if accept(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {r:?} after {CMD_UNTIL:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A port nothing listens on right now (bound, read, released).
 pub fn free_port() -> u16 {
     let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
