@@ -12,10 +12,16 @@
 //!   scenario and the direct side must meet them (otherwise the scenario itself is wrong). Nothing
 //!   waits for silence: the end of the scenario is what proves that no extra frame was pending, as
 //!   every client still open sends `QUIT` and reads to the end of its connection on both sides.
+//! - A scenario may also pin what Redis itself answers ([`Scenario::read_expect`]) and what it
+//!   left in Redis's data ([`Scenario::check`], on a direct connection of the harness's own):
+//!   both sides must then match those bytes exactly, not only each other.
 //! - What may legitimately differ is listed in [`normalise`] and nowhere else; commands whose
 //!   replies are volatile (`CLIENT LIST`, `INFO`, `MONITOR`, timestamps) are not used at all.
 //! - With [`REDIS_ONLY`] set, both sides are direct: a scenario must pass that way, which proves
 //!   it right about Redis and deterministic across two Redis processes.
+//!
+//! Several test binaries include this file (`#[path]`), each using a part of it.
+#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -47,14 +53,22 @@ const SHOW_BYTES: usize = 600;
 enum Step {
     /// The client writes these bytes with a single `write_all`.
     Write { client: usize, bytes: Vec<u8> },
-    /// The client reads exactly this many frames.
-    Read { client: usize, frames: usize },
+    /// The client reads exactly this many frames; with `want`, they must be exactly these bytes
+    /// (after [`normalise`]).
+    Read {
+        client: usize,
+        frames: usize,
+        want: Option<Vec<Vec<u8>>>,
+    },
     /// The client reads until the server closes the connection.
     ReadToClose { client: usize },
     /// Waits until this side's Redis answers `probe` with a reply containing `want` (polled over
     /// connections of the harness's own, not compared), so that a later write certainly comes after
     /// another client's command took effect (say, a client is blocked).
     Await { probe: Vec<String>, want: String },
+    /// A connection of the harness's own, straight to this side's Redis (never through respipe),
+    /// writes `bytes` and reads exactly the frames `want`: what the scenario left in Redis.
+    Check { bytes: Vec<u8>, want: Vec<Vec<u8>> },
 }
 
 /// A named list of steps for a number of clients.
@@ -108,7 +122,37 @@ impl Scenario {
 
     /// `client` reads `frames` frames.
     pub fn read(self, client: usize, frames: usize) -> Scenario {
-        self.step(client, Step::Read { client, frames })
+        let want = None;
+        self.step(
+            client,
+            Step::Read {
+                client,
+                frames,
+                want,
+            },
+        )
+    }
+
+    /// `client` reads one frame per `want`, and they must be exactly these bytes on both sides (a
+    /// difference on Redis's side means the scenario is wrong): for a scenario that must also
+    /// prove what Redis answers, not only that respipe answers the same.
+    pub fn read_expect(self, client: usize, want: &[&str]) -> Scenario {
+        let frames = want.len();
+        let want = Some(want.iter().map(|w| w.as_bytes().to_vec()).collect());
+        self.step(
+            client,
+            Step::Read {
+                client,
+                frames,
+                want,
+            },
+        )
+    }
+
+    /// `client` writes these commands in one write and reads exactly the frames `want`
+    /// (see [`Scenario::read_expect`]).
+    pub fn expect(self, client: usize, cmds: &[&[&str]], want: &[&str]) -> Scenario {
+        self.write(client, cmds).read_expect(client, want)
     }
 
     /// `client` writes these commands in one write and reads `frames` frames.
@@ -124,6 +168,25 @@ impl Scenario {
     /// `client` reads until the server closes its connection (after a `QUIT`, say).
     pub fn read_to_close(self, client: usize) -> Scenario {
         self.step(client, Step::ReadToClose { client })
+    }
+
+    /// `client` says `QUIT` and reads until the close: everything still pending for it is read
+    /// and compared at this point of the scenario rather than at its end.
+    pub fn quit(mut self, client: usize) -> Scenario {
+        self.clients = self.clients.max(client + 1);
+        self.steps.extend(quit_steps(client));
+        self
+    }
+
+    /// After the steps so far, a connection of the harness's own, straight to each side's Redis,
+    /// writes these commands in one write and must read exactly the frames `want`: checks what
+    /// the scenario left in Redis (a value in some db, say) on both sides.
+    pub fn check(mut self, cmds: &[&[&str]], want: &[&str]) -> Scenario {
+        self.steps.push(Step::Check {
+            bytes: cmds.iter().flat_map(|c| encode(c)).collect(),
+            want: want.iter().map(|w| w.as_bytes().to_vec()).collect(),
+        });
+        self
     }
 
     /// Waits until Redis reports `n` blocked clients.
@@ -202,16 +265,7 @@ impl Scenario {
             }
         }
         let open = (0..self.clients).filter(|&c| open[c]);
-        open.flat_map(|client| {
-            [
-                Step::Write {
-                    client,
-                    bytes: encode(&["QUIT"]),
-                },
-                Step::ReadToClose { client },
-            ]
-        })
-        .collect()
+        open.flat_map(quit_steps).collect()
     }
 
     /// Panics with a readable report at the first step where the sides differ.
@@ -249,6 +303,17 @@ impl Scenario {
     }
 }
 
+/// `client` writes `QUIT` and reads until the close.
+fn quit_steps(client: usize) -> [Step; 2] {
+    [
+        Step::Write {
+            client,
+            bytes: encode(&["QUIT"]),
+        },
+        Step::ReadToClose { client },
+    ]
+}
+
 /// Runs one step on one side.
 async fn run_step(step: &Step, clients: &mut [Option<RawClient>], redis: &RedisServer) -> Outcome {
     let mut frames = Vec::new();
@@ -257,8 +322,15 @@ async fn run_step(step: &Step, clients: &mut [Option<RawClient>], redis: &RedisS
             Some(c) => write_all(c, bytes).await,
             None => End::Closed,
         },
-        Step::Read { client, frames: n } => match clients[client].as_mut() {
-            Some(c) => read_frames(c, Some(n), &mut frames).await,
+        Step::Read {
+            client,
+            frames: n,
+            ref want,
+        } => match clients[client].as_mut() {
+            Some(c) => match read_frames(c, Some(n), &mut frames).await {
+                End::Done => expected(&frames, want.as_deref()),
+                other => other,
+            },
             None => End::Closed,
         },
         Step::ReadToClose { client } => match clients[client].as_mut() {
@@ -276,8 +348,36 @@ async fn run_step(step: &Step, clients: &mut [Option<RawClient>], redis: &RedisS
             ref probe,
             ref want,
         } => await_reply(redis, probe, want.as_bytes()).await,
+        Step::Check {
+            ref bytes,
+            ref want,
+        } => {
+            let mut c = redis.direct().await;
+            match write_all(&mut c, bytes).await {
+                End::Done => match read_frames(&mut c, Some(want.len()), &mut frames).await {
+                    End::Done => expected(&frames, Some(want)),
+                    other => other,
+                },
+                other => other,
+            }
+        }
     };
     Outcome { frames, end }
+}
+
+/// [`End::Done`] when there is no expectation or `frames` are exactly `want`.
+fn expected(frames: &[Bytes], want: Option<&[Vec<u8>]>) -> End {
+    match want {
+        Some(want)
+            if frames
+                .iter()
+                .map(|f| &f[..])
+                .ne(want.iter().map(|w| &w[..])) =>
+        {
+            End::Failed(format!("expected exactly {}", show_all(want)))
+        }
+        _ => End::Done,
+    }
 }
 
 /// Writes `bytes` with one `write_all`, within [`STEP_DEADLINE`].
@@ -370,7 +470,18 @@ fn describe(step: &Step) -> String {
         Step::Write { client, bytes } => {
             format!("{} writes {}", name(*client), escape(bytes))
         }
-        Step::Read { client, frames } => format!("{} reads {frames} frame(s)", name(*client)),
+        Step::Read {
+            client,
+            frames,
+            want: None,
+        } => format!("{} reads {frames} frame(s)", name(*client)),
+        Step::Read {
+            client,
+            want: Some(want),
+            ..
+        } => {
+            format!("{} reads exactly {}", name(*client), show_all(want))
+        }
         Step::ReadToClose { client } => format!("{} reads until the close", name(*client)),
         Step::Await { probe, want } => {
             format!(
@@ -379,7 +490,20 @@ fn describe(step: &Step) -> String {
                 escape(want.as_bytes())
             )
         }
+        Step::Check { bytes, want } => {
+            format!(
+                "Redis, asked directly {}, answers exactly {}",
+                escape(bytes),
+                show_all(want)
+            )
+        }
     }
+}
+
+/// Expected frames, escaped, one after another.
+fn show_all(frames: &[Vec<u8>]) -> String {
+    let frames: Vec<String> = frames.iter().map(|f| escape(f)).collect();
+    frames.join(" ")
 }
 
 fn name(client: usize) -> char {
