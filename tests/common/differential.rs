@@ -165,6 +165,15 @@ impl Scenario {
         self.call(client, cmds, cmds.len())
     }
 
+    /// `client` speaks RESP `proto`: for 3 it says `HELLO 3` and reads the reply (compared like any
+    /// other, its id normalised); for 2 nothing, as every connection starts in RESP2.
+    pub fn protocol(self, client: usize, proto: u8) -> Scenario {
+        match proto {
+            2 => self,
+            _ => self.call(client, &[&["HELLO", &proto.to_string()]], 1),
+        }
+    }
+
     /// `client` reads until the server closes its connection (after a `QUIT`, say).
     pub fn read_to_close(self, client: usize) -> Scenario {
         self.step(client, Step::ReadToClose { client })
