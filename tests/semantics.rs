@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{bounded, cmd_until, encode, poll_until, Proxy, RawClient, RedisServer, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(15);
@@ -91,149 +89,23 @@ fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap()
 }
 
-// ---------------------------------------------------------------------------------------------
-// A RESP3-aware raw client (the harness's parser knows RESP2 only)
-// ---------------------------------------------------------------------------------------------
-
-/// A RESP3 value as it came; `Agg(tag, items)` for `*`, `%` (keys and values flattened), `~`, `>`.
-#[derive(Debug, Clone, PartialEq)]
-enum V {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Vec<u8>),
-    NullBulk,
-    NullArray,
-    Null,
-    Bool(bool),
-    Double(String),
-    Agg(u8, Vec<V>),
-}
-
-impl V {
-    fn b(s: &str) -> V {
-        V::Bulk(s.as_bytes().to_vec())
-    }
-    /// The value of `key` in a `%` map.
-    fn map_get(&self, key: &str) -> Option<&V> {
-        match self {
-            V::Agg(b'%', items) => items
-                .chunks(2)
-                .find(|kv| kv[0] == V::b(key) || kv[0] == V::Simple(key.into()))
-                .map(|kv| &kv[1]),
-            _ => None,
-        }
+/// The value of `key` in a RESP3 map reply (keys as bulk or simple strings).
+fn map_get<'a>(reply: &'a Reply, key: &str) -> Option<&'a Reply> {
+    match reply {
+        Reply::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| *k == bulk(key) || *k == Reply::Simple(key.into()))
+            .map(|(_, v)| v),
+        _ => None,
     }
 }
 
-fn parse3(buf: &[u8]) -> Result<Option<(V, usize)>, String> {
-    let Some(&tag) = buf.first() else {
-        return Ok(None);
-    };
-    let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let head = &buf[1..pos];
-    let head_len = pos + 2;
-    let text = String::from_utf8_lossy(head).into_owned();
-    let int = || -> Result<i64, String> { text.parse().map_err(|_| format!("bad int {text:?}")) };
-    let v = match tag {
-        b'+' => V::Simple(text.clone()),
-        b'-' => V::Error(text.clone()),
-        b':' => V::Int(int()?),
-        b'_' => V::Null,
-        b'#' => V::Bool(head == b"t"),
-        b',' | b'(' => V::Double(text.clone()),
-        b'$' | b'=' | b'!' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((V::NullBulk, head_len)));
-            }
-            let n = n as usize;
-            if buf.len() < head_len + n + 2 {
-                return Ok(None);
-            }
-            let body = buf[head_len..head_len + n].to_vec();
-            let v = if tag == b'!' {
-                V::Error(String::from_utf8_lossy(&body).into_owned())
-            } else {
-                V::Bulk(body)
-            };
-            return Ok(Some((v, head_len + n + 2)));
-        }
-        b'*' | b'%' | b'~' | b'>' | b'|' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((V::NullArray, head_len)));
-            }
-            let count = if tag == b'%' || tag == b'|' { 2 * n } else { n };
-            let mut items = Vec::new();
-            let mut at = head_len;
-            for _ in 0..count {
-                match parse3(&buf[at..])? {
-                    Some((v, len)) => {
-                        items.push(v);
-                        at += len;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            return Ok(Some((V::Agg(tag, items), at)));
-        }
-        other => return Err(format!("unexpected type byte {:?}", other as char)),
-    };
-    Ok(Some((v, head_len)))
-}
-
-struct R3 {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl R3 {
-    async fn connect(addr: SocketAddr) -> R3 {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).unwrap();
-        R3 {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, args: &[&str]) {
-        self.stream.write_all(&encode(args)).await.expect("write");
-    }
-
-    /// The next reply and its exact bytes.
-    async fn read_raw(&mut self) -> (V, Vec<u8>) {
-        loop {
-            if let Some((v, len)) = parse3(&self.buf).expect("parse") {
-                let raw: Vec<u8> = self.buf.drain(..len).collect();
-                return (v, raw);
-            }
-            let mut chunk = [0u8; 16384];
-            let n = self.stream.read(&mut chunk).await.expect("read");
-            assert!(
-                n > 0,
-                "EOF; buffered {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn read(&mut self) -> V {
-        self.read_raw().await.0
-    }
-
-    async fn cmd(&mut self, args: &[&str]) -> V {
-        self.send(args).await;
-        self.read().await
-    }
-
-    async fn cmd_raw(&mut self, args: &[&str]) -> (V, Vec<u8>) {
-        self.send(args).await;
-        self.read_raw().await
+/// Sends one command and reads its reply with its exact bytes.
+async fn cmd_raw(c: &mut RawClient, args: &[&str]) -> (Reply, Bytes) {
+    c.send(&encode(args)).await;
+    match c.try_read_frame().await {
+        Ok(Some(frame)) => frame,
+        other => panic!("{args:?}: {other:?}"),
     }
 }
 
@@ -445,10 +317,10 @@ async fn respipe_requirepass() {
         assert_eq!(c.cmd(&["SET", "k", "v"]).await, Reply::ok());
         assert_eq!(c.cmd(&["GET", "k"]).await, bulk("v"));
 
-        let mut h = R3::connect(addr).await;
+        let mut h = RawClient::connect(addr).await;
         let hello = h.cmd(&["HELLO", "3", "AUTH", "default", "s3cret"]).await;
-        assert_eq!(hello.map_get("proto"), Some(&V::Int(3)), "{hello:?}");
-        assert_eq!(h.cmd(&["GET", "k"]).await, V::b("v"));
+        assert_eq!(map_get(&hello, "proto"), Some(&Reply::Int(3)), "{hello:?}");
+        assert_eq!(h.cmd(&["GET", "k"]).await, bulk("v"));
     })
     .await
 }
@@ -468,48 +340,48 @@ async fn hello_switches_protocol() {
             Reply::Int(2)
         );
 
-        let mut c = R3::connect(proxy.addr()).await;
-        let (hello, raw) = c.cmd_raw(&["HELLO", "3"]).await;
+        let mut c = RawClient::connect(proxy.addr()).await;
+        let (hello, raw) = cmd_raw(&mut c, &["HELLO", "3"]).await;
         assert!(
             raw.starts_with(b"%7\r\n"),
             "{:?}",
             String::from_utf8_lossy(&raw)
         );
-        assert_eq!(hello.map_get("proto"), Some(&V::Int(3)));
-        assert_eq!(hello.map_get("server"), Some(&V::b("redis")));
+        assert_eq!(map_get(&hello, "proto"), Some(&Reply::Int(3)));
+        assert_eq!(map_get(&hello, "server"), Some(&bulk("redis")));
         let version = info_field(&redis, "server", "redis_version").await;
-        assert_eq!(hello.map_get("version"), Some(&V::b(&version)));
-        let (h, raw) = c.cmd_raw(&["HGETALL", "h"]).await;
+        assert_eq!(map_get(&hello, "version"), Some(&bulk(&version)));
+        let (h, raw) = cmd_raw(&mut c, &["HGETALL", "h"]).await;
         assert!(
             raw.starts_with(b"%2\r\n"),
             "{:?}",
             String::from_utf8_lossy(&raw)
         );
-        assert_eq!(h.map_get("f1"), Some(&V::b("v1")));
-        assert_eq!(h.map_get("f2"), Some(&V::b("v2")));
-        assert_eq!(c.cmd(&["GET", "missing"]).await, V::Null);
-        assert_eq!(c.cmd(&["SET", "s", "1"]).await, V::Simple("OK".into()));
-        assert_eq!(c.cmd(&["GET", "s"]).await, V::b("1"));
+        assert_eq!(map_get(&h, "f1"), Some(&bulk("v1")));
+        assert_eq!(map_get(&h, "f2"), Some(&bulk("v2")));
+        assert_eq!(c.cmd(&["GET", "missing"]).await, Reply::Null);
+        assert_eq!(c.cmd(&["SET", "s", "1"]).await, Reply::ok());
+        assert_eq!(c.cmd(&["GET", "s"]).await, bulk("1"));
 
-        let (v, raw) = c.cmd_raw(&["HELLO", "2"]).await;
+        let (v, raw) = cmd_raw(&mut c, &["HELLO", "2"]).await;
         assert!(raw.starts_with(b"*14\r\n"), "{v:?}");
-        let (_, raw) = c.cmd_raw(&["HGETALL", "h"]).await;
+        let (_, raw) = cmd_raw(&mut c, &["HGETALL", "h"]).await;
         assert!(
             raw.starts_with(b"*4\r\n"),
             "{:?}",
             String::from_utf8_lossy(&raw)
         );
-        assert_eq!(c.cmd(&["GET", "missing"]).await, V::NullBulk);
+        assert_eq!(c.cmd(&["GET", "missing"]).await, Reply::nil());
 
         assert_eq!(
             c.cmd(&["HELLO", "4"]).await,
-            V::Error("NOPROTO unsupported protocol version".into())
+            Reply::Error("NOPROTO unsupported protocol version".into())
         );
 
-        let mut n = R3::connect(proxy.addr()).await;
+        let mut n = RawClient::connect(proxy.addr()).await;
         let hello = n.cmd(&["HELLO", "3", "SETNAME", "nm"]).await;
-        assert_eq!(hello.map_get("proto"), Some(&V::Int(3)));
-        assert_eq!(n.cmd(&["CLIENT", "GETNAME"]).await, V::b("nm"));
+        assert_eq!(map_get(&hello, "proto"), Some(&Reply::Int(3)));
+        assert_eq!(n.cmd(&["CLIENT", "GETNAME"]).await, bulk("nm"));
     })
     .await
 }
@@ -523,13 +395,13 @@ async fn getname_without_a_name_is_resp3_null() {
     bounded(LIMIT, "getname resp3", async {
         let redis = RedisServer::start().await;
         let proxy = Proxy::ready(&redis).await;
-        let mut direct = R3::connect(redis.addr()).await;
-        let mut c = R3::connect(proxy.addr()).await;
+        let mut direct = RawClient::connect(redis.addr()).await;
+        let mut c = RawClient::connect(proxy.addr()).await;
         direct.cmd(&["HELLO", "3"]).await;
         c.cmd(&["HELLO", "3"]).await;
-        let (want, want_raw) = direct.cmd_raw(&["CLIENT", "GETNAME"]).await;
-        assert_eq!(want_raw, b"_\r\n");
-        let (got, raw) = c.cmd_raw(&["CLIENT", "GETNAME"]).await;
+        let (want, want_raw) = cmd_raw(&mut direct, &["CLIENT", "GETNAME"]).await;
+        assert_eq!(&want_raw[..], b"_\r\n");
+        let (got, raw) = cmd_raw(&mut c, &["CLIENT", "GETNAME"]).await;
         assert_eq!(
             (got, String::from_utf8_lossy(&raw).into_owned()),
             (want, "_\r\n".to_string())
@@ -1005,13 +877,13 @@ async fn pubsub_resp3_pushes() {
     bounded(LIMIT, "pubsub resp3", async {
         let redis = RedisServer::start().await;
         let proxy = Proxy::ready(&redis).await;
-        let mut a = R3::connect(proxy.addr()).await;
+        let mut a = RawClient::connect(proxy.addr()).await;
         let mut b = proxy.raw().await;
         assert_eq!(b.cmd(&["SET", "k", "v"]).await, Reply::ok());
         let hello = a.cmd(&["HELLO", "3"]).await;
-        assert_eq!(hello.map_get("proto"), Some(&V::Int(3)));
+        assert_eq!(map_get(&hello, "proto"), Some(&Reply::Int(3)));
 
-        let (sub, raw) = a.cmd_raw(&["SUBSCRIBE", "ch"]).await;
+        let (sub, raw) = cmd_raw(&mut a, &["SUBSCRIBE", "ch"]).await;
         assert!(
             raw.starts_with(b">3\r\n"),
             "{:?}",
@@ -1019,21 +891,21 @@ async fn pubsub_resp3_pushes() {
         );
         assert_eq!(
             sub,
-            V::Agg(b'>', vec![V::b("subscribe"), V::b("ch"), V::Int(1)])
+            Reply::Push(vec![bulk("subscribe"), bulk("ch"), Reply::Int(1)])
         );
         assert_eq!(b.cmd(&["PUBLISH", "ch", "payload"]).await, Reply::Int(1));
         assert_eq!(
-            a.read().await,
-            V::Agg(b'>', vec![V::b("message"), V::b("ch"), V::b("payload")])
+            a.read_reply().await,
+            Reply::Push(vec![bulk("message"), bulk("ch"), bulk("payload")])
         );
         // RESP3 allows any command while subscribed.
-        assert_eq!(a.cmd(&["GET", "k"]).await, V::b("v"));
-        assert_eq!(a.cmd(&["GET", "nope"]).await, V::Null);
+        assert_eq!(a.cmd(&["GET", "k"]).await, bulk("v"));
+        assert_eq!(a.cmd(&["GET", "nope"]).await, Reply::Null);
         assert_eq!(
             a.cmd(&["UNSUBSCRIBE", "ch"]).await,
-            V::Agg(b'>', vec![V::b("unsubscribe"), V::b("ch"), V::Int(0)])
+            Reply::Push(vec![bulk("unsubscribe"), bulk("ch"), Reply::Int(0)])
         );
-        assert_eq!(a.cmd(&["GET", "k"]).await, V::b("v"));
+        assert_eq!(a.cmd(&["GET", "k"]).await, bulk("v"));
     })
     .await
 }
