@@ -122,31 +122,15 @@ impl Scenario {
 
     /// `client` reads `frames` frames.
     pub fn read(self, client: usize, frames: usize) -> Scenario {
-        let want = None;
-        self.step(
-            client,
-            Step::Read {
-                client,
-                frames,
-                want,
-            },
-        )
+        self.read_step(client, frames, None)
     }
 
     /// `client` reads one frame per `want`, and they must be exactly these bytes on both sides (a
     /// difference on Redis's side means the scenario is wrong): for a scenario that must also
     /// prove what Redis answers, not only that respipe answers the same.
     pub fn read_expect(self, client: usize, want: &[&str]) -> Scenario {
-        let frames = want.len();
-        let want = Some(want.iter().map(|w| w.as_bytes().to_vec()).collect());
-        self.step(
-            client,
-            Step::Read {
-                client,
-                frames,
-                want,
-            },
-        )
+        let want: Vec<Vec<u8>> = want.iter().map(|w| w.as_bytes().to_vec()).collect();
+        self.read_step(client, want.len(), Some(want))
     }
 
     /// `client` writes these commands in one write and reads exactly the frames `want`
@@ -211,6 +195,15 @@ impl Scenario {
             want: want.to_owned(),
         });
         self
+    }
+
+    fn read_step(self, client: usize, frames: usize, want: Option<Vec<Vec<u8>>>) -> Scenario {
+        let read = Step::Read {
+            client,
+            frames,
+            want,
+        };
+        self.step(client, read)
     }
 
     fn step(mut self, client: usize, step: Step) -> Scenario {
