@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
@@ -84,6 +84,10 @@ pub struct UpstreamSettings {
     /// Set by the handshake while Redis refuses the switch to `user` (a deleted user, a changed
     /// password), cleared when it accepts it; read by the pool or lease holding these settings.
     pub user_refused: Arc<AtomicBool>,
+    /// Notified when `user_refused` turns on, for a shared pool's connections only (`None` for
+    /// leases and probes): the pools' owner then closes the sessions Redis no longer lets in
+    /// (see `Pools::refusals`).
+    pub refusals: Option<Arc<Notify>>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
@@ -949,9 +953,7 @@ async fn handshake(
     let switch = plan.switch.as_ref().map(|_| commands.len() - 1);
     for (i, (command, reply)) in commands.iter().zip(&replies).enumerate() {
         if Some(i) == switch {
-            settings
-                .user_refused
-                .store(is_error(reply), Ordering::Relaxed);
+            note_switch(settings, is_error(reply));
         }
         if !is_error(reply) {
             continue;
@@ -973,6 +975,18 @@ async fn handshake(
         }
     }
     Ok(())
+}
+
+/// Records whether Redis refused the switch to the client's user; the first refusal after an
+/// accepted one (or on a pool's first connection) is announced to `settings.refusals`. Retries
+/// that are refused again announce nothing: nothing changed.
+fn note_switch(settings: &UpstreamSettings, refused: bool) {
+    let before = settings.user_refused.swap(refused, Ordering::Relaxed);
+    if refused && !before {
+        if let Some(refusals) = &settings.refusals {
+            refusals.notify_one();
+        }
+    }
 }
 
 /// The first round of the handshake of `settings`, as raw RESP: what a given-back lease is sent

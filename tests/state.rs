@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{bounded, encode, Proxy, RedisServer};
+use common::{bounded, encode, Proxy, RawClient, RedisServer, Reply};
 use respipe::resp::ReplyScanner;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -522,6 +522,44 @@ async fn a_deleted_users_sessions_are_closed_and_a_new_password_keeps_them() {
         )
         .await;
         assert_eq!(bob.exchange(&[&["GET", "k"]], 1).await, ["$1\r\nv\r\n"]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_deleted_users_idle_sessions_close_at_once() {
+    bounded(LIMIT, "deleted user, idle sessions", async {
+        let redis = RedisServer::start().await;
+        let proxy = Proxy::ready(&redis).await;
+        let mut admin = redis.direct().await;
+        for user in ["bob", "alice"] {
+            let r = admin
+                .cmd(&["ACL", "SETUSER", user, "on", ">old", "+@all", "~*"])
+                .await;
+            assert_eq!(r, Reply::ok());
+        }
+        // A has a command answered on bob's pool; C only authenticated; B is alice.
+        let mut a = RawClient::connect(proxy.addr()).await;
+        assert_eq!(a.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
+        let mut c = RawClient::connect(proxy.addr()).await;
+        assert_eq!(c.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        let mut b = RawClient::connect(proxy.addr()).await;
+        assert_eq!(b.cmd(&["AUTH", "alice", "old"]).await, Reply::ok());
+        assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+        // A new password: Redis keeps bob's connections, and respipe bob's sessions.
+        let r = admin
+            .cmd(&["ACL", "SETUSER", "bob", "resetpass", ">new"])
+            .await;
+        assert_eq!(r, Reply::ok());
+        assert_eq!(a.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+        // Deleted: Redis closes bob's connections at once, and respipe bob's sessions, though
+        // neither A nor C sends anything.
+        assert_eq!(admin.cmd(&["ACL", "DELUSER", "bob"]).await, Reply::Int(1));
+        let closed = Duration::from_secs(5);
+        bounded(closed, "A (idle, bob) is closed", a.expect_eof()).await;
+        bounded(closed, "C (idle, bob) is closed", c.expect_eof()).await;
+        assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
     })
     .await
 }
