@@ -565,6 +565,40 @@ async fn a_deleted_users_idle_sessions_close_at_once() {
 }
 
 #[tokio::test]
+async fn a_refused_password_closes_only_the_sessions_that_used_it() {
+    bounded(LIMIT, "refused password", async {
+        let redis = RedisServer::start().await;
+        let proxy = Proxy::ready(&redis).await;
+        let mut admin = redis.direct().await;
+        let r = admin
+            .cmd(&["ACL", "SETUSER", "bob", "on", ">old", ">new", "+@all", "~*"])
+            .await;
+        assert_eq!(r, Reply::ok());
+        // A and D are bob with two passwords: two pools.
+        let mut a = RawClient::connect(proxy.addr()).await;
+        assert_eq!(a.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
+        let mut d = RawClient::connect(proxy.addr()).await;
+        assert_eq!(d.cmd(&["AUTH", "bob", "new"]).await, Reply::ok());
+        assert_eq!(d.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+        // The old password goes, then bob's connections are lost: respipe can make new ones
+        // with the new password only.
+        let r = admin.cmd(&["ACL", "SETUSER", "bob", "<old"]).await;
+        assert_eq!(r, Reply::ok());
+        let killed = admin.cmd(&["CLIENT", "KILL", "USER", "bob"]).await;
+        assert!(matches!(killed, Reply::Int(n) if n >= 2), "{killed:?}");
+        bounded(
+            Duration::from_secs(5),
+            "A (old password) is closed",
+            a.expect_eof(),
+        )
+        .await;
+        assert_eq!(d.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_named_clients_leases_carry_its_name() {
     bounded(LIMIT, "named leases", async {
         let pair = Pair::start().await;
