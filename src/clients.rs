@@ -152,10 +152,12 @@ pub struct Snapshot {
     /// The lease a blocking command waits on (flag `b` while it lives) and, once Redis said, that
     /// connection's Redis client id (the target of `CLIENT UNBLOCK`).
     pub blocked: Option<(WeakHandle, Option<u64>)>,
-    /// The state of the shared pool its commands go to, while it runs as a client's Redis user
-    /// and holds no lease: Redis refusing that pool's user closes the session
-    /// ([`Registry::kill_where`]). `None` for the configured user and while it holds a lease.
+    /// The state of the shared pool its commands go to (when it holds no lease), while it runs
+    /// as a client's Redis user: Redis refusing that pool's user closes the session unless its
+    /// lease is up (see `session::close_refused`). `None` for the configured user.
     pub shared: Option<PoolKey>,
+    /// The lease it holds, if any.
+    pub lease: Option<WeakHandle>,
     /// Last command, lower case, with the subcommand of container commands.
     cmd: String,
 }
@@ -772,13 +774,12 @@ mod tests {
         old.snapshot().shared = Some(key("old"));
         let other = r.register(2, peer("127.0.0.1:5002"));
         other.snapshot().shared = Some(key("other"));
-        let leased = r.register(3, peer("127.0.0.1:5003"));
-        leased.snapshot().user = Some("bob".into());
+        let configured = r.register(3, peer("127.0.0.1:5003"));
         // The same user with another password is another pool's state: it stays.
         let doomed = |s: &Snapshot| s.shared == Some(key("old"));
         assert_eq!(r.kill_where(doomed), 1);
         assert!(old.is_killed());
-        assert!(!other.is_killed() && !leased.is_killed());
+        assert!(!other.is_killed() && !configured.is_killed());
         // Killed already: not counted again.
         assert_eq!(r.kill_where(doomed), 0);
     }

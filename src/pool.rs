@@ -141,9 +141,10 @@ pub struct Pools {
     /// Redis's answers to harmless forms of the `CLIENT` subcommands respipe answers itself, per
     /// user: whether that user may run them (ACLs) and whether the server has them at all.
     verdicts: Mutex<HashMap<(User, Bytes), Bytes>>,
-    /// Notified (one stored permit) when Redis starts refusing the user of a shared pool; the
-    /// task that closes that user's sessions waits on it (`session::close_refused`).
-    refusals: Arc<Notify>,
+    /// Notified (one stored permit) by pool and lease drivers when Redis starts refusing the user
+    /// of a shared pool, or a lease is lost; the task that closes the sessions of refused users
+    /// waits on it (`session::close_refused`).
+    user_events: Arc<Notify>,
 }
 
 impl fmt::Debug for Credentials {
@@ -260,7 +261,7 @@ impl Pools {
             dedicated: false,
             user: None,
             user_refused: Arc::default(),
-            refusals: None,
+            user_events: None,
         };
         let default_key = PoolKey {
             db: config.upstream.db,
@@ -291,7 +292,7 @@ impl Pools {
             pools_gauge: metrics::gauge!(crate::metrics::POOLS),
             known_dbs: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
-            refusals: Arc::default(),
+            user_events: Arc::default(),
         };
         pools.start_default(default_key);
         pools
@@ -443,6 +444,7 @@ impl Pools {
         let generation = self.warm.generation();
         let settings = UpstreamSettings {
             dedicated: true,
+            user_events: Some(self.user_events.clone()),
             ..self.settings_for(key)
         };
         Lease {
@@ -512,10 +514,11 @@ impl Pools {
             .unwrap_or_else(|| "default".to_owned())
     }
 
-    /// Notified when Redis starts refusing the user of a shared pool: a connection of it was
-    /// closed (Redis closes a deleted user's connections) and the new one's `AUTH` was refused.
-    pub fn refusals(&self) -> Arc<Notify> {
-        self.refusals.clone()
+    /// Notified when Redis starts refusing the user of a shared pool (a connection of it was
+    /// closed, as Redis closes a deleted user's connections, and the new one's `AUTH` was
+    /// refused), and when a lease's connection is lost: then some sessions may have to close.
+    pub fn user_events(&self) -> Arc<Notify> {
+        self.user_events.clone()
     }
 
     /// The states of the shared pools whose user Redis refuses now.
@@ -537,7 +540,7 @@ impl Pools {
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
         let settings = Arc::new(UpstreamSettings {
-            refusals: Some(self.refusals.clone()),
+            user_events: Some(self.user_events.clone()),
             ..self.settings_for(&key)
         });
         let conns = (0..self.pool_size)

@@ -96,7 +96,7 @@ pub async fn run_with_updates(
     }
     tokio::spawn(session::close_refused(
         Arc::downgrade(&shared),
-        shared.pools.refusals(),
+        shared.pools.user_events(),
         shutdown.clone(),
     ));
     // Cancelled when `run` returns, after the drain; until then /metrics and /healthz keep answering.

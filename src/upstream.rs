@@ -84,10 +84,11 @@ pub struct UpstreamSettings {
     /// Set by the handshake while Redis refuses the switch to `user` (a deleted user, a changed
     /// password), cleared when it accepts it; read by the pool or lease holding these settings.
     pub user_refused: Arc<AtomicBool>,
-    /// Notified when `user_refused` turns on, for a shared pool's connections only (`None` for
-    /// leases and probes): the pools' owner then closes the sessions Redis no longer lets in
-    /// (see `Pools::refusals`).
-    pub refusals: Option<Arc<Notify>>,
+    /// Told when sessions of `user` may have to close (see `Pools::user_events`): a shared
+    /// pool's switch to it is refused (`user_refused` turns on), or a lease's connection is lost
+    /// (its session may be in such a pool's state, and now has no connection Redis kept). Set
+    /// for pools and leases, `None` for probes.
+    pub user_events: Option<Arc<Notify>>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
@@ -309,6 +310,13 @@ impl WeakHandle {
     pub fn is_alive(&self) -> bool {
         self.0.strong_count() > 0
     }
+
+    /// True while the connection is established (false once it is lost, or every handle is gone).
+    pub fn is_up(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| inner.up.load(Ordering::Relaxed))
+    }
 }
 
 /// The task behind a handle: connects, runs the connection, and on loss reconnects.
@@ -386,6 +394,12 @@ impl Driver {
             failing = true;
             metrics::upstream_error(err.kind());
             if self.settings.dedicated || self.is_retired() {
+                if let Some(events) = self.settings.user_events.as_ref() {
+                    if self.settings.dedicated {
+                        // A lost lease, told once it is down (see the field's doc).
+                        events.notify_one();
+                    }
+                }
                 // A lease's client state is gone with it; a retired connection has a replacement.
                 // Either way: fail everything until the last handle is dropped.
                 while self.fail_fast(self.settings.backoff_max, &err).await {}
@@ -978,13 +992,13 @@ async fn handshake(
 }
 
 /// Records whether Redis refused the switch to the client's user; the first refusal after an
-/// accepted one (or on a pool's first connection) is announced to `settings.refusals`. Retries
+/// accepted one (or on a pool's first connection) is announced to `settings.user_events`. Retries
 /// that are refused again announce nothing: nothing changed.
 fn note_switch(settings: &UpstreamSettings, refused: bool) {
     let before = settings.user_refused.swap(refused, Ordering::Relaxed);
     if refused && !before {
-        if let Some(refusals) = &settings.refusals {
-            refusals.notify_one();
+        if let Some(events) = &settings.user_events {
+            events.notify_one();
         }
     }
 }

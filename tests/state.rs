@@ -544,6 +544,14 @@ async fn a_deleted_users_idle_sessions_close_at_once() {
         assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
         let mut c = RawClient::connect(proxy.addr()).await;
         assert_eq!(c.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        // E is bob in a transaction: on a lease, its own connection.
+        let mut e = RawClient::connect(proxy.addr()).await;
+        assert_eq!(e.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        assert_eq!(e.cmd(&["MULTI"]).await, Reply::ok());
+        assert_eq!(
+            e.cmd(&["SET", "k", "e"]).await,
+            Reply::Simple("QUEUED".into())
+        );
         let mut b = RawClient::connect(proxy.addr()).await;
         assert_eq!(b.cmd(&["AUTH", "alice", "old"]).await, Reply::ok());
         assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
@@ -554,11 +562,12 @@ async fn a_deleted_users_idle_sessions_close_at_once() {
         assert_eq!(r, Reply::ok());
         assert_eq!(a.cmd(&["GET", "k"]).await, Reply::bulk("v"));
         // Deleted: Redis closes bob's connections at once, and respipe bob's sessions, though
-        // neither A nor C sends anything.
+        // none of A, C and E sends anything.
         assert_eq!(admin.cmd(&["ACL", "DELUSER", "bob"]).await, Reply::Int(1));
         let closed = Duration::from_secs(5);
         bounded(closed, "A (idle, bob) is closed", a.expect_eof()).await;
         bounded(closed, "C (idle, bob) is closed", c.expect_eof()).await;
+        bounded(closed, "E (bob, in MULTI) is closed", e.expect_eof()).await;
         assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
     })
     .await

@@ -5,7 +5,10 @@
 //! closed ones are the user's shared pool connections, whose drivers reconnect at once and are
 //! refused at `AUTH`. That refusal closes every session in that pool's state (db, protocol and the
 //! same user *and password*: another password of the same user may still be valid), idle ones
-//! included, unless it holds a lease (its own connection says what Redis did to it).
+//! included, but those holding a lease that is still up (a transaction, a subscription, a
+//! blocking command): Redis kept that connection, so it has not deleted the user, and the session
+//! stays as its connection would (after a password change, a lost pool connection is no reason to
+//! close a client whose own connection lives).
 //!
 //! What respipe cannot see, it cannot act on: a user with no pool connection (its sessions only
 //! authenticated, on a probe) is caught at its sessions' next command, whose new connection is
@@ -20,28 +23,30 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Shared;
+use crate::upstream::WeakHandle;
 
-/// Runs until `shutdown`: each time a shared pool's user is refused (`refusals`, from
-/// `Pools::refusals`), kills the sessions of every refused pool's state.
-pub async fn close_refused(
-    shared: Weak<Shared>,
-    refusals: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+/// Runs until `shutdown`: each time a shared pool's user is refused or a lease is lost (`events`,
+/// from `Pools::user_events`), kills the sessions in every refused pool's state but those whose
+/// lease is up. Whichever of a pool's refusal and a lease's loss comes last finds both.
+pub async fn close_refused(shared: Weak<Shared>, events: Arc<Notify>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
-            _ = refusals.notified() => {}
+            _ = events.notified() => {}
             _ = shutdown.cancelled() => return,
         }
         let Some(shared) = shared.upgrade() else {
             return;
         };
         let refused = shared.pools.refused();
+        if refused.is_empty() {
+            continue;
+        }
         let closed = shared.clients.kill_where(|snapshot| {
             snapshot
                 .shared
                 .as_ref()
                 .is_some_and(|key| refused.contains(key))
+                && !snapshot.lease.as_ref().is_some_and(WeakHandle::is_up)
         });
         debug!(
             sessions = closed,
