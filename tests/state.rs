@@ -526,6 +526,13 @@ async fn a_deleted_users_sessions_are_closed_and_a_new_password_keeps_them() {
     .await
 }
 
+/// A client of `proxy` authenticated as `user`.
+async fn signed_in(proxy: &Proxy, user: &str, password: &str) -> RawClient {
+    let mut client = RawClient::connect(proxy.addr()).await;
+    assert_eq!(client.cmd(&["AUTH", user, password]).await, Reply::ok());
+    client
+}
+
 #[tokio::test]
 async fn a_deleted_users_idle_sessions_close_at_once() {
     bounded(LIMIT, "deleted user, idle sessions", async {
@@ -539,21 +546,17 @@ async fn a_deleted_users_idle_sessions_close_at_once() {
             assert_eq!(r, Reply::ok());
         }
         // A has a command answered on bob's pool; C only authenticated; B is alice.
-        let mut a = RawClient::connect(proxy.addr()).await;
-        assert_eq!(a.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        let mut a = signed_in(&proxy, "bob", "old").await;
         assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
-        let mut c = RawClient::connect(proxy.addr()).await;
-        assert_eq!(c.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        let mut c = signed_in(&proxy, "bob", "old").await;
         // E is bob in a transaction: on a lease, its own connection.
-        let mut e = RawClient::connect(proxy.addr()).await;
-        assert_eq!(e.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        let mut e = signed_in(&proxy, "bob", "old").await;
         assert_eq!(e.cmd(&["MULTI"]).await, Reply::ok());
         assert_eq!(
             e.cmd(&["SET", "k", "e"]).await,
             Reply::Simple("QUEUED".into())
         );
-        let mut b = RawClient::connect(proxy.addr()).await;
-        assert_eq!(b.cmd(&["AUTH", "alice", "old"]).await, Reply::ok());
+        let mut b = signed_in(&proxy, "alice", "old").await;
         assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
         // A new password: Redis keeps bob's connections, and respipe bob's sessions.
         let r = admin
@@ -584,11 +587,9 @@ async fn a_refused_password_closes_only_the_sessions_that_used_it() {
             .await;
         assert_eq!(r, Reply::ok());
         // A and D are bob with two passwords: two pools.
-        let mut a = RawClient::connect(proxy.addr()).await;
-        assert_eq!(a.cmd(&["AUTH", "bob", "old"]).await, Reply::ok());
+        let mut a = signed_in(&proxy, "bob", "old").await;
         assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
-        let mut d = RawClient::connect(proxy.addr()).await;
-        assert_eq!(d.cmd(&["AUTH", "bob", "new"]).await, Reply::ok());
+        let mut d = signed_in(&proxy, "bob", "new").await;
         assert_eq!(d.cmd(&["GET", "k"]).await, Reply::bulk("v"));
         // The old password goes, then bob's connections are lost: respipe can make new ones
         // with the new password only.
