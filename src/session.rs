@@ -401,7 +401,10 @@ impl Session {
         loop {
             if self.client.is_killed() {
                 // Like Redis freeing a killed client: at once, whatever is pending.
-                debug!(session = self.id, "client killed (CLIENT KILL)");
+                debug!(
+                    session = self.id,
+                    "client killed (CLIENT KILL, or Redis refuses its user)"
+                );
                 return Err(Close);
             }
             self.limits.refresh(&self.shared.limits);

@@ -396,7 +396,7 @@ impl Driver {
             if self.settings.dedicated || self.is_retired() {
                 if let Some(events) = self.settings.user_events.as_ref() {
                     if self.settings.dedicated {
-                        // A lost lease, told once it is down (see the field's doc).
+                        // A lease lost (or never made), told once it is down (see the field's doc).
                         events.notify_one();
                     }
                 }
@@ -991,12 +991,13 @@ async fn handshake(
     Ok(())
 }
 
-/// Records whether Redis refused the switch to the client's user; the first refusal after an
-/// accepted one (or on a pool's first connection) is announced to `settings.user_events`. Retries
-/// that are refused again announce nothing: nothing changed.
+/// Records whether Redis refused the switch to the client's user; for a shared pool, the first
+/// refusal after an accepted one (or on its first connection) is announced to
+/// `settings.user_events`. Retries that are refused again announce nothing: nothing changed. A
+/// lease's driver tells of its loss instead (see `Driver::run`).
 fn note_switch(settings: &UpstreamSettings, refused: bool) {
     let before = settings.user_refused.swap(refused, Ordering::Relaxed);
-    if refused && !before {
+    if refused && !before && !settings.dedicated {
         if let Some(events) = &settings.user_events {
             events.notify_one();
         }
