@@ -17,6 +17,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::command::Args;
+use crate::pool::PoolKey;
 use crate::resp::ReplyScanner;
 use crate::upstream::WeakHandle;
 
@@ -151,6 +152,12 @@ pub struct Snapshot {
     /// The lease a blocking command waits on (flag `b` while it lives) and, once Redis said, that
     /// connection's Redis client id (the target of `CLIENT UNBLOCK`).
     pub blocked: Option<(WeakHandle, Option<u64>)>,
+    /// The state of the shared pool its commands go to (when it holds no lease), while it runs
+    /// as a client's Redis user: Redis refusing that pool's user closes the session unless its
+    /// lease is up (see `session::close_refused`). `None` for the configured user.
+    pub shared: Option<PoolKey>,
+    /// The lease it holds, if any.
+    pub lease: Option<WeakHandle>,
     /// Last command, lower case, with the subcommand of container commands.
     cmd: String,
 }
@@ -237,6 +244,20 @@ impl Registry {
             .filter(|c| c.matches(filter, now, default_user))
             .cloned()
             .collect()
+    }
+
+    /// Kills every session, but those killed already, whose published state `doomed` picks (each
+    /// snapshot locked in turn); returns how many.
+    pub fn kill_where(&self, doomed: impl Fn(&Snapshot) -> bool) -> usize {
+        let chosen: Vec<Arc<Client>> = lock(&self.clients)
+            .values()
+            .filter(|c| !c.is_killed() && doomed(&c.snapshot()))
+            .cloned()
+            .collect();
+        for client in &chosen {
+            client.kill();
+        }
+        chosen.len()
     }
 
     /// Learns the field names from a line of Redis's own `CLIENT LIST` or `CLIENT INFO` reply
@@ -735,6 +756,32 @@ mod tests {
             laddr: "127.0.0.1:6380".parse().unwrap(),
             fd: 9,
         }
+    }
+
+    #[test]
+    fn kill_where_picks_by_snapshot_and_skips_the_killed() {
+        use crate::pool::Credentials;
+        let key = |password: &str| PoolKey {
+            db: 0,
+            resp3: false,
+            auth: Some(Arc::new(Credentials {
+                user: Some("bob".into()),
+                password: password.into(),
+            })),
+        };
+        let r = Registry::new();
+        let old = r.register(1, peer("127.0.0.1:5001"));
+        old.snapshot().shared = Some(key("old"));
+        let other = r.register(2, peer("127.0.0.1:5002"));
+        other.snapshot().shared = Some(key("other"));
+        let configured = r.register(3, peer("127.0.0.1:5003"));
+        // The same user with another password is another pool's state: it stays.
+        let doomed = |s: &Snapshot| s.shared == Some(key("old"));
+        assert_eq!(r.kill_where(doomed), 1);
+        assert!(old.is_killed());
+        assert!(!other.is_killed() && !configured.is_killed());
+        // Killed already: not counted again.
+        assert_eq!(r.kill_where(doomed), 0);
     }
 
     #[test]

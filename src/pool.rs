@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Upstream};
 use crate::error::UpstreamError;
@@ -141,6 +141,10 @@ pub struct Pools {
     /// Redis's answers to harmless forms of the `CLIENT` subcommands respipe answers itself, per
     /// user: whether that user may run them (ACLs) and whether the server has them at all.
     verdicts: Mutex<HashMap<(User, Bytes), Bytes>>,
+    /// Notified (one stored permit) by pool and lease drivers when Redis starts refusing the user
+    /// of a shared pool, or a lease is lost; the task that closes the sessions of refused users
+    /// waits on it (`session::close_refused`).
+    user_events: Arc<Notify>,
 }
 
 impl fmt::Debug for Credentials {
@@ -257,6 +261,7 @@ impl Pools {
             dedicated: false,
             user: None,
             user_refused: Arc::default(),
+            user_events: None,
         };
         let default_key = PoolKey {
             db: config.upstream.db,
@@ -287,6 +292,7 @@ impl Pools {
             pools_gauge: metrics::gauge!(crate::metrics::POOLS),
             known_dbs: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
+            user_events: Arc::default(),
         };
         pools.start_default(default_key);
         pools
@@ -438,6 +444,7 @@ impl Pools {
         let generation = self.warm.generation();
         let settings = UpstreamSettings {
             dedicated: true,
+            user_events: Some(self.user_events.clone()),
             ..self.settings_for(key)
         };
         Lease {
@@ -507,6 +514,22 @@ impl Pools {
             .unwrap_or_else(|| "default".to_owned())
     }
 
+    /// Notified when Redis starts refusing the user of a shared pool (a connection of it was
+    /// closed, as Redis closes a deleted user's connections, and the new one's `AUTH` was
+    /// refused), and when a lease's connection is lost: then some sessions may have to close.
+    pub fn user_events(&self) -> Arc<Notify> {
+        self.user_events.clone()
+    }
+
+    /// The states of the shared pools whose user Redis refuses now.
+    pub fn refused(&self) -> HashSet<PoolKey> {
+        lock(&self.pools)
+            .iter()
+            .filter(|(_, pool)| pool.user_refused())
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// True while at least one connection of the default pool is established. Replaces retired
     /// connections as routing does, so a stalled one that Redis then closed does not keep the
     /// proxy unready while no client sends anything.
@@ -516,7 +539,10 @@ impl Pools {
     }
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
-        let settings = Arc::new(self.settings_for(&key));
+        let settings = Arc::new(UpstreamSettings {
+            user_events: Some(self.user_events.clone()),
+            ..self.settings_for(&key)
+        });
         let conns = (0..self.pool_size)
             .map(|i| {
                 let label = if index == 0 {

@@ -94,6 +94,11 @@ pub async fn run_with_updates(
             }
         });
     }
+    tokio::spawn(session::close_refused(
+        Arc::downgrade(&shared),
+        shared.pools.user_events(),
+        shutdown.clone(),
+    ));
     // Cancelled when `run` returns, after the drain; until then /metrics and /healthz keep answering.
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();

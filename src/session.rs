@@ -37,6 +37,9 @@ use crate::spare;
 use crate::upstream::{Request, UpstreamHandle};
 
 mod identity;
+mod refused;
+
+pub use refused::close_refused;
 
 /// While this many reply bytes wait for the client to read them, respipe stops reading the client's
 /// requests (backpressure; see also `outflow::READ_PAUSE_OWED_BYTES`); the hard limit that closes
@@ -398,7 +401,10 @@ impl Session {
         loop {
             if self.client.is_killed() {
                 // Like Redis freeing a killed client: at once, whatever is pending.
-                debug!(session = self.id, "client killed (CLIENT KILL)");
+                debug!(
+                    session = self.id,
+                    "client killed (CLIENT KILL, or Redis refuses its user)"
+                );
                 return Err(Close);
             }
             self.limits.refresh(&self.shared.limits);
@@ -1563,6 +1569,8 @@ impl Session {
     /// pool's connection was closed (Redis closes a deleted user's connections; or it was lost
     /// after a password change) and Redis no longer lets it in. The client's own connection
     /// would be gone too. (A lease refused after a password change only fails its command.)
+    /// Idle sessions are closed when the refusal happens (`refused`); this catches those whose
+    /// pool was first refused by their own command.
     fn user_gone(&self) -> bool {
         self.state.auth.is_some() && self.lease.is_none() && self.pool.user_refused()
     }

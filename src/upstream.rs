@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
@@ -84,6 +84,11 @@ pub struct UpstreamSettings {
     /// Set by the handshake while Redis refuses the switch to `user` (a deleted user, a changed
     /// password), cleared when it accepts it; read by the pool or lease holding these settings.
     pub user_refused: Arc<AtomicBool>,
+    /// Told when sessions of `user` may have to close (see `Pools::user_events`): a shared
+    /// pool's switch to it is refused (`user_refused` turns on), or a lease's connection is lost
+    /// (its session may be in such a pool's state, and now has no connection Redis kept). Set
+    /// for pools and leases, `None` for probes.
+    pub user_events: Option<Arc<Notify>>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
@@ -305,6 +310,13 @@ impl WeakHandle {
     pub fn is_alive(&self) -> bool {
         self.0.strong_count() > 0
     }
+
+    /// True while the connection is established (false once it is lost, or every handle is gone).
+    pub fn is_up(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| inner.up.load(Ordering::Relaxed))
+    }
 }
 
 /// The task behind a handle: connects, runs the connection, and on loss reconnects.
@@ -382,6 +394,12 @@ impl Driver {
             failing = true;
             metrics::upstream_error(err.kind());
             if self.settings.dedicated || self.is_retired() {
+                if let Some(events) = self.settings.user_events.as_ref() {
+                    if self.settings.dedicated {
+                        // A lease lost (or never made), told once it is down (see the field's doc).
+                        events.notify_one();
+                    }
+                }
                 // A lease's client state is gone with it; a retired connection has a replacement.
                 // Either way: fail everything until the last handle is dropped.
                 while self.fail_fast(self.settings.backoff_max, &err).await {}
@@ -949,9 +967,7 @@ async fn handshake(
     let switch = plan.switch.as_ref().map(|_| commands.len() - 1);
     for (i, (command, reply)) in commands.iter().zip(&replies).enumerate() {
         if Some(i) == switch {
-            settings
-                .user_refused
-                .store(is_error(reply), Ordering::Relaxed);
+            note_switch(settings, is_error(reply));
         }
         if !is_error(reply) {
             continue;
@@ -973,6 +989,19 @@ async fn handshake(
         }
     }
     Ok(())
+}
+
+/// Records whether Redis refused the switch to the client's user; for a shared pool, the first
+/// refusal after an accepted one (or on its first connection) is announced to
+/// `settings.user_events`. Retries that are refused again announce nothing: nothing changed. A
+/// lease's driver tells of its loss instead (see `Driver::run`).
+fn note_switch(settings: &UpstreamSettings, refused: bool) {
+    let before = settings.user_refused.swap(refused, Ordering::Relaxed);
+    if refused && !before && !settings.dedicated {
+        if let Some(events) = &settings.user_events {
+            events.notify_one();
+        }
+    }
 }
 
 /// The first round of the handshake of `settings`, as raw RESP: what a given-back lease is sent

@@ -700,7 +700,6 @@ async fn issue10_item9_password_change_keeps_the_authenticated_session() {
 }
 
 #[tokio::test]
-#[ignore = "issue 10 item 9, open: respipe closes a deleted user's session at its next command, Redis at once"]
 async fn issue10_item9_deleted_user_is_disconnected() {
     Scenario::new("item9_deluser")
         .each(A, &[&["ACL", "SETUSER", "u", "on", ">p", "+@all", "~*"]])

@@ -11,7 +11,7 @@ mod differential;
 
 use std::time::Duration;
 
-use common::{bounded, encode, Proxy, RawClient, RedisServer};
+use common::{bounded, encode, Proxy, RawClient, RedisServer, Reply};
 use differential::Scenario;
 use tokio::io::AsyncWriteExt;
 
@@ -464,6 +464,88 @@ async fn a_deleted_users_sessions_are_closed_and_a_new_password_keeps_them() {
             exchange(&mut bob, &[&["GET", "k"]], 1).await,
             ["$1\r\nv\r\n"]
         );
+    })
+    .await
+}
+
+/// A client of `proxy` authenticated as `user`.
+async fn signed_in(proxy: &Proxy, user: &str, password: &str) -> RawClient {
+    let mut client = RawClient::connect(proxy.addr()).await;
+    assert_eq!(client.cmd(&["AUTH", user, password]).await, Reply::ok());
+    client
+}
+
+#[tokio::test]
+async fn a_deleted_users_idle_sessions_close_at_once() {
+    bounded(LIMIT, "deleted user, idle sessions", async {
+        let redis = RedisServer::start().await;
+        let proxy = Proxy::ready(&redis).await;
+        let mut admin = redis.direct().await;
+        for user in ["bob", "alice"] {
+            let r = admin
+                .cmd(&["ACL", "SETUSER", user, "on", ">old", "+@all", "~*"])
+                .await;
+            assert_eq!(r, Reply::ok());
+        }
+        // A has a command answered on bob's pool; C only authenticated; B is alice.
+        let mut a = signed_in(&proxy, "bob", "old").await;
+        assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
+        let mut c = signed_in(&proxy, "bob", "old").await;
+        // E is bob in a transaction: on a lease, its own connection.
+        let mut e = signed_in(&proxy, "bob", "old").await;
+        assert_eq!(e.cmd(&["MULTI"]).await, Reply::ok());
+        assert_eq!(
+            e.cmd(&["SET", "k", "e"]).await,
+            Reply::Simple("QUEUED".into())
+        );
+        let mut b = signed_in(&proxy, "alice", "old").await;
+        assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+        // A new password: Redis keeps bob's connections, and respipe bob's sessions.
+        let r = admin
+            .cmd(&["ACL", "SETUSER", "bob", "resetpass", ">new"])
+            .await;
+        assert_eq!(r, Reply::ok());
+        assert_eq!(a.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+        // Deleted: Redis closes bob's connections at once, and respipe bob's sessions, though
+        // none of A, C and E sends anything.
+        assert_eq!(admin.cmd(&["ACL", "DELUSER", "bob"]).await, Reply::Int(1));
+        let closed = Duration::from_secs(5);
+        bounded(closed, "A (idle, bob) is closed", a.expect_eof()).await;
+        bounded(closed, "C (idle, bob) is closed", c.expect_eof()).await;
+        bounded(closed, "E (bob, in MULTI) is closed", e.expect_eof()).await;
+        assert_eq!(b.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_refused_password_closes_only_the_sessions_that_used_it() {
+    bounded(LIMIT, "refused password", async {
+        let redis = RedisServer::start().await;
+        let proxy = Proxy::ready(&redis).await;
+        let mut admin = redis.direct().await;
+        let r = admin
+            .cmd(&["ACL", "SETUSER", "bob", "on", ">old", ">new", "+@all", "~*"])
+            .await;
+        assert_eq!(r, Reply::ok());
+        // A and D are bob with two passwords: two pools.
+        let mut a = signed_in(&proxy, "bob", "old").await;
+        assert_eq!(a.cmd(&["SET", "k", "v"]).await, Reply::ok());
+        let mut d = signed_in(&proxy, "bob", "new").await;
+        assert_eq!(d.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+        // The old password goes, then bob's connections are lost: respipe can make new ones
+        // with the new password only.
+        let r = admin.cmd(&["ACL", "SETUSER", "bob", "<old"]).await;
+        assert_eq!(r, Reply::ok());
+        let killed = admin.cmd(&["CLIENT", "KILL", "USER", "bob"]).await;
+        assert!(matches!(killed, Reply::Int(n) if n >= 2), "{killed:?}");
+        bounded(
+            Duration::from_secs(5),
+            "A (old password) is closed",
+            a.expect_eof(),
+        )
+        .await;
+        assert_eq!(d.cmd(&["GET", "k"]).await, Reply::bulk("v"));
     })
     .await
 }

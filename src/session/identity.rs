@@ -259,5 +259,7 @@ impl Session {
         if self.lease.is_none() {
             snapshot.blocked = None;
         }
+        snapshot.shared = self.state.auth.is_some().then(|| self.state.key());
+        snapshot.lease = self.lease.as_ref().map(|l| l.handle().downgrade());
     }
 }
