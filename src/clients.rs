@@ -158,6 +158,9 @@ pub struct Snapshot {
     pub shared: Option<PoolKey>,
     /// The lease it holds, if any.
     pub lease: Option<WeakHandle>,
+    /// While subscribed: the Redis client id of the subscribed lease, once Redis said (the
+    /// connection a tracking client's `CLIENT TRACKING ... REDIRECT <this client>` names).
+    pub subscriber: Option<u64>,
     /// Last command, lower case, with the subcommand of container commands.
     cmd: String,
 }

@@ -36,8 +36,12 @@ pub enum Kind {
     Accept,
     /// `CLIENT REPLY ON|OFF|SKIP`.
     Reply(ReplyMode),
-    /// `CLIENT ID`, `INFO`, `LIST`, `KILL` or `UNBLOCK`: about respipe's clients, not Redis's.
+    /// `CLIENT ID`, `INFO`, `LIST`, `KILL`, `UNBLOCK`, `GETREDIR` or `TRACKINGINFO`: about
+    /// respipe's clients, not Redis's.
     Client(ClientOp),
+    /// `CLIENT TRACKING ON ...` (true) or `OFF ...` (false): client-side caching, on a dedicated
+    /// connection for as long as tracking is on (Redis tracks the keys that connection reads).
+    Tracking(bool),
     /// `MULTI`: starts a transaction (needs a dedicated connection).
     Multi,
     /// `EXEC` or `DISCARD`: ends a transaction.
@@ -81,6 +85,10 @@ pub enum ClientOp {
     Kill,
     /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`.
     Unblock,
+    /// `CLIENT GETREDIR`: the redirect's Redis id becomes the respipe client's.
+    GetRedir,
+    /// `CLIENT TRACKINGINFO`: likewise for its `redirect` field.
+    TrackingInfo,
 }
 
 /// `CLIENT REPLY` modes.
@@ -125,11 +133,13 @@ pub enum Class {
     /// Runs on a connection lent to the client alone: a transaction (`EXEC`, `DISCARD` and `UNWATCH`
     /// outside one are [`Class::One`]), a command that may block (`XREAD`/`XREADGROUP` only with
     /// `BLOCK`), a stream (subscriptions, `MONITOR`), or a replication reader (`SYNC`, `PSYNC`,
-    /// `REPLCONF`: a raw connection spliced to the client).
+    /// `REPLCONF`: a raw connection spliced to the client), or client-side caching (`CLIENT
+    /// TRACKING ON`: every command of the client runs there until tracking is off).
     Lease,
     /// Answered by respipe for the session (when Redis must judge it, it asks on a connection of its
     /// own, or on the session's with a form that acts on nothing: `CLIENT ID|INFO|LIST|KILL`;
-    /// `CLIENT UNBLOCK` goes to Redis naming the connection the client is blocked on).
+    /// `CLIENT UNBLOCK` goes to Redis naming the connection the client is blocked on;
+    /// `CLIENT GETREDIR|TRACKINGINFO` go to Redis, and a redirect's id is shown as respipe's).
     Local,
     /// Refused with this reason: respipe cannot give it Redis's semantics.
     Refuse(&'static str),
@@ -145,8 +155,8 @@ pub enum Args<'a> {
     Inline(&'a [Vec<u8>]),
 }
 
-/// Why per-connection client-side caching and `NO-TOUCH` are refused for now.
-const TRACKING: &str = "per-connection client tracking";
+/// Why `CLIENT NO-TOUCH` is refused: the flag would reach every client of a shared connection.
+const NO_TOUCH: &str = "a per-connection flag on shared connections";
 /// Why cluster connection flags are refused: the upstream is a standalone Redis.
 const CLUSTER: &str = "cluster connection state";
 /// Why `SCRIPT DEBUG YES|SYNC` is refused: the next `EVAL` on that connection becomes a Lua
@@ -230,13 +240,13 @@ pub const SUBCOMMANDS: &[(&str, &str, Class)] = {
     ("acl", "cat", One), ("acl", "deluser", One), ("acl", "dryrun", One), ("acl", "genpass", One),
     ("acl", "getuser", One), ("acl", "help", One), ("acl", "list", One), ("acl", "load", One),
     ("acl", "log", One), ("acl", "save", One), ("acl", "setuser", One), ("acl", "users", One),
-    ("acl", "whoami", One), ("client", "caching", Refuse(TRACKING)), ("client", "getname", Local),
-    ("client", "getredir", One), ("client", "help", One), ("client", "id", Local),
+    ("acl", "whoami", One), ("client", "caching", One), ("client", "getname", Local),
+    ("client", "getredir", Local), ("client", "help", One), ("client", "id", Local),
     ("client", "info", Local), ("client", "kill", Local), ("client", "list", Local),
-    ("client", "no-evict", Local), ("client", "no-touch", Refuse(TRACKING)),
+    ("client", "no-evict", Local), ("client", "no-touch", Refuse(NO_TOUCH)),
     ("client", "pause", One), ("client", "reply", Local), ("client", "setinfo", Local),
-    ("client", "setname", Local), ("client", "tracking", Refuse(TRACKING)),
-    ("client", "trackinginfo", One), ("client", "unblock", Local), ("client", "unpause", One),
+    ("client", "setname", Local), ("client", "tracking", Lease),
+    ("client", "trackinginfo", Local), ("client", "unblock", Local), ("client", "unpause", One),
     ("cluster", "addslots", One), ("cluster", "addslotsrange", One), ("cluster", "bumpepoch", One),
     ("cluster", "count-failure-reports", One), ("cluster", "countkeysinslot", One),
     ("cluster", "delslots", One), ("cluster", "delslotsrange", One), ("cluster", "failover", One),
@@ -396,6 +406,8 @@ impl Shape {
     pub fn completes(&mut self, push: bool, frame: &[u8]) -> bool {
         match self {
             Shape::One => !push,
+            // A tracking client's invalidation can arrive between the confirmations.
+            Shape::ErrorOr(_) if push && is_invalidation(frame) => false,
             Shape::ErrorOr(left) => {
                 *left = left.saturating_sub(1);
                 matches!(frame.first(), Some(b'-' | b'!')) || *left == 0
@@ -465,7 +477,15 @@ fn client(args: Args<'_>) -> Kind {
                 Kind::Error("-ERR syntax error\r\n")
             }
         }
-        b"TRACKING" | b"CACHING" | b"NO-TOUCH" => Kind::Refuse(TRACKING),
+        // Malformed forms go to Redis (its syntax error; nothing is tracked).
+        b"TRACKING" if argc > 2 => match args.get(2).unwrap_or_default() {
+            on if on.eq_ignore_ascii_case(b"ON") => Kind::Tracking(true),
+            off if off.eq_ignore_ascii_case(b"OFF") => Kind::Tracking(false),
+            _ => Kind::Plain,
+        },
+        b"GETREDIR" if argc == 2 => Kind::Client(ClientOp::GetRedir),
+        b"TRACKINGINFO" if argc == 2 => Kind::Client(ClientOp::TrackingInfo),
+        b"NO-TOUCH" => Kind::Refuse(NO_TOUCH),
         // Malformed forms go to Redis, which answers its own error and acts on nothing.
         b"ID" if argc == 2 => Kind::Client(ClientOp::Id),
         b"INFO" if argc == 2 => Kind::Client(ClientOp::Info),
@@ -508,6 +528,20 @@ fn script(args: Args<'_>) -> Kind {
         Kind::Refuse(LUA_DEBUGGER)
     } else {
         Kind::Plain
+    }
+}
+
+/// True for a RESP3 invalidation push of client-side caching (`>2 invalidate keys|null`).
+fn is_invalidation(frame: &[u8]) -> bool {
+    frame.starts_with(b">2\r\n$10\r\ninvalidate\r\n")
+}
+
+/// The name a refusal gives a command: `container|subcommand` for a subcommand the tables list
+/// (`client|no-touch`), else the command's own name.
+pub fn refusal_name(name: &[u8], args: Args<'_>) -> Vec<u8> {
+    match args.get(1) {
+        Some(sub) if class(name, Some(sub)).is_some() => [name, b"|", sub].concat(),
+        _ => name.to_vec(),
     }
 }
 
@@ -642,8 +676,22 @@ mod tests {
             classify_words(&["CLIENT", "REPLY", "maybe"]),
             Kind::Error(_)
         ));
+        assert_eq!(
+            classify_words(&["CLIENT", "TRACKING", "on", "OPTIN"]),
+            Kind::Tracking(true)
+        );
+        assert_eq!(
+            classify_words(&["client", "tracking", "OFF"]),
+            Kind::Tracking(false)
+        );
+        assert_eq!(classify_words(&["CLIENT", "TRACKING", "x"]), Kind::Plain);
+        assert_eq!(classify_words(&["CLIENT", "CACHING", "yes"]), Kind::Plain);
+        assert_eq!(
+            classify_words(&["CLIENT", "GETREDIR"]),
+            Kind::Client(ClientOp::GetRedir)
+        );
         assert!(matches!(
-            classify_words(&["CLIENT", "TRACKING", "on"]),
+            classify_words(&["CLIENT", "NO-TOUCH", "on"]),
             Kind::Refuse(_)
         ));
         assert_eq!(classify_words(&["CLIENT", "NO-EVICT", "on"]), Kind::Accept);
@@ -702,7 +750,8 @@ mod tests {
             | Kind::Wait
             | Kind::Subscribe
             | Kind::Monitor
-            | Kind::Replicate => Class::Lease,
+            | Kind::Replicate
+            | Kind::Tracking(_) => Class::Lease,
             Kind::Refuse(why) => Class::Refuse(why),
             Kind::Quit
             | Kind::Reset
@@ -802,6 +851,28 @@ mod tests {
             );
         }
         assert!(Shape::Exec(0).completes(false, b"*0\r\n"));
+    }
+
+    #[test]
+    fn invalidations_never_count_as_confirmations() {
+        const INVALIDATE: &[u8] = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+        const PUSH: &[u8] = b">3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n";
+        let mut two = Shape::ErrorOr(2);
+        assert!(!two.completes(true, INVALIDATE));
+        assert!(!two.completes(true, PUSH));
+        assert!(!two.completes(true, INVALIDATE));
+        assert!(two.completes(true, PUSH));
+    }
+
+    #[test]
+    fn refusals_name_the_subcommand() {
+        let args = inline(&["client", "NO-TOUCH", "on"]);
+        assert_eq!(
+            refusal_name(&args[0], Args::Inline(&args)),
+            b"client|NO-TOUCH"
+        );
+        let args = inline(&["READONLY", "x"]);
+        assert_eq!(refusal_name(&args[0], Args::Inline(&args)), b"READONLY");
     }
 
     #[test]

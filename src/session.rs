@@ -38,6 +38,7 @@ use crate::upstream::{Request, UpstreamHandle};
 
 mod identity;
 mod refused;
+mod tracking;
 
 pub use refused::close_refused;
 
@@ -193,6 +194,10 @@ struct State {
     /// Frames `EXEC`'s answer will have beyond the transaction's results: the confirmations of
     /// unsubscribes queued in it.
     exec_frames: u32,
+    /// `CLIENT TRACKING` is on: the lease stays, every command runs there (see `tracking.rs`).
+    tracking: bool,
+    /// The respipe client a tracking client's invalidations are redirected to.
+    redirect: Option<u64>,
 }
 
 /// One client connection's state.
@@ -261,6 +266,8 @@ impl State {
             queued: 0,
             changes: Vec::new(),
             exec_frames: 0,
+            tracking: false,
+            redirect: None,
         }
     }
 
@@ -753,6 +760,17 @@ impl Session {
         if !self.state.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
             return self.answer(Bytes::from_static(NOAUTH.as_bytes()));
         }
+        if let Kind::Tracking(on) = kind {
+            return self.tracking(on, args).await;
+        }
+        let full_name;
+        let name = if matches!(kind, Kind::Refuse(_)) {
+            // `'client|no-touch'`, not `'client'`.
+            full_name = command::refusal_name(name, args);
+            &full_name[..]
+        } else {
+            name
+        };
         let changes_connection = matches!(kind, Kind::Select | Kind::Auth | Kind::Hello);
         if changes_connection
             && self.state.streaming == Some(Streaming::Subscribe)
@@ -907,6 +925,9 @@ impl Session {
                     // Boxed: a probe is a large future (see `probe`).
                     self.pubsub_limit = Some(Box::pin(self.read_pubsub_limit()).await);
                 }
+                if kind == Kind::Subscribe {
+                    self.ask_subscriber_id().await?;
+                }
                 self.forward(bytes, Route::Lease, true).await?;
                 if self.lease.is_some() {
                     self.state.streaming = Some(if kind == Kind::Monitor {
@@ -920,6 +941,8 @@ impl Session {
             }
             Kind::Replicate if in_multi => self.forward(bytes, Route::Current, false).await,
             Kind::Replicate => self.replicate(bytes).await,
+            // Handled above.
+            Kind::Tracking(on) => self.tracking(on, args).await,
             Kind::Error(line) => self.answer(Bytes::from_static(line.as_bytes())),
             Kind::Refuse(why) => self.refuse(reply::refused(name, why)).await,
             Kind::Denied => self.refuse(reply::denied(name)).await,
@@ -1577,7 +1600,10 @@ impl Session {
 
     /// True while the session's state needs its dedicated connection.
     fn lease_needed(&self) -> bool {
-        self.state.in_multi || self.state.watching || self.state.streaming.is_some()
+        self.state.in_multi
+            || self.state.watching
+            || self.state.streaming.is_some()
+            || self.state.tracking
     }
 
     /// Ends stream mode and gives the lease back. Frames its connection still hands over go to a
@@ -1595,6 +1621,11 @@ impl Session {
     fn on_response(&mut self, response: Response) -> Result<(), Close> {
         if let Response::Stream { bytes, lost } = response {
             return self.on_stream(bytes, lost);
+        }
+        if matches!(response, Response::Failed { .. }) && self.state.tracking {
+            // The tracking lease failed: Redis may have lost the client's tracked keys with it.
+            // Close once what is owed is written, as Redis closing the connection would.
+            self.closing = true;
         }
         if matches!(response, Response::Failed { .. }) && self.user_gone() {
             // Redis closes a deleted user's connections: so does respipe, without a reply.
@@ -1686,7 +1717,7 @@ impl Session {
     /// dropped.
     fn on_stream(&mut self, bytes: Bytes, lost: bool) -> Result<(), Close> {
         let Some(streaming) = self.state.streaming else {
-            return Ok(());
+            return self.on_push(bytes, lost);
         };
         if lost {
             // The dedicated connection is gone with the client's subscriptions: say so and close,
@@ -1701,9 +1732,11 @@ impl Session {
         }
         if streaming == Streaming::Subscribe
             && self.state.unsubscribing
+            && !self.state.tracking
             && resp::is_last_unsubscribe(&bytes)
         {
-            // Redis left subscribe mode and nothing else was sent into the stream.
+            // Redis left subscribe mode and nothing else was sent into the stream. (A tracking
+            // client stays in the stream: its connection, which Redis tracks it on, stays too.)
             self.leave_stream();
         }
         self.out.push(bytes);

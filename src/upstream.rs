@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
@@ -241,6 +241,10 @@ struct Conn<'a> {
     chunk_count: u32,
     /// A stream slot is in the FIFO: later requests add no slots (their replies arrive in the stream).
     streaming: bool,
+    /// On a dedicated connection, the reply mailbox of the last slot popped: its lessee, who gets
+    /// the RESP3 pushes that arrive with nothing in flight (client-side caching's invalidations)
+    /// and word of the connection's loss. `None` on shared connections.
+    lessee: Option<ReplyTx>,
 }
 
 impl UpstreamHandle {
@@ -608,6 +612,7 @@ impl<'a> Conn<'a> {
             chunk_len: 0,
             chunk_count: 0,
             streaming: false,
+            lessee: None,
         }
     }
 
@@ -716,11 +721,18 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
-    /// Bytes arrived while no command is in flight: only pushes may do that.
+    /// Bytes arrived while no command is in flight: only pushes may do that. On a dedicated
+    /// connection they go to its lessee (a tracking client's invalidations), one frame each,
+    /// uncounted; on a shared one nobody asked for them and they are dropped.
     fn unsolicited(&mut self) -> Result<(), UpstreamError> {
         while !self.rbuf.is_empty() {
             match self.scanner.scan(&self.rbuf) {
-                Ok(Some(frame)) if frame.push => self.rbuf.advance(frame.len),
+                Ok(Some(frame)) if frame.push => {
+                    let bytes = self.rbuf.split_to(frame.len).freeze();
+                    if let Some(lessee) = &self.lessee {
+                        let _ = lessee.send(Response::Stream { bytes, lost: false });
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Ok(Some(_)) => {
                     return Err(UpstreamError::Protocol {
@@ -769,6 +781,9 @@ impl<'a> Conn<'a> {
             if slot.dead {
                 self.dead_prefix -= 1;
             }
+            if self.settings.dedicated {
+                self.lessee = Some(slot.reply);
+            }
         }
         let seq = self.head_seq;
         self.head_seq += 1;
@@ -816,6 +831,15 @@ impl<'a> Conn<'a> {
         let error = reply::upstream_lost(err);
         // Complete replies already read still go to their slot first.
         self.hand_over();
+        if self.fifo.is_empty() {
+            if let Some(lessee) = self.lessee.take() {
+                // Nothing in flight to fail: the lessee still learns its connection is gone.
+                let _ = lessee.send(Response::Stream {
+                    bytes: error.clone(),
+                    lost: true,
+                });
+            }
+        }
         for slot in self.fifo.drain(..) {
             if slot.stream {
                 let _ = slot.reply.send(Response::Stream {

@@ -715,7 +715,6 @@ async fn issue10_item9_deleted_user_is_disconnected() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "issue 10 item 12: CLIENT TRACKING is refused"]
 async fn issue10_item12_client_tracking_invalidates_in_resp3() {
     Scenario::new("item12_tracking")
         .each(

@@ -16,17 +16,17 @@ use crate::resp;
 use bytes::Bytes;
 
 /// A client id Redis never gives (its ids count up from 1): a filter with it matches nothing.
-const NO_SUCH_ID: &[u8] = b"9223372036854775807";
+pub(super) const NO_SUCH_ID: &[u8] = b"9223372036854775807";
 
 /// A command whose Redis reply the session turns into its own answer.
 pub(super) struct Check {
-    op: Op,
+    pub(super) op: Op,
     /// `CLIENT REPLY` let the answer through.
-    shown: bool,
+    pub(super) shown: bool,
 }
 
 /// What the session answers once Redis has accepted the command.
-enum Op {
+pub(super) enum Op {
     /// `CLIENT ID`: the session's id.
     Id,
     /// `CLIENT INFO`: the session's line.
@@ -38,6 +38,17 @@ enum Op {
     Kill { args: Vec<Vec<u8>>, odd: bool },
     /// The `CLIENT ID` of a fresh lease for a blocking command (not shown to the client).
     LeaseId,
+    /// The `CLIENT ID` of the lease a subscription starts on (not shown to the client).
+    SubscriberId,
+    /// `CLIENT TRACKING ON` (`on`) or `OFF`: Redis's answer decides whether the session tracks
+    /// (`before`: whether it did), and with which redirect (a respipe client id).
+    Tracking {
+        on: bool,
+        before: bool,
+        redirect: Option<u64>,
+    },
+    /// `CLIENT GETREDIR` or (`info`) `CLIENT TRACKINGINFO`: the redirect shown as respipe's.
+    Redirect { info: bool },
 }
 
 impl Session {
@@ -76,6 +87,8 @@ impl Session {
                 (resp::encode_request(&ask), Op::Kill { args: owned(), odd })
             }
             ClientOp::Unblock => return self.unblock(&all).await,
+            ClientOp::GetRedir => return self.redirect_info(false, bytes).await,
+            ClientOp::TrackingInfo => return self.redirect_info(true, bytes).await,
         };
         if self.state.in_multi {
             // A KILL queued in a transaction acts on nothing (Redis would kill its own clients).
@@ -133,6 +146,18 @@ impl Session {
         self.forward(bytes, Route::Lease, false).await
     }
 
+    /// Before a subscription starts (`SUBSCRIBE` and friends outside a stream): a `CLIENT ID` in
+    /// the same write, so a tracking client's `REDIRECT` to this client can name its connection.
+    pub(super) async fn ask_subscriber_id(&mut self) -> Result<(), Close> {
+        let ask = resp::encode_request(&[&b"CLIENT"[..], b"ID"]);
+        let check = Box::new(Check {
+            op: Op::SubscriberId,
+            shown: false,
+        });
+        self.send_checked(ask, 1, Route::Lease, false, Shape::One, false, Some(check))
+            .await
+    }
+
     /// Turns Redis's reply to a check at the head of `pending` into the session's answer; any
     /// other response passes unchanged.
     pub(super) fn checked(&mut self, response: Response) -> Response {
@@ -159,6 +184,15 @@ impl Session {
 
     /// The answer to a check, from Redis's `reply`: Redis's error as it is, else respipe's own.
     fn answer_check(&mut self, op: Op, reply: Bytes) -> Bytes {
+        if let Op::Tracking {
+            on,
+            before,
+            redirect,
+        } = op
+        {
+            self.tracked(on, before, redirect, &reply);
+            return reply;
+        }
         if matches!(reply.first(), Some(b'-' | b'!')) {
             return reply;
         }
@@ -213,6 +247,13 @@ impl Session {
                 }
                 reply
             }
+            Op::SubscriberId => {
+                self.client.snapshot().subscriber = clients::integer_reply(&reply);
+                reply
+            }
+            Op::Redirect { info } => self.with_redirect(info, reply),
+            // Decided above, whatever Redis answered.
+            Op::Tracking { .. } => reply,
         }
     }
 
@@ -254,6 +295,7 @@ impl Session {
         snapshot.pubsub = self.state.streaming == Some(Streaming::Subscribe);
         if !snapshot.pubsub {
             snapshot.subscriptions = [0; 3];
+            snapshot.subscriber = None;
         }
         snapshot.monitor = self.state.streaming == Some(Streaming::Monitor);
         if self.lease.is_none() {

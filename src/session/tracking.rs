@@ -1,0 +1,175 @@
+//! Client-side caching (`CLIENT TRACKING`): a tracking client has a dedicated connection for as
+//! long as tracking is on, and every command of that client runs there, so Redis tracks the keys
+//! that connection reads and sends its invalidations there. The connection's driver hands each
+//! RESP3 invalidation push to its lessee, in order with the replies (carried along with the reply
+//! it precedes, or alone when nothing is in flight); the session writes it at once, between
+//! replies. RESP2 clients redirect invalidations to a subscribed client: `REDIRECT` names a
+//! respipe client, which Redis knows by its subscribed lease's id, so the id is translated there
+//! and back (`CLIENT GETREDIR`, `CLIENT TRACKINGINFO`).
+//!
+//! The cost: one upstream connection (a lease, counted against `max_leases`) per tracking client,
+//! and no coalescing of its commands with other clients'.
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::identity::{Check, Op, NO_SUCH_ID};
+use super::{Close, Route, Session};
+use crate::clients;
+use crate::command::{self, Args, Shape};
+use crate::follow;
+use crate::resp;
+
+impl Session {
+    /// `CLIENT TRACKING ON|OFF [options]` (`on`: ON). Outside a transaction and a stream, Redis's
+    /// reply decides whether the session tracks (an ON takes the lease at once, and keeps it only
+    /// if Redis accepts); queued in a transaction or sent into a stream, an ON keeps the lease
+    /// until `RESET` (or the client leaves), an OFF changes nothing respipe keeps.
+    pub(super) async fn tracking(&mut self, on: bool, args: Args<'_>) -> Result<(), Close> {
+        let (ask, redirect) = self.redirected(args);
+        if self.state.streaming.is_some() {
+            self.state.tracking |= on;
+            self.state.unsubscribing = false;
+            return self.forward(ask, Route::Lease, true).await;
+        }
+        if self.state.in_multi {
+            if on {
+                self.state.tracking = true;
+                self.state.redirect = redirect;
+            }
+            return self.forward(ask, Route::Current, false).await;
+        }
+        if self.undecided > 0 {
+            // The lease is taken in the state earlier replies decide.
+            self.drain().await?;
+        }
+        let before = self.state.tracking;
+        let shown = self.state.take_shown();
+        let check = Box::new(Check {
+            op: Op::Tracking {
+                on,
+                before,
+                redirect,
+            },
+            shown,
+        });
+        // An OFF needs no connection of its own: on a shared one Redis turns off nothing.
+        let route = if on { Route::Lease } else { Route::Current };
+        self.send_checked(ask, 1, route, false, Shape::One, shown, Some(check))
+            .await?;
+        if on && self.lease.is_some() {
+            // Until Redis answers: the commands after it must run where it tracks.
+            self.state.tracking = true;
+        }
+        Ok(())
+    }
+
+    /// Redis's answer to `CLIENT TRACKING`: the session tracks (with that redirect) when Redis
+    /// accepted an ON, stops when it accepted an OFF, and is as before when Redis refused it.
+    pub(super) fn tracked(&mut self, on: bool, before: bool, redirect: Option<u64>, reply: &[u8]) {
+        if follow::is_error(reply) {
+            self.state.tracking = before;
+            return;
+        }
+        self.state.tracking = on;
+        self.state.redirect = redirect.filter(|_| on);
+    }
+
+    /// `CLIENT TRACKING` with each `REDIRECT <client id>` naming, instead of a respipe client,
+    /// the Redis id of that client's subscribed lease (or an id that matches nothing, so Redis
+    /// answers its own error), and the respipe client it names last.
+    fn redirected(&self, args: Args<'_>) -> (Bytes, Option<u64>) {
+        let mut all: Vec<&[u8]> = args.iter().collect();
+        let mut ids = Vec::new();
+        let mut redirect = None;
+        let mut i = 3;
+        while i < all.len() {
+            let option = all[i];
+            if option.eq_ignore_ascii_case(b"REDIRECT") && i + 1 < all.len() {
+                if let Some(id) = command::parse_i64(all[i + 1]) {
+                    let target = u64::try_from(id).ok();
+                    let lease = target.and_then(|id| self.shared.clients.get(id)).and_then(|c| {
+                        let snapshot = c.snapshot();
+                        snapshot.subscriber.filter(|_| snapshot.pubsub)
+                    });
+                    ids.push((i + 1, lease.map(|id| id.to_string())));
+                    redirect = target;
+                }
+                i += 2;
+            } else if option.eq_ignore_ascii_case(b"PREFIX") {
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        for (at, lease) in &ids {
+            all[*at] = lease.as_ref().map_or(NO_SUCH_ID, |id| id.as_bytes());
+        }
+        (resp::encode_request(&all), redirect)
+    }
+
+    /// `CLIENT GETREDIR` (`info`: `CLIENT TRACKINGINFO`), outside a transaction: asked of Redis
+    /// where the session's commands run; the redirect in the answer becomes a respipe client's id.
+    pub(super) async fn redirect_info(&mut self, info: bool, bytes: Bytes) -> Result<(), Close> {
+        if self.state.in_multi {
+            // Queued: EXEC shows Redis's id of the redirect.
+            return self.forward(bytes, Route::Current, false).await;
+        }
+        let shown = self.state.take_shown();
+        let check = Box::new(Check {
+            op: Op::Redirect { info },
+            shown,
+        });
+        self.send_checked(bytes, 1, Route::Current, false, Shape::One, shown, Some(check))
+            .await
+    }
+
+    /// Redis's answer to `CLIENT GETREDIR|TRACKINGINFO` with the redirect (a Redis id) replaced by
+    /// the respipe client the session redirected to.
+    pub(super) fn with_redirect(&self, info: bool, reply: Bytes) -> Bytes {
+        let Some(to) = self.state.redirect else {
+            return reply;
+        };
+        let at = if info {
+            const FIELD: &[u8] = b"$8\r\nredirect\r\n";
+            match reply.windows(FIELD.len()).position(|w| w == FIELD) {
+                Some(at) => at + FIELD.len(),
+                None => return reply,
+            }
+        } else {
+            0
+        };
+        let Some(len) = reply[at..].windows(2).position(|w| w == b"\r\n") else {
+            return reply;
+        };
+        let value = &reply[at..at + len + 2];
+        if clients::integer_reply(value).is_none_or(|id| id == 0) {
+            // Not tracking (-1), or tracking without a redirect (0).
+            return reply;
+        }
+        [&reply[..at], &clients::integer(to), &reply[at + len + 2..]]
+            .concat()
+            .into()
+    }
+
+    /// A frame of the session's lease with nothing owed from a stream: a tracking client's
+    /// invalidation push (written at once, between replies), or word that the lease is gone, and
+    /// with it Redis's tracking of the client's keys: the client is closed, as Redis closing its
+    /// connection would, so it drops its cache. Late frames of a stream the session left, or of
+    /// a lease it no longer tracks on, are dropped.
+    pub(super) fn on_push(&mut self, bytes: Bytes, lost: bool) -> Result<(), Close> {
+        if !self.state.tracking {
+            return Ok(());
+        }
+        if lost {
+            debug!(
+                session = self.id,
+                "a tracking client's dedicated connection was lost; closing it"
+            );
+            self.closing = true;
+            return Ok(());
+        }
+        self.out.push(bytes);
+        self.check_reply_limit()
+    }
+}
