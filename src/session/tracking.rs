@@ -88,10 +88,12 @@ impl Session {
             if option.eq_ignore_ascii_case(b"REDIRECT") && i + 1 < all.len() {
                 if let Some(id) = command::parse_i64(all[i + 1]) {
                     let target = u64::try_from(id).ok();
-                    let lease = target.and_then(|id| self.shared.clients.get(id)).and_then(|c| {
-                        let snapshot = c.snapshot();
-                        snapshot.subscriber.filter(|_| snapshot.pubsub)
-                    });
+                    let lease = target
+                        .and_then(|id| self.shared.clients.get(id))
+                        .and_then(|c| {
+                            let snapshot = c.snapshot();
+                            snapshot.subscriber.filter(|_| snapshot.pubsub)
+                        });
                     ids.push((i + 1, lease.map(|id| id.to_string())));
                     redirect = target;
                 }
@@ -120,8 +122,16 @@ impl Session {
             op: Op::Redirect { info },
             shown,
         });
-        self.send_checked(bytes, 1, Route::Current, false, Shape::One, shown, Some(check))
-            .await
+        self.send_checked(
+            bytes,
+            1,
+            Route::Current,
+            false,
+            Shape::One,
+            shown,
+            Some(check),
+        )
+        .await
     }
 
     /// Redis's answer to `CLIENT GETREDIR|TRACKINGINFO` with the redirect (a Redis id) replaced by
