@@ -74,13 +74,17 @@ async fn resp3(addr: SocketAddr) -> RawClient {
     client
 }
 
+/// A RESP3 client that will track, and a RESP2 client that writes.
+async fn pair(addr: SocketAddr) -> (RawClient, RawClient) {
+    (resp3(addr).await, RawClient::connect(addr).await)
+}
+
 #[tokio::test]
 async fn resp3_tracking_delivers_invalidations_between_replies() {
     let sides = Sides::start().await;
     sides
         .same("default tracking", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             let mut seen = vec![
                 call(&mut a, &["CLIENT", "TRACKING", "ON"]).await,
                 call(&mut a, &["GET", "k"]).await,
@@ -109,8 +113,7 @@ async fn optin_tracks_only_after_caching_yes() {
     let sides = Sides::start().await;
     sides
         .same("OPTIN", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             let mut seen = vec![
                 call(&mut a, &["CLIENT", "TRACKING", "ON", "OPTIN"]).await,
                 call(&mut a, &["GET", "k1"]).await,
@@ -133,8 +136,7 @@ async fn bcast_with_prefixes_and_noloop() {
     let sides = Sides::start().await;
     sides
         .same("BCAST PREFIX", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             let mut seen = vec![
                 call(
                     &mut a,
@@ -153,8 +155,7 @@ async fn bcast_with_prefixes_and_noloop() {
         .await;
     sides
         .same("NOLOOP", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             let mut seen = vec![
                 call(&mut a, &["CLIENT", "TRACKING", "ON", "NOLOOP"]).await,
                 call(&mut a, &["GET", "mine"]).await,
@@ -174,8 +175,7 @@ async fn tracking_off_ends_invalidations_and_the_client_works_as_before() {
     let sides = Sides::start().await;
     sides
         .same("OFF", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             let mut seen = vec![
                 call(&mut a, &["CLIENT", "TRACKING", "ON"]).await,
                 call(&mut a, &["GET", "k"]).await,
@@ -270,8 +270,7 @@ async fn tracking_set_in_a_transaction_or_around_a_subscription_keeps_its_connec
     let sides = Sides::start().await;
     sides
         .same("in MULTI", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             a.send(
                 &[
                     encode(&["MULTI"]),
@@ -294,8 +293,7 @@ async fn tracking_set_in_a_transaction_or_around_a_subscription_keeps_its_connec
         .await;
     sides
         .same("subscribed", |addr| async move {
-            let mut a = resp3(addr).await;
-            let mut b = RawClient::connect(addr).await;
+            let (mut a, mut b) = pair(addr).await;
             let mut seen = vec![
                 call(&mut a, &["CLIENT", "TRACKING", "ON"]).await,
                 call(&mut a, &["GET", "k"]).await,

@@ -94,18 +94,21 @@ impl Session {
             // A KILL queued in a transaction acts on nothing (Redis would kill its own clients).
             return self.forward(ask, Route::Current, false).await;
         }
+        self.send_check(ask, op, Route::Current).await
+    }
+
+    /// Sends `ask` (one command) by `route`, subject to `CLIENT REPLY`; Redis's reply becomes
+    /// the answer `op` makes of it.
+    pub(super) async fn send_check(
+        &mut self,
+        ask: Bytes,
+        op: Op,
+        route: Route,
+    ) -> Result<(), Close> {
         let shown = self.state.take_shown();
         let check = Box::new(Check { op, shown });
-        self.send_checked(
-            ask,
-            1,
-            Route::Current,
-            false,
-            Shape::One,
-            shown,
-            Some(check),
-        )
-        .await
+        self.send_checked(ask, 1, route, false, Shape::One, shown, Some(check))
+            .await
     }
 
     /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: sent to Redis with the id of the connection that

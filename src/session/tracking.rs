@@ -13,10 +13,10 @@
 use bytes::Bytes;
 use tracing::debug;
 
-use super::identity::{Check, Op, NO_SUCH_ID};
+use super::identity::{Op, NO_SUCH_ID};
 use super::{Close, Route, Session};
 use crate::clients;
-use crate::command::{self, Args, Shape};
+use crate::command::{self, Args};
 use crate::follow;
 use crate::resp;
 
@@ -43,20 +43,14 @@ impl Session {
             // The lease is taken in the state earlier replies decide.
             self.drain().await?;
         }
-        let before = self.state.tracking;
-        let shown = self.state.take_shown();
-        let check = Box::new(Check {
-            op: Op::Tracking {
-                on,
-                before,
-                redirect,
-            },
-            shown,
-        });
+        let op = Op::Tracking {
+            on,
+            before: self.state.tracking,
+            redirect,
+        };
         // An OFF needs no connection of its own: on a shared one Redis turns off nothing.
         let route = if on { Route::Lease } else { Route::Current };
-        self.send_checked(ask, 1, route, false, Shape::One, shown, Some(check))
-            .await?;
+        self.send_check(ask, op, route).await?;
         if on && self.lease.is_some() {
             // Until Redis answers: the commands after it must run where it tracks.
             self.state.tracking = true;
@@ -117,21 +111,8 @@ impl Session {
             // Queued: EXEC shows Redis's id of the redirect.
             return self.forward(bytes, Route::Current, false).await;
         }
-        let shown = self.state.take_shown();
-        let check = Box::new(Check {
-            op: Op::Redirect { info },
-            shown,
-        });
-        self.send_checked(
-            bytes,
-            1,
-            Route::Current,
-            false,
-            Shape::One,
-            shown,
-            Some(check),
-        )
-        .await
+        self.send_check(bytes, Op::Redirect { info }, Route::Current)
+            .await
     }
 
     /// Redis's answer to `CLIENT GETREDIR|TRACKINGINFO` with the redirect (a Redis id) replaced by
