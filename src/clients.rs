@@ -161,6 +161,8 @@ pub struct Snapshot {
     /// While subscribed: the Redis client id of the subscribed lease, once Redis said (the
     /// connection a tracking client's `CLIENT TRACKING ... REDIRECT <this client>` names).
     pub subscriber: Option<u64>,
+    /// `CLIENT TRACKING` is on (flag `t`).
+    pub tracking: bool,
     /// Last command, lower case, with the subcommand of container commands.
     cmd: String,
 }
@@ -532,6 +534,7 @@ impl Snapshot {
             (self.pubsub, 'P'),
             (self.multi.is_some(), 'x'),
             (blocked, 'b'),
+            (self.tracking, 't'),
             (unix, 'U'),
         ]
         .iter()

@@ -103,6 +103,11 @@ async fn resp3_tracking_delivers_invalidations_between_replies() {
             }
             seen.push(call(&mut a, &["CLIENT", "TRACKINGINFO"]).await);
             seen.push(call(&mut a, &["CLIENT", "GETREDIR"]).await);
+            let Reply::Verbatim(info) = a.cmd(&["CLIENT", "INFO"]).await else {
+                panic!("CLIENT INFO")
+            };
+            let info = String::from_utf8(info).unwrap();
+            assert!(info.contains(" flags=t "), "{info}");
             seen
         })
         .await;

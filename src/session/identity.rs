@@ -301,6 +301,7 @@ impl Session {
             snapshot.subscriber = None;
         }
         snapshot.monitor = self.state.streaming == Some(Streaming::Monitor);
+        snapshot.tracking = self.state.tracking;
         if self.lease.is_none() {
             snapshot.blocked = None;
         }
