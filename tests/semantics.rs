@@ -460,8 +460,8 @@ async fn client_settings_are_per_connection() {
         assert_eq!(r, vec![bulk("2"), Reply::Simple("PONG".into())]);
 
         assert_err_prefix(
-            &a.cmd(&["CLIENT", "TRACKING", "on"]).await,
-            "ERR respipe: 'client",
+            &a.cmd(&["CLIENT", "NO-TOUCH", "on"]).await,
+            "ERR respipe: 'client|no-touch'",
         );
         assert_eq!(a.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
     })
