@@ -4,7 +4,8 @@
 //! The session is the client's *virtual connection*: it keeps the state a Redis connection would
 //! have (db, protocol, user, name, reply mode, transaction, subscriptions) and routes each command
 //! to a connection in that state: a shared pool for stateless work, a leased dedicated connection
-//! while a transaction, a blocking command, a subscription or MONITOR needs one.
+//! while a transaction, a blocking command, a subscription, MONITOR or client-side caching
+//! (`CLIENT TRACKING`, see `session/tracking.rs`) needs one.
 
 use std::collections::VecDeque;
 use std::future::Future;
