@@ -173,6 +173,36 @@ async fn bcast_with_prefixes_and_noloop() {
             seen
         })
         .await;
+    sides
+        .same("own writes", |addr| async move {
+            // Without NOLOOP the client's own writes invalidate its keys: the push comes with the
+            // write's reply (the command is in flight), also inside a transaction.
+            let mut a = resp3(addr).await;
+            let mut seen = vec![
+                call(&mut a, &["CLIENT", "TRACKING", "ON"]).await,
+                call(&mut a, &["GET", "mine"]).await,
+            ];
+            a.send(&[encode(&["SET", "mine", "1"]), encode(&["GET", "mine"])].concat())
+                .await;
+            for _ in 0..3 {
+                seen.push(frame(&mut a).await);
+            }
+            a.send(
+                &[
+                    encode(&["MULTI"]),
+                    encode(&["SET", "mine", "2"]),
+                    encode(&["EXEC"]),
+                    encode(&["PING"]),
+                ]
+                .concat(),
+            )
+            .await;
+            for _ in 0..5 {
+                seen.push(frame(&mut a).await);
+            }
+            seen
+        })
+        .await;
 }
 
 #[tokio::test]
