@@ -226,12 +226,44 @@ async fn tracking_off_ends_invalidations_and_the_client_works_as_before() {
             seen
         })
         .await;
-    // Back on the shared pool: the lease went back (its count of leased connections drops).
-    let mut a = resp3(sides.proxy.addr()).await;
-    a.cmd(&["CLIENT", "TRACKING", "ON"]).await;
-    a.cmd(&["CLIENT", "TRACKING", "OFF"]).await;
-    a.cmd(&["SELECT", "0"]).await;
-    assert_eq!(a.cmd(&["GET", "k"]).await, Reply::bulk("v"));
+    sides
+        .same("RESET", |addr| async move {
+            let (mut a, mut b) = pair(addr).await;
+            let mut seen = vec![
+                call(&mut a, &["CLIENT", "TRACKING", "ON"]).await,
+                call(&mut a, &["GET", "r"]).await,
+                call(&mut a, &["RESET"]).await,
+            ];
+            b.cmd(&["SET", "r", "v"]).await;
+            // RESET turned tracking off (and RESP2 back on): no push.
+            seen.push(call(&mut a, &["GET", "r"]).await);
+            seen.push(call(&mut a, &["CLIENT", "GETREDIR"]).await);
+            seen
+        })
+        .await;
+}
+
+/// A tracking client holds a dedicated connection (one of `max_leases`) until tracking is off.
+#[tokio::test]
+async fn the_connection_goes_back_when_tracking_is_off() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::ready_with(&redis, |c| {
+        c.max_leases = std::num::NonZeroUsize::new(1).unwrap()
+    })
+    .await;
+    let mut a = resp3(proxy.addr()).await;
+    let mut b = proxy.raw().await;
+    assert_eq!(a.cmd(&["CLIENT", "TRACKING", "ON"]).await, Reply::ok());
+    let refused = b.cmd(&["MULTI"]).await;
+    assert!(
+        refused
+            .error_text()
+            .is_some_and(|e| e.contains("max_leases")),
+        "{refused:?}"
+    );
+    assert_eq!(a.cmd(&["CLIENT", "TRACKING", "OFF"]).await, Reply::ok());
+    assert_eq!(b.cmd(&["MULTI"]).await, Reply::ok());
+    assert_eq!(b.cmd(&["DISCARD"]).await, Reply::ok());
 }
 
 /// A RESP2 subscriber to `__redis__:invalidate`: its `CLIENT ID`, after it subscribed.
