@@ -1,6 +1,7 @@
-//! Connection state that follows Redis's answers: `SELECT`, `AUTH`, `HELLO` and `CLIENT SETNAME`
-//! change a session's state only when Redis accepts them, whether it answers at once (on a probe,
-//! or on a lease after `WATCH`) or at `EXEC` (queued inside `MULTI`, one element of its array).
+//! Connection state that follows Redis's answers: `SELECT`, `AUTH`, `HELLO`, `CLIENT SETNAME` and
+//! `CLIENT TRACKING` change a session's state only when Redis accepts them, whether it answers at
+//! once (on a probe, or on a lease after `WATCH`) or at `EXEC` (queued inside `MULTI`, one element
+//! of its array).
 
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ pub enum Change {
     Resp3(bool),
     /// `CLIENT SETNAME`, `HELLO ... SETNAME` (an empty name clears it).
     Name(Option<Vec<u8>>),
+    /// `CLIENT TRACKING ON|OFF`, with the respipe client an ON redirects to.
+    Tracking { on: bool, redirect: Option<u64> },
 }
 
 /// Which reply of a request decides which changes.

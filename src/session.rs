@@ -279,6 +279,10 @@ impl State {
             Change::User(user) => self.auth = Some(user),
             Change::Resp3(resp3) => self.resp3 = resp3,
             Change::Name(name) => self.name = name,
+            Change::Tracking { on, redirect } => {
+                self.tracking = on;
+                self.redirect = redirect.filter(|_| on);
+            }
         }
     }
 
@@ -1174,7 +1178,7 @@ impl Session {
                 Change::Db(db) => next.db = *db,
                 Change::User(user) => next.auth = Some(user.clone()),
                 Change::Resp3(resp3) => next.resp3 = *resp3,
-                Change::Name(_) => {}
+                Change::Name(_) | Change::Tracking { .. } => {}
             }
         }
         // No check for a state some pool is in (its handshake went through), nor as the

@@ -253,6 +253,11 @@ async fn the_connection_goes_back_when_tracking_is_off() {
     .await;
     let mut a = resp3(proxy.addr()).await;
     let mut b = proxy.raw().await;
+    // An ON that Redis refuses leaves no lease behind.
+    let bad = a.cmd(&["CLIENT", "TRACKING", "ON", "NOSUCHOPTION"]).await;
+    assert!(bad.error_text().is_some(), "{bad:?}");
+    assert_eq!(b.cmd(&["MULTI"]).await, Reply::ok());
+    assert_eq!(b.cmd(&["DISCARD"]).await, Reply::ok());
     assert_eq!(a.cmd(&["CLIENT", "TRACKING", "ON"]).await, Reply::ok());
     let refused = b.cmd(&["MULTI"]).await;
     assert!(
@@ -355,6 +360,31 @@ async fn tracking_set_in_a_transaction_or_around_a_subscription_keeps_its_connec
             b.cmd(&["SET", "k", "v"]).await;
             seen.push(frame(&mut a).await);
             seen.push(call(&mut a, &["PING"]).await);
+            // Turned off in a transaction, or on in one that is discarded: no more pushes.
+            a.send(
+                &[
+                    encode(&["MULTI"]),
+                    encode(&["CLIENT", "TRACKING", "OFF"]),
+                    encode(&["EXEC"]),
+                    encode(&["GET", "k"]),
+                    encode(&["MULTI"]),
+                    encode(&["CLIENT", "TRACKING", "ON"]),
+                    encode(&["DISCARD"]),
+                    encode(&["GET", "k"]),
+                ]
+                .concat(),
+            )
+            .await;
+            for _ in 0..8 {
+                seen.push(frame(&mut a).await);
+            }
+            b.cmd(&["SET", "k", "w"]).await;
+            seen.push(call(&mut a, &["PING"]).await);
+            let Reply::Verbatim(info) = a.cmd(&["CLIENT", "INFO"]).await else {
+                panic!("CLIENT INFO")
+            };
+            let info = String::from_utf8(info).unwrap();
+            assert!(info.contains(" flags=N "), "{info}");
             seen
         })
         .await;

@@ -40,13 +40,6 @@ pub(super) enum Op {
     LeaseId,
     /// The `CLIENT ID` of the lease a subscription starts on (not shown to the client).
     SubscriberId,
-    /// `CLIENT TRACKING ON` (`on`) or `OFF`: Redis's answer decides whether the session tracks
-    /// (`before`: whether it did), and with which redirect (a respipe client id).
-    Tracking {
-        on: bool,
-        before: bool,
-        redirect: Option<u64>,
-    },
     /// `CLIENT GETREDIR` or (`info`) `CLIENT TRACKINGINFO`: the redirect shown as respipe's.
     Redirect { info: bool },
 }
@@ -187,15 +180,6 @@ impl Session {
 
     /// The answer to a check, from Redis's `reply`: Redis's error as it is, else respipe's own.
     fn answer_check(&mut self, op: Op, reply: Bytes) -> Bytes {
-        if let Op::Tracking {
-            on,
-            before,
-            redirect,
-        } = op
-        {
-            self.tracked(on, before, redirect, &reply);
-            return reply;
-        }
         if matches!(reply.first(), Some(b'-' | b'!')) {
             return reply;
         }
@@ -255,8 +239,6 @@ impl Session {
                 reply
             }
             Op::Redirect { info } => self.with_redirect(info, reply),
-            // Decided above, whatever Redis answered.
-            Op::Tracking { .. } => reply,
         }
     }
 

@@ -17,14 +17,15 @@ use super::identity::{Op, NO_SUCH_ID};
 use super::{Close, Route, Session};
 use crate::clients;
 use crate::command::{self, Args};
-use crate::follow;
+use crate::follow::{Change, Follow};
 use crate::resp;
 
 impl Session {
-    /// `CLIENT TRACKING ON|OFF [options]` (`on`: ON). Outside a transaction and a stream, Redis's
-    /// reply decides whether the session tracks (an ON takes the lease at once, and keeps it only
-    /// if Redis accepts); queued in a transaction or sent into a stream, an ON keeps the lease
-    /// until `RESET` (or the client leaves), an OFF changes nothing respipe keeps.
+    /// `CLIENT TRACKING ON|OFF [options]` (`on`: ON). Redis's answer decides whether the session
+    /// tracks, at once or at `EXEC` (an ON takes the lease at once; the lease stays while the
+    /// reply is awaited, and after it only if Redis accepted). Sent into a stream (nothing there
+    /// follows replies), an ON keeps the lease until `RESET` or the client leaves, and an OFF
+    /// changes nothing respipe keeps.
     pub(super) async fn tracking(&mut self, on: bool, args: Args<'_>) -> Result<(), Close> {
         let (ask, redirect) = self.redirected(args);
         if self.state.streaming.is_some() {
@@ -32,41 +33,21 @@ impl Session {
             self.state.unsubscribing = false;
             return self.forward(ask, Route::Lease, true).await;
         }
+        let change = Change::Tracking { on, redirect };
         if self.state.in_multi {
-            if on {
-                self.state.tracking = true;
-                self.state.redirect = redirect;
-            }
+            self.state.changes.push((self.state.queued, change));
             return self.forward(ask, Route::Current, false).await;
         }
         if self.undecided > 0 {
             // The lease is taken in the state earlier replies decide.
             self.drain().await?;
         }
-        let op = Op::Tracking {
-            on,
-            before: self.state.tracking,
-            redirect,
-        };
+        self.follow = Some(Box::new(Follow::Reply(vec![change])));
         // An OFF needs no connection of its own: on a shared one Redis turns off nothing.
         let route = if on { Route::Lease } else { Route::Current };
-        self.send_check(ask, op, route).await?;
-        if on && self.lease.is_some() {
-            // Until Redis answers: the commands after it must run where it tracks.
-            self.state.tracking = true;
-        }
-        Ok(())
-    }
-
-    /// Redis's answer to `CLIENT TRACKING`: the session tracks (with that redirect) when Redis
-    /// accepted an ON, stops when it accepted an OFF, and is as before when Redis refused it.
-    pub(super) fn tracked(&mut self, on: bool, before: bool, redirect: Option<u64>, reply: &[u8]) {
-        if follow::is_error(reply) {
-            self.state.tracking = before;
-            return;
-        }
-        self.state.tracking = on;
-        self.state.redirect = redirect.filter(|_| on);
+        let sent = self.forward(ask, route, false).await;
+        self.follow = None;
+        sent
     }
 
     /// `CLIENT TRACKING` with each `REDIRECT <client id>` naming, instead of a respipe client,
