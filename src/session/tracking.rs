@@ -97,31 +97,12 @@ impl Session {
     }
 
     /// Redis's answer to `CLIENT GETREDIR|TRACKINGINFO` with the redirect (a Redis id) replaced by
-    /// the respipe client the session redirected to.
+    /// the respipe client the session redirects to.
     pub(super) fn with_redirect(&self, info: bool, reply: Bytes) -> Bytes {
-        let Some(to) = self.state.redirect else {
-            return reply;
-        };
-        let at = if info {
-            const FIELD: &[u8] = b"$8\r\nredirect\r\n";
-            match reply.windows(FIELD.len()).position(|w| w == FIELD) {
-                Some(at) => at + FIELD.len(),
-                None => return reply,
-            }
-        } else {
-            0
-        };
-        let Some(len) = reply[at..].windows(2).position(|w| w == b"\r\n") else {
-            return reply;
-        };
-        let value = &reply[at..at + len + 2];
-        if clients::integer_reply(value).is_none_or(|id| id == 0) {
-            // Not tracking (-1), or tracking without a redirect (0).
-            return reply;
+        match self.state.redirect {
+            Some(to) => redirect_shown_as(info, reply, to),
+            None => reply,
         }
-        [&reply[..at], &clients::integer(to), &reply[at + len + 2..]]
-            .concat()
-            .into()
     }
 
     /// A frame of the session's lease with nothing owed from a stream: a tracking client's
@@ -143,5 +124,49 @@ impl Session {
         }
         self.out.push(bytes);
         self.check_reply_limit()
+    }
+}
+
+/// `reply` (to `CLIENT GETREDIR`, or with `info` to `CLIENT TRACKINGINFO`) with a redirect's
+/// Redis id replaced by `to`; as it is when it names no redirect (`-1`, `0`).
+fn redirect_shown_as(info: bool, reply: Bytes, to: u64) -> Bytes {
+    let at = if info {
+        const FIELD: &[u8] = b"$8\r\nredirect\r\n";
+        match reply.windows(FIELD.len()).position(|w| w == FIELD) {
+            Some(at) => at + FIELD.len(),
+            None => return reply,
+        }
+    } else {
+        0
+    };
+    let Some(len) = reply[at..].windows(2).position(|w| w == b"\r\n") else {
+        return reply;
+    };
+    let end = at + len + 2;
+    if clients::integer_reply(&reply[at..end]).is_none_or(|id| id == 0) {
+        return reply;
+    }
+    [&reply[..at], &clients::integer(to), &reply[end..]]
+        .concat()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_are_shown_as_respipe_clients() {
+        let shown =
+            |info, reply: &'static [u8]| redirect_shown_as(info, Bytes::from_static(reply), 7);
+        assert_eq!(&shown(false, b":1234\r\n")[..], b":7\r\n");
+        assert_eq!(&shown(false, b":-1\r\n")[..], b":-1\r\n");
+        assert_eq!(&shown(false, b":0\r\n")[..], b":0\r\n");
+        assert_eq!(&shown(false, b"-NOPERM x\r\n")[..], b"-NOPERM x\r\n");
+        let resp3 = b"%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n$8\r\nredirect\r\n:42\r\n$8\r\nprefixes\r\n*0\r\n";
+        let want = b"%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n$8\r\nredirect\r\n:7\r\n$8\r\nprefixes\r\n*0\r\n";
+        assert_eq!(&shown(true, resp3)[..], &want[..]);
+        let off = b"*6\r\n$5\r\nflags\r\n*1\r\n$3\r\noff\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n";
+        assert_eq!(&shown(true, off)[..], &off[..]);
     }
 }
