@@ -158,8 +158,8 @@ pub struct Snapshot {
     pub shared: Option<PoolKey>,
     /// The lease it holds, if any.
     pub lease: Option<WeakHandle>,
-    /// While subscribed: the Redis client id of the subscribed lease, once Redis said (the
-    /// connection a tracking client's `CLIENT TRACKING ... REDIRECT <this client>` names).
+    /// While subscribed to `__redis__:invalidate`: the Redis client id of the subscribed lease,
+    /// once Redis said (the connection a tracking client's `REDIRECT <this client>` names).
     pub subscriber: Option<u64>,
     /// `CLIENT TRACKING` is on (flag `t`).
     pub tracking: bool,

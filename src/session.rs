@@ -930,7 +930,7 @@ impl Session {
                     // Boxed: a probe is a large future (see `probe`).
                     self.pubsub_limit = Some(Box::pin(self.read_pubsub_limit()).await);
                 }
-                if kind == Kind::Subscribe {
+                if kind == Kind::Subscribe && tracking::invalidations_in(args) {
                     self.ask_subscriber_id().await?;
                 }
                 self.forward(bytes, Route::Lease, true).await?;

@@ -430,6 +430,26 @@ async fn redirect_answered_in_the_same_write_shows_the_respipe_id() {
         replies,
         [Reply::ok(), Reply::Int(sid), Reply::ok(), Reply::Int(-1)]
     );
+    // A respipe client that is not subscribed to `__redis__:invalidate` is no redirect target:
+    // Redis's own error (documented: Redis would accept any connected client).
+    let mut other = proxy.raw().await;
+    let Reply::Int(other_id) = other.cmd(&["CLIENT", "ID"]).await else {
+        panic!("CLIENT ID")
+    };
+    other.cmd(&["SUBSCRIBE", "news"]).await;
+    let refused = a
+        .cmd(&[
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "REDIRECT",
+            &other_id.to_string(),
+        ])
+        .await;
+    assert_eq!(
+        refused.error_text(),
+        Some("ERR The client ID you want redirect to does not exist")
+    );
 }
 
 #[tokio::test]

@@ -142,8 +142,8 @@ impl Session {
         self.forward(bytes, Route::Lease, false).await
     }
 
-    /// Before a subscription starts (`SUBSCRIBE` and friends outside a stream): a `CLIENT ID` in
-    /// the same write, so a tracking client's `REDIRECT` to this client can name its connection.
+    /// Before a subscription to `__redis__:invalidate` starts: a `CLIENT ID` in the same write,
+    /// so a tracking client's `REDIRECT` to this client can name its connection.
     pub(super) async fn ask_subscriber_id(&mut self) -> Result<(), Close> {
         let ask = resp::encode_request(&[&b"CLIENT"[..], b"ID"]);
         let check = Box::new(Check {

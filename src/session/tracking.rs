@@ -4,8 +4,9 @@
 //! RESP3 invalidation push to its lessee, in order with the replies (carried along with the reply
 //! it precedes, or alone when nothing is in flight); the session writes it at once, between
 //! replies. RESP2 clients redirect invalidations to a subscribed client: `REDIRECT` names a
-//! respipe client, which Redis knows by its subscribed lease's id, so the id is translated there
-//! and back (`CLIENT GETREDIR`, `CLIENT TRACKINGINFO`).
+//! respipe client, which Redis knows by its subscribed lease's id (learned when the client starts
+//! a subscription naming `__redis__:invalidate`), so the id is translated there and back
+//! (`CLIENT GETREDIR`, `CLIENT TRACKINGINFO`).
 //!
 //! The cost: one upstream connection (a lease, counted against `max_leases`) per tracking client,
 //! and no coalescing of its commands with other clients'.
@@ -125,6 +126,13 @@ impl Session {
         self.out.push(bytes);
         self.check_reply_limit()
     }
+}
+
+/// True when a `SUBSCRIBE` (or `PSUBSCRIBE`, `SSUBSCRIBE`) names the channel Redis sends
+/// redirected invalidations to: only such a subscriber can be a `REDIRECT` target through respipe
+/// (other subscriptions pay no `CLIENT ID`, and a user without it sees no refusal in `ACL LOG`).
+pub(super) fn invalidations_in(args: Args<'_>) -> bool {
+    args.iter().skip(1).any(|a| a == b"__redis__:invalidate")
 }
 
 /// `reply` (to `CLIENT GETREDIR`, or with `info` to `CLIENT TRACKINGINFO`) with a redirect's
