@@ -961,7 +961,7 @@ impl Session {
         self.shared.metrics.refused.increment(1);
         if self.state.in_multi {
             let abort = Bytes::from_static(ABORT_MULTI);
-            self.send(abort, 1, Route::Current, false, Shape::One, false)
+            self.send(abort, 1, Route::Current, false, Shape::One, false, None)
                 .await?;
         }
         self.local(line);
@@ -1329,7 +1329,7 @@ impl Session {
     /// is itself `+RESET` (only a script's status reply can be) would end the wait early.
     async fn end_stream(&mut self, reset: Bytes) -> Result<bool, Close> {
         self.state.unsubscribing = false;
-        self.send(reset, 1, Route::Lease, true, Shape::One, true)
+        self.send(reset, 1, Route::Lease, true, Shape::One, true, None)
             .await?;
         while self.state.streaming.is_some() {
             match self.rx.recv().await {
@@ -1383,42 +1383,30 @@ impl Session {
             return Ok(());
         }
         let bytes = self.inbuf.split_to(len).freeze();
-        self.send(bytes, count, Route::Current, false, Shape::One, true)
+        self.send(bytes, count, Route::Current, false, Shape::One, true, None)
             .await
     }
 
     /// Sends one command where it must run, subject to `CLIENT REPLY`.
     async fn forward(&mut self, bytes: Bytes, route: Route, stream: bool) -> Result<(), Close> {
         let shown = self.state.take_shown();
-        self.send(bytes, 1, route, stream, Shape::One, shown).await
+        self.send(bytes, 1, route, stream, Shape::One, shown, None)
+            .await
     }
 
     /// Sends one command answered as `shape` says where the session's commands run, subject to
     /// `CLIENT REPLY`.
     async fn forward_as(&mut self, bytes: Bytes, shape: Shape) -> Result<(), Close> {
         let shown = self.state.take_shown();
-        self.send(bytes, 1, Route::Current, false, shape, shown)
+        self.send(bytes, 1, Route::Current, false, shape, shown, None)
             .await
     }
 
     /// Sends `count` commands upstream, each answered as `shape` says, and records what the client
-    /// is owed. Stream requests owe nothing: their answers arrive in the stream.
-    async fn send(
-        &mut self,
-        bytes: Bytes,
-        count: u32,
-        route: Route,
-        stream: bool,
-        shape: Shape,
-        shown: bool,
-    ) -> Result<(), Close> {
-        self.send_checked(bytes, count, route, stream, shape, shown, None)
-            .await
-    }
-
-    /// [`Session::send`]; with a `check`, its one reply becomes the session's own answer.
+    /// is owed. Stream requests owe nothing: their answers arrive in the stream. With a `check`,
+    /// the one reply becomes the session's own answer.
     #[allow(clippy::too_many_arguments)]
-    async fn send_checked(
+    async fn send(
         &mut self,
         bytes: Bytes,
         count: u32,

@@ -100,7 +100,7 @@ impl Session {
     ) -> Result<(), Close> {
         let shown = self.state.take_shown();
         let check = Box::new(Check { op, shown });
-        self.send_checked(ask, 1, route, false, Shape::One, shown, Some(check))
+        self.send(ask, 1, route, false, Shape::One, shown, Some(check))
             .await
     }
 
@@ -133,7 +133,7 @@ impl Session {
                 op: Op::LeaseId,
                 shown: false,
             });
-            self.send_checked(ask, 1, Route::Lease, false, Shape::One, false, Some(check))
+            self.send(ask, 1, Route::Lease, false, Shape::One, false, Some(check))
                 .await?;
             if let Some(lease) = &self.lease {
                 self.client.snapshot().blocked = Some((lease.handle().downgrade(), None));
@@ -150,7 +150,7 @@ impl Session {
             op: Op::SubscriberId,
             shown: false,
         });
-        self.send_checked(ask, 1, Route::Lease, false, Shape::One, false, Some(check))
+        self.send(ask, 1, Route::Lease, false, Shape::One, false, Some(check))
             .await
     }
 
