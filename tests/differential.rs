@@ -185,46 +185,6 @@ async fn issue10_item1_select_queued_after_an_unsubscribe() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Item 4: a user without +select in a non-zero db
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn issue10_item4_auth_as_user_without_select_keeps_the_db() {
-    Scenario::new("item4_auth_keeps_db")
-        .each(
-            A,
-            &[
-                &["SELECT", "9"],
-                &[
-                    "ACL",
-                    "SETUSER",
-                    "bob",
-                    "on",
-                    ">123",
-                    "+@scripting",
-                    "+set",
-                    "~x*",
-                ],
-                &["AUTH", "bob", "123"],
-                &["EVAL", "return redis.call('SET','x1','in-db-9')", "0"],
-                &["SET", "x2", "v"],
-                &["GET", "x1"],
-            ],
-        )
-        .each(
-            B,
-            &[
-                &["SELECT", "9"],
-                &["MGET", "x1", "x2"],
-                &["SELECT", "0"],
-                &["MGET", "x1", "x2"],
-            ],
-        )
-        .run()
-        .await
-}
-
-// ---------------------------------------------------------------------------------------------
 // Item 5: SELECT, AUTH, HELLO inside MULTI, after WATCH, and while subscribed in RESP3
 // ---------------------------------------------------------------------------------------------
 

@@ -303,6 +303,7 @@ async fn auth_keeps_the_db_for_a_user_without_select() {
             ],
         )
         .value_in("9", "x1", "$1\r\nv\r\n")
+        .value_in("0", "x1", "$-1\r\n")
         // A transaction's lease gets the same handshake.
         .each(0, &[&["MULTI"], &["SET", "x2", "w"], &["EXEC"]])
         .value_in("9", "x2", "$1\r\nw\r\n")
