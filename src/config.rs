@@ -37,6 +37,8 @@ pub struct Config {
     /// The Redis server every command is forwarded to. Default `127.0.0.1:6379`, db 0, no auth, no TLS.
     /// `upstream_user` / `upstream_password` override the URL's credentials.
     pub upstream: Upstream,
+    /// How the upstream is laid out: one server (`upstream`), or servers sharded by key.
+    pub topology: Topology,
     /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP. Default: none, the admin endpoint
     /// is disabled (and then nothing answers `/readyz`). It binds exactly what is given: the example
     /// config uses `127.0.0.1`, only say `0.0.0.0` where the network is private (a pod).
@@ -192,6 +194,17 @@ pub struct Upstream {
     pub password: Option<String>,
     /// Database selected with `SELECT` after connecting. Default 0.
     pub db: u32,
+}
+
+/// The kinds of upstream respipe forwards to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// One Redis server: [`Config::upstream`].
+    #[default]
+    Single,
+    /// Independent servers, each key on one of them, placed as twemproxy places it.
+    /// [`Config::upstream`] is the first server (the pool's db, credentials and TLS).
+    Shards(crate::shard::Spec),
 }
 
 /// Where an upstream lives.
@@ -422,6 +435,7 @@ impl Default for Config {
                 6380,
             ))],
             upstream: Upstream::default(),
+            topology: Topology::Single,
             metrics_listen: None,
             pool_size: nz(1),
             max_batch_commands: nz(1024),
@@ -830,6 +844,7 @@ impl Values {
         let config = Config {
             listen,
             upstream,
+            topology: Topology::Single,
             metrics_listen: self
                 .get("metrics_listen", |raw| resolve(text(raw)?))?
                 .or(d.metrics_listen),

@@ -19,6 +19,7 @@
 //!   answer locally, refuse).
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - [`clients`]: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
+//! - [`shard`]: twemproxy-compatible placement of keys on independent servers.
 //! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
 //! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - [`follow`]: connection state that changes only when Redis accepts the command (now or at EXEC).
@@ -53,6 +54,7 @@ pub mod reply;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod spare;
 pub mod tls;
 pub mod upstream;
