@@ -77,3 +77,56 @@ pub struct Spec {
     /// `None`: servers are never ejected (twemproxy's default).
     pub eject: Option<Eject>,
 }
+
+impl Hash {
+    /// Every hash by its twemproxy name.
+    pub const ALL: [(&'static str, Hash); 12] = [
+        ("one_at_a_time", Hash::OneAtATime),
+        ("md5", Hash::Md5),
+        ("crc16", Hash::Crc16),
+        ("crc32", Hash::Crc32),
+        ("crc32a", Hash::Crc32a),
+        ("fnv1_64", Hash::Fnv1_64),
+        ("fnv1a_64", Hash::Fnv1a64),
+        ("fnv1_32", Hash::Fnv1_32),
+        ("fnv1a_32", Hash::Fnv1a32),
+        ("hsieh", Hash::Hsieh),
+        ("murmur", Hash::Murmur),
+        ("jenkins", Hash::Jenkins),
+    ];
+}
+
+impl Distribution {
+    /// Every distribution by its twemproxy name.
+    pub const ALL: [(&'static str, Distribution); 3] = [
+        ("ketama", Distribution::Ketama),
+        ("modula", Distribution::Modula),
+        ("random", Distribution::Random),
+    ];
+}
+
+/// Looks `name` up in a table of twemproxy names; the error lists the valid ones.
+fn by_name<T: Copy>(table: &[(&'static str, T)], name: &str) -> Result<T, String> {
+    table
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            format!("unknown {name:?}; expected one of {}", names.join(", "))
+        })
+}
+
+impl std::str::FromStr for Hash {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        by_name(&Hash::ALL, name)
+    }
+}
+
+impl std::str::FromStr for Distribution {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        by_name(&Distribution::ALL, name)
+    }
+}
