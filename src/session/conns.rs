@@ -1,0 +1,225 @@
+//! Which upstream connection each command goes to, and sending it there: the routing step, the
+//! shared connection in use, the dedicated connection (lease) taken and given back.
+
+use bytes::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::command::Shape;
+use crate::reply::{self, Response};
+use crate::resp;
+use crate::upstream::{Request, UpstreamHandle};
+
+use super::{identity, Close, Pending, Route, Session};
+
+impl Session {
+    /// Waits for the replies still in flight on a lease the session no longer needs, and gives it
+    /// back (the last reply usually does; this also covers a lease with nothing in flight).
+    pub(super) async fn give_back_lease(&mut self) -> Result<(), Close> {
+        self.drain().await?;
+        self.lease = None;
+        self.current = None;
+        Ok(())
+    }
+
+    /// Sends the first `len` bytes of the read buffer (`count` stateless requests) upstream.
+    pub(super) async fn send_run(&mut self, len: usize, count: u32) -> Result<(), Close> {
+        if count == 0 {
+            return Ok(());
+        }
+        let bytes = self.inbuf.split_to(len).freeze();
+        self.send(bytes, count, Route::Current, false, Shape::One, true, None)
+            .await
+    }
+
+    /// Sends one command where it must run, subject to `CLIENT REPLY`.
+    pub(super) async fn forward(
+        &mut self,
+        bytes: Bytes,
+        route: Route,
+        stream: bool,
+    ) -> Result<(), Close> {
+        let shown = self.state.take_shown();
+        self.send(bytes, 1, route, stream, Shape::One, shown, None)
+            .await
+    }
+
+    /// Sends one command answered as `shape` says where the session's commands run, subject to
+    /// `CLIENT REPLY`.
+    pub(super) async fn forward_as(&mut self, bytes: Bytes, shape: Shape) -> Result<(), Close> {
+        let shown = self.state.take_shown();
+        self.send(bytes, 1, Route::Current, false, shape, shown, None)
+            .await
+    }
+
+    /// Sends `count` commands upstream, each answered as `shape` says, and records what the client
+    /// is owed. Stream requests owe nothing: their answers arrive in the stream. With a `check`,
+    /// the one reply becomes the session's own answer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send(
+        &mut self,
+        bytes: Bytes,
+        count: u32,
+        route: Route,
+        stream: bool,
+        shape: Shape,
+        shown: bool,
+        check: Option<Box<identity::Check>>,
+    ) -> Result<(), Close> {
+        let handle = match self.route(route).await? {
+            Ok(handle) => handle,
+            Err(line) => {
+                if shown {
+                    self.local(line);
+                }
+                return Ok(());
+            }
+        };
+        let owed = !stream && self.state.streaming.is_none();
+        match check {
+            Some(check) if owed => self.owe_as(Pending::Check(check), count),
+            _ if owed => self.owe(count, shown),
+            _ => {}
+        }
+        let request = self.request(bytes, count, stream, shape);
+        // The queue almost always has room: no timer, no wait. Only a full queue pays for them.
+        let request = match handle.try_send(request) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(request)) => request,
+            Err(TrySendError::Closed(_)) => {
+                return self.unsent(owed, count, reply::shutting_down());
+            }
+        };
+        let error = match self.limits.command_timeout {
+            Some(limit) => match tokio::time::timeout(limit, handle.send(request)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(_)) => reply::shutting_down(),
+                Err(_) => reply::queue_timeout(handle.addr(), limit),
+            },
+            None => match handle.send(request).await {
+                Ok(()) => return Ok(()),
+                Err(_) => reply::shutting_down(),
+            },
+        };
+        self.unsent(owed, count, error)
+    }
+
+    /// A request whose replies come back to this session.
+    pub(super) fn request(&self, bytes: Bytes, count: u32, stream: bool, shape: Shape) -> Request {
+        Request {
+            bytes,
+            count,
+            shape,
+            reply: self.tx.clone(),
+            stream,
+        }
+    }
+
+    /// A request that never reached the upstream: answered here, in order, as if the upstream had.
+    fn unsent(&mut self, owed: bool, count: u32, error: Bytes) -> Result<(), Close> {
+        if owed {
+            self.on_response(Response::Failed { count, error })
+        } else {
+            if self.state.streaming.is_some() {
+                // A stream the dedicated connection cannot take is over, as if it were lost.
+                return self.on_stream(error, true);
+            }
+            self.out.push(error);
+            Ok(())
+        }
+    }
+
+    /// The routing step for the next command: the lease if the session holds (or now needs) one,
+    /// else a connection of the pool for the session's state. Changing connection waits until
+    /// nothing is in flight (invariant 2). `Ok(Err(line))`: the command is refused with `line`.
+    pub(super) async fn route(
+        &mut self,
+        route: Route,
+    ) -> Result<Result<UpstreamHandle, Bytes>, Close> {
+        if route == Route::Lease && self.lease.is_none() {
+            self.drain().await?;
+            match self.shared.pools.lease(&self.state.key()) {
+                Ok(lease) => self.lease = Some(lease),
+                Err(line) => return Ok(Err(line)),
+            }
+            self.current = None;
+            self.name_lease()?;
+        }
+        if let Some(handle) = self.settled_route() {
+            return Ok(Ok(handle));
+        }
+        self.drain().await?;
+        match self.shared.pools.pool(&self.state.key()) {
+            Ok(pool) => self.pool = pool,
+            Err(line) => return Ok(Err(line)),
+        }
+        self.pool_generation = self.shared.pools.generation();
+        self.current = None;
+        Ok(Ok(self.current_handle()))
+    }
+
+    /// Gives a fresh lease the client's name (its reply unseen), so that `CLIENT GETNAME` queued in
+    /// a transaction answers what the client's own connection would.
+    fn name_lease(&mut self) -> Result<(), Close> {
+        let (Some(lease), Some(name)) = (&self.lease, &self.state.name) else {
+            return Ok(());
+        };
+        let handle = lease.handle().clone();
+        let bytes = resp::encode_request(&[b"CLIENT".as_slice(), b"SETNAME", name]);
+        self.owe(1, false);
+        match handle.try_send(self.request(bytes, 1, false, Shape::One)) {
+            Ok(()) => Ok(()),
+            Err(_) => self.unsent(true, 1, reply::shutting_down()),
+        }
+    }
+
+    /// The connection for the next command when it needs no change: the lease if the session
+    /// holds one, else its connection of the pool for its state. `None` when the session's state
+    /// (or a reload) calls for another pool, or its connection retired (a stalled command): the
+    /// next command then waits for what is in flight there and goes to a fresh connection.
+    pub(super) fn settled_route(&mut self) -> Option<UpstreamHandle> {
+        if let Some(lease) = &self.lease {
+            return Some(lease.handle().clone());
+        }
+        let settled = self.state.is_in(self.pool.key())
+            && self.pool_generation == self.shared.pools.generation()
+            && !self
+                .current
+                .as_ref()
+                .is_some_and(UpstreamHandle::is_retired);
+        settled.then(|| self.current_handle())
+    }
+
+    /// The shared connection in use, picked from the session's pool when nothing is in flight.
+    fn current_handle(&mut self) -> UpstreamHandle {
+        let pool = &self.pool;
+        let id = self.id;
+        self.current.get_or_insert_with(|| pool.route(id)).clone()
+    }
+
+    /// Waits until every reply in flight has arrived (and is queued for the client).
+    pub(super) async fn drain(&mut self) -> Result<(), Close> {
+        while self.inflight > 0 {
+            let response = self.rx.recv().await;
+            self.on_response(response)?;
+        }
+        Ok(())
+    }
+
+    /// True when Redis refuses the user the session authenticated as on its shared pool: the
+    /// pool's connection was closed (Redis closes a deleted user's connections; or it was lost
+    /// after a password change) and Redis no longer lets it in. The client's own connection
+    /// would be gone too. (A lease refused after a password change only fails its command.)
+    /// Idle sessions are closed when the refusal happens (`refused`); this catches those whose
+    /// pool was first refused by their own command.
+    pub(super) fn user_gone(&self) -> bool {
+        self.state.auth.is_some() && self.lease.is_none() && self.pool.user_refused()
+    }
+
+    /// True while the session's state needs its dedicated connection.
+    pub(super) fn lease_needed(&self) -> bool {
+        self.state.in_multi
+            || self.state.watching
+            || self.state.streaming.is_some()
+            || self.state.tracking
+    }
+}
