@@ -57,6 +57,7 @@ pub mod session;
 pub mod shard;
 pub mod spare;
 pub mod tls;
+pub mod topology;
 pub mod upstream;
 pub mod warm;
 

@@ -52,6 +52,8 @@ pub const LEASES: &str = "respipe_leases";
 pub const LEASE_REFUSALS: &str = "respipe_lease_refusals_total";
 /// Shared pools started (one per db, protocol and user in use).
 pub const POOLS: &str = "respipe_pools";
+/// Servers of a sharded upstream ejected now (`auto_eject_hosts`): their keys go to the others.
+pub const SHARDS_EJECTED: &str = "respipe_shards_ejected";
 
 /// Every metric respipe exports (the README and the Grafana dashboard are checked against it).
 pub const ALL: &[&str] = &[
@@ -73,6 +75,7 @@ pub const ALL: &[&str] = &[
     LEASES,
     LEASE_REFUSALS,
     POOLS,
+    SHARDS_EJECTED,
 ];
 
 /// The metrics of `ALL` that are histograms (`_bucket`, `_sum`, `_count` series).
@@ -191,6 +194,11 @@ impl UpstreamMetrics {
         self.batch_commands.record(commands as f64);
         self.batch_bytes.record(bytes as f64);
     }
+}
+
+/// Sets how many servers of the sharded upstream are ejected now.
+pub fn ejected(count: usize) {
+    metrics::gauge!(SHARDS_EJECTED).set(count as f64);
 }
 
 /// Counts one upstream connection failure of `kind` (see `UpstreamError::kind`).

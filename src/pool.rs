@@ -23,13 +23,15 @@ use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, Upstream};
+use crate::config::{Config, Topology, Upstream};
 use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply;
 use crate::tls::UpstreamTls;
 use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
-use crate::warm::Warm;
+use crate::reply::Lane;
+use crate::topology::Layout;
+use crate::warm::{Place, Warm};
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
 /// request may carry many commands, so this is not a command limit (that is
@@ -63,13 +65,17 @@ pub struct PoolKey {
     pub auth: Option<Arc<Credentials>>,
 }
 
-/// One shared pool: `pool_size` connections with the same handshake.
+/// One shared pool: `pool_size` connections with the same handshake to every server of the
+/// upstream (one server, or each shard).
 #[derive(Debug)]
 pub struct Pool {
     key: PoolKey,
-    conns: Vec<Member>,
-    /// The settings of every connection of the pool, replacements included.
-    settings: Arc<UpstreamSettings>,
+    /// Per server (lane), its members.
+    conns: Vec<Vec<Member>>,
+    /// Per server, the settings of every connection of the pool, replacements included.
+    settings: Vec<Arc<UpstreamSettings>>,
+    /// The servers and the placement of keys, as when the pool started.
+    layout: Arc<Layout>,
 }
 
 /// One place in a pool: the connection new sessions get there.
@@ -90,6 +96,8 @@ pub struct Lease {
     handle: UpstreamHandle,
     /// The state the connection was handshaken in.
     key: PoolKey,
+    /// The server it is connected to.
+    lane: Lane,
     /// The warm set's generation when it was made: a reload of the upstream makes it stale.
     generation: u64,
     /// One of `max_leases` permits, held for the lease's life; kept by the warm set instead while
@@ -122,6 +130,8 @@ pub struct Pools {
     pool_size: usize,
     max_pools: usize,
     default: Mutex<Arc<Pool>>,
+    /// The servers and the placement of keys; replaced with the upstream.
+    layout: Mutex<Arc<Layout>>,
     /// Bumped when a reload replaces the upstream: sessions move to the new pools once idle.
     generation: AtomicU64,
     /// Every pool by key, the default one included. Looked up only when a session's key changes.
@@ -157,17 +167,24 @@ impl Pool {
     /// The connection for a session with nothing in flight: its own (`session % pool_size`) if that
     /// one is up, else the next one that is, else its own (which answers fast with an error, or
     /// holds the command while it connects).
-    pub fn route(&self, session: u64) -> UpstreamHandle {
-        let n = self.conns.len();
+    pub fn route(&self, lane: Lane, session: u64) -> UpstreamHandle {
+        let i = usize::from(lane);
+        let (conns, settings) = (&self.conns[i], &self.settings[i]);
+        let n = conns.len();
         let home = (session % n as u64) as usize;
-        let own = self.conns[home].handle(&self.settings);
+        let own = conns[home].handle(settings);
         if own.is_up() {
             return own;
         }
         (1..n)
-            .map(|i| self.conns[(home + i) % n].handle(&self.settings))
+            .map(|i| conns[(home + i) % n].handle(settings))
             .find(UpstreamHandle::is_up)
             .unwrap_or(own)
+    }
+
+    /// The servers and the placement of keys this pool's connections go to.
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
     }
 
     /// The state this pool's connections are in.
@@ -178,7 +195,7 @@ impl Pool {
     /// True while Redis refuses the pool's user (deleted, or its password changed and a
     /// connection had to be made again): Redis no longer serves that user's connections.
     pub fn user_refused(&self) -> bool {
-        self.settings.user_refused.load(Ordering::Relaxed)
+        self.settings[0].user_refused.load(Ordering::Relaxed)
     }
 }
 
@@ -224,6 +241,11 @@ impl Lease {
         &self.key
     }
 
+    /// The server the lease is connected to.
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
     /// The warm set's generation when the lease was made.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -262,6 +284,7 @@ impl Pools {
             user: None,
             user_refused: Arc::default(),
             user_events: None,
+            health: None,
         };
         let default_key = PoolKey {
             db: config.upstream.db,
@@ -269,16 +292,19 @@ impl Pools {
             auth: None,
         };
         // Replaced by `start_default` below.
+        let layout = Layout::new(&config.upstream, &config.topology);
         let placeholder = Pool {
             key: default_key.clone(),
             conns: Vec::new(),
-            settings: Arc::new(base.clone()),
+            settings: Vec::new(),
+            layout: layout.clone(),
         };
         let pools = Pools {
             base: Mutex::new(base),
             pool_size: config.pool_size.get(),
             max_pools: config.max_pools.get(),
             default: Mutex::new(Arc::new(placeholder)),
+            layout: Mutex::new(layout),
             generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             leases: Arc::new(Semaphore::new(config.max_leases.get())),
@@ -306,12 +332,13 @@ impl Pools {
     /// A reload changed the upstream (address, credentials, db): new pools start with the new
     /// settings; sessions move to them as soon as they have nothing in flight, and the old pools'
     /// connections close when the last session leaves them. Leases in use keep their connection.
-    pub fn replace_upstream(&self, upstream: Upstream) {
+    pub fn replace_upstream(&self, upstream: Upstream, topology: Topology) {
         let key = PoolKey {
             db: upstream.db,
             resp3: false,
             auth: None,
         };
+        *lock(&self.layout) = Layout::new(&upstream, &topology);
         lock(&self.base).upstream = upstream;
         self.warm.clear();
         lock(&self.pools).clear();
@@ -364,13 +391,14 @@ impl Pools {
     /// Lends a dedicated connection in `key`'s state: a warm one if there is one, else a fresh
     /// one (and warm ones are started for the next clients). `Err` is the error line for the client
     /// when `max_leases` are out. Never waits.
-    pub fn lease(&self, key: &PoolKey) -> Result<Lease, Bytes> {
-        if let Some(lease) = self.warm.take(key) {
+    pub fn lease(&self, key: &PoolKey, lane: Lane) -> Result<Lease, Bytes> {
+        let place = (key.clone(), lane);
+        if let Some(lease) = self.warm.take(&place) {
             return Ok(self.lend(lease));
         }
         let permit = self.permit()?;
-        let lease = self.spawn_lease(key, permit);
-        self.refill(key);
+        let lease = self.spawn_lease(key, lane, permit);
+        self.refill(&place);
         Ok(self.lend(lease))
     }
 
@@ -384,12 +412,14 @@ impl Pools {
         if lease.generation != self.warm.generation()
             || !lease.handle.is_up()
             || self.leases.available_permits() == 0
-            || !self.warm.reserve(&lease.key)
+            || !self.warm.reserve(&(lease.key.clone(), lease.lane))
         {
             return;
         }
         let mut scrub = vec![Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n")];
-        scrub.extend(upstream::handshake_commands(&self.settings_for(&lease.key)));
+        scrub.extend(upstream::handshake_commands(
+            &self.settings_for(&lease.key, lease.lane),
+        ));
         self.warm.prepare(lease, scrub);
     }
 
@@ -397,7 +427,7 @@ impl Pools {
     /// `Err` is the error line for the client (`max_leases` out, or the upstream unreachable).
     pub async fn tap(&self, key: &PoolKey) -> Result<Tap, Bytes> {
         let permit = self.permit()?;
-        let settings = self.settings_for(key);
+        let settings = self.settings_for(key, 0);
         let stream = upstream::open_raw(&settings)
             .await
             .map_err(|err| reply::upstream_unavailable(&err))?;
@@ -427,29 +457,30 @@ impl Pools {
 
     /// Starts warm leases in `key`'s state up to `warm_leases`, never taking the last free permit
     /// (a client that needs a lease must find one without waiting for a warm-up).
-    fn refill(&self, key: &PoolKey) {
+    fn refill(&self, place: &Place) {
         while let Ok(permit) = self.leases.clone().try_acquire_owned() {
-            if self.leases.available_permits() == 0 || !self.warm.reserve(key) {
+            if self.leases.available_permits() == 0 || !self.warm.reserve(place) {
                 return;
             }
-            let lease = self.spawn_lease(key, permit);
+            let lease = self.spawn_lease(&place.0, place.1, permit);
             self.warm
                 .prepare(lease, vec![Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")]);
         }
     }
 
     /// A new dedicated connection in `key`'s state (its driver connects in the background).
-    fn spawn_lease(&self, key: &PoolKey, permit: OwnedSemaphorePermit) -> Lease {
+    fn spawn_lease(&self, key: &PoolKey, lane: Lane, permit: OwnedSemaphorePermit) -> Lease {
         // The generation first: a reload between the two makes the lease stale, never wrong.
         let generation = self.warm.generation();
         let settings = UpstreamSettings {
             dedicated: true,
             user_events: Some(self.user_events.clone()),
-            ..self.settings_for(key)
+            ..self.settings_for(key, lane)
         };
         Lease {
             handle: UpstreamHandle::spawn("lease".to_owned(), Arc::new(settings)),
             key: key.clone(),
+            lane,
             generation,
             permit: Some(permit),
             lent: None,
@@ -469,7 +500,7 @@ impl Pools {
         key: &PoolKey,
         commands: &[Bytes],
     ) -> Result<Vec<Bytes>, UpstreamError> {
-        let settings = self.settings_for(key);
+        let settings = self.settings_for(key, 0);
         upstream::probe(&settings, commands).await
     }
 
@@ -535,22 +566,36 @@ impl Pools {
     /// proxy unready while no client sends anything.
     pub fn any_up(&self) -> bool {
         let pool = self.default_pool();
-        pool.conns.iter().any(|m| m.handle(&pool.settings).is_up())
+        (pool.conns.iter().zip(&pool.settings))
+            .any(|(members, settings)| members.iter().any(|m| m.handle(settings).is_up()))
     }
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
-        let settings = Arc::new(UpstreamSettings {
-            user_events: Some(self.user_events.clone()),
-            ..self.settings_for(&key)
-        });
-        let conns = (0..self.pool_size)
-            .map(|i| {
-                let label = if index == 0 {
-                    i.to_string()
-                } else {
-                    format!("p{index}.{i}")
-                };
-                Member::spawn(label, &settings)
+        let layout = self.layout();
+        // One flag for the pool: Redis refusing its user on any server refuses the session.
+        let user_refused: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let settings: Vec<Arc<UpstreamSettings>> = (0..layout.len())
+            .map(|lane| {
+                Arc::new(UpstreamSettings {
+                    user_events: Some(self.user_events.clone()),
+                    user_refused: user_refused.clone(),
+                    ..self.settings_for(&key, lane as Lane)
+                })
+            })
+            .collect();
+        let conns = settings
+            .iter()
+            .map(|settings| {
+                (0..self.pool_size)
+                    .map(|i| {
+                        let label = if index == 0 {
+                            i.to_string()
+                        } else {
+                            format!("p{index}.{i}")
+                        };
+                        Member::spawn(label, settings)
+                    })
+                    .collect()
             })
             .collect();
         self.pools_gauge.increment(1.0);
@@ -558,19 +603,27 @@ impl Pools {
             key,
             conns,
             settings,
+            layout,
         })
     }
 
+    /// The servers and the placement of keys now.
+    pub fn layout(&self) -> Arc<Layout> {
+        lock(&self.layout).clone()
+    }
+
     /// The upstream settings for connections in `key`'s state.
-    fn settings_for(&self, key: &PoolKey) -> UpstreamSettings {
+    fn settings_for(&self, key: &PoolKey, lane: Lane) -> UpstreamSettings {
+        let layout = self.layout();
         let base = lock(&self.base);
-        let mut upstream: Upstream = base.upstream.clone();
+        let mut upstream: Upstream = layout.servers[usize::from(lane)].clone();
         upstream.db = key.db;
         UpstreamSettings {
             upstream,
             resp3: key.resp3,
             user: key.auth.clone(),
             user_refused: Arc::default(),
+            health: layout.health(lane),
             ..base.clone()
         }
     }

@@ -73,7 +73,7 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         applied.push("client limits, deny_commands, requirepass, lease_idle_timeout");
     }
     if effective.upstream != running.upstream {
-        shared.pools.replace_upstream(effective.upstream.clone());
+        shared.pools.replace_upstream(effective.upstream.clone(), effective.topology.clone());
         applied.push("upstream");
     }
     if effective.log_level != running.log_level {

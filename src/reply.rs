@@ -44,8 +44,18 @@ pub enum Response {
 /// the session holds the receiver. Unbounded in type, bounded in practice: a session never has more
 /// than `max_client_inflight` commands outstanding, and each gets at most one `Response` piece per
 /// reply. If the session is gone, sends fail and the replies are dropped (the slot still consumes them).
+///
+/// A sender also carries a *lane*: the upstream server its requests go to (always 0 with one server).
+/// Each lane's responses arrive in the order its requests were sent; across lanes they arrive in any
+/// order, and the session puts them back in command order (its reorder buffer).
 #[derive(Debug, Clone)]
-pub struct ReplyTx(Arc<Mutex<Mailbox>>);
+pub struct ReplyTx {
+    mailbox: Arc<Mutex<Mailbox>>,
+    lane: Lane,
+}
+
+/// The upstream server a response comes from: an index into the topology's servers.
+pub type Lane = u16;
 
 /// The receiving side of a session's reply mailbox, owned by the session task.
 #[derive(Debug)]
@@ -58,7 +68,7 @@ pub struct ReplyRx(Arc<Mutex<Mailbox>>);
 /// runtime thread, so the lock is never contended: one uncontended lock per send and per receive.
 #[derive(Debug, Default)]
 struct Mailbox {
-    queue: VecDeque<Response>,
+    queue: VecDeque<(Lane, Response)>,
     waker: Option<Waker>,
     /// The receiver is gone: sends fail.
     closed: bool,
@@ -67,7 +77,13 @@ struct Mailbox {
 /// A new reply mailbox: the sender to clone into reply slots and the session's receiver.
 pub fn mailbox() -> (ReplyTx, ReplyRx) {
     let shared = Arc::new(Mutex::new(Mailbox::default()));
-    (ReplyTx(shared.clone()), ReplyRx(shared))
+    (
+        ReplyTx {
+            mailbox: shared.clone(),
+            lane: 0,
+        },
+        ReplyRx(shared),
+    )
 }
 
 /// Locks a mailbox; a panic while holding the lock cannot leave the queue half-changed, so a
@@ -79,14 +95,22 @@ fn lock(mailbox: &Mutex<Mailbox>) -> MutexGuard<'_, Mailbox> {
 }
 
 impl ReplyTx {
+    /// A sender to the same mailbox whose responses are marked as coming from `lane`.
+    pub fn on_lane(&self, lane: Lane) -> ReplyTx {
+        ReplyTx {
+            mailbox: self.mailbox.clone(),
+            lane,
+        }
+    }
+
     /// Queues a response for the session and wakes it; gives the response back if the session is gone.
     pub fn send(&self, response: Response) -> Result<(), Response> {
         let waker = {
-            let mut mailbox = lock(&self.0);
+            let mut mailbox = lock(&self.mailbox);
             if mailbox.closed {
                 return Err(response);
             }
-            crate::spare::push_back(&mut mailbox.queue, response);
+            crate::spare::push_back(&mut mailbox.queue, (self.lane, response));
             mailbox.waker.take()
         };
         if let Some(waker) = waker {
@@ -97,8 +121,9 @@ impl ReplyTx {
 }
 
 impl ReplyRx {
-    /// The next response, waiting for one. Cancel-safe: a response is taken only when returned.
-    pub fn recv(&mut self) -> impl std::future::Future<Output = Response> + '_ {
+    /// The next response and its lane, waiting for one. Cancel-safe: a response is taken only
+    /// when returned.
+    pub fn recv(&mut self) -> impl std::future::Future<Output = (Lane, Response)> + '_ {
         poll_fn(|cx| {
             let mut mailbox = lock(&self.0);
             match mailbox.queue.pop_front() {
@@ -114,8 +139,8 @@ impl ReplyRx {
         })
     }
 
-    /// The next response if one is queued.
-    pub fn try_recv(&mut self) -> Option<Response> {
+    /// The next response and its lane if one is queued.
+    pub fn try_recv(&mut self) -> Option<(Lane, Response)> {
         lock(&self.0).queue.pop_front()
     }
 }

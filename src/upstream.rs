@@ -89,6 +89,9 @@ pub struct UpstreamSettings {
     /// (its session may be in such a pool's state, and now has no connection Redis kept). Set
     /// for pools and leases, `None` for probes.
     pub user_events: Option<Arc<Notify>>,
+    /// The server's run of failures, for ejection from a sharded upstream (`auto_eject_hosts`);
+    /// `None` when ejection is off.
+    pub health: Option<Arc<crate::topology::Health>>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
@@ -349,6 +352,9 @@ impl Driver {
                     info!(upstream.addr = %self.addr, "upstream connected");
                     connected_before = true;
                     backoff = BACKOFF_MIN;
+                    if let Some(health) = &self.settings.health {
+                        health.connected();
+                    }
                     self.set_up(true);
                     let since = Instant::now();
                     let ended = match stream {
@@ -380,6 +386,9 @@ impl Driver {
                         warn!(upstream.addr = %self.addr, error = %err, "upstream connection lost");
                     }
                     failing = !idle;
+                    if let Some(health) = self.settings.health.as_ref().filter(|_| !idle) {
+                        health.failed();
+                    }
                     if self.reconnects_at_once(answered || since.elapsed() >= HEALTHY_UPTIME) {
                         metrics::upstream_error(err.kind());
                         continue;
@@ -387,6 +396,9 @@ impl Driver {
                     err
                 }
                 Err(err) => {
+                    if let Some(health) = &self.settings.health {
+                        health.failed();
+                    }
                     if failing {
                         debug!(upstream.addr = %self.addr, error = %err, "upstream still unavailable");
                     } else {

@@ -20,6 +20,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::command::Shape;
 use crate::pool::{Lease, PoolKey};
+use crate::reply::Lane;
+
+/// Where a warm lease is kept: the state it was handshaken in and its server.
+pub type Place = (PoolKey, Lane);
 use crate::reply::{self, Response};
 use crate::resp::{self, ReplyScanner};
 use crate::upstream::Request;
@@ -37,9 +41,9 @@ pub struct Warm {
 #[derive(Debug, Default)]
 struct WarmState {
     /// Checked leases, ready to lend, per state.
-    ready: HashMap<PoolKey, Vec<Lease>>,
+    ready: HashMap<Place, Vec<Lease>>,
     /// Leases being checked, per state (counted so a burst does not start too many).
-    preparing: HashMap<PoolKey, usize>,
+    preparing: HashMap<Place, usize>,
     /// The permits of the leases being checked; one goes back to each that passes, while any are
     /// left. A client that needs a lease may take one.
     held: Vec<OwnedSemaphorePermit>,
@@ -63,7 +67,7 @@ impl Warm {
     }
 
     /// A ready lease in `key`'s state whose connection is still up; those found down are closed.
-    pub fn take(&self, key: &PoolKey) -> Option<Lease> {
+    pub fn take(&self, key: &Place) -> Option<Lease> {
         let mut state = self.lock();
         let ready = state.ready.get_mut(key)?;
         while let Some(lease) = ready.pop() {
@@ -87,7 +91,7 @@ impl Warm {
 
     /// Room for one more lease in `key`'s state, counting those being checked: when there is, it
     /// is reserved (the caller must then [`Warm::prepare`] one).
-    pub fn reserve(&self, key: &PoolKey) -> bool {
+    pub fn reserve(&self, key: &Place) -> bool {
         let mut state = self.lock();
         let have = state.ready.get(key).map_or(0, Vec::len)
             + state.preparing.get(key).copied().unwrap_or(0);
@@ -109,7 +113,7 @@ impl Warm {
         tokio::spawn(async move {
             let checked = tokio::time::timeout(warm.limit, check(&lease, &commands)).await;
             let mut state = warm.lock();
-            let key = lease.key().clone();
+            let key = (lease.key().clone(), lease.lane());
             if let Some(n) = state.preparing.get_mut(&key) {
                 *n = n.saturating_sub(1);
             }
@@ -160,7 +164,7 @@ async fn check(lease: &Lease, commands: &[Bytes]) -> bool {
     }
     let mut answered = 0;
     while answered < count {
-        match rx.recv().await {
+        match rx.recv().await.1 {
             Response::Replies { bytes, count } if all_succeeded(&bytes) => answered += count,
             _ => return false,
         }

@@ -130,3 +130,5 @@ impl std::str::FromStr for Distribution {
         by_name(&Distribution::ALL, name)
     }
 }
+mod placement;
+pub use placement::Placement;
