@@ -51,6 +51,7 @@ pub mod outflow;
 pub mod pool;
 pub mod reload;
 pub mod reply;
+pub mod route;
 pub mod resp;
 pub mod server;
 pub mod session;

@@ -184,6 +184,23 @@ pub fn error(text: &str) -> Bytes {
     buf.freeze()
 }
 
+/// A sharded upstream with every server ejected.
+pub fn no_live_shard() -> Bytes {
+    error("ERR respipe: no live server in the sharded upstream (every server is ejected)")
+}
+
+/// A server of a sharded upstream answered a split or fanned-out command with a reply respipe
+/// cannot merge.
+pub fn unexpected_shard_reply() -> Bytes {
+    error("ERR respipe: a server answered a split command with an unexpected reply")
+}
+
+/// Redis Cluster's wording for a command whose keys are on several servers; the reason names
+/// respipe's sharding.
+pub fn cross_shard() -> Bytes {
+    error("CROSSSLOT Keys in request don't hash to the same shard (respipe sharding: use hash tags to keep them together)")
+}
+
 /// A RESP bulk string.
 pub fn bulk(value: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(value.len() + 16);

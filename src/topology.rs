@@ -32,10 +32,9 @@ struct Sharding {
     spec: Spec,
     /// Rebuilt when the set of live servers changes.
     placement: ArcSwap<Placement>,
-    /// Per server, when ejection is on; empty otherwise.
+    /// Per server, when ejection is on; empty otherwise. Each notifies the layout's task when
+    /// its server reaches the failure limit.
     health: Vec<Arc<Health>>,
-    /// Notified by a server's health when it reaches its failure limit.
-    changed: Arc<Notify>,
 }
 
 /// A server's run of failures, reported by its connections.
@@ -105,7 +104,6 @@ impl Layout {
                 placement: ArcSwap::from_pointee(Placement::new(spec, &live)),
                 spec: spec.clone(),
                 health,
-                changed: changed.clone(),
             }),
         });
         if let Some(eject) = spec.eject {

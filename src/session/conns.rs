@@ -5,7 +5,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::command::Shape;
-use crate::reply::{self, Response};
+use crate::reply::{self, Lane, Response};
 use crate::resp;
 use crate::upstream::{Request, UpstreamHandle};
 
@@ -17,15 +17,16 @@ impl Session {
     pub(super) async fn give_back_lease(&mut self) -> Result<(), Close> {
         self.drain().await?;
         self.lease = None;
-        self.current = None;
+        self.forget_conns();
         Ok(())
     }
 
-    /// Sends the first `len` bytes of the read buffer (`count` stateless requests) upstream.
-    pub(super) async fn send_run(&mut self, len: usize, count: u32) -> Result<(), Close> {
+    /// Sends the first `len` bytes of the read buffer (`count` stateless requests) to `lane`.
+    pub(super) async fn send_run(&mut self, len: usize, count: u32, lane: Lane) -> Result<(), Close> {
         if count == 0 {
             return Ok(());
         }
+        self.lane = lane;
         let bytes = self.inbuf.split_to(len).freeze();
         self.send(bytes, count, Route::Current, false, Shape::One, true, None)
             .await
@@ -76,31 +77,38 @@ impl Session {
         };
         let owed = !stream && self.state.streaming.is_none();
         match check {
-            Some(check) if owed => self.owe_as(Pending::Check(check), count),
+            Some(check) if owed => self.owe_as(Pending::Check(check, self.lane), count),
             _ if owed => self.owe(count, shown),
             _ => {}
         }
         let request = self.request(bytes, count, stream, shape);
+        match self.deliver(&handle, request).await {
+            Ok(()) => Ok(()),
+            Err(error) => self.unsent(owed, count, error),
+        }
+    }
+
+    /// Puts a request in a connection's queue; `Err` holds the error line it is answered with
+    /// when it cannot go (the queue stayed full past `command_timeout`, or respipe is stopping).
+    pub(super) async fn deliver(
+        &self,
+        handle: &UpstreamHandle,
+        request: Request,
+    ) -> Result<(), Bytes> {
         // The queue almost always has room: no timer, no wait. Only a full queue pays for them.
         let request = match handle.try_send(request) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(request)) => request,
-            Err(TrySendError::Closed(_)) => {
-                return self.unsent(owed, count, reply::shutting_down());
-            }
+            Err(TrySendError::Closed(_)) => return Err(reply::shutting_down()),
         };
-        let error = match self.limits.command_timeout {
+        match self.limits.command_timeout {
             Some(limit) => match tokio::time::timeout(limit, handle.send(request)).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(_)) => reply::shutting_down(),
-                Err(_) => reply::queue_timeout(handle.addr(), limit),
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(reply::shutting_down()),
+                Err(_) => Err(reply::queue_timeout(handle.addr(), limit)),
             },
-            None => match handle.send(request).await {
-                Ok(()) => return Ok(()),
-                Err(_) => reply::shutting_down(),
-            },
-        };
-        self.unsent(owed, count, error)
+            None => handle.send(request).await.map_err(|_| reply::shutting_down()),
+        }
     }
 
     /// A request whose replies come back to this session.
@@ -109,7 +117,7 @@ impl Session {
             bytes,
             count,
             shape,
-            reply: self.tx.clone(),
+            reply: self.tx.on_lane(self.lane),
             stream,
         }
     }
@@ -117,7 +125,7 @@ impl Session {
     /// A request that never reached the upstream: answered here, in order, as if the upstream had.
     fn unsent(&mut self, owed: bool, count: u32, error: Bytes) -> Result<(), Close> {
         if owed {
-            self.on_response(Response::Failed { count, error })
+            self.receive(self.lane, Response::Failed { count, error })
         } else {
             if self.state.streaming.is_some() {
                 // A stream the dedicated connection cannot take is over, as if it were lost.
@@ -137,11 +145,11 @@ impl Session {
     ) -> Result<Result<UpstreamHandle, Bytes>, Close> {
         if route == Route::Lease && self.lease.is_none() {
             self.drain().await?;
-            match self.shared.pools.lease(&self.state.key()) {
+            match self.shared.pools.lease(&self.state.key(), self.lane) {
                 Ok(lease) => self.lease = Some(lease),
                 Err(line) => return Ok(Err(line)),
             }
-            self.current = None;
+            self.forget_conns();
             self.name_lease()?;
         }
         if let Some(handle) = self.settled_route() {
@@ -153,7 +161,7 @@ impl Session {
             Err(line) => return Ok(Err(line)),
         }
         self.pool_generation = self.shared.pools.generation();
-        self.current = None;
+        self.forget_conns();
         Ok(Ok(self.current_handle()))
     }
 
@@ -180,27 +188,45 @@ impl Session {
         if let Some(lease) = &self.lease {
             return Some(lease.handle().clone());
         }
+        let lane = usize::from(self.lane);
         let settled = self.state.is_in(self.pool.key())
             && self.pool_generation == self.shared.pools.generation()
             && !self
-                .current
-                .as_ref()
+                .lanes
+                .get(lane)
+                .and_then(|l| l.conn.as_ref())
                 .is_some_and(UpstreamHandle::is_retired);
         settled.then(|| self.current_handle())
     }
 
-    /// The shared connection in use, picked from the session's pool when nothing is in flight.
+    /// The shared connection in use on the command's server, picked from the session's pool
+    /// when nothing is in flight there.
     fn current_handle(&mut self) -> UpstreamHandle {
-        let pool = &self.pool;
-        let id = self.id;
-        self.current.get_or_insert_with(|| pool.route(id)).clone()
+        let lane = usize::from(self.lane);
+        if self.lanes.len() <= lane {
+            self.lanes
+                .resize_with(self.pool.layout().len().max(lane + 1), Default::default);
+        }
+        let (pool, id) = (&self.pool, self.id);
+        self.lanes[lane]
+            .conn
+            .get_or_insert_with(|| pool.route(lane as Lane, id))
+            .clone()
+    }
+
+    /// Forgets the shared connections in use (nothing is in flight on them): the next command
+    /// picks again.
+    pub(super) fn forget_conns(&mut self) {
+        for lane in &mut self.lanes {
+            lane.conn = None;
+        }
     }
 
     /// Waits until every reply in flight has arrived (and is queued for the client).
     pub(super) async fn drain(&mut self) -> Result<(), Close> {
         while self.inflight > 0 {
-            let response = self.rx.recv().await;
-            self.on_response(response)?;
+            let (lane, response) = self.rx.recv().await;
+            self.receive(lane, response)?;
         }
         Ok(())
     }

@@ -157,10 +157,10 @@ impl Session {
     /// Turns Redis's reply to a check at the head of `pending` into the session's answer; any
     /// other response passes unchanged.
     pub(super) fn checked(&mut self, response: Response) -> Response {
-        if !matches!(self.pending.front(), Some(Pending::Check(_))) {
+        if !matches!(self.pending.front(), Some(Pending::Check(..))) {
             return response;
         }
-        let Some(Pending::Check(check)) = self.pending.pop_front() else {
+        let Some(Pending::Check(check, lane)) = self.pending.pop_front() else {
             return response;
         };
         let shown = check.shown;
@@ -168,6 +168,7 @@ impl Session {
             count: 1,
             shown,
             follow: None,
+            lane,
         });
         match response {
             Response::Replies { bytes, count: 1 } => Response::Replies {

@@ -6,12 +6,12 @@ use tracing::debug;
 
 use crate::command::{self, Args, Kind, ReplyMode, Shape};
 use crate::follow::{self, Follow};
-use crate::reply;
+use crate::reply::{self, Lane};
 use crate::resp::{self, RequestFrame, RequestKind};
 use crate::spare;
 
 use super::{
-    tracking, Close, Route, Session, Streaming, ABORT_MULTI, IN_MULTI, MAX_RESERVE, NOAUTH,
+    lanes::Placed, tracking, Close, Route, Session, Streaming, ABORT_MULTI, IN_MULTI, MAX_RESERVE, NOAUTH,
     READ_CHUNK_MIN,
 };
 
@@ -58,7 +58,7 @@ impl Session {
     /// partial request is left; false when `on_input` must handle the rest (any other command, a
     /// protocol error, a change of connection, or a full upstream queue).
     fn forward_plain(&mut self) -> Result<bool, Close> {
-        if self.closing || !self.batchable() {
+        if self.closing || !self.batchable() || self.sharded() {
             return Ok(false);
         }
         let Some(handle) = self.settled_route() else {
@@ -113,6 +113,8 @@ impl Session {
     async fn on_input(&mut self) -> Result<(), Close> {
         let mut run = 0usize;
         let mut run_count = 0u32;
+        // The server the run goes to (sharded upstream): a run holds commands for one server.
+        let mut run_lane: Lane = 0;
         while !self.closing {
             if self.owes_too_much(run_count as usize) {
                 self.held = run < self.inbuf.len();
@@ -122,7 +124,7 @@ impl Session {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(err) => {
-                    self.send_run(run, run_count).await?;
+                    self.send_run(run, run_count, run_lane).await?;
                     run = 0;
                     run_count = 0;
                     self.protocol_error(&err);
@@ -131,7 +133,7 @@ impl Session {
             };
             if frame.argc == 0 {
                 // Redis ignores empty requests (`*0`, blank inline lines) without a reply.
-                self.send_run(run, run_count).await?;
+                self.send_run(run, run_count, run_lane).await?;
                 run = 0;
                 run_count = 0;
                 self.inbuf.advance(frame.len);
@@ -139,13 +141,23 @@ impl Session {
             }
             match frame.kind {
                 RequestKind::Resp => {
-                    let kind = self.classify_resp(&self.inbuf[run..run + frame.len], &frame);
-                    if kind == Kind::Plain && self.batchable() {
+                    let bytes = &self.inbuf[run..run + frame.len];
+                    let kind = self.classify_resp(bytes, &frame);
+                    let lane = (kind == Kind::Plain && self.batchable())
+                        .then(|| self.plain_lane(&bytes[frame.name.clone()], Args::Resp(bytes)))
+                        .flatten();
+                    if let Some(lane) = lane {
+                        if run_count > 0 && lane != run_lane {
+                            self.send_run(run, run_count, run_lane).await?;
+                            run = 0;
+                            run_count = 0;
+                        }
+                        run_lane = lane;
                         run += frame.len;
                         run_count += 1;
                         continue;
                     }
-                    self.send_run(run, run_count).await?;
+                    self.send_run(run, run_count, run_lane).await?;
                     run = 0;
                     run_count = 0;
                     let bytes = self.inbuf.split_to(frame.len).freeze();
@@ -154,7 +166,7 @@ impl Session {
                         .await?;
                 }
                 RequestKind::Inline => {
-                    self.send_run(run, run_count).await?;
+                    self.send_run(run, run_count, run_lane).await?;
                     run = 0;
                     run_count = 0;
                     let line = self.inbuf.split_to(frame.len);
@@ -177,7 +189,7 @@ impl Session {
                 }
             }
         }
-        self.send_run(run, run_count).await?;
+        self.send_run(run, run_count, run_lane).await?;
         if self.closing {
             self.inbuf.clear();
         }
@@ -220,6 +232,10 @@ impl Session {
         if !self.state.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
             return self.answer(Bytes::from_static(NOAUTH.as_bytes()));
         }
+        let bytes = match self.place(&kind, name, args, bytes).await? {
+            Placed::Forward(bytes) => bytes,
+            Placed::Done => return Ok(()),
+        };
         if let Kind::Tracking(on) = kind {
             return self.tracking(on, args).await;
         }
@@ -412,7 +428,7 @@ impl Session {
     /// Refuses a command with respipe's own error line. Inside `MULTI` the transaction is aborted
     /// too, as Redis aborts it after any command it rejects while queueing: `EXEC` then answers
     /// `-EXECABORT` and nothing runs.
-    async fn refuse(&mut self, line: Bytes) -> Result<(), Close> {
+    pub(super) async fn refuse(&mut self, line: Bytes) -> Result<(), Close> {
         self.shared.metrics.refused.increment(1);
         if self.state.in_multi {
             let abort = Bytes::from_static(ABORT_MULTI);

@@ -36,14 +36,14 @@ use crate::live::{Cached, Live};
 use crate::metrics::ClientMetrics;
 use crate::outflow::{Outflow, OutputLimit, ServerLimit};
 use crate::pool::{Credentials, Lease, Pool, Pools, Tap};
-use crate::reply::{self, ReplyRx, ReplyTx, Response};
+use crate::reply::{self, Lane, ReplyRx, ReplyTx, Response};
 use crate::resp::{RequestLimits, RequestScanner};
 use crate::spare;
-use crate::upstream::UpstreamHandle;
 
 mod conns;
 mod identity;
 mod input;
+mod lanes;
 mod order;
 mod refused;
 mod state;
@@ -137,17 +137,22 @@ enum Pending {
         count: u32,
         shown: bool,
         follow: Option<Box<Follow>>,
+        /// The server they come from.
+        lane: Lane,
     },
     /// An answer respipe gives itself, held back until the upstream replies before it are written.
     Local(Bytes),
     /// One reply from the upstream that the session turns into its own answer (`CLIENT ID`,
     /// `LIST`, `KILL`...: Redis checks, respipe answers); then like `Upstream` with a count of 1.
-    Check(Box<identity::Check>),
+    Check(Box<identity::Check>, Lane),
+    /// One reply from each of several servers, merged into the client's one answer (a split
+    /// `MGET`, a `DBSIZE` of every shard...).
+    Merge(Box<lanes::Gathering>),
 }
 
 /// What woke the session loop.
 enum Event {
-    Reply(Response),
+    Reply((Lane, Response)),
     Wrote(io::Result<usize>),
     Read(io::Result<usize>),
     /// Requests held back by the reply-weight throttle may go now.
@@ -225,8 +230,14 @@ struct Session {
     pending: VecDeque<Pending>,
     /// Commands sent upstream whose replies have not all arrived (stream frames not counted).
     inflight: usize,
-    /// The shared connection in use while `inflight > 0` (invariant 2: per-client order).
-    current: Option<UpstreamHandle>,
+    /// Per upstream server: the shared connection in use while commands are in flight there
+    /// (invariant 2: per-client order per server), and replies that arrived before their turn.
+    lanes: Vec<lanes::LaneState>,
+    /// The server the command being sent goes to (always 0 with one server).
+    lane: Lane,
+    /// A sharded upstream: `MULTI` answered but not sent yet, until a command says which server
+    /// the transaction runs on (`lanes.rs`).
+    deferred_multi: Option<lanes::Deferred>,
     /// The shared pool of the state the session is in, and the pools' generation it came from.
     pool: Arc<Pool>,
     pool_generation: u64,
@@ -314,7 +325,9 @@ where
         out: Chunks::default(),
         pending: VecDeque::new(),
         inflight: 0,
-        current: None,
+        lanes: Vec::new(),
+        lane: 0,
+        deferred_multi: None,
         pool: shared.pools.default_pool(),
         pool_generation: shared.pools.generation(),
         lease: None,
@@ -422,12 +435,12 @@ impl Session {
                 }
             };
             match event {
-                Event::Reply(response) => {
+                Event::Reply((lane, response)) => {
                     let leased = self.lease.is_some();
-                    self.on_response(response)?;
+                    self.receive(lane, response)?;
                     // Everything already answered goes out in the same write.
-                    while let Some(response) = self.rx.try_recv() {
-                        self.on_response(response)?;
+                    while let Some((lane, response)) = self.rx.try_recv() {
+                        self.receive(lane, response)?;
                     }
                     self.release_if_idle();
                     if leased {

@@ -51,6 +51,7 @@ impl Session {
                 count,
                 shown,
                 follow,
+                lane: self.lane,
             },
             count,
         );
@@ -60,13 +61,14 @@ impl Session {
     pub(super) fn owe_as(&mut self, pending: Pending, count: u32) {
         self.owed(pending);
         self.inflight += count as usize;
+        self.lane_state(self.lane).inflight += count as usize;
         if self.state.in_multi {
             self.state.queued += count as usize;
         }
     }
 
     /// Queues an answer the client is owed, in command order.
-    fn owed(&mut self, pending: Pending) {
+    pub(super) fn owed(&mut self, pending: Pending) {
         spare::push_back(&mut self.pending, pending);
     }
 
@@ -90,10 +92,11 @@ impl Session {
             return Err(Close);
         }
         let response = self.checked(response);
-        let Some(Pending::Upstream {
-            count: owed,
+        let Some(&mut Pending::Upstream {
+            count: ref mut owed,
             shown,
-            follow,
+            ref mut follow,
+            lane,
         }) = self.pending.front_mut()
         else {
             // A reply nobody asked for would break every later reply's routing: close.
@@ -103,7 +106,6 @@ impl Session {
             );
             return Err(Close);
         };
-        let shown = *shown;
         let count = match response {
             Response::Replies { bytes, count } => {
                 if let Some(follow) = follow.take() {
@@ -145,15 +147,15 @@ impl Session {
         *owed -= count;
         if *owed == 0 {
             self.pending.pop_front();
-            while let Some(Pending::Local(_)) = self.pending.front() {
-                if let Some(Pending::Local(answer)) = self.pending.pop_front() {
-                    self.out.push(answer);
-                }
-            }
+            self.release_locals();
         }
         self.inflight -= count as usize;
+        let on_lane = self.lane_state(lane);
+        on_lane.inflight -= count as usize;
+        if on_lane.inflight == 0 {
+            on_lane.conn = None;
+        }
         if self.inflight == 0 {
-            self.current = None;
             if !self.lease_needed() {
                 // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back
                 // (idle and out of any transaction or stream, so it can be scrubbed and reused).
@@ -163,6 +165,15 @@ impl Session {
             }
         }
         self.check_reply_limit()
+    }
+
+    /// Writes the local answers that waited for the slot just completed.
+    pub(super) fn release_locals(&mut self) {
+        while let Some(Pending::Local(_)) = self.pending.front() {
+            if let Some(Pending::Local(answer)) = self.pending.pop_front() {
+                self.out.push(answer);
+            }
+        }
     }
 
     /// Closes a client whose unsent replies went past a limit: a subscriber's pubsub output limit

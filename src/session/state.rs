@@ -282,7 +282,7 @@ impl Session {
     pub(super) async fn reset(&mut self) -> Result<(), Close> {
         self.drain().await?;
         self.lease = None;
-        self.current = None;
+        self.forget_conns();
         self.state = State::new(&self.shared);
         self.local_counted(reply::RESET);
         Ok(())

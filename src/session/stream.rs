@@ -100,7 +100,7 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         self.lease = None;
-        self.current = None;
+        self.forget_conns();
         debug!(
             session = self.id,
             "client spliced to a replication connection"
@@ -136,7 +136,7 @@ impl Session {
         if self.end_stream(bytes).await? {
             self.out.push(reply::RESET);
             self.lease = None;
-            self.current = None;
+            self.forget_conns();
             self.state = State::new(&self.shared);
         }
         Ok(())
@@ -153,11 +153,11 @@ impl Session {
             .await?;
         while self.state.streaming.is_some() {
             match self.rx.recv().await {
-                Response::Stream { bytes, lost: false } if bytes == reply::RESET => {
+                (_, Response::Stream { bytes, lost: false }) if bytes == reply::RESET => {
                     self.leave_stream();
                     return Ok(true);
                 }
-                response => self.on_response(response)?,
+                (lane, response) => self.receive(lane, response)?,
             }
         }
         Ok(false)
@@ -183,7 +183,7 @@ impl Session {
         };
         let answer = match handle.send(noop).await {
             Err(_) => reply::shutting_down(),
-            Ok(()) => match rx.recv().await {
+            Ok(()) => match rx.recv().await.1 {
                 Response::Replies { bytes: done, .. } if done.first() == Some(&b':') => {
                     return self.forward(bytes, Route::Current, false).await;
                 }

@@ -1,0 +1,386 @@
+//! The routing step for an upstream of several servers: where a command runs, and how the replies
+//! of a command split across servers (or sent to all of them) merge back into the one reply Redis
+//! would give.
+//!
+//! [`plan`] is pure: (command, layout) → a [`Plan`]. The session carries it out (one lane, parts
+//! on several lanes, a local answer, a refusal) and hands the parts' replies to [`Merge::merge`].
+//! With one server nothing here runs: every command goes to lane 0 as it came.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::command;
+use crate::reply::{self, Lane};
+use crate::resp::{self, ReplyScanner};
+use crate::topology::Layout;
+
+/// Bits of a `SCAN` cursor that say which server it is at: up to 1024 servers.
+const SCAN_SHARD_BITS: u32 = 10;
+
+/// Where a command runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// One server, the command unchanged.
+    Lane(Lane),
+    /// No key: the first server, or the dedicated connection the session holds.
+    Keyless,
+    /// Parts of the command on several servers (one request each), their replies merged.
+    Split { parts: Vec<(Lane, Bytes)>, merge: Merge },
+    /// The command as it came on every server, the replies merged.
+    All(Merge),
+    /// The command rewritten for one server, its reply transformed (`SCAN`).
+    Rewrite { lane: Lane, bytes: Bytes, merge: Merge },
+    /// respipe answers (`PING`, `ECHO`).
+    Local(Bytes),
+    /// The command's keys are on several servers and it cannot be split.
+    CrossShard,
+    /// The command is refused with this error line.
+    Refuse(Bytes),
+}
+
+/// How replies from several servers become one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// `MGET`: element `i` of the answer is element `at[i].1` of part `at[i].0`'s array.
+    Gather(Vec<(u16, u32)>),
+    /// Integers added (`DEL`, `UNLINK`, `EXISTS`, `TOUCH`, `DBSIZE`).
+    Sum,
+    /// `+OK` when every part answers it (`MSET`, `FLUSHDB`, `FLUSHALL`, `SCRIPT FLUSH`).
+    AllOk,
+    /// Arrays concatenated (`KEYS`).
+    Concat,
+    /// Element-wise AND of integer arrays (`SCRIPT EXISTS`: a script exists where all have it).
+    And,
+    /// One answer stands for all: the first part's (`SCRIPT LOAD`, `FUNCTION LOAD`: the same
+    /// from every server).
+    First,
+    /// `SCAN` on server `lane` of `lanes`: its cursor rewritten so the next call goes on there, or
+    /// on the next server once this one is done.
+    Scan { lane: Lane, lanes: Lane },
+}
+
+/// The keys a command's arguments hold (`args[0]` is the name), by position.
+fn key_positions(name: &[u8], args: &[&[u8]]) -> Result<Vec<usize>, ()> {
+    command::key_positions(name, args)
+}
+
+/// Where a command runs on `layout` (several servers). `name` is the command name as sent;
+/// `args` every argument, the name first.
+pub fn plan(layout: &Layout, name: &[u8], args: &[&[u8]]) -> Plan {
+    let lower = name.to_ascii_lowercase();
+    if let Some(plan) = keyless(layout, &lower, args) {
+        return plan;
+    }
+    let Ok(positions) = key_positions(&lower, args) else {
+        // Malformed (a numkeys beyond the arguments...): Redis says what is wrong.
+        return Plan::Keyless;
+    };
+    let Some((&first, rest)) = positions.split_first() else {
+        // No key: the first server answers (documented).
+        return Plan::Keyless;
+    };
+    let Some(lane) = layout.shard_for(args[first]) else {
+        return Plan::Refuse(reply::no_live_shard());
+    };
+    let mut spread = false;
+    for &at in rest {
+        match layout.shard_for(args[at]) {
+            Some(l) if l == lane => {}
+            Some(_) => spread = true,
+            None => return Plan::Refuse(reply::no_live_shard()),
+        }
+    }
+    if !spread {
+        return Plan::Lane(lane);
+    }
+    split(layout, &lower, args, &positions).unwrap_or(Plan::CrossShard)
+}
+
+/// The commands whose keys may be split across servers: every argument after the name is a key
+/// (`MGET`, `DEL`...), or key-value pairs (`MSET`).
+fn split(layout: &Layout, lower: &[u8], args: &[&[u8]], positions: &[usize]) -> Option<Plan> {
+    let (step, merge_sum) = match lower {
+        b"mget" => (1, false),
+        b"del" | b"unlink" | b"exists" | b"touch" => (1, true),
+        b"mset" => (2, false),
+        _ => return None,
+    };
+    // Parts in order of first appearance; each holds its argument indexes.
+    let mut parts: Vec<(Lane, Vec<usize>)> = Vec::new();
+    let mut at = Vec::with_capacity(positions.len());
+    for &pos in positions {
+        let lane = layout.shard_for(args[pos])?;
+        let index = match parts.iter().position(|(l, _)| *l == lane) {
+            Some(i) => i,
+            None => {
+                parts.push((lane, Vec::new()));
+                parts.len() - 1
+            }
+        };
+        at.push((index as u16, parts[index].1.len() as u32));
+        parts[index].1.push(pos);
+    }
+    let parts = parts
+        .into_iter()
+        .map(|(lane, positions)| {
+            let mut part: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * step);
+            part.push(args[0]);
+            for pos in positions {
+                part.extend_from_slice(&args[pos..pos + step]);
+            }
+            (lane, resp::encode_request(&part))
+        })
+        .collect();
+    let merge = match lower {
+        b"mget" => Merge::Gather(at),
+        _ if merge_sum => Merge::Sum,
+        _ => Merge::AllOk,
+    };
+    Some(Plan::Split { parts, merge })
+}
+
+/// Commands without keys whose answer involves every server, or none.
+fn keyless(layout: &Layout, lower: &[u8], args: &[&[u8]]) -> Option<Plan> {
+    let sub = || args.get(1).map(|s| s.to_ascii_lowercase());
+    let plan = match (lower, args.len()) {
+        (b"ping", 1) => Plan::Local(Bytes::from_static(b"+PONG\r\n")),
+        (b"ping", 2) | (b"echo", 2) => Plan::Local(reply::bulk(args[1])),
+        (b"dbsize", _) => Plan::All(Merge::Sum),
+        (b"keys", _) => Plan::All(Merge::Concat),
+        (b"flushdb" | b"flushall", _) => Plan::All(Merge::AllOk),
+        (b"randomkey", _) => Plan::Lane(random_lane(layout)),
+        (b"scan", n) if n >= 2 => return Some(scan(layout, args)),
+        (b"script", n) if n >= 2 => match sub()?.as_slice() {
+            b"load" => Plan::All(Merge::First),
+            b"flush" => Plan::All(Merge::AllOk),
+            b"exists" => Plan::All(Merge::And),
+            _ => return None,
+        },
+        (b"function", n) if n >= 2 => match sub()?.as_slice() {
+            b"load" => Plan::All(Merge::First),
+            b"flush" | b"delete" | b"restore" => Plan::All(Merge::AllOk),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(plan)
+}
+
+/// A lane for a command any server may answer (`RANDOMKEY`).
+fn random_lane(layout: &Layout) -> Lane {
+    let n = layout.len() as u64;
+    (crate::shard::random() % n) as Lane
+}
+
+/// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
+/// server`); the request goes there with the server's own cursor.
+fn scan(layout: &Layout, args: &[&[u8]]) -> Plan {
+    let invalid = || Plan::Refuse(reply::error("ERR invalid cursor"));
+    let Some(cursor) = std::str::from_utf8(args[1])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return invalid();
+    };
+    let lane = cursor & ((1 << SCAN_SHARD_BITS) - 1);
+    if lane >= layout.len() as u64 {
+        return invalid();
+    }
+    let server_cursor = (cursor >> SCAN_SHARD_BITS).to_string();
+    let mut rewritten: Vec<&[u8]> = args.to_vec();
+    rewritten[1] = server_cursor.as_bytes();
+    Plan::Rewrite {
+        lane: lane as Lane,
+        bytes: resp::encode_request(&rewritten),
+        merge: Merge::Scan {
+            lane: lane as Lane,
+            lanes: layout.len() as Lane,
+        },
+    }
+}
+
+impl Merge {
+    /// The one reply for the client from the parts' replies (one complete frame each, in part
+    /// order). An error from any part is the answer (the first one).
+    pub fn merge(&self, parts: &[Bytes]) -> Bytes {
+        if let Some(error) = parts.iter().find(|p| matches!(p.first(), Some(b'-' | b'!'))) {
+            return error.clone();
+        }
+        let merged = match self {
+            Merge::Gather(at) => gather(parts, at),
+            Merge::Sum => sum(parts),
+            Merge::AllOk => all_ok(parts),
+            Merge::Concat => concat(parts),
+            Merge::And => and(parts),
+            Merge::First => parts.first().cloned(),
+            Merge::Scan { lane, lanes } => parts.first().and_then(|p| scan_reply(p, *lane, *lanes)),
+        };
+        merged.unwrap_or_else(reply::unexpected_shard_reply)
+    }
+}
+
+/// The elements of an array reply (`*n` or RESP3 `~n` set), as slices of it.
+fn elements(frame: &Bytes) -> Option<Vec<Bytes>> {
+    let (head, rest) = line(frame)?;
+    if !matches!(head.first(), Some(b'*' | b'~')) {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+    let mut out = Vec::with_capacity(n);
+    let mut at = frame.len() - rest.len();
+    let mut scanner = ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH);
+    for _ in 0..n {
+        let element = scanner.scan(&frame[at..]).ok()??;
+        out.push(frame.slice(at..at + element.len));
+        at += element.len;
+    }
+    Some(out)
+}
+
+/// The first line of a frame (without CRLF) and what follows it.
+fn line(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = frame.windows(2).position(|w| w == b"\r\n")?;
+    Some((&frame[..end], &frame[end + 2..]))
+}
+
+/// An integer reply's value.
+fn integer(frame: &[u8]) -> Option<i64> {
+    let (head, _) = line(frame)?;
+    let digits = head.strip_prefix(b":")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// An array reply of `elements`.
+fn array(elements: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(format!("*{}\r\n", elements.len()).as_bytes());
+    for element in elements {
+        out.put_slice(&element);
+    }
+    out.freeze()
+}
+
+fn gather(parts: &[Bytes], at: &[(u16, u32)]) -> Option<Bytes> {
+    let parts: Vec<Vec<Bytes>> = parts.iter().map(elements).collect::<Option<_>>()?;
+    let picked: Vec<Bytes> = at
+        .iter()
+        .map(|&(part, i)| parts.get(usize::from(part))?.get(i as usize).cloned())
+        .collect::<Option<_>>()?;
+    Some(array(picked.into_iter()))
+}
+
+fn sum(parts: &[Bytes]) -> Option<Bytes> {
+    let mut total: i64 = 0;
+    for part in parts {
+        total = total.checked_add(integer(part)?)?;
+    }
+    Some(Bytes::from(format!(":{total}\r\n")))
+}
+
+fn all_ok(parts: &[Bytes]) -> Option<Bytes> {
+    parts
+        .iter()
+        .all(|p| p.as_ref() == b"+OK\r\n")
+        .then_some(reply::OK)
+}
+
+fn concat(parts: &[Bytes]) -> Option<Bytes> {
+    let mut all = Vec::new();
+    for part in parts {
+        all.extend(elements(part)?);
+    }
+    Some(array(all.into_iter()))
+}
+
+fn and(parts: &[Bytes]) -> Option<Bytes> {
+    let mut flags: Option<Vec<i64>> = None;
+    for part in parts {
+        let values: Vec<i64> = elements(part)?
+            .iter()
+            .map(|e| integer(e))
+            .collect::<Option<_>>()?;
+        flags = Some(match flags {
+            None => values,
+            Some(acc) if acc.len() == values.len() => {
+                acc.iter().zip(&values).map(|(a, b)| (*a).min(*b)).collect()
+            }
+            Some(_) => return None,
+        });
+    }
+    let flags = flags?;
+    Some(array(
+        flags
+            .into_iter()
+            .map(|f| Bytes::from(format!(":{f}\r\n")))
+            .collect::<Vec<_>>()
+            .into_iter(),
+    ))
+}
+
+/// A server's `SCAN` reply with respipe's cursor in place of the server's.
+fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane) -> Option<Bytes> {
+    let parts = elements(frame)?;
+    let [cursor, keys] = parts.as_slice() else {
+        return None;
+    };
+    let (_, rest) = line(cursor)?;
+    let (value, _) = line(rest)?;
+    let server: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    let next = if server == 0 {
+        // This server is done: the next one from its start, or the end.
+        if lane + 1 < lanes {
+            u64::from(lane + 1)
+        } else {
+            0
+        }
+    } else {
+        let shifted = server.checked_shl(SCAN_SHARD_BITS)?;
+        (shifted >> SCAN_SHARD_BITS == server).then_some(shifted | u64::from(lane))?
+    };
+    Some(array(
+        [reply::bulk(next.to_string().as_bytes()), keys.clone()].into_iter(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn gather_puts_elements_back_in_key_order() {
+        let parts = [b("*2\r\n$1\r\na\r\n$-1\r\n"), b("*1\r\n$2\r\nbb\r\n")];
+        let merged = Merge::Gather(vec![(1, 0), (0, 0), (0, 1)]).merge(&parts);
+        assert_eq!(merged, b("*3\r\n$2\r\nbb\r\n$1\r\na\r\n$-1\r\n"));
+    }
+
+    #[test]
+    fn sums_and_errors() {
+        assert_eq!(Merge::Sum.merge(&[b(":2\r\n"), b(":3\r\n")]), b(":5\r\n"));
+        let err = b("-ERR x\r\n");
+        assert_eq!(Merge::Sum.merge(&[b(":2\r\n"), err.clone()]), err);
+        assert_eq!(Merge::AllOk.merge(&[b("+OK\r\n"), b("+OK\r\n")]), reply::OK);
+    }
+
+    #[test]
+    fn concat_and_and() {
+        let merged = Merge::Concat.merge(&[b("*1\r\n$1\r\na\r\n"), b("*0\r\n")]);
+        assert_eq!(merged, b("*1\r\n$1\r\na\r\n"));
+        let merged = Merge::And.merge(&[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")]);
+        assert_eq!(merged, b("*2\r\n:0\r\n:1\r\n"));
+    }
+
+    #[test]
+    fn scan_cursor_names_the_server() {
+        let reply = b("*2\r\n$2\r\n17\r\n*1\r\n$1\r\nk\r\n");
+        let merged = Merge::Scan { lane: 1, lanes: 3 }.merge(&[reply]);
+        assert_eq!(merged, b("*2\r\n$5\r\n17409\r\n*1\r\n$1\r\nk\r\n"));
+        let done = b("*2\r\n$1\r\n0\r\n*0\r\n");
+        let merged = Merge::Scan { lane: 1, lanes: 3 }.merge(std::slice::from_ref(&done));
+        assert_eq!(merged, b("*2\r\n$1\r\n2\r\n*0\r\n"));
+        let merged = Merge::Scan { lane: 2, lanes: 3 }.merge(&[done]);
+        assert_eq!(merged, b("*2\r\n$1\r\n0\r\n*0\r\n"));
+    }
+}

@@ -1,0 +1,414 @@
+//! The session's reorder buffer, and its commands on an upstream of several servers (shards).
+//!
+//! Every request is sent on a *lane*: the upstream server it goes to. Per lane the session keeps
+//! one shared connection while commands are in flight there, so a client's commands for one server
+//! (hence for one key) run in the order it sent them; across lanes replies arrive in any order.
+//! `pending` is the reorder buffer: one slot per command, in command order. A reply whose slot is
+//! not at the front yet waits in its lane's `early` queue; the front slots are written to the client
+//! as soon as they are complete. With one server there is one lane, its replies always arrive in
+//! command order, and none of this costs anything.
+//!
+//! For a sharded upstream the routing step ([`crate::route`]) places each command: one server, parts
+//! on several servers merged into one reply (`MGET`, `DEL`...), every server (`DBSIZE`, `KEYS`...),
+//! a local answer, or a refusal (`-CROSSSLOT`). A dedicated connection (a transaction, a blocking
+//! command, a subscription) is taken on the server of the command's first key; `MULTI` waits, answered
+//! locally, until a command of the transaction says which server that is.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::command::{Args, Kind, Shape};
+use crate::reply::{self, Lane, Response};
+use crate::route::{self, Merge, Plan};
+use crate::upstream::UpstreamHandle;
+
+use super::{Close, Pending, Route, Session};
+
+/// The session on one upstream server.
+#[derive(Default)]
+pub(super) struct LaneState {
+    /// The shared connection in use while commands are in flight on this server.
+    pub(super) conn: Option<UpstreamHandle>,
+    /// Commands in flight on this server.
+    pub(super) inflight: usize,
+    /// Replies that arrived before their slot reached the front of the reorder buffer.
+    early: VecDeque<Response>,
+}
+
+/// A slot waiting for one reply from each of several servers.
+pub(super) struct Gathering {
+    /// Per part: its server, and its reply if it never left (a refusal, a full queue).
+    parts: Vec<(Lane, Option<Bytes>)>,
+    merge: Merge,
+    shown: bool,
+}
+
+/// `MULTI` answered and not sent yet (sharded upstream, no dedicated connection held).
+pub(super) struct Deferred {
+    /// The client's `MULTI`, sent on the dedicated connection the transaction's first command picks.
+    multi: Bytes,
+    /// A command of the transaction was refused: `EXEC` aborts.
+    aborted: bool,
+}
+
+/// What a command of a sharded session does after the routing step.
+pub(super) enum Placed {
+    /// Goes on as with one server, on `Session::lane`.
+    Forward(Bytes),
+    /// Handled here.
+    Done,
+}
+
+impl Session {
+    /// The session's state on `lane`.
+    pub(super) fn lane_state(&mut self, lane: Lane) -> &mut LaneState {
+        let i = usize::from(lane);
+        if self.lanes.len() <= i {
+            let servers = self.pool.layout().len();
+            self.lanes.resize_with(servers.max(i + 1), Default::default);
+        }
+        &mut self.lanes[i]
+    }
+
+    /// Takes a response from `lane`: at once when its slot is at the front of the reorder buffer,
+    /// else when the slots before it are complete.
+    pub(super) fn receive(&mut self, lane: Lane, response: Response) -> Result<(), Close> {
+        if self.lanes.len() <= 1 {
+            // One server: replies arrive in command order.
+            return self.on_response(response);
+        }
+        let early = &self.lanes[usize::from(lane)].early;
+        let its_turn = early.is_empty()
+            && match self.pending.front() {
+                Some(Pending::Upstream { lane: l, .. } | Pending::Check(_, l)) => *l == lane,
+                Some(Pending::Merge(_)) => false,
+                // A stream's frame, or a reply nothing waits for (`on_response` closes the client).
+                _ => true,
+            };
+        if its_turn {
+            self.on_response(response)?;
+        } else {
+            self.lanes[usize::from(lane)].early.push_back(response);
+        }
+        self.settle()
+    }
+
+    /// Completes the front slots whose replies have arrived.
+    fn settle(&mut self) -> Result<(), Close> {
+        loop {
+            let lane = match self.pending.front() {
+                Some(Pending::Upstream { lane, .. } | Pending::Check(_, lane)) => *lane,
+                Some(Pending::Merge(gathering)) => {
+                    let ready = gathering.parts.iter().all(|(lane, sent)| {
+                        sent.is_some() || !self.lanes[usize::from(*lane)].early.is_empty()
+                    });
+                    if !ready {
+                        return Ok(());
+                    }
+                    self.merged()?;
+                    continue;
+                }
+                _ => {
+                    // Nothing owed from upstream: only a stream's frames may be waiting.
+                    for lane in 0..self.lanes.len() {
+                        while let Some(response) = self.lanes[lane].early.pop_front() {
+                            self.on_response(response)?;
+                        }
+                    }
+                    return Ok(());
+                }
+            };
+            let Some(response) = self.lanes[usize::from(lane)].early.pop_front() else {
+                return Ok(());
+            };
+            self.on_response(response)?;
+        }
+    }
+
+    /// The front slot is a merge whose parts have all answered: writes the merged reply.
+    fn merged(&mut self) -> Result<(), Close> {
+        let Some(Pending::Merge(gathering)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let mut replies = Vec::with_capacity(gathering.parts.len());
+        for (lane, sent) in gathering.parts {
+            let reply = match sent {
+                Some(reply) => reply,
+                None => {
+                    self.inflight -= 1;
+                    let state = self.lane_state(lane);
+                    state.inflight -= 1;
+                    if state.inflight == 0 {
+                        state.conn = None;
+                    }
+                    match state.early.pop_front() {
+                        Some(Response::Replies { bytes, .. }) => bytes,
+                        Some(Response::Failed { error, .. }) => error,
+                        _ => reply::unexpected_shard_reply(),
+                    }
+                }
+            };
+            replies.push(reply);
+        }
+        let merged = gathering.merge.merge(&replies);
+        self.shared.metrics.forwarded.increment(1);
+        self.outflow.replies(merged.len(), 1);
+        if gathering.shown {
+            self.out.push(merged);
+        }
+        self.release_locals();
+        self.check_reply_limit()
+    }
+
+    /// Sends the parts of a split command (or the same command to several servers) and owes the
+    /// client their merged reply.
+    async fn send_parts(&mut self, parts: Vec<(Lane, Bytes)>, merge: Merge) -> Result<(), Close> {
+        let shown = self.state.take_shown();
+        // Connections first: picking one may wait for replies in flight (a retired connection),
+        // which must not wait for this command's own parts.
+        let mut routed = Vec::with_capacity(parts.len());
+        for (lane, bytes) in parts {
+            self.lane = lane;
+            routed.push((lane, bytes, self.route(Route::Current).await?));
+        }
+        let mut slots = Vec::with_capacity(routed.len());
+        let mut sends = Vec::new();
+        for (lane, bytes, handle) in routed {
+            match handle {
+                Ok(handle) => {
+                    self.inflight += 1;
+                    let state = self.lane_state(lane);
+                    state.inflight += 1;
+                    state.conn.get_or_insert_with(|| handle.clone());
+                    slots.push((lane, None));
+                    self.lane = lane;
+                    sends.push((slots.len() - 1, handle, self.request(bytes, 1, false, Shape::One)));
+                }
+                Err(line) => slots.push((lane, Some(line))),
+            }
+        }
+        self.owed(Pending::Merge(Box::new(Gathering {
+            parts: slots,
+            merge,
+            shown,
+        })));
+        for (slot, handle, request) in sends {
+            if let Err(error) = self.deliver(&handle, request).await {
+                // Never left: its reply is the error, and nothing will come on the lane for it.
+                let lane = handle_lane(&self.pending, slot);
+                let state = self.lane_state(lane);
+                state.inflight -= 1;
+                self.inflight -= 1;
+                if let Some(Pending::Merge(gathering)) = self.pending.back_mut() {
+                    gathering.parts[slot].1 = Some(error);
+                }
+            }
+        }
+        self.settle()
+    }
+
+    /// The routing step of a sharded session for one command (not a plain run): sets
+    /// `self.lane`, or carries the command out itself (split, fan-out, local answer, refusal,
+    /// a deferred `MULTI`).
+    pub(super) async fn place(
+        &mut self,
+        kind: &Kind,
+        name: &[u8],
+        args: Args<'_>,
+        bytes: Bytes,
+    ) -> Result<Placed, Close> {
+        let layout = self.pool.layout().clone();
+        if !layout.is_sharded() {
+            self.lane = 0;
+            return Ok(Placed::Forward(bytes));
+        }
+        if let Some(why) = unsharded(kind) {
+            self.refuse(reply::refused(name, why)).await?;
+            return Ok(Placed::Done);
+        }
+        if *kind == Kind::Reset {
+            self.deferred_multi = None;
+        }
+        if self.state.streaming.is_some() {
+            // Everything goes into the stream, on its dedicated connection.
+            self.lane = self.lease.as_ref().map_or(0, |lease| lease.lane());
+            return Ok(Placed::Forward(bytes));
+        }
+        let argv: Vec<&[u8]> = args.iter().collect();
+        let plan = route::plan(&layout, name, &argv);
+        if self.deferred_multi.is_some() {
+            return self.in_deferred_multi(kind, plan, bytes).await;
+        }
+        if *kind == Kind::Multi && self.lease.is_none() && !self.state.in_multi {
+            // Which server runs the transaction is known at its first command.
+            self.deferred_multi = Some(Deferred {
+                multi: bytes,
+                aborted: false,
+            });
+            self.state.in_multi = true;
+            self.state.queued = 0;
+            self.state.changes.clear();
+            self.answer(reply::OK)?;
+            return Ok(Placed::Done);
+        }
+        if let Some(lease) = &self.lease {
+            // A transaction, a WATCH or a blocking command holds a connection to one server.
+            let on = lease.lane();
+            return match plan {
+                Plan::Lane(lane) if lane != on => self.cross_shard().await,
+                Plan::Split { .. } | Plan::CrossShard => self.cross_shard().await,
+                _ => {
+                    self.lane = on;
+                    Ok(Placed::Forward(bytes))
+                }
+            };
+        }
+        let plain = *kind == Kind::Plain;
+        match plan {
+            Plan::Lane(lane) => self.lane = lane,
+            Plan::Keyless => self.lane = 0,
+            Plan::Split { parts, merge } if plain => {
+                self.send_parts(parts, merge).await?;
+                return Ok(Placed::Done);
+            }
+            Plan::All(merge) if plain => {
+                let parts = (0..layout.len())
+                    .map(|lane| (lane as Lane, bytes.clone()))
+                    .collect();
+                self.send_parts(parts, merge).await?;
+                return Ok(Placed::Done);
+            }
+            Plan::Rewrite { lane, bytes, merge } if plain => {
+                self.send_parts(vec![(lane, bytes)], merge).await?;
+                return Ok(Placed::Done);
+            }
+            Plan::Local(answer) if plain => {
+                self.answer(answer)?;
+                return Ok(Placed::Done);
+            }
+            Plan::Refuse(line) => {
+                self.refuse(line).await?;
+                return Ok(Placed::Done);
+            }
+            Plan::CrossShard | Plan::Split { .. } => return self.cross_shard().await,
+            // Stateful commands that would fan out or be answered locally go to the first server.
+            Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => self.lane = 0,
+        }
+        Ok(Placed::Forward(bytes))
+    }
+
+    /// A command after a deferred `MULTI`: the first one that needs a server starts the
+    /// transaction there.
+    async fn in_deferred_multi(
+        &mut self,
+        kind: &Kind,
+        plan: Plan,
+        bytes: Bytes,
+    ) -> Result<Placed, Close> {
+        if *kind == Kind::EndMulti {
+            let Some(deferred) = self.deferred_multi.take() else {
+                return Ok(Placed::Done);
+            };
+            self.state.in_multi = false;
+            let exec = bytes.len() > 9 && bytes[bytes.len() - 6..].eq_ignore_ascii_case(b"EXEC\r\n");
+            let answer = match (exec, deferred.aborted) {
+                (true, true) => reply::error(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                ),
+                (true, false) => Bytes::from_static(b"*0\r\n"),
+                (false, _) => reply::OK,
+            };
+            self.answer(answer)?;
+            return Ok(Placed::Done);
+        }
+        let lane = match plan {
+            Plan::Lane(lane) => lane,
+            Plan::Keyless | Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => 0,
+            Plan::Refuse(line) => {
+                if let Some(deferred) = &mut self.deferred_multi {
+                    deferred.aborted = true;
+                }
+                self.answer(line)?;
+                return Ok(Placed::Done);
+            }
+            Plan::Split { .. } | Plan::CrossShard => {
+                if let Some(deferred) = &mut self.deferred_multi {
+                    deferred.aborted = true;
+                }
+                self.answer(reply::cross_shard())?;
+                return Ok(Placed::Done);
+            }
+        };
+        let Some(deferred) = self.deferred_multi.take() else {
+            return Ok(Placed::Done);
+        };
+        self.lane = lane;
+        match self.route(Route::Lease).await? {
+            Ok(_) => {
+                // The client's MULTI, its +OK already given.
+                self.send(deferred.multi, 1, Route::Current, false, Shape::One, false, None)
+                    .await?;
+                self.state.queued = 0;
+                Ok(Placed::Forward(bytes))
+            }
+            Err(line) => {
+                self.deferred_multi = Some(Deferred {
+                    aborted: true,
+                    ..deferred
+                });
+                self.answer(line)?;
+                Ok(Placed::Done)
+            }
+        }
+    }
+
+    /// Refuses a command whose keys are on several servers (aborting a transaction it is in).
+    async fn cross_shard(&mut self) -> Result<Placed, Close> {
+        self.refuse(reply::cross_shard()).await?;
+        Ok(Placed::Done)
+    }
+
+    /// The lane of plain commands in a run, for a sharded session: `None` when the command
+    /// needs more than one server, a local answer or a refusal (it then goes alone, through
+    /// `place`).
+    pub(super) fn plain_lane(&self, name: &[u8], args: Args<'_>) -> Option<Lane> {
+        let layout = self.pool.layout();
+        if !layout.is_sharded() {
+            return Some(0);
+        }
+        if self.lease.is_some() || self.deferred_multi.is_some() {
+            return None;
+        }
+        let argv: Vec<&[u8]> = args.iter().collect();
+        match route::plan(layout, name, &argv) {
+            Plan::Lane(lane) => Some(lane),
+            Plan::Keyless => Some(0),
+            _ => None,
+        }
+    }
+
+    /// True when the session's upstream has several servers.
+    pub(super) fn sharded(&self) -> bool {
+        self.pool.layout().is_sharded()
+    }
+}
+
+/// The lane of part `slot` of the merge just owed (the last pending slot).
+fn handle_lane(pending: &VecDeque<Pending>, slot: usize) -> Lane {
+    match pending.back() {
+        Some(Pending::Merge(gathering)) => gathering.parts[slot].0,
+        _ => 0,
+    }
+}
+
+/// Why a command cannot work on a sharded upstream, if it cannot.
+fn unsharded(kind: &Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Monitor => Some("with a sharded upstream (it would show one server only)"),
+        Kind::Replicate => Some("with a sharded upstream (each server has its own replication stream)"),
+        Kind::Tracking(true) => Some("with a sharded upstream (tracking would see one server only)"),
+        Kind::Wait => Some("with a sharded upstream (it counts one server's replicas)"),
+        _ => None,
+    }
+}
