@@ -5,9 +5,14 @@
 //! This module is pure logic: which server a key belongs to. Connections, routing of commands and
 //! merging of split replies live elsewhere (`pool`, `route`).
 
+mod hash;
+mod placement;
+
 use std::time::Duration;
 
 use crate::config::Upstream;
+
+pub use placement::Placement;
 
 /// A hash function of twemproxy's `hash:` setting; every one returns 32 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,8 +135,6 @@ impl std::str::FromStr for Distribution {
         by_name(&Distribution::ALL, name)
     }
 }
-mod placement;
-pub use placement::Placement;
 
 /// A cheap pseudo-random number (xorshift, per thread), for the `random` distribution and for
 /// commands any server may answer.
