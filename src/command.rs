@@ -382,17 +382,28 @@ pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
 /// The table's class of `name` (with `sub`, of that subcommand), in any case; `None` when the
 /// table does not list it.
 pub fn class(name: &[u8], sub: Option<&[u8]>) -> Option<Class> {
+    lookup(TABLE, SUBCOMMANDS, name, sub)
+}
+
+/// The entry for `name` (with `sub`, for that subcommand) in a table of commands and its table of
+/// subcommands, both sorted by lower-case names; looked up in any case.
+fn lookup<T: Copy>(
+    commands: &[(&str, T)],
+    subcommands: &[(&str, &str, T)],
+    name: &[u8],
+    sub: Option<&[u8]>,
+) -> Option<T> {
     match sub {
-        None => TABLE
+        None => commands
             .binary_search_by(|(n, _)| cmp_lower(n.as_bytes(), name))
             .ok()
-            .map(|i| TABLE[i].1),
-        Some(sub) => SUBCOMMANDS
+            .map(|i| commands[i].1),
+        Some(sub) => subcommands
             .binary_search_by(|(n, s, _)| {
                 cmp_lower(n.as_bytes(), name).then_with(|| cmp_lower(s.as_bytes(), sub))
             })
             .ok()
-            .map(|i| SUBCOMMANDS[i].2),
+            .map(|i| subcommands[i].2),
     }
 }
 

@@ -8,7 +8,7 @@
 //! commands actually use, each named for the commands that have it, and a test compares what
 //! [`keys`] finds with `COMMAND GETKEYS` for every command a real server lists.
 
-use super::{cmp_lower, parse_i64, Args};
+use super::{lookup, parse_i64, Args};
 
 /// Where a command's key arguments are. Indexes count the command name as 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,18 +260,7 @@ pub fn keys<'a>(name: &[u8], args: Args<'a>) -> Keys<'a> {
 /// The key spec the tables give `name` (with `sub`, that subcommand's), in any case; `None` when
 /// they do not list it.
 pub fn key_spec(name: &[u8], sub: Option<&[u8]>) -> Option<KeySpec> {
-    match sub {
-        None => KEYS
-            .binary_search_by(|(n, _)| cmp_lower(n.as_bytes(), name))
-            .ok()
-            .map(|i| KEYS[i].1),
-        Some(sub) => SUBCOMMAND_KEYS
-            .binary_search_by(|(n, s, _)| {
-                cmp_lower(n.as_bytes(), name).then_with(|| cmp_lower(s.as_bytes(), sub))
-            })
-            .ok()
-            .map(|i| SUBCOMMAND_KEYS[i].2),
-    }
+    lookup(KEYS, SUBCOMMAND_KEYS, name, sub)
 }
 
 impl<'a> Keys<'a> {
