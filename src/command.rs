@@ -12,6 +12,10 @@
 
 use crate::resp;
 
+mod keys;
+
+pub use keys::{key_spec, keys, KeySpec, Keys, NoKey, Positions, Split, KEYS, SUBCOMMAND_KEYS};
+
 /// What a command does to connection state, which decides where it may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -155,6 +159,15 @@ pub enum Args<'a> {
     Inline(&'a [Vec<u8>]),
 }
 
+/// The arguments of one request, in order (see [`Args::iter`]); nothing is allocated.
+#[derive(Debug, Clone)]
+pub enum ArgsIter<'a> {
+    /// Read from a RESP frame's bulk headers as it goes.
+    Resp(resp::RequestArgs<'a>),
+    /// An inline command's split arguments.
+    Inline(std::slice::Iter<'a, Vec<u8>>),
+}
+
 /// Why `CLIENT NO-TOUCH` is refused: the flag would reach every client of a shared connection.
 const NO_TOUCH: &str = "a per-connection flag on shared connections";
 /// Why cluster connection flags are refused: the upstream is a standalone Redis.
@@ -290,10 +303,10 @@ const MAX_NAME: usize = 32;
 
 impl<'a> Args<'a> {
     /// Iterates every argument, the command name first.
-    pub fn iter(self) -> Box<dyn Iterator<Item = &'a [u8]> + 'a> {
+    pub fn iter(self) -> ArgsIter<'a> {
         match self {
-            Args::Resp(frame) => Box::new(resp::request_args(frame)),
-            Args::Inline(args) => Box::new(args.iter().map(|a| a.as_slice())),
+            Args::Resp(frame) => ArgsIter::Resp(resp::request_args(frame)),
+            Args::Inline(args) => ArgsIter::Inline(args.iter()),
         }
     }
 
@@ -369,17 +382,39 @@ pub fn classify(name: &[u8], args: Args<'_>, deny: &[String]) -> Kind {
 /// The table's class of `name` (with `sub`, of that subcommand), in any case; `None` when the
 /// table does not list it.
 pub fn class(name: &[u8], sub: Option<&[u8]>) -> Option<Class> {
+    lookup(TABLE, SUBCOMMANDS, name, sub)
+}
+
+/// The entry for `name` (with `sub`, for that subcommand) in a table of commands and its table of
+/// subcommands, both sorted by lower-case names; looked up in any case.
+fn lookup<T: Copy>(
+    commands: &[(&str, T)],
+    subcommands: &[(&str, &str, T)],
+    name: &[u8],
+    sub: Option<&[u8]>,
+) -> Option<T> {
     match sub {
-        None => TABLE
+        None => commands
             .binary_search_by(|(n, _)| cmp_lower(n.as_bytes(), name))
             .ok()
-            .map(|i| TABLE[i].1),
-        Some(sub) => SUBCOMMANDS
+            .map(|i| commands[i].1),
+        Some(sub) => subcommands
             .binary_search_by(|(n, s, _)| {
                 cmp_lower(n.as_bytes(), name).then_with(|| cmp_lower(s.as_bytes(), sub))
             })
             .ok()
-            .map(|i| SUBCOMMANDS[i].2),
+            .map(|i| subcommands[i].2),
+    }
+}
+
+impl<'a> Iterator for ArgsIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            ArgsIter::Resp(args) => args.next(),
+            ArgsIter::Inline(args) => args.next().map(Vec::as_slice),
+        }
     }
 }
 

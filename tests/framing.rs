@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{bounded, encode, Proxy, RawClient, RedisServer, Reply};
 use differential::Scenario;
-use respipe::command::{self, Class};
+use respipe::command::{self, Args, Class, NoKey};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -277,6 +277,36 @@ async fn script_debug_is_refused_on_shared_connections() {
     .await;
 }
 
+/// Every command and subcommand in a server's `COMMAND` reply, by name (`container|sub` for a
+/// subcommand, from element 10 of its container's entry), each with the fields of its entry.
+fn command_entries(entries: &[Reply]) -> Vec<(String, &[Reply])> {
+    let mut all = Vec::new();
+    for entry in entries {
+        let Reply::Array(Some(fields)) = entry else {
+            panic!("COMMAND entry is not an array: {entry:?}");
+        };
+        let Some(Reply::Bulk(Some(name))) = fields.first() else {
+            panic!("COMMAND entry without a name: {fields:?}");
+        };
+        all.push((
+            String::from_utf8_lossy(name).into_owned(),
+            fields.as_slice(),
+        ));
+        if let Some(Reply::Array(Some(subs))) = fields.get(9) {
+            all.extend(command_entries(subs));
+        }
+    }
+    all
+}
+
+/// The server's `COMMAND` reply, as [`command_entries`] takes it.
+async fn command_reply(c: &mut RawClient) -> Vec<Reply> {
+    let Reply::Array(Some(entries)) = c.cmd(&["COMMAND"]).await else {
+        panic!("COMMAND is not an array");
+    };
+    entries
+}
+
 /// Every command and subcommand of the server the test starts (its own `COMMAND` reply: names, and
 /// subcommands from element 10 of each entry) is in respipe's command table, so each one's reply
 /// count is known, or it is leased, answered locally or refused. A command Redis adds that could
@@ -286,25 +316,11 @@ async fn every_redis_command_is_classified() {
     bounded(LIMIT, "COMMAND walk", async {
         let redis = RedisServer::start().await;
         let mut c = redis.direct().await;
-        let Reply::Array(Some(entries)) = c.cmd(&["COMMAND"]).await else {
-            panic!("COMMAND is not an array");
-        };
-        let name_of = |entry: &Reply| match entry {
-            Reply::Array(Some(fields)) => match fields.first() {
-                Some(Reply::Bulk(Some(name))) => String::from_utf8_lossy(name).into_owned(),
-                other => panic!("COMMAND entry without a name: {other:?}"),
-            },
-            other => panic!("COMMAND entry is not an array: {other:?}"),
-        };
-        let mut names = Vec::new();
-        for entry in &entries {
-            names.push(name_of(entry));
-            if let Reply::Array(Some(fields)) = entry {
-                if let Some(Reply::Array(Some(subs))) = fields.get(9) {
-                    names.extend(subs.iter().map(name_of));
-                }
-            }
-        }
+        let entries = command_reply(&mut c).await;
+        let names: Vec<String> = command_entries(&entries)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         assert!(names.len() > 300, "only {} commands listed", names.len());
         let unknown: Vec<&String> = names
             .iter()
@@ -324,4 +340,226 @@ async fn every_redis_command_is_classified() {
         );
     })
     .await;
+}
+
+/// Arguments (after the name, or container and subcommand) for the commands whose keys move with
+/// their arguments (`movablekeys`), where a row of placeholders says nothing.
+const KEY_SAMPLES: &[(&str, &[&[&str]])] = &[
+    (
+        "blmpop",
+        &[&["0", "2", "a", "b", "LEFT"], &["0", "1", "a", "RIGHT"]],
+    ),
+    ("bzmpop", &[&["0", "2", "a", "b", "MIN"]]),
+    ("eval", SCRIPT_SAMPLES),
+    ("eval_ro", SCRIPT_SAMPLES),
+    ("evalsha", SCRIPT_SAMPLES),
+    ("evalsha_ro", SCRIPT_SAMPLES),
+    ("fcall", SCRIPT_SAMPLES),
+    ("fcall_ro", SCRIPT_SAMPLES),
+    (
+        "georadius",
+        &[
+            &["k", "0", "0", "1", "km"],
+            &["k", "0", "0", "1", "km", "STORE", "d"],
+            &["k", "0", "0", "1", "km", "WITHDIST", "storedist", "d"],
+        ],
+    ),
+    (
+        "georadiusbymember",
+        &[
+            &["k", "m", "1", "km"],
+            &["k", "m", "1", "km", "COUNT", "1", "STORE", "d"],
+        ],
+    ),
+    ("lmpop", COUNTED_SAMPLES),
+    (
+        "migrate",
+        &[
+            &["h", "1", "k", "0", "10"],
+            &["h", "1", "k", "0", "10", "COPY", "REPLACE"],
+            &["h", "1", "", "0", "10", "KEYS", "a", "b"],
+            &[
+                "h", "1", "", "0", "10", "REPLACE", "AUTH2", "u", "p", "KEYS", "a",
+            ],
+        ],
+    ),
+    ("sintercard", COUNTED_SAMPLES),
+    (
+        "sort",
+        &[
+            &["k"],
+            &["k", "BY", "w_*", "STORE", "d"],
+            &["k", "LIMIT", "0", "1", "GET", "#", "ALPHA", "store", "d"],
+        ],
+    ),
+    ("sort_ro", &[&["k"], &["k", "BY", "w_*", "GET", "#"]]),
+    (
+        "xread",
+        &[
+            &["STREAMS", "a", "0"],
+            &["COUNT", "1", "STREAMS", "a", "b", "0", "0"],
+        ],
+    ),
+    (
+        "xreadgroup",
+        &[
+            &["GROUP", "g", "c", "STREAMS", "a", ">"],
+            &[
+                "GROUP", "g", "c", "COUNT", "1", "NOACK", "STREAMS", "a", "b", ">", ">",
+            ],
+        ],
+    ),
+    ("zdiff", COUNTED_SAMPLES),
+    ("zdiffstore", STORE_SAMPLES),
+    ("zinter", COUNTED_SAMPLES),
+    ("zintercard", COUNTED_SAMPLES),
+    ("zinterstore", STORE_SAMPLES),
+    ("zmpop", COUNTED_SAMPLES),
+    ("zunion", COUNTED_SAMPLES),
+    ("zunionstore", STORE_SAMPLES),
+];
+/// `EVAL`-like: script, key count, keys, arguments.
+const SCRIPT_SAMPLES: &[&[&str]] = &[&["s", "2", "a", "b", "x"], &["s", "1", "a"], &["s", "0"]];
+/// `ZUNION`-like: key count, keys, options.
+const COUNTED_SAMPLES: &[&[&str]] = &[&["2", "a", "b", "MIN"], &["1", "a", "MIN"]];
+/// `ZUNIONSTORE`-like: destination, key count, keys.
+const STORE_SAMPLES: &[&[&str]] = &[&["d", "2", "a", "b", "WEIGHTS", "1", "2"], &["d", "1", "a"]];
+
+/// Every command and subcommand the server lists has the keys Redis finds in it: for each, a
+/// request built from its arity (placeholder arguments `a1`, `a2`... named by position, at the
+/// fewest arguments and two more) or from [`KEY_SAMPLES`] for the `movablekeys` ones, and what
+/// `command::keys` finds is compared with `COMMAND GETKEYS` (in any order: Redis lists
+/// `ZUNIONSTORE`'s destination last). A command Redis says has no keys must be keyless in the
+/// table. Also, the commands `command::keys` lets a router split are the ones Redis tips
+/// `request_policy:multi_shard`, but `MSETNX` (all or nothing: it cannot be split).
+#[tokio::test]
+async fn every_redis_command_has_its_keys() {
+    bounded(LIMIT, "COMMAND GETKEYS walk", async {
+        let redis = RedisServer::start().await;
+        let mut c = redis.direct().await;
+        let entries = command_reply(&mut c).await;
+        let mut wrong = Vec::new();
+        let mut splits = Vec::new();
+        let mut multi_shard = Vec::new();
+        let mut compared = 0;
+        for (name, fields) in command_entries(&entries) {
+            if matches!(fields.get(9), Some(Reply::Array(Some(subs))) if !subs.is_empty()) {
+                continue; // A container: its subcommands are walked.
+            }
+            let Some(Reply::Int(arity)) = fields.get(1) else {
+                panic!("{name}: no arity in {fields:?}");
+            };
+            // Flags are simple strings, tips bulk strings.
+            let has = |field: usize, word: &str| {
+                matches!(fields.get(field), Some(Reply::Array(Some(items)))
+                if items.iter().any(|item| match item {
+                    Reply::Simple(s) => s == word,
+                    Reply::Bulk(Some(s)) => s == word.as_bytes(),
+                    _ => false,
+                }))
+            };
+            if has(7, "request_policy:multi_shard") && name != "msetnx" {
+                multi_shard.push(name.clone());
+            }
+            let head: Vec<&str> = name.split('|').collect();
+            let samples: Vec<Vec<String>> = match KEY_SAMPLES.iter().find(|s| s.0 == name) {
+                Some((_, samples)) => samples
+                    .iter()
+                    .map(|args| args.iter().map(|a| a.to_string()).collect())
+                    .collect(),
+                None if has(2, "movablekeys") => {
+                    wrong.push(format!("{name}: movable keys but no sample in KEY_SAMPLES"));
+                    continue;
+                }
+                None => {
+                    let fewest = usize::try_from(arity.unsigned_abs()).expect("arity");
+                    let counts = if *arity > 0 {
+                        vec![fewest]
+                    } else {
+                        vec![fewest, fewest + 2]
+                    };
+                    counts
+                        .into_iter()
+                        .map(|argc| (head.len()..argc).map(|i| format!("a{i}")).collect())
+                        .collect()
+                }
+            };
+            for args in samples {
+                let words: Vec<Vec<u8>> = head
+                    .iter()
+                    .map(|w| w.as_bytes().to_vec())
+                    .chain(args.iter().map(|a| a.as_bytes().to_vec()))
+                    .collect();
+                let keys = command::keys(&words[0], Args::Inline(&words));
+                compared += 1;
+                if keys.split().is_some() && !splits.contains(&name) {
+                    splits.push(name.clone());
+                }
+                let mut ours: Vec<Vec<u8>> = keys.iter().map(<[u8]>::to_vec).collect();
+                ours.sort();
+                let mut ask = vec![&b"COMMAND"[..], b"GETKEYS"];
+                ask.extend(words.iter().map(Vec::as_slice));
+                let right = match c.cmd(&ask).await {
+                    Reply::Array(Some(theirs)) => {
+                        let mut theirs: Vec<Vec<u8>> = theirs
+                            .into_iter()
+                            .map(|k| match k {
+                                Reply::Bulk(Some(k)) => k,
+                                other => panic!("GETKEYS {words:?}: {other:?}"),
+                            })
+                            .collect();
+                        theirs.sort();
+                        // No keys at all: Redis takes it without keys (`EVAL s 0`).
+                        let right =
+                            ours == theirs && (theirs.is_empty() == keys.missing().is_some());
+                        if !right {
+                            wrong.push(format!(
+                                "{:?}: respipe {:?} ({:?}), Redis {:?}",
+                                escape(&words),
+                                escape(&ours),
+                                keys.missing(),
+                                escape(&theirs)
+                            ));
+                        }
+                        continue;
+                    }
+                    Reply::Error(e) if e.contains("no key arguments") => {
+                        keys.missing() == Some(NoKey::Keyless)
+                    }
+                    // Redis 7.0's GETKEYS refuses `PFMERGE dest` (its second key spec wants a
+                    // source), but PFMERGE runs without one: the destination is its key.
+                    Reply::Error(_) if name == "pfmerge" && args.len() == 1 => ours == [b"a1"],
+                    // Malformed for Redis too: no key to route by.
+                    Reply::Error(_) => keys.missing().is_some(),
+                    other => panic!("GETKEYS {words:?}: {other:?}"),
+                };
+                if !right {
+                    wrong.push(format!(
+                        "{:?}: respipe {:?} ({:?}), Redis has none",
+                        escape(&words),
+                        escape(&ours),
+                        keys.missing()
+                    ));
+                }
+            }
+        }
+        assert!(compared > 300, "only {compared} requests compared");
+        assert!(
+            wrong.is_empty(),
+            "keys differ from Redis's:\n{}",
+            wrong.join("\n")
+        );
+        splits.sort();
+        multi_shard.sort();
+        assert_eq!(splits, multi_shard, "splittable commands");
+    })
+    .await;
+}
+
+/// Arguments as readable text, for failure messages.
+fn escape(words: &[Vec<u8>]) -> Vec<String> {
+    words
+        .iter()
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
 }
