@@ -957,39 +957,3 @@ mod tests {
         assert_eq!(classify_words(&["RESET", "now"]), Kind::Plain);
     }
 }
-
-/// TEMPORARY shim until the key table lands: the positions of a command's keys in `args`.
-pub fn key_positions(lower: &[u8], args: &[&[u8]]) -> Result<Vec<usize>, ()> {
-    let n = args.len();
-    let all = |from: usize, step: usize| (from..n).step_by(step).collect::<Vec<_>>();
-    Ok(match lower {
-        b"mget" | b"del" | b"unlink" | b"exists" | b"touch" | b"watch" | b"sinter" | b"sunion"
-        | b"sdiff" | b"pfcount" | b"pfmerge" | b"sinterstore" | b"sunionstore" | b"sdiffstore" => {
-            all(1, 1)
-        }
-        b"mset" | b"msetnx" => all(1, 2),
-        b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" => (1..n.saturating_sub(1)).collect(),
-        b"rename" | b"renamenx" | b"smove" | b"lmove" | b"rpoplpush" | b"blmove" | b"brpoplpush"
-        | b"copy" => vec![1, 2].into_iter().filter(|&i| i < n).collect(),
-        b"eval" | b"evalsha" | b"eval_ro" | b"evalsha_ro" | b"fcall" | b"fcall_ro" => {
-            let k: usize = args
-                .get(2)
-                .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-                .ok_or(())?;
-            if 3 + k > n {
-                return Err(());
-            }
-            (3..3 + k).collect()
-        }
-        b"ping" | b"echo" | b"info" | b"config" | b"client" | b"multi" | b"exec" | b"discard"
-        | b"unwatch" | b"subscribe" | b"psubscribe" | b"publish" | b"select" | b"auth"
-        | b"hello" | b"time" | b"command" | b"script" | b"function" | b"flushdb"
-        | b"flushall" | b"dbsize" | b"keys" | b"scan" | b"randomkey" | b"debug" | b"acl"
-        | b"quit" | b"reset" | b"monitor" | b"wait" | b"lastsave" | b"save" | b"bgsave"
-        | b"slowlog" | b"latency" | b"memory" | b"object" | b"pubsub" | b"unsubscribe"
-        | b"punsubscribe" | b"ssubscribe" | b"sunsubscribe" | b"spublish" | b"cluster"
-        | b"readonly" | b"readwrite" | b"swapdb" | b"move" => Vec::new(),
-        _ if n > 1 => vec![1],
-        _ => Vec::new(),
-    })
-}
