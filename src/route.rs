@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::command;
+use crate::command::{self, Args, Split};
 use crate::reply::{self, Lane};
 use crate::resp::{self, ReplyScanner};
 use crate::topology::Layout;
@@ -58,32 +58,21 @@ pub enum Merge {
     Scan { lane: Lane, lanes: Lane },
 }
 
-/// The keys a command's arguments hold (`args[0]` is the name), by position.
-fn key_positions(name: &[u8], args: &[&[u8]]) -> Result<Vec<usize>, ()> {
-    command::key_positions(name, args)
-}
-
 /// Where a command runs on `layout` (several servers). `name` is the command name as sent;
-/// `args` every argument, the name first.
-pub fn plan(layout: &Layout, name: &[u8], args: &[&[u8]]) -> Plan {
-    let lower = name.to_ascii_lowercase();
-    if let Some(plan) = keyless(layout, &lower, args) {
-        return plan;
-    }
-    let Ok(positions) = key_positions(&lower, args) else {
-        // Malformed (a numkeys beyond the arguments...): Redis says what is wrong.
-        return Plan::Keyless;
+/// `args` the whole request, the name first.
+pub fn plan(layout: &Layout, name: &[u8], args: Args<'_>) -> Plan {
+    let keys = command::keys(name, args);
+    let mut iter = keys.iter();
+    let Some(first) = iter.next() else {
+        // No key (or malformed arguments Redis will refuse): see `keyless`.
+        return keyless(layout, name, args).unwrap_or(Plan::Keyless);
     };
-    let Some((&first, rest)) = positions.split_first() else {
-        // No key: the first server answers (documented).
-        return Plan::Keyless;
-    };
-    let Some(lane) = layout.shard_for(args[first]) else {
+    let Some(lane) = layout.shard_for(first) else {
         return Plan::Refuse(reply::no_live_shard());
     };
     let mut spread = false;
-    for &at in rest {
-        match layout.shard_for(args[at]) {
+    for key in iter {
+        match layout.shard_for(key) {
             Some(l) if l == lane => {}
             Some(_) => spread = true,
             None => return Plan::Refuse(reply::no_live_shard()),
@@ -92,23 +81,25 @@ pub fn plan(layout: &Layout, name: &[u8], args: &[&[u8]]) -> Plan {
     if !spread {
         return Plan::Lane(lane);
     }
-    split(layout, &lower, args, &positions).unwrap_or(Plan::CrossShard)
+    match keys.split() {
+        Some(how) => split(layout, name, args, how).unwrap_or(Plan::CrossShard),
+        None => Plan::CrossShard,
+    }
 }
 
-/// The commands whose keys may be split across servers: every argument after the name is a key
-/// (`MGET`, `DEL`...), or key-value pairs (`MSET`).
-fn split(layout: &Layout, lower: &[u8], args: &[&[u8]], positions: &[usize]) -> Option<Plan> {
-    let (step, merge_sum) = match lower {
-        b"mget" => (1, false),
-        b"del" | b"unlink" | b"exists" | b"touch" => (1, true),
-        b"mset" => (2, false),
-        _ => return None,
+/// A command Redis lets a cluster split by key (`MGET`, `DEL`, `EXISTS`, `TOUCH`, `UNLINK`,
+/// `MSET`), whose keys are on several servers: one part per server, keys in the client's order.
+fn split(layout: &Layout, name: &[u8], args: Args<'_>, how: Split) -> Option<Plan> {
+    let step = match how {
+        Split::Keys => 1,
+        Split::Pairs => 2,
     };
+    let argv: Vec<&[u8]> = args.iter().collect();
     // Parts in order of first appearance; each holds its argument indexes.
     let mut parts: Vec<(Lane, Vec<usize>)> = Vec::new();
-    let mut at = Vec::with_capacity(positions.len());
-    for &pos in positions {
-        let lane = layout.shard_for(args[pos])?;
+    let mut at = Vec::with_capacity(argv.len() / step);
+    for pos in (1..argv.len()).step_by(step) {
+        let lane = layout.shard_for(argv[pos])?;
         let index = match parts.iter().position(|(l, _)| *l == lane) {
             Some(i) => i,
             None => {
@@ -123,44 +114,57 @@ fn split(layout: &Layout, lower: &[u8], args: &[&[u8]], positions: &[usize]) -> 
         .into_iter()
         .map(|(lane, positions)| {
             let mut part: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * step);
-            part.push(args[0]);
+            part.push(argv[0]);
             for pos in positions {
-                part.extend_from_slice(&args[pos..pos + step]);
+                part.extend_from_slice(argv.get(pos..pos + step)?);
             }
-            (lane, resp::encode_request(&part))
+            Some((lane, resp::encode_request(&part)))
         })
-        .collect();
-    let merge = match lower {
-        b"mget" => Merge::Gather(at),
-        _ if merge_sum => Merge::Sum,
-        _ => Merge::AllOk,
+        .collect::<Option<_>>()?;
+    let merge = if name.eq_ignore_ascii_case(b"mget") {
+        Merge::Gather(at)
+    } else if how == Split::Pairs {
+        Merge::AllOk
+    } else {
+        Merge::Sum
     };
     Some(Plan::Split { parts, merge })
 }
 
-/// Commands without keys whose answer involves every server, or none.
-fn keyless(layout: &Layout, lower: &[u8], args: &[&[u8]]) -> Option<Plan> {
-    let sub = || args.get(1).map(|s| s.to_ascii_lowercase());
-    let plan = match (lower, args.len()) {
-        (b"ping", 1) => Plan::Local(Bytes::from_static(b"+PONG\r\n")),
-        (b"ping", 2) | (b"echo", 2) => Plan::Local(reply::bulk(args[1])),
-        (b"dbsize", _) => Plan::All(Merge::Sum),
-        (b"keys", _) => Plan::All(Merge::Concat),
-        (b"flushdb" | b"flushall", _) => Plan::All(Merge::AllOk),
-        (b"randomkey", _) => Plan::Lane(random_lane(layout)),
-        (b"scan", n) if n >= 2 => return Some(scan(layout, args)),
-        (b"script", n) if n >= 2 => match sub()?.as_slice() {
-            b"load" => Plan::All(Merge::First),
-            b"flush" => Plan::All(Merge::AllOk),
-            b"exists" => Plan::All(Merge::And),
-            _ => return None,
-        },
-        (b"function", n) if n >= 2 => match sub()?.as_slice() {
-            b"load" => Plan::All(Merge::First),
-            b"flush" | b"delete" | b"restore" => Plan::All(Merge::AllOk),
-            _ => return None,
-        },
-        _ => return None,
+/// Commands without keys whose answer involves every server, or none (the README's table).
+fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
+    let is = |word: &str| name.eq_ignore_ascii_case(word.as_bytes());
+    let sub_is = |word: &str| {
+        args.get(1)
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    let n = args.len();
+    let plan = if is("ping") && n == 1 {
+        Plan::Local(Bytes::from_static(b"+PONG\r\n"))
+    } else if (is("ping") || is("echo")) && n == 2 {
+        Plan::Local(reply::bulk(args.get(1)?))
+    } else if is("dbsize") {
+        Plan::All(Merge::Sum)
+    } else if is("keys") {
+        Plan::All(Merge::Concat)
+    } else if is("flushdb") || is("flushall") {
+        Plan::All(Merge::AllOk)
+    } else if is("randomkey") {
+        Plan::Lane(random_lane(layout))
+    } else if is("scan") && n >= 2 {
+        scan(layout, args)
+    } else if is("script") && (sub_is("load")) {
+        Plan::All(Merge::First)
+    } else if is("script") && sub_is("flush") {
+        Plan::All(Merge::AllOk)
+    } else if is("script") && sub_is("exists") {
+        Plan::All(Merge::And)
+    } else if is("function") && sub_is("load") {
+        Plan::All(Merge::First)
+    } else if is("function") && (sub_is("flush") || sub_is("delete") || sub_is("restore")) {
+        Plan::All(Merge::AllOk)
+    } else {
+        return None;
     };
     Some(plan)
 }
@@ -173,9 +177,10 @@ fn random_lane(layout: &Layout) -> Lane {
 
 /// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
 /// server`); the request goes there with the server's own cursor.
-fn scan(layout: &Layout, args: &[&[u8]]) -> Plan {
+fn scan(layout: &Layout, args: Args<'_>) -> Plan {
     let invalid = || Plan::Refuse(reply::error("ERR invalid cursor"));
-    let Some(cursor) = std::str::from_utf8(args[1])
+    let argv: Vec<&[u8]> = args.iter().collect();
+    let Some(cursor) = std::str::from_utf8(argv[1])
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     else {
@@ -186,7 +191,7 @@ fn scan(layout: &Layout, args: &[&[u8]]) -> Plan {
         return invalid();
     }
     let server_cursor = (cursor >> SCAN_SHARD_BITS).to_string();
-    let mut rewritten: Vec<&[u8]> = args.to_vec();
+    let mut rewritten = argv;
     rewritten[1] = server_cursor.as_bytes();
     Plan::Rewrite {
         lane: lane as Lane,

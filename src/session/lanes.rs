@@ -235,8 +235,7 @@ impl Session {
             self.lane = self.lease.as_ref().map_or(0, |lease| lease.lane());
             return Ok(Placed::Forward(bytes));
         }
-        let argv: Vec<&[u8]> = args.iter().collect();
-        let plan = route::plan(&layout, name, &argv);
+        let plan = route::plan(&layout, name, args);
         if self.deferred_multi.is_some() {
             return self.in_deferred_multi(kind, plan, bytes).await;
         }
@@ -380,8 +379,7 @@ impl Session {
         if self.lease.is_some() || self.deferred_multi.is_some() {
             return None;
         }
-        let argv: Vec<&[u8]> = args.iter().collect();
-        match route::plan(layout, name, &argv) {
+        match route::plan(layout, name, args) {
             Plan::Lane(lane) => Some(lane),
             Plan::Keyless => Some(0),
             _ => None,
