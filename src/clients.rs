@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::command::Args;
 use crate::pool::PoolKey;
+use crate::reply::Lane;
 use crate::resp::ReplyScanner;
 use crate::upstream::WeakHandle;
 
@@ -150,8 +151,9 @@ pub struct Snapshot {
     /// `CLIENT SETINFO LIB-NAME` and `LIB-VER` (boxed: most clients never set them).
     pub lib: Option<Box<[String; 2]>>,
     /// The lease a blocking command waits on (flag `b` while it lives) and, once Redis said, that
-    /// connection's Redis client id (the target of `CLIENT UNBLOCK`).
-    pub blocked: Option<(WeakHandle, Option<u64>)>,
+    /// connection's Redis client id (the target of `CLIENT UNBLOCK`), and the upstream server it
+    /// is on.
+    pub blocked: Option<(WeakHandle, Option<u64>, Lane)>,
     /// The state of the shared pool its commands go to (when it holds no lease), while it runs
     /// as a client's Redis user: Redis refusing that pool's user closes the session unless its
     /// lease is up (see `session::close_refused`). `None` for the configured user.
@@ -528,7 +530,7 @@ impl Snapshot {
         let blocked = self
             .blocked
             .as_ref()
-            .is_some_and(|(lease, _)| lease.is_alive());
+            .is_some_and(|(lease, _, _)| lease.is_alive());
         let mut flags: String = [
             (self.monitor, 'O'),
             (self.pubsub, 'P'),
@@ -547,10 +549,11 @@ impl Snapshot {
         flags
     }
 
-    /// The Redis client id of the lease a blocking command waits on, while it lives.
-    pub fn blocked_on(&self) -> Option<u64> {
-        let (lease, id) = self.blocked.as_ref()?;
-        lease.is_alive().then_some(*id).flatten()
+    /// The Redis client id of the lease a blocking command waits on while it lives, and the
+    /// upstream server that id belongs to.
+    pub fn blocked_on(&self) -> Option<(u64, Lane)> {
+        let (lease, id, lane) = self.blocked.as_ref()?;
+        lease.is_alive().then_some((*id)?, *lane)
     }
 }
 

@@ -113,11 +113,15 @@ impl Session {
                 .forward(resp::encode_request(all), Route::Current, false)
                 .await;
         };
-        let lease = u64::try_from(target)
+        let blocked = u64::try_from(target)
             .ok()
             .and_then(|id| self.shared.clients.get(id))
-            .and_then(|c| c.snapshot().blocked_on())
-            .map(|id| id.to_string());
+            .and_then(|c| c.snapshot().blocked_on());
+        if let Some((_, lane)) = blocked {
+            // Connection ids are per server: ask the one the client is blocked on.
+            self.lane = lane;
+        }
+        let lease = blocked.map(|(id, _)| id.to_string());
         let mut ask = all.to_vec();
         ask[2] = lease.as_ref().map_or(NO_SUCH_ID, |id| id.as_bytes());
         self.forward(resp::encode_request(&ask), Route::Current, false)
@@ -136,7 +140,8 @@ impl Session {
             self.send(ask, 1, Route::Lease, false, Shape::One, false, Some(check))
                 .await?;
             if let Some(lease) = &self.lease {
-                self.client.snapshot().blocked = Some((lease.handle().downgrade(), None));
+                self.client.snapshot().blocked =
+                    Some((lease.handle().downgrade(), None, lease.lane()));
             }
         }
         self.forward(bytes, Route::Lease, false).await
@@ -230,7 +235,7 @@ impl Session {
                 }
             }
             Op::LeaseId => {
-                if let Some((_, id)) = &mut self.client.snapshot().blocked {
+                if let Some((_, id, _)) = &mut self.client.snapshot().blocked {
                     *id = clients::integer_reply(&reply);
                 }
                 reply

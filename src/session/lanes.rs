@@ -237,7 +237,7 @@ impl Session {
         }
         let plan = route::plan(&layout, name, args);
         if self.deferred_multi.is_some() {
-            return self.in_deferred_multi(kind, plan, bytes).await;
+            return self.in_deferred_multi(kind, name, plan, bytes).await;
         }
         if *kind == Kind::Multi && self.lease.is_none() && !self.state.in_multi {
             // Which server runs the transaction is known at its first command.
@@ -302,6 +302,7 @@ impl Session {
     async fn in_deferred_multi(
         &mut self,
         kind: &Kind,
+        name: &[u8],
         plan: Plan,
         bytes: Bytes,
     ) -> Result<Placed, Close> {
@@ -310,8 +311,7 @@ impl Session {
                 return Ok(Placed::Done);
             };
             self.state.in_multi = false;
-            let exec = bytes.len() > 9 && bytes[bytes.len() - 6..].eq_ignore_ascii_case(b"EXEC\r\n");
-            let answer = match (exec, deferred.aborted) {
+            let answer = match (name.eq_ignore_ascii_case(b"EXEC"), deferred.aborted) {
                 (true, true) => reply::error(
                     "EXECABORT Transaction discarded because of previous errors.",
                 ),
