@@ -553,7 +553,7 @@ impl Snapshot {
     /// upstream server that id belongs to.
     pub fn blocked_on(&self) -> Option<(u64, Lane)> {
         let (lease, id, lane) = self.blocked.as_ref()?;
-        lease.is_alive().then_some((*id)?, *lane)
+        lease.is_alive().then_some(((*id)?, *lane))
     }
 }
 
