@@ -56,10 +56,25 @@ impl Session {
     /// The common case, without waiting: the complete plain commands at the front of the read buffer
     /// leave as one request on the connection the session already uses. True when nothing but a
     /// partial request is left; false when `on_input` must handle the rest (any other command, a
-    /// protocol error, a change of connection, or a full upstream queue).
+    /// protocol error, a change of connection, or a full upstream queue). With several servers
+    /// the run holds the commands for the first one's server.
     fn forward_plain(&mut self) -> Result<bool, Close> {
-        if self.closing || !self.batchable() || self.sharded() {
+        if self.closing || !self.batchable() {
             return Ok(false);
+        }
+        let sharded = self.sharded();
+        if sharded {
+            // The first complete request says which server the run goes to. A complete frame
+            // leaves the scanner idle, so the loop below scans it again from the start.
+            let frame = match self.scanner.scan(&self.inbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(true),
+                Err(_) => return Ok(false),
+            };
+            match self.run_lane(0, &frame) {
+                Some(lane) => self.lane = lane,
+                None => return Ok(false),
+            }
         }
         let Some(handle) = self.settled_route() else {
             return Ok(false);
@@ -85,9 +100,13 @@ impl Session {
                     break;
                 }
             };
-            let plain = frame.argc > 0
-                && frame.kind == RequestKind::Resp
-                && self.classify_resp(&self.inbuf[run..run + frame.len], &frame) == Kind::Plain;
+            let plain = if sharded {
+                self.run_lane(run, &frame) == Some(self.lane)
+            } else {
+                frame.argc > 0
+                    && frame.kind == RequestKind::Resp
+                    && self.classify_resp(&self.inbuf[run..run + frame.len], &frame) == Kind::Plain
+            };
             if !plain {
                 rest = false;
                 break;
@@ -194,6 +213,18 @@ impl Session {
             self.inbuf.clear();
         }
         Ok(())
+    }
+
+    /// The server of a plain command at `at` in the read buffer that can join a run; `None` for
+    /// anything else.
+    fn run_lane(&self, at: usize, frame: &RequestFrame) -> Option<Lane> {
+        let bytes = &self.inbuf[at..at + frame.len];
+        let plain = frame.argc > 0
+            && frame.kind == RequestKind::Resp
+            && self.classify_resp(bytes, frame) == Kind::Plain;
+        plain
+            .then(|| self.plain_lane(&bytes[frame.name.clone()], Args::Resp(bytes)))
+            .flatten()
     }
 
     /// What a complete RESP request frame (`bytes`, as scanned into `frame`) asks for.
