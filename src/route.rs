@@ -53,6 +53,9 @@ pub enum Merge {
     /// One answer stands for all: the first part's (`SCRIPT LOAD`, `FUNCTION LOAD`: the same
     /// from every server).
     First,
+    /// `RANDOMKEY` from every server: the first key found, starting at part `start` (picked at
+    /// random); nil only when every server is empty.
+    AnyKey { start: usize },
     /// `SCAN` on server `lane` of `lanes`: its cursor rewritten so the next call goes on there, or
     /// on the next server once this one is done.
     Scan { lane: Lane, lanes: Lane },
@@ -150,7 +153,9 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
     } else if is("flushdb") || is("flushall") {
         Plan::All(Merge::AllOk)
     } else if is("randomkey") {
-        Plan::Lane(random_lane(layout))
+        Plan::All(Merge::AnyKey {
+            start: (crate::shard::random() % layout.len() as u64) as usize,
+        })
     } else if is("scan") && n >= 2 {
         scan(layout, args)
     } else if is("script") && (sub_is("load")) {
@@ -167,12 +172,6 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
         return None;
     };
     Some(plan)
-}
-
-/// A lane for a command any server may answer (`RANDOMKEY`).
-fn random_lane(layout: &Layout) -> Lane {
-    let n = layout.len() as u64;
-    (crate::shard::random() % n) as Lane
 }
 
 /// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
@@ -217,6 +216,12 @@ impl Merge {
             Merge::Concat => concat(parts),
             Merge::And => and(parts),
             Merge::First => parts.first().cloned(),
+            Merge::AnyKey { start } => {
+                let found = (0..parts.len())
+                    .map(|i| &parts[(start + i) % parts.len()])
+                    .find(|p| !matches!(p.as_ref(), b"$-1\r\n" | b"_\r\n"));
+                Some(found.unwrap_or(&parts[0]).clone())
+            }
             Merge::Scan { lane, lanes } => parts.first().and_then(|p| scan_reply(p, *lane, *lanes)),
         };
         merged.unwrap_or_else(reply::unexpected_shard_reply)
