@@ -9,6 +9,9 @@
 //! `COMMAND` reply and fails on any it does not list. A name in neither table (a module's command, a
 //! future one) is forwarded as [`Class::One`]: Redis answers an unknown command with one
 //! `-ERR unknown command` and a module command with one reply.
+//!
+//! [`KEYS`] and [`SUBCOMMAND_KEYS`] add where each one's keys are, and [`keys`] finds a request's
+//! keys for a router that places them on servers (sharded mode only; see `command/keys.rs`).
 
 use crate::resp;
 

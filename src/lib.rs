@@ -16,7 +16,7 @@
 //! - [`config`]: one validated `Config` from file < env < flags.
 //! - [`resp`]: RESP2/RESP3 scanners yielding frame boundaries; bounded, resumable, never panic.
 //! - [`command`]: the table that classifies every command (forward with its reply shape, lease,
-//!   answer locally, refuse).
+//!   answer locally, refuse) and knows where its keys are.
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - [`clients`]: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
 //! - [`shard`]: twemproxy-compatible placement of keys on independent servers.

@@ -827,4 +827,51 @@ mod tests {
         );
         assert_eq!(found(&["MIGRATE", "h", "1", "k"]), Err(NoKey::Malformed));
     }
+
+    /// Words that steer the key finders: counts (good, bad, huge), and every keyword they know.
+    const WORDS: &[&str] = &[
+        "0",
+        "1",
+        "2",
+        "3",
+        "-1",
+        "x",
+        "",
+        "99999999999999999999",
+        "9223372036854775807",
+        "STREAMS",
+        "streams",
+        "STORE",
+        "STOREDIST",
+        "KEYS",
+        "LIMIT",
+        "GET",
+        "BY",
+        "AUTH",
+        "AUTH2",
+        "GROUP",
+        "ENCODING",
+        "USAGE",
+        "STREAM",
+    ];
+
+    proptest::proptest! {
+        /// Any command of the tables, with any arguments: no panic, and the keys are arguments,
+        /// in order, as many as `len` says, read the same from RESP and inline requests.
+        #[test]
+        fn any_arguments_give_keys_within_the_request(
+            command in 0..KEYS.len(),
+            args in proptest::collection::vec(proptest::sample::select(WORDS), 0..12),
+        ) {
+            let words: Vec<&str> = std::iter::once(KEYS[command].0).chain(args).collect();
+            if let Ok(keys) = found(&words) {
+                let inline: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+                let all = super::keys(&inline[0], Args::Inline(&inline));
+                let at: Vec<usize> = all.positions().collect();
+                proptest::prop_assert!(at.windows(2).all(|w| w[0] < w[1]), "{words:?}: {at:?}");
+                proptest::prop_assert!(at.iter().all(|&i| 0 < i && i < words.len()));
+                proptest::prop_assert_eq!(keys.len(), at.len());
+            }
+        }
+    }
 }
