@@ -154,7 +154,7 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
         Plan::All(Merge::AllOk)
     } else if is("randomkey") {
         Plan::All(Merge::AnyKey {
-            start: (crate::shard::random() % layout.len() as u64) as usize,
+            start: fastrand::usize(..layout.len()),
         })
     } else if is("scan") && n >= 2 {
         scan(layout, args)

@@ -135,20 +135,3 @@ impl std::str::FromStr for Distribution {
         by_name(&Distribution::ALL, name)
     }
 }
-
-/// A cheap pseudo-random number (xorshift, per thread), for the `random` distribution and for
-/// commands any server may answer.
-pub fn random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64));
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        x
-    })
-}
