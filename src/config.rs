@@ -1554,7 +1554,7 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1563,7 +1563,7 @@ mod tests {
         Config::load_from(args, &|name: &str| env.get(name).cloned())
     }
 
-    fn load_err(args: &[&str], env: &[(&str, &str)]) -> String {
+    pub(super) fn load_err(args: &[&str], env: &[(&str, &str)]) -> String {
         load(args, env).expect_err("should fail").to_string()
     }
 
@@ -1572,10 +1572,10 @@ mod tests {
     }
 
     /// A config file in a fresh temp dir, removed on drop.
-    struct TempFile(PathBuf);
+    pub(super) struct TempFile(PathBuf);
 
     impl TempFile {
-        fn new(name: &str, contents: &str) -> TempFile {
+        pub(super) fn new(name: &str, contents: &str) -> TempFile {
             let dir = std::env::temp_dir()
                 .join(format!("respipe-config-test-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
@@ -1584,7 +1584,7 @@ mod tests {
             TempFile(path)
         }
 
-        fn path(&self) -> &str {
+        pub(super) fn path(&self) -> &str {
             self.0.to_str().unwrap()
         }
     }

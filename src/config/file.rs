@@ -168,3 +168,185 @@ pub(super) fn known_keys() -> impl Iterator<Item = String> {
     let topology = shards::KEYS.iter().map(|k| format!("upstream.{k}"));
     flat.chain(sections).chain(topology)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{load, load_err, TempFile};
+    use super::*;
+    use crate::config::Config;
+
+    /// Every setting (but the twemproxy pair) with a value other than its default.
+    fn every_setting(file: &str) -> Vec<(&'static str, String)> {
+        let file = format!("{file:?}");
+        let values = [
+            ("listen", r#"["127.0.0.1:7000", "unix:/tmp/r.sock"]"#),
+            ("max_clients", "5"),
+            ("requirepass", r#""pw""#),
+            ("upstream", r#""rediss://h:7001/2""#),
+            ("upstream_user", r#""u""#),
+            ("upstream_password", r#""p""#),
+            ("connect_timeout", r#""2s""#),
+            ("command_timeout", r#""3s""#),
+            ("reconnect_backoff_max", r#""1s""#),
+            ("drain_timeout", r#""4s""#),
+            ("pool_size", "2"),
+            ("max_batch_commands", "10"),
+            ("max_batch_bytes", "100"),
+            ("batch_window_us", "50"),
+            ("max_upstream_inflight", "7"),
+            ("max_pools", "3"),
+            ("sched_batch", "true"),
+            ("max_client_inflight", "8"),
+            ("max_client_reply_bytes", "9"),
+            ("max_request_bytes", "10"),
+            ("max_request_args", "11"),
+            ("deny_commands", r#"["KEYS"]"#),
+            ("max_leases", "12"),
+            ("warm_leases", "0"),
+            ("lease_idle_timeout", r#""5s""#),
+            ("tls_cert", &file),
+            ("tls_key", &file),
+            ("tls_client_ca", &file),
+            ("upstream_tls_ca", &file),
+            ("upstream_tls_cert", &file),
+            ("upstream_tls_key", &file),
+            ("upstream_tls_server_name", r#""n""#),
+            ("upstream_tls_insecure", "true"),
+            ("metrics_listen", r#""127.0.0.1:9000""#),
+            ("log_level", r#""debug""#),
+            ("log_format", r#""json""#),
+        ];
+        values.map(|(k, v)| (k, v.to_owned())).to_vec()
+    }
+
+    fn without_source(config: Config) -> Config {
+        Config {
+            config_file: None,
+            warnings: Vec::new(),
+            ..config
+        }
+    }
+
+    #[test]
+    fn every_setting_has_one_place_in_a_section() {
+        for s in SETTINGS {
+            let places = SECTIONS.iter().filter(|(.., flat)| *flat == s.key).count();
+            assert_eq!(places, 1, "{} is in {places} sections", s.key);
+        }
+        assert_eq!(SECTIONS.len(), SETTINGS.len());
+        let paths: std::collections::BTreeSet<_> =
+            SECTIONS.iter().map(|(s, n, _)| (s, n)).collect();
+        assert_eq!(
+            paths.len(),
+            SECTIONS.len(),
+            "a name is used twice in a section"
+        );
+    }
+
+    #[test]
+    fn flat_and_section_keys_give_equal_configs() {
+        let anchor = TempFile::new("anchor", "");
+        let values = every_setting(anchor.path());
+        let covered: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+        for s in SETTINGS.iter().filter(|s| !s.key.starts_with("twemproxy")) {
+            assert!(covered.contains(&s.key), "the test misses {}", s.key);
+        }
+        let flat: String = values.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let mut sectioned = String::new();
+        for (i, &(section, ..)) in SECTIONS.iter().enumerate() {
+            if SECTIONS[..i].iter().any(|(s, ..)| *s == section) {
+                continue;
+            }
+            sectioned.push_str(&format!("[{section}]\n"));
+            for &(_, name, key) in SECTIONS.iter().filter(|(s, ..)| *s == section) {
+                if let Some((_, v)) = values.iter().find(|(k, _)| *k == key) {
+                    sectioned.push_str(&format!("{name} = {v}\n"));
+                }
+            }
+        }
+        let (flat, sectioned) = (
+            TempFile::new("flat", &flat),
+            TempFile::new("sectioned", &sectioned),
+        );
+        let from_flat = without_source(load(&["--config", flat.path()], &[]).unwrap());
+        let from_sections = without_source(load(&["--config", sectioned.path()], &[]).unwrap());
+        assert_eq!(from_flat, from_sections);
+        assert_ne!(from_flat, Config::default());
+        assert_eq!(from_flat.batching.pool_size.get(), 2);
+        assert_eq!(from_flat.tls.upstream_server_name.as_deref(), Some("n"));
+        assert_eq!(from_flat.upstream.password.as_deref(), Some("p"));
+
+        // Printed and loaded again, it is the same configuration.
+        let printed = match load(&["--config", flat.path(), "--print-config"], &[]) {
+            Err(ConfigError::PrintConfig(text)) => text,
+            other => panic!("{other:?}"),
+        };
+        assert!(printed.contains("[batching]\npool_size = 2\n"), "{printed}");
+        let again = TempFile::new("printed", &printed);
+        let reloaded = without_source(load(&["--config", again.path()], &[]).unwrap());
+        assert_eq!(reloaded, from_flat);
+    }
+
+    #[test]
+    fn flat_and_section_keys_mix() {
+        let file = TempFile::new(
+            "mixed",
+            "pool_size = 3\nlisten = \"127.0.0.1:1\"\n[timeouts]\ncommand_timeout = \"1s\"\n[upstream]\naddress = \"h:2\"\nuser = \"u\"\npassword = \"p\"\n",
+        );
+        let c = load(
+            &["--config", file.path()],
+            &[("RESPIPE_UPSTREAM_USER", "v")],
+        )
+        .unwrap();
+        assert_eq!(c.batching.pool_size.get(), 3);
+        assert_eq!(
+            c.timeouts.command_timeout,
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(c.listen.addresses.len(), 1);
+        assert_eq!(
+            c.upstream.username.as_deref(),
+            Some("v"),
+            "env beats the section key"
+        );
+        assert_eq!(c.upstream.password.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn section_key_errors_name_the_key() {
+        let file = TempFile::new("twice", "pool_size = 1\n[batching]\npool_size = 2\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert_eq!(
+            err,
+            format!("invalid pool_size (--pool-size, RESPIPE_POOL_SIZE): given twice in the file, as pool_size and as batching.pool_size (from config file {})", file.path())
+        );
+        let file = TempFile::new("typo", "[batching]\npool_sise = 2\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.ends_with(
+                "unknown key \"batching.pool_sise\", did you mean \"batching.pool_size\"?"
+            ),
+            "{err}"
+        );
+        let file = TempFile::new("elsewhere", "[limits]\npool_size = 2\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(err.ends_with("unknown key \"limits.pool_size\""), "{err}");
+        let file = TempFile::new("bad-value", "[batching]\npool_size = 0\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.starts_with(
+                "invalid pool_size (--pool-size, RESPIPE_POOL_SIZE): must be at least 1"
+            ),
+            "{err}"
+        );
+        let file = TempFile::new("float", "[timeouts]\ncommand_timeout = 1.5\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.starts_with("invalid command_timeout (") && err.contains("floating point"),
+            "{err}"
+        );
+        let file = TempFile::new("no-section", "[nosuch]\nx = 1\n");
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(err.ends_with("unknown key \"nosuch\""), "{err}");
+    }
+}

@@ -249,3 +249,326 @@ fn raw(key: &str, value: &toml::Value) -> Result<Raw, KeyError> {
 fn key_error(key: &str, reason: &str) -> KeyError {
     (format!("upstream.{key}"), reason.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{load, load_err, TempFile};
+    use super::*;
+    use crate::config::Endpoint;
+
+    const SERVERS: &str = r#"
+[[upstream.servers]]
+address = "127.0.0.1:7001"
+name = "alpha"
+[[upstream.servers]]
+address = "127.0.0.1:7002"
+weight = 3
+"#;
+
+    fn spec_of(config: &crate::config::Config) -> &Spec {
+        match &config.topology {
+            Topology::Shards(spec) => spec,
+            Topology::Single => panic!("not sharded: {config:?}"),
+        }
+    }
+
+    #[test]
+    fn a_shards_table() {
+        let file = TempFile::new(
+            "shards",
+            &format!(
+                "[upstream]\nkind = \"shards\"\nhash = \"murmur\"\ndistribution = \"modula\"\nhash_tag = \"{{}}\"\nauto_eject_hosts = true\nserver_failure_limit = 3\nserver_retry_timeout = \"5s\"\npassword = \"pw\"\n{SERVERS}"
+            ),
+        );
+        let c = load(&["--config", file.path()], &[]).unwrap();
+        let spec = spec_of(&c);
+        assert_eq!(spec.hash, Hash::Murmur);
+        assert_eq!(spec.distribution, Distribution::Modula);
+        assert_eq!(spec.hash_tag, Some(*b"{}"));
+        assert_eq!(
+            spec.eject,
+            Some(Eject {
+                failure_limit: 3,
+                retry_timeout: std::time::Duration::from_secs(5)
+            })
+        );
+        let servers: Vec<_> = spec
+            .servers
+            .iter()
+            .map(|s| (s.upstream.endpoint.to_string(), s.weight, s.name.as_deref()))
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                ("127.0.0.1:7001".to_owned(), 1, Some("alpha")),
+                ("127.0.0.1:7002".to_owned(), 3, None)
+            ]
+        );
+        assert!(spec
+            .servers
+            .iter()
+            .all(|s| s.upstream.password.as_deref() == Some("pw")));
+        assert_eq!(
+            c.upstream, spec.servers[0].upstream,
+            "upstream is the first server"
+        );
+
+        // Without a kind, servers mean shards; defaults are twemproxy's.
+        let file = TempFile::new("shards-defaults", &format!("[upstream]\n{SERVERS}"));
+        let c = load(
+            &["--config", file.path()],
+            &[("RESPIPE_UPSTREAM_USER", "u")],
+        )
+        .unwrap_err();
+        assert!(
+            c.to_string().starts_with("invalid upstream_user (--upstream-user, RESPIPE_UPSTREAM_USER): a user needs a password"),
+            "{c}"
+        );
+        let c = load(&["--config", file.path()], &[]).unwrap();
+        let spec = spec_of(&c);
+        assert_eq!(
+            (spec.hash, spec.distribution, spec.hash_tag, spec.eject),
+            (Hash::Fnv1a64, Distribution::Ketama, None, None)
+        );
+
+        // kind = "single" is today's upstream.
+        let file = TempFile::new(
+            "single",
+            "[upstream]\nkind = \"single\"\naddress = \"h:1\"\n",
+        );
+        let c = load(&["--config", file.path()], &[]).unwrap();
+        assert_eq!(
+            (c.topology, c.upstream),
+            (Topology::Single, Upstream::tcp("h", 1))
+        );
+    }
+
+    #[test]
+    fn flags_and_env_win_over_the_table() {
+        let file = TempFile::new("shards-precedence", &format!("[upstream]\n{SERVERS}"));
+        for (args, env) in [
+            (vec!["--upstream", "h:9"], vec![]),
+            (vec![], vec![("RESPIPE_UPSTREAM", "h:9")]),
+        ] {
+            let args: Vec<&str> = ["--config", file.path()].into_iter().chain(args).collect();
+            let c = load(&args, &env).unwrap();
+            assert_eq!(
+                (c.topology, c.upstream),
+                (Topology::Single, Upstream::tcp("h", 9))
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_db_and_tls_are_the_pool_s() {
+        let file = TempFile::new(
+            "shards-auth",
+            "[upstream]\n[[upstream.servers]]\naddress = \"redis://u:p@a:1/4\"\n[[upstream.servers]]\naddress = \"redis://u:p@b:2/4\"\n",
+        );
+        let c = load(
+            &["--config", file.path()],
+            &[("RESPIPE_UPSTREAM_PASSWORD", "q")],
+        )
+        .unwrap();
+        for s in &spec_of(&c).servers {
+            assert_eq!(
+                (
+                    s.upstream.username.as_deref(),
+                    s.upstream.password.as_deref(),
+                    s.upstream.db
+                ),
+                (Some("u"), Some("q"), 4)
+            );
+        }
+        assert_eq!(c.upstream.password.as_deref(), Some("q"));
+        let file = TempFile::new(
+            "shards-tls",
+            "[upstream]\n[[upstream.servers]]\naddress = \"rediss://a:1\"\n",
+        );
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.starts_with("invalid upstream_tls_ca")
+                && err.ends_with(&format!("(from config file {})", file.path())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let one = "[[upstream.servers]]\naddress = \"h:1\"\n";
+        let two =
+            "[[upstream.servers]]\naddress = \"h:1\"\n[[upstream.servers]]\naddress = \"h:2\"\n";
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                format!("kind = \"cluster\"\n{one}"),
+                "upstream.kind",
+                "\"cluster\" is not yet supported",
+            ),
+            (
+                format!("kind = \"sentinel\"\n{one}"),
+                "upstream.kind",
+                "\"sentinel\" is not yet supported",
+            ),
+            (
+                "kind = \"ring\"".into(),
+                "upstream.kind",
+                "unknown \"ring\"",
+            ),
+            ("kind = 3".into(), "upstream.kind", "expected a string"),
+            (
+                "kind = \"single\"\nhash = \"md5\"".into(),
+                "upstream.hash",
+                "only for kind = \"shards\"",
+            ),
+            (
+                "kind = \"shards\"".into(),
+                "upstream.servers",
+                "needs at least one",
+            ),
+            (
+                "kind = \"shards\"\nservers = \"h:1\"".into(),
+                "upstream.servers",
+                "expected a list of tables",
+            ),
+            (
+                "kind = \"shards\"\nservers = []".into(),
+                "upstream.servers",
+                "expected a list of tables",
+            ),
+            (
+                format!("hash = \"sha1\"\n{one}"),
+                "upstream.hash",
+                "unknown \"sha1\"; expected one of",
+            ),
+            (
+                format!("distribution = \"rendezvous\"\n{one}"),
+                "upstream.distribution",
+                "expected one of ketama",
+            ),
+            (
+                format!("hash_tag = \"{{\"\n{one}"),
+                "upstream.hash_tag",
+                "two characters",
+            ),
+            (
+                format!("auto_eject_hosts = \"maybe\"\n{one}"),
+                "upstream.auto_eject_hosts",
+                "expected true or false",
+            ),
+            (
+                format!("server_failure_limit = 0\n{one}"),
+                "upstream.server_failure_limit",
+                "must be from 1",
+            ),
+            (
+                format!("server_retry_timeout = 30\n{one}"),
+                "upstream.server_retry_timeout",
+                "bare number",
+            ),
+            (
+                format!("server_retry_timeout = \"0s\"\n{one}"),
+                "upstream.server_retry_timeout",
+                "more than 0",
+            ),
+            (
+                format!("{two}weight = 0\n"),
+                "upstream.servers[1].weight",
+                "must be from 1",
+            ),
+            (
+                format!("{two}weight = \"heavy\"\n"),
+                "upstream.servers[1].weight",
+                "non-negative integer",
+            ),
+            (
+                format!("{one}[[upstream.servers]]\nweight = 2\n"),
+                "upstream.servers[1].address",
+                "missing",
+            ),
+            (
+                format!("{one}[[upstream.servers]]\naddress = \"ftp://x\"\n"),
+                "upstream.servers[1].address",
+                "unsupported scheme",
+            ),
+            (
+                format!("{two}port = 3\n"),
+                "upstream.servers[1].port",
+                "unknown key",
+            ),
+            (
+                format!("{two}[[upstream.servers]]\naddress = \"h:1\"\n"),
+                "upstream.servers[2].address",
+                "the same server as upstream.servers[0]",
+            ),
+            (
+                format!(
+                    "{one}name = \"a\"\n[[upstream.servers]]\naddress = \"h:2\"\nname = \"a\"\n"
+                ),
+                "upstream.servers[1].name",
+                "the same name as upstream.servers[0]",
+            ),
+            (
+                format!("{one}name = \"\"\n"),
+                "upstream.servers[0].name",
+                "must not be empty",
+            ),
+            (
+                format!("{one}[[upstream.servers]]\naddress = \"redis://h:2/1\"\n"),
+                "upstream.servers[1].address",
+                "db differs",
+            ),
+            (
+                format!("{one}[[upstream.servers]]\naddress = \"rediss://h:2\"\n"),
+                "upstream.servers[1].address",
+                "TLS (redis:// or rediss://) differs",
+            ),
+            (
+                format!("{one}[[upstream.servers]]\naddress = \"redis://:pw@h:2\"\n"),
+                "upstream.servers[1].address",
+                "credentials differ",
+            ),
+        ];
+        for (i, (table, key, why)) in cases.iter().enumerate() {
+            let file = TempFile::new(
+                &format!("shards-err-{i}"),
+                &format!("[upstream]\n{table}\n"),
+            );
+            let err = load_err(&["--config", file.path()], &[]);
+            assert!(
+                err.starts_with(&format!("invalid {key}: ")),
+                "{table}: {err}"
+            );
+            assert!(err.contains(why), "{table}: {err}");
+            assert!(
+                err.ends_with(&format!("(from config file {})", file.path())),
+                "{err}"
+            );
+            assert!(!err.contains("pw"), "{err}");
+        }
+        let file = TempFile::new(
+            "shards-and-address",
+            &format!("[upstream]\naddress = \"h:9\"\n{one}"),
+        );
+        let err = load_err(&["--config", file.path()], &[]);
+        assert!(
+            err.starts_with(
+                "invalid upstream (--upstream, RESPIPE_UPSTREAM): a single server's address"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unix_servers() {
+        let file = TempFile::new(
+            "shards-unix",
+            "[upstream]\n[[upstream.servers]]\naddress = \"unix:/a.sock?db=2\"\n[[upstream.servers]]\naddress = \"unix:/b.sock?db=2\"\n",
+        );
+        let c = load(&["--config", file.path()], &[]).unwrap();
+        assert_eq!(
+            spec_of(&c).servers[1].upstream.endpoint,
+            Endpoint::Unix("/b.sock".into())
+        );
+        assert_eq!(c.upstream.db, 2);
+    }
+}
