@@ -99,3 +99,80 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
     }
     effective
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::clients::Registry;
+    use crate::config::{Topology, Upstream};
+    use crate::live::Live;
+    use crate::metrics::ClientMetrics;
+    use crate::outflow::ServerLimit;
+    use crate::pool::Pools;
+    use crate::shard::{Server, Spec};
+
+    /// Shards on loopback ports nothing listens on (the pools connect in the background).
+    fn shards(ports: &[u16]) -> Config {
+        let servers: Vec<Server> = ports
+            .iter()
+            .map(|&port| Server {
+                upstream: Upstream::tcp("127.0.0.1", port),
+                name: None,
+                weight: 1,
+            })
+            .collect();
+        Config {
+            upstream: servers[0].upstream.clone(),
+            topology: Topology::Shards(Spec {
+                servers,
+                hash: Default::default(),
+                distribution: Default::default(),
+                hash_tag: None,
+                eject: None,
+            }),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_server_list_reaches_the_pools_and_restart_settings_stay() {
+        let running = shards(&[1, 2]);
+        let shared = Shared {
+            pools: Pools::start(&running, None),
+            metrics: ClientMetrics::new(),
+            limits: Live::new(SessionLimits::from_config(&running)),
+            shutdown: CancellationToken::new(),
+            pubsub_limit: ServerLimit::default(),
+            clients: Registry::new(),
+        };
+        assert_eq!(shared.pools.topology(), running.topology);
+
+        let mut new = shards(&[1, 2, 3]);
+        new.batching.pool_size = 4.try_into().unwrap();
+        let generation = shared.pools.generation();
+        let effective = apply(&running, &new, &shared);
+        assert_eq!(
+            shared.pools.topology(),
+            new.topology,
+            "the servers were handed over"
+        );
+        assert!(shared.pools.generation() > generation, "new pools started");
+        assert_eq!(effective.topology, new.topology);
+        assert_eq!(
+            effective.batching.pool_size, running.batching.pool_size,
+            "needs a restart"
+        );
+
+        let generation = shared.pools.generation();
+        let same = apply(&effective, &effective.clone(), &shared);
+        assert_eq!(same, effective);
+        assert_eq!(
+            shared.pools.generation(),
+            generation,
+            "nothing changed, nothing replaced"
+        );
+        shared.shutdown.cancel();
+    }
+}

@@ -382,3 +382,47 @@ async fn wait_status(admin: &str, path: &str, want: u16) {
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// `respipe --twemproxy FILE --print-config` is the documented migration step: it prints respipe
+/// TOML and exits 0, and that TOML loads to the same configuration as the YAML pool.
+#[test]
+fn twemproxy_print_config_loads_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("nutcracker.yml");
+    std::fs::write(
+        &yaml,
+        "alpha:\n  listen: 127.0.0.1:22121\n  hash: murmur\n  distribution: ketama\n  hash_tag: \"{}\"\n  \
+         redis: true\n  timeout: 400\n  preconnect: true\n  servers:\n   - 127.0.0.1:7001:1 one\n   \
+         - 127.0.0.1:7002:2 two\n",
+    )
+    .unwrap();
+    let mut cmd = respipe_command();
+    cmd.arg("--twemproxy").arg(&yaml).arg("--print-config");
+    let (code, stdout, stderr) = run_to_exit(cmd, EXIT);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stdout.contains("[[upstream.servers]]"), "{stdout}");
+    let printed = dir.path().join("respipe.toml");
+    std::fs::write(&printed, &stdout).unwrap();
+
+    let load = |args: &[&std::ffi::OsStr]| {
+        let args = std::iter::once(std::ffi::OsStr::new("respipe")).chain(args.iter().copied());
+        respipe::Config::load_from(args, &|_: &str| None).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let from_yaml = load(&["--twemproxy".as_ref(), yaml.as_os_str()]);
+    let from_toml = load(&["--config".as_ref(), printed.as_os_str()]);
+    assert!(matches!(
+        from_yaml.topology,
+        respipe::config::Topology::Shards(_)
+    ));
+    assert_eq!(from_yaml.warnings.len(), 1, "preconnect is reported");
+    assert_eq!(
+        respipe::Config {
+            config_file: None,
+            ..from_toml
+        },
+        respipe::Config {
+            warnings: Vec::new(),
+            ..from_yaml
+        }
+    );
+}

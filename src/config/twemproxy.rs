@@ -271,3 +271,355 @@ fn raw(key: &str, value: &yaml_serde::Value) -> Result<Raw, KeyError> {
         _ => Err(unexpected()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests::{load, load_err, TempFile};
+    use super::*;
+    use crate::config::{Config, ListenAddr, Topology, Upstream};
+    use crate::shard::{Eject, Server, Spec};
+
+    /// A nutcracker.yml as deployed: three pools, one of them memcached.
+    const NUTCRACKER: &str = r#"
+alpha:
+  listen: 127.0.0.1:22121
+  hash: fnv1a_64
+  hash_tag: "{}"
+  distribution: ketama
+  auto_eject_hosts: true
+  redis: true
+  redis_auth: s3cret
+  redis_db: 3
+  server_retry_timeout: 2000
+  server_failure_limit: 1
+  timeout: 400
+  server_connections: 2
+  preconnect: true
+  backlog: 1024
+  servers:
+   - 127.0.0.1:6379:1 server1
+   - 127.0.0.1:6380:2 server2
+   - /tmp/redis.sock:1 server3
+
+beta:
+  listen: /tmp/beta.sock 0666
+  hash: murmur
+  distribution: modula
+  redis: true
+  client_connections: 100
+  servers:
+   - 127.0.0.1:6381:1
+   - 127.0.0.1:6382:1
+
+gamma:
+  listen: 127.0.0.1:22123
+  hash: fnv1a_64
+  distribution: ketama
+  servers:
+   - 127.0.0.1:11211:1
+"#;
+
+    fn server(upstream: Upstream, weight: u32, name: Option<&str>) -> Server {
+        Server {
+            upstream,
+            weight,
+            name: name.map(str::to_owned),
+        }
+    }
+
+    fn with_auth(mut upstream: Upstream) -> Upstream {
+        upstream.password = Some("s3cret".into());
+        upstream.db = 3;
+        upstream
+    }
+
+    #[test]
+    fn a_redis_pool_becomes_shards_and_settings() {
+        let yaml = TempFile::new("nutcracker", NUTCRACKER);
+        let c = load(
+            &["--twemproxy", yaml.path(), "--twemproxy-pool", "alpha"],
+            &[],
+        )
+        .unwrap();
+        let expected = Spec {
+            servers: vec![
+                server(
+                    with_auth(Upstream::tcp("127.0.0.1", 6379)),
+                    1,
+                    Some("server1"),
+                ),
+                server(
+                    with_auth(Upstream::tcp("127.0.0.1", 6380)),
+                    2,
+                    Some("server2"),
+                ),
+                server(
+                    with_auth(Upstream::unix("/tmp/redis.sock")),
+                    1,
+                    Some("server3"),
+                ),
+            ],
+            hash: Hash::Fnv1a64,
+            distribution: Distribution::Ketama,
+            hash_tag: Some(*b"{}"),
+            eject: Some(Eject {
+                failure_limit: 1,
+                retry_timeout: Duration::from_secs(2),
+            }),
+        };
+        assert_eq!(c.topology, Topology::Shards(expected));
+        assert_eq!(c.upstream, with_auth(Upstream::tcp("127.0.0.1", 6379)));
+        assert_eq!(
+            c.listen.addresses,
+            vec![ListenAddr::Tcp("127.0.0.1:22121".parse().unwrap())]
+        );
+        assert_eq!(c.timeouts.command_timeout, Some(Duration::from_millis(400)));
+        assert_eq!(c.batching.pool_size.get(), 2);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("ignored: preconnect, backlog"),
+            "{:?}",
+            c.warnings
+        );
+
+        let c = load(
+            &["--twemproxy", yaml.path()],
+            &[("RESPIPE_TWEMPROXY_POOL", "beta")],
+        )
+        .unwrap();
+        let Topology::Shards(spec) = &c.topology else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (spec.hash, spec.distribution, spec.hash_tag, spec.eject),
+            (Hash::Murmur, Distribution::Modula, None, None)
+        );
+        assert_eq!(
+            spec.servers[1],
+            server(Upstream::tcp("127.0.0.1", 6382), 1, None)
+        );
+        assert_eq!(
+            c.listen.addresses,
+            vec![ListenAddr::Unix("/tmp/beta.sock".into())]
+        );
+        assert_eq!(
+            c.timeouts.command_timeout,
+            Config::default().timeouts.command_timeout
+        );
+        assert!(
+            c.warnings[0].contains("ignored: client_connections"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn everything_else_wins_over_the_pool() {
+        let yaml = TempFile::new("nutcracker-precedence", NUTCRACKER);
+        let args = ["--twemproxy", yaml.path(), "--twemproxy-pool", "alpha"];
+        let flags: Vec<&str> = args
+            .into_iter()
+            .chain(["--listen", "127.0.0.1:1", "--pool-size", "5"])
+            .collect();
+        let c = load(&flags, &[("RESPIPE_UPSTREAM_PASSWORD", "other")]).unwrap();
+        assert_eq!(
+            c.listen.addresses,
+            vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]
+        );
+        assert_eq!(c.batching.pool_size.get(), 5);
+        assert_eq!(c.upstream.password.as_deref(), Some("other"));
+        assert_eq!(
+            c.timeouts.command_timeout,
+            Some(Duration::from_millis(400)),
+            "the rest stays"
+        );
+
+        let toml = TempFile::new(
+            "twemproxy-in-toml",
+            &format!("twemproxy = {:?}\n[upstream]\ntwemproxy_pool = \"alpha\"\n[batching]\npool_size = 7\n", yaml.path()),
+        );
+        let c = load(&["--config", toml.path()], &[]).unwrap();
+        assert_eq!(c.batching.pool_size.get(), 7);
+        assert!(matches!(&c.topology, Topology::Shards(spec) if spec.servers.len() == 3));
+
+        // A flag's upstream replaces the pool's servers; the pool's other settings (its
+        // redis_auth included) still fill in what nothing else set.
+        let c = load(&["--config", toml.path(), "--upstream", "h:1"], &[]).unwrap();
+        let expected = Upstream {
+            password: Some("s3cret".into()),
+            ..Upstream::tcp("h", 1)
+        };
+        assert_eq!((c.topology, c.upstream), (Topology::Single, expected));
+
+        let toml = TempFile::new(
+            "twemproxy-and-table",
+            &format!("twemproxy = {:?}\ntwemproxy_pool = \"alpha\"\n[[upstream.servers]]\naddress = \"h:2\"\n", yaml.path()),
+        );
+        let c = load(&["--config", toml.path()], &[]).unwrap();
+        assert!(
+            matches!(&c.topology, Topology::Shards(spec) if spec.servers.len() == 1),
+            "the file's table wins"
+        );
+    }
+
+    #[test]
+    fn choosing_a_pool() {
+        let yaml = TempFile::new("nutcracker-choose", NUTCRACKER);
+        let err = load_err(&["--twemproxy", yaml.path()], &[]);
+        assert!(
+            err.starts_with("invalid twemproxy (--twemproxy, RESPIPE_TWEMPROXY): ")
+                && err.contains("has 3 pools (alpha, beta, gamma); choose one with twemproxy_pool"),
+            "{err}"
+        );
+        let err = load_err(
+            &["--twemproxy", yaml.path(), "--twemproxy-pool", "delta"],
+            &[],
+        );
+        assert!(
+            err.starts_with("invalid twemproxy_pool (--twemproxy-pool, RESPIPE_TWEMPROXY_POOL): ")
+                && err.contains("no pool \"delta\"; its pools: alpha, beta, gamma"),
+            "{err}"
+        );
+        let err = load_err(&["--twemproxy-pool", "alpha"], &[]);
+        assert!(
+            err.starts_with("invalid twemproxy_pool") && err.contains("twemproxy is not set"),
+            "{err}"
+        );
+        let err = load_err(&["--twemproxy", "/nonexistent/nutcracker.yml"], &[]);
+        assert!(
+            err.starts_with("invalid twemproxy") && err.contains("cannot read"),
+            "{err}"
+        );
+        let bad = TempFile::new("nutcracker-not-yaml", "- a\n- b\n");
+        let err = load_err(&["--twemproxy", bad.path()], &[]);
+        assert!(err.contains("not a twemproxy YAML file"), "{err}");
+    }
+
+    #[test]
+    fn pool_errors_name_the_pool_key() {
+        let yaml = TempFile::new("nutcracker-memcached", NUTCRACKER);
+        let err = load_err(
+            &["--twemproxy", yaml.path(), "--twemproxy-pool", "gamma"],
+            &[],
+        );
+        assert_eq!(
+            err,
+            format!("invalid gamma.redis: this is a memcached pool (redis: false, twemproxy's default); respipe proxies Redis: set redis: true for a Redis pool (from twemproxy file {})", yaml.path())
+        );
+        let pool = |body: &str| format!("p:\n  redis: true\n{body}");
+        let cases = [
+            (
+                "  servers:\n   - 127.0.0.1:6379\n",
+                "p.servers[0]",
+                "expected \"host:port:weight [name]\"",
+            ),
+            (
+                "  servers:\n   - 127.0.0.1:6379:x\n",
+                "p.servers[0]",
+                "weight \"x\" is not a number",
+            ),
+            (
+                "  servers:\n   - h:1:1\n   - 127.0.0.1\n",
+                "p.servers[1]",
+                "expected",
+            ),
+            ("  servers: []\n", "p.servers", "at least one"),
+            (
+                "  servers: 127.0.0.1:6379:1\n",
+                "p.servers",
+                "expected a list",
+            ),
+            (
+                "  hash: sha1\n  servers:\n   - h:1:1\n",
+                "p.hash",
+                "unknown \"sha1\"",
+            ),
+            (
+                "  distribution: rendezvous\n  servers:\n   - h:1:1\n",
+                "p.distribution",
+                "unknown \"rendezvous\"",
+            ),
+            (
+                "  hash_tag: \"{\"\n  servers:\n   - h:1:1\n",
+                "p.hash_tag",
+                "two characters",
+            ),
+            (
+                "  timeout: soon\n  servers:\n   - h:1:1\n",
+                "p.timeout",
+                "non-negative integer",
+            ),
+            (
+                "  redis_db: -1\n  servers:\n   - h:1:1\n",
+                "p.redis_db",
+                "must not be negative",
+            ),
+            (
+                "  colour: blue\n  servers:\n   - h:1:1\n",
+                "p.colour",
+                "not a twemproxy pool key",
+            ),
+            (
+                "  listen: {a: 1}\n  servers:\n   - h:1:1\n",
+                "p.listen",
+                "expected a string",
+            ),
+            (
+                "  servers:\n   - h:1:0\n",
+                "upstream.servers[0].weight",
+                "must be from 1",
+            ),
+        ];
+        for (i, (body, key, why)) in cases.into_iter().enumerate() {
+            let yaml = TempFile::new(&format!("nutcracker-err-{i}"), &pool(body));
+            let err = load_err(&["--twemproxy", yaml.path()], &[]);
+            assert!(
+                err.starts_with(&format!("invalid {key}: ")),
+                "{body}: {err}"
+            );
+            assert!(err.contains(why), "{body}: {err}");
+            assert!(
+                err.ends_with(&format!("(from twemproxy file {})", yaml.path())),
+                "{err}"
+            );
+        }
+        let yaml = TempFile::new("nutcracker-no-redis", "p:\n  servers:\n   - h:1:1\n");
+        assert!(load_err(&["--twemproxy", yaml.path()], &[])
+            .starts_with("invalid p.redis: this is a memcached pool"));
+    }
+
+    #[test]
+    fn print_config_converts_the_pool() {
+        let yaml = TempFile::new("nutcracker-print", NUTCRACKER);
+        let args = ["--twemproxy", yaml.path(), "--twemproxy-pool", "alpha"];
+        let from_yaml = load(&args, &[]).unwrap();
+        let printed = match load(&[&args[..], &["--print-config"]].concat(), &[]) {
+            Err(ConfigError::PrintConfig(text)) => text,
+            other => panic!("{other:?}"),
+        };
+        assert!(!printed.contains("twemproxy ="), "{printed}");
+        assert!(
+            printed.contains("# note: twemproxy pool \"alpha\""),
+            "{printed}"
+        );
+        assert!(printed.contains("[[upstream.servers]]\naddress = \"redis://127.0.0.1:6379/3\"\nweight = 1\nname = \"server1\""), "{printed}");
+        assert!(
+            printed.contains("address = \"unix:/tmp/redis.sock?db=3\""),
+            "{printed}"
+        );
+        let toml = TempFile::new("nutcracker-printed", &printed);
+        let again = load(&["--config", toml.path()], &[]).unwrap();
+        assert_eq!(
+            Config {
+                config_file: None,
+                ..again
+            },
+            Config {
+                warnings: Vec::new(),
+                ..from_yaml
+            }
+        );
+    }
+}
