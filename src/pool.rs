@@ -27,10 +27,10 @@ use crate::config::{Config, Topology, Upstream};
 use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply;
-use crate::tls::UpstreamTls;
-use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
 use crate::reply::Lane;
+use crate::tls::UpstreamTls;
 use crate::topology::Layout;
+use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
 use crate::warm::{Place, Warm};
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
