@@ -1,5 +1,6 @@
 //! Configuration: one validated [`Config`] built from a TOML file, `RESPIPE_*` environment variables and
-//! flags, in that order of precedence (flags win over env, env over the file, the file over defaults).
+//! flags, in that order of precedence (flags win over env, env over the file, the file over a twemproxy
+//! pool given with `--twemproxy`, that over defaults).
 //!
 //! Every setting has one key and three spellings: `pool_size` in the file, `--pool-size` on the command
 //! line and `RESPIPE_POOL_SIZE` in the environment. [`SETTINGS`] is the single list of them; the clap
@@ -13,6 +14,11 @@
 //!
 //! Durations are humantime strings everywhere (`"500ms"`, `"2s"`, `"1m"`); in the file they must be
 //! strings, never bare integers, so a unit is never guessed. Empty environment variables count as unset.
+//!
+//! [`Config`] is in sections (`config.batching.pool_size`), and so may the file be (`[batching]`
+//! then `pool_size = 2`); the flat key stays a first-class spelling, the one flags and environment
+//! variables derive from ([`SECTIONS`], `file`). Beyond the settings, the file's `[upstream]` table
+//! may describe shards (`shards`), and a twemproxy YAML pool converts to the same (`twemproxy`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -355,7 +361,8 @@ pub enum Origin {
 /// One setting's names and help. The TOML key is `key`, the flag `flag`, the environment variable `env`.
 #[derive(Debug)]
 pub struct Setting {
-    /// Key in the config file, and the field of [`Config`] it sets (modulo `upstream_*`, `batch_window_us`).
+    /// Key in the config file, flat; [`SECTIONS`] gives its section and name there, which is also the
+    /// field of [`Config`] it sets (modulo `upstream`, `upstream_user`, `upstream_password`, `twemproxy*`).
     pub key: &'static str,
     /// The flag, with its dashes.
     pub flag: &'static str,
@@ -1236,7 +1243,7 @@ fn command() -> Command {
             Arg::new("print_config")
                 .long("print-config")
                 .action(ArgAction::SetTrue)
-                .help("Print the configuration as respipe TOML (sections; a --twemproxy pool converted) and exit"),
+                .help("Print the configuration as respipe TOML, passwords included (sections; a --twemproxy pool converted), and exit"),
         );
     SETTINGS.iter().fold(cmd, |cmd, s| {
         let default = if s.default.is_empty() {

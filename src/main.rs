@@ -221,6 +221,9 @@ async fn watch_config(
                     }
                 }
                 info!(trigger = why, "reloading configuration");
+                for warning in &new.warnings {
+                    warn!("{warning}");
+                }
                 running = new.clone();
                 if updates.send(new).is_err() {
                     return;

@@ -426,3 +426,49 @@ fn twemproxy_print_config_loads_back_equal() {
         }
     );
 }
+
+/// `--twemproxy FILE` runs the pool itself: keys spread over its servers and come back, and the
+/// twemproxy keys respipe has no equivalent for are named in one warning at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twemproxy_pool_serves_and_names_ignored_keys() {
+    bounded(Duration::from_secs(60), "twemproxy pool", async {
+        let (one, two) = (RedisServer::start().await, RedisServer::start().await);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("nutcracker.yml");
+        std::fs::write(
+            &yaml,
+            format!(
+                "alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  distribution: ketama\n  \
+                 redis: true\n  preconnect: true\n  backlog: 512\n  servers:\n   - {}:1 one\n   - {}:1 two\n",
+                one.addr(),
+                two.addr()
+            ),
+        )
+        .unwrap();
+        let mut cmd = respipe_command();
+        cmd.arg("--twemproxy")
+            .arg(&yaml)
+            .args(["--listen", "127.0.0.1:0"]);
+        let mut bin = Binary::spawn(cmd);
+        let warning = bin.wait_line("no respipe equivalent", Duration::from_secs(10));
+        assert!(warning.contains("preconnect, backlog"), "{warning}");
+        let listen: std::net::SocketAddr = bin.ready_field("listen").parse().unwrap();
+        let mut client = RawClient::connect(listen).await;
+        for i in 0..40 {
+            let key = format!("key:{i}");
+            assert_eq!(client.cmd(&["SET", &key, &key]).await, Reply::ok());
+        }
+        for i in 0..40 {
+            let key = format!("key:{i}");
+            assert_eq!(client.cmd(&["GET", &key]).await, Reply::bulk(&key));
+        }
+        for redis in [&one, &two] {
+            let mut direct = RawClient::connect(redis.addr()).await;
+            match direct.cmd(&["DBSIZE"]).await {
+                Reply::Int(n) => assert!(n > 0 && n < 40, "one server holds {n} of 40 keys"),
+                other => panic!("DBSIZE: {other:?}"),
+            }
+        }
+    })
+    .await;
+}
