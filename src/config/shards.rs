@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{boolean, duration, integer, text, Raw, Topology, Upstream};
-use crate::shard::{Distribution, Eject, Hash, Server, Spec};
+use crate::shard::{Eject, Server, Spec};
 
 /// Keys of the `[upstream]` table that describe the topology (the others there are settings).
 pub(super) const KEYS: &[&str] = &[
@@ -71,73 +71,42 @@ pub(super) fn parse(table: &toml::Table) -> Result<Topology, KeyError> {
             ))
         }
     }
-    let hash = match table.get("hash") {
-        None => Hash::default(),
-        Some(v) => text(&raw("hash", v)?)
-            .and_then(|name| name.trim().parse())
-            .map_err(|why| key_error("hash", &why))?,
-    };
-    let distribution = match table.get("distribution") {
-        None => Distribution::default(),
-        Some(v) => text(&raw("distribution", v)?)
-            .and_then(|name| name.trim().parse())
-            .map_err(|why| key_error("distribution", &why))?,
-    };
-    let hash_tag = match table.get("hash_tag") {
-        None => None,
-        Some(v) => match text(&raw("hash_tag", v)?)
-            .map_err(|why| key_error("hash_tag", &why))?
-            .as_bytes()
-        {
-            &[open, close] => Some([open, close]),
-            _ => {
-                return Err(key_error(
-                    "hash_tag",
-                    "expected two characters, such as \"{}\"",
-                ))
-            }
+    let name = |raw: &Raw| text(raw).map(|name| name.trim().to_owned());
+    let hash = field(table, "hash", "hash", |raw| name(raw)?.parse())?;
+    let distribution = field(table, "distribution", "distribution", |raw| {
+        name(raw)?.parse()
+    })?;
+    let hash_tag = field(table, "hash_tag", "hash_tag", |raw| {
+        match text(raw)?.as_bytes() {
+            &[open, close] => Ok([open, close]),
+            _ => Err("expected two characters, such as \"{}\"".to_owned()),
+        }
+    })?;
+    let auto_eject = field(table, "auto_eject_hosts", "auto_eject_hosts", boolean)?;
+    let failure_limit = field(
+        table,
+        "server_failure_limit",
+        "server_failure_limit",
+        positive_u32,
+    )?;
+    let retry_timeout = field(
+        table,
+        "server_retry_timeout",
+        "server_retry_timeout",
+        |raw| match duration(raw)? {
+            d if d.is_zero() => Err("must be more than 0".to_owned()),
+            d => Ok(d),
         },
-    };
-    let auto_eject = table
-        .get("auto_eject_hosts")
-        .map(|v| {
-            boolean(&raw("auto_eject_hosts", v)?).map_err(|why| key_error("auto_eject_hosts", &why))
-        })
-        .transpose()?
-        .unwrap_or(false);
-    let failure_limit = table
-        .get("server_failure_limit")
-        .map(|v| {
-            let n = integer(&raw("server_failure_limit", v)?)
-                .map_err(|why| key_error("server_failure_limit", &why))?;
-            match u32::try_from(n) {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(key_error(
-                    "server_failure_limit",
-                    "must be from 1 to 4294967295",
-                )),
-            }
-        })
-        .transpose()?
-        .unwrap_or(FAILURE_LIMIT);
-    let retry_timeout = table
-        .get("server_retry_timeout")
-        .map(|v| match duration(&raw("server_retry_timeout", v)?) {
-            Ok(d) if d.is_zero() => Err(key_error("server_retry_timeout", "must be more than 0")),
-            Ok(d) => Ok(d),
-            Err(why) => Err(key_error("server_retry_timeout", &why)),
-        })
-        .transpose()?
-        .unwrap_or(RETRY_TIMEOUT);
+    )?;
     let servers = servers(table.get("servers"))?;
     Ok(Topology::Shards(Spec {
         servers,
-        hash,
-        distribution,
+        hash: hash.unwrap_or_default(),
+        distribution: distribution.unwrap_or_default(),
         hash_tag,
-        eject: auto_eject.then_some(Eject {
-            failure_limit,
-            retry_timeout,
+        eject: auto_eject.unwrap_or(false).then_some(Eject {
+            failure_limit: failure_limit.unwrap_or(FAILURE_LIMIT),
+            retry_timeout: retry_timeout.unwrap_or(RETRY_TIMEOUT),
         }),
     }))
 }
@@ -167,36 +136,16 @@ fn servers(value: Option<&toml::Value>) -> Result<Vec<Server>, KeyError> {
         if let Some(key) = entry.keys().find(|k| !SERVER_KEYS.contains(&k.as_str())) {
             return Err(key_error(&at(key), "unknown key (address, weight or name)"));
         }
-        let upstream = match entry.get("address") {
-            None => return Err(key_error(&at("address"), "missing")),
-            Some(v) => text(&raw(&at("address"), v)?)
-                .and_then(Upstream::parse)
-                .map_err(|why| key_error(&at("address"), &why))?,
-        };
-        let weight = match entry.get("weight") {
-            None => 1,
-            Some(v) => {
-                let n = integer(&raw(&at("weight"), v)?)
-                    .map_err(|why| key_error(&at("weight"), &why))?;
-                match u32::try_from(n) {
-                    Ok(n) if n >= 1 => n,
-                    _ => return Err(key_error(&at("weight"), "must be from 1 to 4294967295")),
-                }
-            }
-        };
-        let name = match entry.get("name") {
-            None => None,
-            Some(v) => match text(&raw(&at("name"), v)?)
-                .map_err(|why| key_error(&at("name"), &why))?
-                .trim()
-            {
-                "" => return Err(key_error(&at("name"), "must not be empty")),
-                name if name.contains(char::is_whitespace) => {
-                    return Err(key_error(&at("name"), "must not contain spaces"))
-                }
-                name => Some(name.to_owned()),
-            },
-        };
+        let upstream = field(entry, "address", &at("address"), |raw| {
+            Upstream::parse(text(raw)?)
+        })?
+        .ok_or_else(|| key_error(&at("address"), "missing"))?;
+        let weight = field(entry, "weight", &at("weight"), positive_u32)?.unwrap_or(1);
+        let name = field(entry, "name", &at("name"), |raw| match text(raw)?.trim() {
+            "" => Err("must not be empty".to_owned()),
+            name if name.contains(char::is_whitespace) => Err("must not contain spaces".to_owned()),
+            name => Ok(name.to_owned()),
+        })?;
         if let Some(first) = servers.first() {
             let (a, b) = (&first.upstream, &upstream);
             let differs = [
@@ -241,9 +190,27 @@ fn servers(value: Option<&toml::Value>) -> Result<Vec<Server>, KeyError> {
     Ok(servers)
 }
 
-/// A TOML value as the settings parsers take it.
-fn raw(key: &str, value: &toml::Value) -> Result<Raw, KeyError> {
-    Raw::deserialize(value.clone()).map_err(|e| key_error(key, e.message()))
+/// `table[name]` parsed by `parse` (one of the settings parsers); `None` when absent. An error
+/// names `path` (`upstream.` is prefixed).
+fn field<T>(
+    table: &toml::Table,
+    name: &str,
+    path: &str,
+    parse: impl FnOnce(&Raw) -> Result<T, String>,
+) -> Result<Option<T>, KeyError> {
+    let Some(value) = table.get(name) else {
+        return Ok(None);
+    };
+    let raw = Raw::deserialize(value.clone()).map_err(|e| key_error(path, e.message()))?;
+    parse(&raw).map(Some).map_err(|why| key_error(path, &why))
+}
+
+/// A weight or a failure limit: at least 1, and 32 bits as twemproxy's.
+fn positive_u32(raw: &Raw) -> Result<u32, String> {
+    match u32::try_from(integer(raw)?) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be from 1 to 4294967295".to_owned()),
+    }
 }
 
 fn key_error(key: &str, reason: &str) -> KeyError {
@@ -255,6 +222,7 @@ mod tests {
     use super::super::tests::{load, load_err, TempFile};
     use super::*;
     use crate::config::Endpoint;
+    use crate::shard::{Distribution, Hash};
 
     const SERVERS: &str = r#"
 [[upstream.servers]]
