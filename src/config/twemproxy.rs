@@ -136,7 +136,7 @@ fn convert(pool: &yaml_serde::Mapping) -> Result<Converted, KeyError> {
                     true => format!("unix:{listen}"),
                     false => listen.to_owned(),
                 };
-                out.settings.push(("listen", Raw::Text(listen)));
+                out.settings.push(("listen", Raw::List(vec![listen])));
             }
             "hash" => {
                 let hash = text(&value).map_err(why)?.trim();
