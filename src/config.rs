@@ -1,5 +1,6 @@
 //! Configuration: one validated [`Config`] built from a TOML file, `RESPIPE_*` environment variables and
-//! flags, in that order of precedence (flags win over env, env over the file, the file over defaults).
+//! flags, in that order of precedence (flags win over env, env over the file, the file over a twemproxy
+//! pool given with `--twemproxy`, that over defaults).
 //!
 //! Every setting has one key and three spellings: `pool_size` in the file, `--pool-size` on the command
 //! line and `RESPIPE_POOL_SIZE` in the environment. [`SETTINGS`] is the single list of them; the clap
@@ -13,6 +14,11 @@
 //!
 //! Durations are humantime strings everywhere (`"500ms"`, `"2s"`, `"1m"`); in the file they must be
 //! strings, never bare integers, so a unit is never guessed. Empty environment variables count as unset.
+//!
+//! [`Config`] is in sections (`config.batching.pool_size`), and so may the file be (`[batching]`
+//! then `pool_size = 2`); the flat key stays a first-class spelling, the one flags and environment
+//! variables derive from ([`SECTIONS`], `file`). Beyond the settings, the file's `[upstream]` table
+//! may describe shards (`shards`), and a twemproxy YAML pool converts to the same (`twemproxy`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -27,45 +33,70 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Command};
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 
-/// The proxy's whole configuration, validated. Build it with [`Config::load`] (or [`Config::load_from`]
-/// in tests); [`Config::default`] gives every default without touching DNS, for other modules' tests.
+pub use file::SECTIONS;
+
+mod file;
+mod shards;
+mod twemproxy;
+
+/// The proxy's whole configuration, validated, in sections: each part of the proxy takes the
+/// section it needs. Build it with [`Config::load`] (or [`Config::load_from`] in tests);
+/// [`Config::default`] gives every default without touching DNS, for other modules' tests.
+///
+/// The file may write a setting flat (`pool_size = 2`, as the flag and the environment variable
+/// spell it) or in its section (`[batching]` then `pool_size = 2`); [`SECTIONS`] lists where each
+/// setting lives and its name there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// How clients reach respipe (`[listen]`).
+    pub listen: Listen,
+    /// The Redis server every command is forwarded to; for shards, the first server (the pool's db,
+    /// credentials and TLS). Default `127.0.0.1:6379`, db 0, no auth, no TLS. `upstream_user` /
+    /// `upstream_password` override the URL's credentials (`[upstream]`: `address`, `user`,
+    /// `password`).
+    pub upstream: Upstream,
+    /// How the upstream is laid out: one server (`upstream`), or servers sharded by key (the
+    /// `[upstream]` table with `kind = "shards"`, or a twemproxy pool).
+    pub topology: Topology,
+    /// Upstream connections and shutdown: how long things may take (`[timeouts]`).
+    pub timeouts: Timeouts,
+    /// The shared upstream connections and how commands are coalesced on them (`[batching]`).
+    pub batching: Batching,
+    /// What one client may do and hold (`[limits]`).
+    pub limits: Limits,
+    /// Dedicated upstream connections lent to clients (`[leases]`).
+    pub leases: Leases,
+    /// TLS to clients and to `rediss://` upstreams (`[tls]`).
+    pub tls: Tls,
+    /// Metrics and logs (`[observability]`).
+    pub observability: Observability,
+    /// The TOML file the configuration was read from (`--config` / `RESPIPE_CONFIG`), if any: the
+    /// binary reloads when it changes. Not a setting itself.
+    pub config_file: Option<PathBuf>,
+    /// What the loader accepted but cannot honour (twemproxy keys with no equivalent), for the
+    /// binary to log once tracing is up. Not a setting itself.
+    pub warnings: Vec<String>,
+}
+
+/// `[listen]`: how clients reach respipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
     /// Addresses to accept clients on: TCP `HOST:PORT` (a host name is resolved once, at load, and the
     /// first address is used) or `unix:/path`. Default `["127.0.0.1:6380"]`. At least one, no duplicates.
-    pub listen: Vec<ListenAddr>,
-    /// The Redis server every command is forwarded to. Default `127.0.0.1:6379`, db 0, no auth, no TLS.
-    /// `upstream_user` / `upstream_password` override the URL's credentials.
-    pub upstream: Upstream,
-    /// How the upstream is laid out: one server (`upstream`), or servers sharded by key.
-    pub topology: Topology,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP. Default: none, the admin endpoint
-    /// is disabled (and then nothing answers `/readyz`). It binds exactly what is given: the example
-    /// config uses `127.0.0.1`, only say `0.0.0.0` where the network is private (a pod).
-    pub metrics_listen: Option<SocketAddr>,
-    /// Upstream connections shared by all clients for ordinary commands. Default 1: every client's
-    /// commands meet in one pipeline, the largest batches Redis can get (README, "Performance").
-    /// Clients are spread over them; more help only when one connection's socket is the bottleneck
-    /// (large values at high rates).
-    pub pool_size: NonZeroUsize,
-    /// Most commands written to an upstream connection in one batch. Default 1024. When a batch is full
-    /// it is written and the rest of the queue waits for the next write.
-    pub max_batch_commands: NonZeroUsize,
-    /// Most request bytes in one upstream batch (a single larger command still goes alone). Default
-    /// 1048576 (1 MiB), at least 64. When full, the batch is written and the next one starts.
-    pub max_batch_bytes: NonZeroUsize,
-    /// How long a batch may wait for more commands before it is written. Default 0: adaptive, write
-    /// whatever is queued as soon as the socket can take it. Set in microseconds, at most 1 second.
-    pub batch_window: Duration,
-    /// Run respipe's threads under Linux's `SCHED_BATCH` policy. Default false. A client's request
-    /// then wakes respipe without preempting that client: respipe runs once the client yields (it
-    /// soon waits for its reply) and serves every request that arrived meanwhile in one pass, with
-    /// fewer context switches and larger upstream batches where clients share respipe's cores.
-    /// The cost, and why it is off by default: respipe cannot preempt anything, so on a core that
-    /// other work keeps busy every wake-up waits out that work's time slice (milliseconds; README,
-    /// "Performance"). Only for cores where nothing CPU-bound runs beside respipe. Ignored elsewhere
-    /// than Linux; a refusal is logged and changes nothing else.
-    pub sched_batch: bool,
+    /// Flat key `listen`.
+    pub addresses: Vec<ListenAddr>,
+    /// Most clients connected at once. Default 10000 (Redis's `maxclients`). Past it a new connection
+    /// gets Redis's `-ERR max number of clients reached` and is closed.
+    pub max_clients: NonZeroUsize,
+    /// Password clients must give (`AUTH password` or `HELLO 3 AUTH default password`) before any
+    /// other command; `NOAUTH` until then, as Redis answers. Default: none (respipe asks for nothing
+    /// and `AUTH` goes to Redis). When set, `AUTH` is checked by respipe, not by Redis.
+    pub requirepass: Option<Secret>,
+}
+
+/// `[timeouts]`: how long upstream connections and shutdown may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
     /// Time allowed to connect (and authenticate) to the upstream. Default 1s, must be more than 0.
     /// When it expires the attempt counts as failed and reconnect backoff applies.
     pub connect_timeout: Duration,
@@ -87,9 +118,46 @@ pub struct Config {
     /// Default 10s, must be more than 0. When it expires the remaining connections are dropped, that is
     /// logged, and the process still exits 0.
     pub drain_timeout: Duration,
-    /// Most clients connected at once. Default 10000 (Redis's `maxclients`). Past it a new connection
-    /// gets Redis's `-ERR max number of clients reached` and is closed.
-    pub max_clients: NonZeroUsize,
+}
+
+/// `[batching]`: the shared upstream connections and how commands are coalesced on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batching {
+    /// Upstream connections shared by all clients for ordinary commands. Default 1: every client's
+    /// commands meet in one pipeline, the largest batches Redis can get (README, "Performance").
+    /// Clients are spread over them; more help only when one connection's socket is the bottleneck
+    /// (large values at high rates).
+    pub pool_size: NonZeroUsize,
+    /// Most commands written to an upstream connection in one batch. Default 1024. When a batch is full
+    /// it is written and the rest of the queue waits for the next write.
+    pub max_batch_commands: NonZeroUsize,
+    /// Most request bytes in one upstream batch (a single larger command still goes alone). Default
+    /// 1048576 (1 MiB), at least 64. When full, the batch is written and the next one starts.
+    pub max_batch_bytes: NonZeroUsize,
+    /// How long a batch may wait for more commands before it is written. Default 0: adaptive, write
+    /// whatever is queued as soon as the socket can take it. Set in microseconds (`batch_window_us`),
+    /// at most 1 second.
+    pub batch_window: Duration,
+    /// Commands in flight on one upstream connection. Default 65536. At the limit new requests wait
+    /// for replies to come back: backpressure that reaches the clients through `max_client_inflight`.
+    pub max_upstream_inflight: NonZeroUsize,
+    /// Distinct shared pools (one per db, protocol and user in use). Default 32. Past it a client that
+    /// needs another pool gets `-ERR respipe: too many upstream pools (max_pools ...)`.
+    pub max_pools: NonZeroUsize,
+    /// Run respipe's threads under Linux's `SCHED_BATCH` policy. Default false. A client's request
+    /// then wakes respipe without preempting that client: respipe runs once the client yields (it
+    /// soon waits for its reply) and serves every request that arrived meanwhile in one pass, with
+    /// fewer context switches and larger upstream batches where clients share respipe's cores.
+    /// The cost, and why it is off by default: respipe cannot preempt anything, so on a core that
+    /// other work keeps busy every wake-up waits out that work's time slice (milliseconds; README,
+    /// "Performance"). Only for cores where nothing CPU-bound runs beside respipe. Ignored elsewhere
+    /// than Linux; a refusal is logged and changes nothing else.
+    pub sched_batch: bool,
+}
+
+/// `[limits]`: what one client may do and hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
     /// Commands one client may have in flight (sent, reply not yet written back). Default 4096. At the
     /// limit respipe stops reading that client until replies drain: backpressure, not an error.
     pub max_client_inflight: NonZeroUsize,
@@ -103,9 +171,14 @@ pub struct Config {
     pub max_request_bytes: NonZeroUsize,
     /// Most arguments in one request. Default 16777216. More is a protocol error, as above.
     pub max_request_args: NonZeroUsize,
-    /// Commands in flight on one upstream connection. Default 65536. At the limit new requests wait
-    /// for replies to come back: backpressure that reaches the clients through `max_client_inflight`.
-    pub max_upstream_inflight: NonZeroUsize,
+    /// Commands refused with `-ERR respipe: '<cmd>' is disabled by configuration (deny_commands)`
+    /// (names, any case; e.g. `["FLUSHALL", "KEYS", "DEBUG", "SHUTDOWN"]`). Default: none.
+    pub deny_commands: Vec<String>,
+}
+
+/// `[leases]`: dedicated upstream connections lent to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leases {
     /// Dedicated upstream connections lent to clients at once, for transactions (MULTI/WATCH),
     /// blocking commands, subscriptions and MONITOR. Default 256. Past it such a command gets
     /// `-ERR respipe: no dedicated upstream connection available (max_leases ...)`; nothing waits.
@@ -116,45 +189,47 @@ pub struct Config {
     /// and kept as one of them. Default 2; `0` disables (every lease is a fresh connection). They
     /// count against `max_leases` and give way to a client that needs a lease when none is left.
     pub warm_leases: usize,
-    /// Distinct shared pools (one per db, protocol and user in use). Default 32. Past it a client that
-    /// needs another pool gets `-ERR respipe: too many upstream pools (max_pools ...)`.
-    pub max_pools: NonZeroUsize,
-    /// Password clients must give (`AUTH password` or `HELLO 3 AUTH default password`) before any
-    /// other command; `NOAUTH` until then, as Redis answers. Default: none (respipe asks for nothing
-    /// and `AUTH` goes to Redis). When set, `AUTH` is checked by respipe, not by Redis.
-    pub requirepass: Option<Secret>,
-    /// Commands refused with `-ERR respipe: '<cmd>' is disabled by configuration (deny_commands)`
-    /// (names, any case; e.g. `["FLUSHALL", "KEYS", "DEBUG", "SHUTDOWN"]`). Default: none.
-    pub deny_commands: Vec<String>,
-    /// The TOML file the configuration was read from (`--config` / `RESPIPE_CONFIG`), if any: the
-    /// binary reloads when it changes. Not a setting itself.
-    pub config_file: Option<PathBuf>,
-    /// TLS for clients: certificate chain (PEM). With `tls_key`, respipe speaks only TLS on its TCP
-    /// listeners (unix sockets stay plain). Default: none.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS for clients: private key (PEM) of `tls_cert`.
-    pub tls_key: Option<PathBuf>,
-    /// TLS for clients: CA (PEM) that client certificates must chain to; when set, clients without
-    /// a valid certificate are refused during the handshake. Default: none (no client certificates).
-    pub tls_client_ca: Option<PathBuf>,
-    /// `rediss://` upstreams: CA (PEM) to trust for Redis's certificate. Default: the CAs of the
-    /// operating system's trust store are not used; without this (or `upstream_tls_insecure`)
-    /// `rediss://` is a configuration error.
-    pub upstream_tls_ca: Option<PathBuf>,
-    /// `rediss://` upstreams: client certificate chain (PEM) for mutual TLS.
-    pub upstream_tls_cert: Option<PathBuf>,
-    /// `rediss://` upstreams: private key (PEM) of `upstream_tls_cert`.
-    pub upstream_tls_key: Option<PathBuf>,
-    /// `rediss://` upstreams: name checked against Redis's certificate and sent as SNI. Default: the
-    /// upstream's host.
-    pub upstream_tls_server_name: Option<String>,
-    /// `rediss://` upstreams: skip verifying Redis's certificate. Only when explicitly asked; logged
-    /// at warn. Default: false.
-    pub upstream_tls_insecure: bool,
     /// A client holding a dedicated connection for a transaction (after `MULTI` or `WATCH`) that
     /// sends nothing for this long is closed, so leaked transactions cannot exhaust `max_leases`.
     /// Default 300s; `0` disables. Subscribers and blocked commands are never idle.
     pub lease_idle_timeout: Option<Duration>,
+}
+
+/// `[tls]`: TLS to clients and to `rediss://` upstreams. Flat keys are `tls_<field>` for the
+/// client side and `upstream_tls_<field>` for `upstream_<field>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// TLS for clients: certificate chain (PEM). With `key`, respipe speaks only TLS on its TCP
+    /// listeners (unix sockets stay plain). Default: none.
+    pub cert: Option<PathBuf>,
+    /// TLS for clients: private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// TLS for clients: CA (PEM) that client certificates must chain to; when set, clients without
+    /// a valid certificate are refused during the handshake. Default: none (no client certificates).
+    pub client_ca: Option<PathBuf>,
+    /// `rediss://` upstreams: CA (PEM) to trust for Redis's certificate. Default: the CAs of the
+    /// operating system's trust store are not used; without this (or `upstream_insecure`)
+    /// `rediss://` is a configuration error.
+    pub upstream_ca: Option<PathBuf>,
+    /// `rediss://` upstreams: client certificate chain (PEM) for mutual TLS.
+    pub upstream_cert: Option<PathBuf>,
+    /// `rediss://` upstreams: private key (PEM) of `upstream_cert`.
+    pub upstream_key: Option<PathBuf>,
+    /// `rediss://` upstreams: name checked against Redis's certificate and sent as SNI. Default: the
+    /// upstream's host.
+    pub upstream_server_name: Option<String>,
+    /// `rediss://` upstreams: skip verifying Redis's certificate. Only when explicitly asked; logged
+    /// at warn. Default: false.
+    pub upstream_insecure: bool,
+}
+
+/// `[observability]`: metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observability {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP. Default: none, the admin endpoint
+    /// is disabled (and then nothing answers `/readyz`). It binds exactly what is given: the example
+    /// config uses `127.0.0.1`, only say `0.0.0.0` where the network is private (a pod).
+    pub metrics_listen: Option<SocketAddr>,
     /// Log filter when `RUST_LOG` is not set, a tracing `EnvFilter` directive such as `info` or
     /// `respipe=debug,warn`. Default `info`. Must not be empty; its syntax is checked where it is used.
     pub log_level: String,
@@ -254,6 +329,18 @@ pub enum ConfigError {
         reason: String,
         origin: Origin,
     },
+    /// A value that only a file can give is wrong (the `[upstream]` table's topology, a twemproxy
+    /// pool): names its path in the file (`upstream.servers[1].weight`), why, and which file.
+    #[error("invalid {key}: {reason} ({origin})")]
+    InvalidKey {
+        key: String,
+        reason: String,
+        origin: Origin,
+    },
+    /// Not an error: `--print-config` asked for the configuration as TOML, here, instead of a
+    /// proxy ([`ConfigError::exit`] prints it and exits 0, as clap does for `--help`).
+    #[error("--print-config")]
+    PrintConfig(String),
 }
 
 /// Where a setting's value came from, for error messages.
@@ -263,6 +350,8 @@ pub enum Origin {
     Default,
     /// The config file at this path.
     File(PathBuf),
+    /// The twemproxy YAML file at this path (`twemproxy`).
+    Twemproxy(PathBuf),
     /// This environment variable.
     Env(&'static str),
     /// This flag.
@@ -272,7 +361,8 @@ pub enum Origin {
 /// One setting's names and help. The TOML key is `key`, the flag `flag`, the environment variable `env`.
 #[derive(Debug)]
 pub struct Setting {
-    /// Key in the config file, and the field of [`Config`] it sets (modulo `upstream_*`, `batch_window_us`).
+    /// Key in the config file, flat; [`SECTIONS`] gives its section and name there, which is also the
+    /// field of [`Config`] it sets (modulo `upstream`, `upstream_user`, `upstream_password`, `twemproxy*`).
     pub key: &'static str,
     /// The flag, with its dashes.
     pub flag: &'static str,
@@ -297,6 +387,10 @@ pub const SETTINGS: &[Setting] = &[
         "ACL user for AUTH; overrides the URL's user"),
     setting("upstream_password", "--upstream-password", "RESPIPE_UPSTREAM_PASSWORD", "PASSWORD", "",
         "Password for AUTH; overrides the URL's password (prefer the env var or file to keep it out of ps)"),
+    setting("twemproxy", "--twemproxy", "RESPIPE_TWEMPROXY", "FILE", "",
+        "Take the upstream servers (and listen, timeout, server_connections...) from a twemproxy YAML pool; anything else that sets them wins"),
+    setting("twemproxy_pool", "--twemproxy-pool", "RESPIPE_TWEMPROXY_POOL", "NAME", "",
+        "The pool to take from the --twemproxy file when it has several"),
     setting("metrics_listen", "--metrics-listen", "RESPIPE_METRICS_LISTEN", "ADDR", "",
         "Serve /metrics, /healthz and /readyz on HOST:PORT; disabled when unset"),
     setting("pool_size", "--pool-size", "RESPIPE_POOL_SIZE", "N", "1",
@@ -421,7 +515,11 @@ impl Config {
             };
             values.set(s.key, raw, Origin::Flag(s.flag));
         }
+        values.read_twemproxy()?;
         let mut config = values.build()?;
+        if matches.get_flag("print_config") {
+            return Err(ConfigError::PrintConfig(values.print()));
+        }
         config.config_file = config_file;
         Ok(config)
     }
@@ -430,45 +528,60 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![ListenAddr::Tcp(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                6380,
-            ))],
+            listen: Listen {
+                addresses: vec![ListenAddr::Tcp(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    6380,
+                ))],
+                max_clients: nz(10_000),
+                requirepass: None,
+            },
             upstream: Upstream::default(),
             topology: Topology::Single,
-            metrics_listen: None,
-            pool_size: nz(1),
-            max_batch_commands: nz(1024),
-            max_batch_bytes: nz(1 << 20),
-            batch_window: Duration::ZERO,
-            sched_batch: false,
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Some(Duration::from_secs(10)),
-            reconnect_backoff_max: Duration::from_millis(500),
-            drain_timeout: Duration::from_secs(10),
-            max_clients: nz(10_000),
-            max_client_inflight: nz(4096),
-            max_client_reply_bytes: nz(256 << 20),
-            max_request_bytes: nz(512 << 20),
-            max_request_args: nz(16 << 20),
-            max_upstream_inflight: nz(65_536),
-            max_leases: nz(256),
-            warm_leases: 2,
-            max_pools: nz(32),
-            requirepass: None,
-            deny_commands: Vec::new(),
+            timeouts: Timeouts {
+                connect_timeout: Duration::from_secs(1),
+                command_timeout: Some(Duration::from_secs(10)),
+                reconnect_backoff_max: Duration::from_millis(500),
+                drain_timeout: Duration::from_secs(10),
+            },
+            batching: Batching {
+                pool_size: nz(1),
+                max_batch_commands: nz(1024),
+                max_batch_bytes: nz(1 << 20),
+                batch_window: Duration::ZERO,
+                max_upstream_inflight: nz(65_536),
+                max_pools: nz(32),
+                sched_batch: false,
+            },
+            limits: Limits {
+                max_client_inflight: nz(4096),
+                max_client_reply_bytes: nz(256 << 20),
+                max_request_bytes: nz(512 << 20),
+                max_request_args: nz(16 << 20),
+                deny_commands: Vec::new(),
+            },
+            leases: Leases {
+                max_leases: nz(256),
+                warm_leases: 2,
+                lease_idle_timeout: Some(Duration::from_secs(300)),
+            },
+            tls: Tls {
+                cert: None,
+                key: None,
+                client_ca: None,
+                upstream_ca: None,
+                upstream_cert: None,
+                upstream_key: None,
+                upstream_server_name: None,
+                upstream_insecure: false,
+            },
+            observability: Observability {
+                metrics_listen: None,
+                log_level: "info".to_owned(),
+                log_format: LogFormat::Text,
+            },
             config_file: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
-            upstream_tls_ca: None,
-            upstream_tls_cert: None,
-            upstream_tls_key: None,
-            upstream_tls_server_name: None,
-            upstream_tls_insecure: false,
-            lease_idle_timeout: Some(Duration::from_secs(300)),
-            log_level: "info".to_owned(),
-            log_format: LogFormat::Text,
+            warnings: Vec::new(),
         }
     }
 }
@@ -659,12 +772,16 @@ impl fmt::Display for LogFormat {
 }
 
 impl ConfigError {
-    /// What `main` does with a load error: `--help` and `--version` print to stdout and exit 0; a usage
-    /// error prints clap's message and usage; any other error prints `error: {self}`; both exit 64
-    /// (EX_USAGE).
+    /// What `main` does with a load error: `--help`, `--version` and `--print-config` print to stdout
+    /// and exit 0; a usage error prints clap's message and usage; any other error prints
+    /// `error: {self}`; both exit 64 (EX_USAGE).
     pub fn exit(self) -> ! {
         match self {
             ConfigError::Clap(err) if !err.use_stderr() => err.exit(),
+            ConfigError::PrintConfig(toml) => {
+                print!("{toml}");
+                std::process::exit(0)
+            }
             ConfigError::Clap(err) => {
                 let _ = err.print();
             }
@@ -679,6 +796,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Default => f.write_str("the default"),
             Origin::File(path) => write!(f, "from config file {}", path.display()),
+            Origin::Twemproxy(path) => write!(f, "from twemproxy file {}", path.display()),
             Origin::Env(name) | Origin::Flag(name) => write!(f, "from {name}"),
         }
     }
@@ -694,36 +812,21 @@ enum Raw {
 }
 
 /// The values given so far, by key; a later source replaces an earlier one (flags replace env, env
-/// replaces the file), whole lists included.
+/// replaces the file, the file replaces a twemproxy pool), whole lists included.
 #[derive(Debug, Default)]
-struct Values(BTreeMap<&'static str, (Raw, Origin)>);
+struct Values {
+    /// Settings by key, with where each came from.
+    given: BTreeMap<&'static str, (Raw, Origin)>,
+    /// The `[upstream]` table's topology keys (`kind`, `hash`, `servers`...; a twemproxy pool is
+    /// converted to the same), and the file they came from.
+    topology: Option<(toml::Table, Origin)>,
+    /// Accepted but not honoured: becomes [`Config::warnings`].
+    warnings: Vec<String>,
+}
 
 impl Values {
     fn set(&mut self, key: &'static str, raw: Raw, origin: Origin) {
-        self.0.insert(key, (raw, origin));
-    }
-
-    fn read_file(&mut self, path: PathBuf) -> Result<(), ConfigError> {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(source) => return Err(ConfigError::ReadFile { path, source }),
-        };
-        let table: BTreeMap<String, Raw> = match toml::from_str(&text) {
-            Ok(table) => table,
-            Err(source) => {
-                return Err(ConfigError::ParseFile {
-                    path,
-                    source: Box::new(source),
-                })
-            }
-        };
-        for (key, raw) in table {
-            let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
-                return Err(ConfigError::UnknownKey { path, key });
-            };
-            self.set(setting.key, raw, Origin::File(path.clone()));
-        }
-        Ok(())
+        self.given.insert(key, (raw, origin));
     }
 
     /// Parses the value of `key` if one was given; a failure names the key and the value's origin.
@@ -732,7 +835,7 @@ impl Values {
         key: &'static str,
         parse: impl FnOnce(&Raw) -> Result<T, String>,
     ) -> Result<Option<T>, ConfigError> {
-        match self.0.get(key) {
+        match self.given.get(key) {
             None => Ok(None),
             Some((raw, origin)) => parse(raw)
                 .map(Some)
@@ -741,7 +844,7 @@ impl Values {
     }
 
     fn origin(&self, key: &str) -> Origin {
-        self.0
+        self.given
             .get(key)
             .map_or(Origin::Default, |(_, origin)| origin.clone())
     }
@@ -756,6 +859,93 @@ impl Values {
         })
     }
 
+    /// The topology table in effect: `None` when there is none, or when an `upstream` address
+    /// given with a higher precedence (a flag or the environment over the file, the file over a
+    /// twemproxy pool) makes the upstream a single server.
+    fn topology_table(&self) -> Option<&(toml::Table, Origin)> {
+        let topology = self.topology.as_ref()?;
+        match self.given.get("upstream") {
+            Some((_, given)) if given.rank() > topology.1.rank() => None,
+            _ => Some(topology),
+        }
+    }
+
+    /// The upstream and how it is laid out, with `upstream_user` / `upstream_password` applied to
+    /// every server.
+    fn upstream(&self) -> Result<(Upstream, Topology), ConfigError> {
+        let topology = match self.topology_table() {
+            None => Topology::Single,
+            Some((table, origin)) => {
+                shards::parse(table).map_err(|(key, reason)| ConfigError::InvalidKey {
+                    key,
+                    reason,
+                    origin: origin.clone(),
+                })?
+            }
+        };
+        let (mut upstream, mut topology) = match topology {
+            Topology::Shards(spec) => {
+                if let Some((_, origin)) = self.given.get("upstream") {
+                    let reason = "a single server's address; with kind = \"shards\" the servers are in upstream.servers".to_owned();
+                    return Err(invalid("upstream", reason, origin.clone()));
+                }
+                (spec.servers[0].upstream.clone(), Topology::Shards(spec))
+            }
+            Topology::Single => {
+                let upstream = self
+                    .get("upstream", |raw| Upstream::parse(text(raw)?))?
+                    .unwrap_or_default();
+                (upstream, Topology::Single)
+            }
+        };
+        let user = self.get("upstream_user", |raw| {
+            text(raw).map(|s| non_empty(s.to_owned()))
+        })?;
+        let password = self.get("upstream_password", |raw| {
+            text(raw).map(|s| non_empty(s.to_owned()))
+        })?;
+        let servers = match &mut topology {
+            Topology::Shards(spec) => spec.servers.iter_mut().map(|s| &mut s.upstream).collect(),
+            Topology::Single => Vec::new(),
+        };
+        for target in std::iter::once(&mut upstream).chain(servers) {
+            if let Some(user) = &user {
+                target.username.clone_from(user);
+            }
+            if let Some(password) = &password {
+                target.password.clone_from(password);
+            }
+        }
+        if upstream.username.is_some() && upstream.password.is_none() {
+            let reason =
+                "a user needs a password (Redis AUTH takes both); set upstream_password".to_owned();
+            if self.given.contains_key("upstream_user") {
+                return Err(invalid(
+                    "upstream_user",
+                    reason,
+                    self.origin("upstream_user"),
+                ));
+            }
+            if let (Topology::Shards(_), Some((_, origin))) = (&topology, self.topology_table()) {
+                return Err(ConfigError::InvalidKey {
+                    key: "upstream.servers[0].address".to_owned(),
+                    reason,
+                    origin: origin.clone(),
+                });
+            }
+            return Err(invalid("upstream", reason, self.origin("upstream")));
+        }
+        Ok((upstream, topology))
+    }
+
+    /// Where the upstream address came from, for errors about it.
+    fn upstream_origin(&self) -> Origin {
+        match self.topology_table() {
+            Some((table, origin)) if shards::is_shards(table) => origin.clone(),
+            _ => self.origin("upstream"),
+        }
+    }
+
     /// TLS settings come in pairs and only make sense with a TLS peer.
     fn check_tls(&self, c: &Config) -> Result<(), ConfigError> {
         let pair = |cert: &'static str, key: &'static str, a: bool, b: bool| {
@@ -766,19 +956,15 @@ impl Values {
             }
             Ok(())
         };
-        pair(
-            "tls_cert",
-            "tls_key",
-            c.tls_cert.is_some(),
-            c.tls_key.is_some(),
-        )?;
+        let tls = &c.tls;
+        pair("tls_cert", "tls_key", tls.cert.is_some(), tls.key.is_some())?;
         pair(
             "upstream_tls_cert",
             "upstream_tls_key",
-            c.upstream_tls_cert.is_some(),
-            c.upstream_tls_key.is_some(),
+            tls.upstream_cert.is_some(),
+            tls.upstream_key.is_some(),
         )?;
-        if c.tls_client_ca.is_some() && c.tls_cert.is_none() {
+        if tls.client_ca.is_some() && tls.cert.is_none() {
             let reason =
                 "client certificates need TLS for clients: set tls_cert and tls_key".to_owned();
             return Err(invalid(
@@ -793,15 +979,15 @@ impl Values {
             "upstream_tls_server_name",
         ]
         .into_iter()
-        .find(|k| self.0.contains_key(*k))
-        .or(c.upstream_tls_insecure.then_some("upstream_tls_insecure"));
+        .find(|k| self.given.contains_key(*k))
+        .or(tls.upstream_insecure.then_some("upstream_tls_insecure"));
         if let (false, Some(key)) = (c.upstream.tls, upstream_tls) {
             let reason = "it applies to rediss:// upstreams only".to_owned();
             return Err(invalid(key, reason, self.origin(key)));
         }
-        if c.upstream.tls && c.upstream_tls_ca.is_none() && !c.upstream_tls_insecure {
+        if c.upstream.tls && tls.upstream_ca.is_none() && !tls.upstream_insecure {
             let reason = "rediss:// needs upstream_tls_ca (the CA to trust) or, explicitly, upstream_tls_insecure".to_owned();
-            return Err(invalid("upstream_tls_ca", reason, self.origin("upstream")));
+            return Err(invalid("upstream_tls_ca", reason, self.upstream_origin()));
         }
         Ok(())
     }
@@ -809,143 +995,165 @@ impl Values {
     /// Parses and checks every value, falling back to the defaults.
     fn build(&self) -> Result<Config, ConfigError> {
         let d = Config::default();
-        let listen = self.get("listen", parse_listen)?.unwrap_or(d.listen);
-
-        let mut upstream = self
-            .get("upstream", |raw| Upstream::parse(text(raw)?))?
-            .unwrap_or(d.upstream);
-        if let Some(user) = self.get("upstream_user", |raw| {
-            text(raw).map(|s| non_empty(s.to_owned()))
-        })? {
-            upstream.username = user;
+        let (upstream, topology) = self.upstream()?;
+        if let (Some((_, origin)), None) = (
+            self.given.get("twemproxy_pool"),
+            self.given.get("twemproxy"),
+        ) {
+            let reason = "names a pool of the twemproxy file, but twemproxy is not set".to_owned();
+            return Err(invalid("twemproxy_pool", reason, origin.clone()));
         }
-        if let Some(password) = self.get("upstream_password", |raw| {
-            text(raw).map(|s| non_empty(s.to_owned()))
-        })? {
-            upstream.password = password;
-        }
-        if upstream.username.is_some() && upstream.password.is_none() {
-            let key = if self.0.contains_key("upstream_user") {
-                "upstream_user"
-            } else {
-                "upstream"
-            };
-            let reason =
-                "a user needs a password (Redis AUTH takes both); set upstream_password".to_owned();
-            return Err(invalid(key, reason, self.origin(key)));
-        }
-
         let batch_window_us =
             self.get("batch_window_us", |raw| at_most(integer(raw)?, 1_000_000))?;
-        let command_timeout = self.get("command_timeout", |raw| {
+        let optional_duration = |raw: &Raw| {
             let timeout = duration(raw)?;
             Ok((!timeout.is_zero()).then_some(timeout))
-        })?;
+        };
         let config = Config {
-            listen,
+            listen: Listen {
+                addresses: self
+                    .get("listen", parse_listen)?
+                    .unwrap_or(d.listen.addresses),
+                max_clients: self
+                    .get("max_clients", count(1))?
+                    .unwrap_or(d.listen.max_clients),
+                requirepass: self
+                    .get("requirepass", |raw| {
+                        text(raw).map(|s| non_empty(s.to_owned()).map(Secret))
+                    })?
+                    .unwrap_or(d.listen.requirepass),
+            },
             upstream,
-            topology: Topology::Single,
-            metrics_listen: self
-                .get("metrics_listen", |raw| resolve(text(raw)?))?
-                .or(d.metrics_listen),
-            pool_size: self.get("pool_size", count(1))?.unwrap_or(d.pool_size),
-            max_batch_commands: self
-                .get("max_batch_commands", count(1))?
-                .unwrap_or(d.max_batch_commands),
-            max_batch_bytes: self
-                .get("max_batch_bytes", count(64))?
-                .unwrap_or(d.max_batch_bytes),
-            batch_window: batch_window_us.map_or(d.batch_window, Duration::from_micros),
-            sched_batch: self.get("sched_batch", boolean)?.unwrap_or(d.sched_batch),
-            connect_timeout: self
-                .get("connect_timeout", positive_duration)?
-                .unwrap_or(d.connect_timeout),
-            command_timeout: command_timeout.unwrap_or(d.command_timeout),
-            reconnect_backoff_max: self
-                .get("reconnect_backoff_max", |raw| {
-                    let max = duration(raw)?;
-                    if max < RECONNECT_BACKOFF_MIN {
-                        return Err(format!(
-                            "must be at least {}",
-                            humantime::format_duration(RECONNECT_BACKOFF_MIN)
-                        ));
-                    }
-                    Ok(max)
-                })?
-                .unwrap_or(d.reconnect_backoff_max),
-            drain_timeout: self
-                .get("drain_timeout", positive_duration)?
-                .unwrap_or(d.drain_timeout),
-            max_clients: self.get("max_clients", count(1))?.unwrap_or(d.max_clients),
-            max_client_inflight: self
-                .get("max_client_inflight", count(1))?
-                .unwrap_or(d.max_client_inflight),
-            max_client_reply_bytes: self
-                .get("max_client_reply_bytes", count(1))?
-                .unwrap_or(d.max_client_reply_bytes),
-            max_request_bytes: self
-                .get("max_request_bytes", count(1))?
-                .unwrap_or(d.max_request_bytes),
-            max_request_args: self
-                .get("max_request_args", count(1))?
-                .unwrap_or(d.max_request_args),
-            max_upstream_inflight: self
-                .get("max_upstream_inflight", count(1))?
-                .unwrap_or(d.max_upstream_inflight),
-            max_leases: self.get("max_leases", count(1))?.unwrap_or(d.max_leases),
-            warm_leases: self
-                .get("warm_leases", |raw| {
-                    usize::try_from(integer(raw)?).map_err(|_| "too large".to_owned())
-                })?
-                .unwrap_or(d.warm_leases),
-            max_pools: self.get("max_pools", count(1))?.unwrap_or(d.max_pools),
-            requirepass: self
-                .get("requirepass", |raw| {
-                    text(raw).map(|s| non_empty(s.to_owned()).map(Secret))
-                })?
-                .unwrap_or(d.requirepass),
+            topology,
+            timeouts: Timeouts {
+                connect_timeout: self
+                    .get("connect_timeout", positive_duration)?
+                    .unwrap_or(d.timeouts.connect_timeout),
+                command_timeout: self
+                    .get("command_timeout", optional_duration)?
+                    .unwrap_or(d.timeouts.command_timeout),
+                reconnect_backoff_max: self
+                    .get("reconnect_backoff_max", |raw| {
+                        let max = duration(raw)?;
+                        if max < RECONNECT_BACKOFF_MIN {
+                            return Err(format!(
+                                "must be at least {}",
+                                humantime::format_duration(RECONNECT_BACKOFF_MIN)
+                            ));
+                        }
+                        Ok(max)
+                    })?
+                    .unwrap_or(d.timeouts.reconnect_backoff_max),
+                drain_timeout: self
+                    .get("drain_timeout", positive_duration)?
+                    .unwrap_or(d.timeouts.drain_timeout),
+            },
+            batching: Batching {
+                pool_size: self
+                    .get("pool_size", count(1))?
+                    .unwrap_or(d.batching.pool_size),
+                max_batch_commands: self
+                    .get("max_batch_commands", count(1))?
+                    .unwrap_or(d.batching.max_batch_commands),
+                max_batch_bytes: self
+                    .get("max_batch_bytes", count(64))?
+                    .unwrap_or(d.batching.max_batch_bytes),
+                batch_window: batch_window_us
+                    .map_or(d.batching.batch_window, Duration::from_micros),
+                max_upstream_inflight: self
+                    .get("max_upstream_inflight", count(1))?
+                    .unwrap_or(d.batching.max_upstream_inflight),
+                max_pools: self
+                    .get("max_pools", count(1))?
+                    .unwrap_or(d.batching.max_pools),
+                sched_batch: self
+                    .get("sched_batch", boolean)?
+                    .unwrap_or(d.batching.sched_batch),
+            },
+            limits: Limits {
+                max_client_inflight: self
+                    .get("max_client_inflight", count(1))?
+                    .unwrap_or(d.limits.max_client_inflight),
+                max_client_reply_bytes: self
+                    .get("max_client_reply_bytes", count(1))?
+                    .unwrap_or(d.limits.max_client_reply_bytes),
+                max_request_bytes: self
+                    .get("max_request_bytes", count(1))?
+                    .unwrap_or(d.limits.max_request_bytes),
+                max_request_args: self
+                    .get("max_request_args", count(1))?
+                    .unwrap_or(d.limits.max_request_args),
+                deny_commands: self
+                    .get("deny_commands", parse_names)?
+                    .unwrap_or(d.limits.deny_commands),
+            },
+            leases: Leases {
+                max_leases: self
+                    .get("max_leases", count(1))?
+                    .unwrap_or(d.leases.max_leases),
+                warm_leases: self
+                    .get("warm_leases", |raw| {
+                        usize::try_from(integer(raw)?).map_err(|_| "too large".to_owned())
+                    })?
+                    .unwrap_or(d.leases.warm_leases),
+                lease_idle_timeout: self
+                    .get("lease_idle_timeout", optional_duration)?
+                    .unwrap_or(d.leases.lease_idle_timeout),
+            },
+            tls: Tls {
+                cert: self.file("tls_cert")?,
+                key: self.file("tls_key")?,
+                client_ca: self.file("tls_client_ca")?,
+                upstream_ca: self.file("upstream_tls_ca")?,
+                upstream_cert: self.file("upstream_tls_cert")?,
+                upstream_key: self.file("upstream_tls_key")?,
+                upstream_server_name: self
+                    .get("upstream_tls_server_name", |raw| {
+                        text(raw).map(|s| non_empty(s.trim().to_owned()))
+                    })?
+                    .flatten(),
+                upstream_insecure: self
+                    .get("upstream_tls_insecure", boolean)?
+                    .unwrap_or(d.tls.upstream_insecure),
+            },
+            observability: Observability {
+                metrics_listen: self
+                    .get("metrics_listen", |raw| resolve(text(raw)?))?
+                    .or(d.observability.metrics_listen),
+                log_level: self
+                    .get("log_level", |raw| match text(raw)?.trim() {
+                        "" => Err("must not be empty".to_owned()),
+                        level => Ok(level.to_owned()),
+                    })?
+                    .unwrap_or(d.observability.log_level),
+                log_format: self
+                    .get("log_format", |raw| {
+                        match text(raw)?.trim().to_ascii_lowercase().as_str() {
+                            "text" => Ok(LogFormat::Text),
+                            "json" => Ok(LogFormat::Json),
+                            _ => Err("expected text or json".to_owned()),
+                        }
+                    })?
+                    .unwrap_or(d.observability.log_format),
+            },
             config_file: None,
-            deny_commands: self
-                .get("deny_commands", parse_names)?
-                .unwrap_or(d.deny_commands),
-            tls_cert: self.file("tls_cert")?,
-            tls_key: self.file("tls_key")?,
-            tls_client_ca: self.file("tls_client_ca")?,
-            upstream_tls_ca: self.file("upstream_tls_ca")?,
-            upstream_tls_cert: self.file("upstream_tls_cert")?,
-            upstream_tls_key: self.file("upstream_tls_key")?,
-            upstream_tls_server_name: self
-                .get("upstream_tls_server_name", |raw| {
-                    text(raw).map(|s| non_empty(s.trim().to_owned()))
-                })?
-                .flatten(),
-            upstream_tls_insecure: self
-                .get("upstream_tls_insecure", boolean)?
-                .unwrap_or(d.upstream_tls_insecure),
-            lease_idle_timeout: self
-                .get("lease_idle_timeout", |raw| {
-                    let timeout = duration(raw)?;
-                    Ok((!timeout.is_zero()).then_some(timeout))
-                })?
-                .unwrap_or(d.lease_idle_timeout),
-            log_level: self
-                .get("log_level", |raw| match text(raw)?.trim() {
-                    "" => Err("must not be empty".to_owned()),
-                    level => Ok(level.to_owned()),
-                })?
-                .unwrap_or(d.log_level),
-            log_format: self
-                .get("log_format", |raw| {
-                    match text(raw)?.trim().to_ascii_lowercase().as_str() {
-                        "text" => Ok(LogFormat::Text),
-                        "json" => Ok(LogFormat::Json),
-                        _ => Err("expected text or json".to_owned()),
-                    }
-                })?
-                .unwrap_or(d.log_format),
+            warnings: self.warnings.clone(),
         };
         self.check_tls(&config)?;
         Ok(config)
+    }
+}
+
+impl Origin {
+    /// Precedence: a value from a higher rank replaces one from a lower.
+    fn rank(&self) -> u8 {
+        match self {
+            Origin::Default => 0,
+            Origin::Twemproxy(_) => 1,
+            Origin::File(_) => 2,
+            Origin::Env(_) => 3,
+            Origin::Flag(_) => 4,
+        }
     }
 }
 
@@ -1019,7 +1227,8 @@ fn command() -> Command {
         .about("A transparent pipelining proxy for Redis")
         .after_help(
             "Every flag can also be set as RESPIPE_<NAME> (e.g. RESPIPE_POOL_SIZE) or as a key in the \
-             --config file (e.g. pool_size = 4). Flags win over the environment, which wins over the file. \
+             --config file (e.g. pool_size = 4, or pool_size = 4 under [batching]). Flags win over the \
+             environment, which wins over the file, which wins over a --twemproxy pool. \
              Durations are written like 500ms, 2s or 1m.",
         )
         .args_override_self(true)
@@ -1029,6 +1238,12 @@ fn command() -> Command {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 .help(format!("TOML config file (examples in config/) [env: {CONFIG_ENV}]")),
+        )
+        .arg(
+            Arg::new("print_config")
+                .long("print-config")
+                .action(ArgAction::SetTrue)
+                .help("Print the configuration as respipe TOML, passwords included (sections; a --twemproxy pool converted), and exit"),
         );
     SETTINGS.iter().fold(cmd, |cmd, s| {
         let default = if s.default.is_empty() {
@@ -1063,10 +1278,11 @@ fn invalid(key: &'static str, reason: String, origin: Origin) -> ConfigError {
     }
 }
 
-/// The `, did you mean "x"?` for an unknown file key, when a setting is one edit or swap away.
+/// The `, did you mean "x"?` for an unknown file key, when a known key (flat, or `section.name`) is
+/// one edit or swap away.
 fn suggest(key: &str) -> String {
-    let close = |s: &Setting| {
-        let (a, b) = (key.as_bytes(), s.key.as_bytes());
+    let close = |known: &str| {
+        let (a, b) = (key.as_bytes(), known.as_bytes());
         if a.len() == b.len() {
             let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
             diff.len() == 1
@@ -1081,8 +1297,8 @@ fn suggest(key: &str) -> String {
         }
     };
     let normalized = key.replace('-', "_").to_ascii_lowercase();
-    match SETTINGS.iter().find(|s| s.key == normalized || close(s)) {
-        Some(s) => format!(", did you mean {:?}?", s.key),
+    match file::known_keys().find(|known| *known == normalized || close(known)) {
+        Some(known) => format!(", did you mean {known:?}?"),
         None => String::new(),
     }
 }
@@ -1345,7 +1561,7 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1354,7 +1570,7 @@ mod tests {
         Config::load_from(args, &|name: &str| env.get(name).cloned())
     }
 
-    fn load_err(args: &[&str], env: &[(&str, &str)]) -> String {
+    pub(super) fn load_err(args: &[&str], env: &[(&str, &str)]) -> String {
         load(args, env).expect_err("should fail").to_string()
     }
 
@@ -1363,10 +1579,10 @@ mod tests {
     }
 
     /// A config file in a fresh temp dir, removed on drop.
-    struct TempFile(PathBuf);
+    pub(super) struct TempFile(PathBuf);
 
     impl TempFile {
-        fn new(name: &str, contents: &str) -> TempFile {
+        pub(super) fn new(name: &str, contents: &str) -> TempFile {
             let dir = std::env::temp_dir()
                 .join(format!("respipe-config-test-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
@@ -1375,7 +1591,7 @@ mod tests {
             TempFile(path)
         }
 
-        fn path(&self) -> &str {
+        pub(super) fn path(&self) -> &str {
             self.0.to_str().unwrap()
         }
     }
@@ -1394,16 +1610,19 @@ mod tests {
     fn nothing_given_is_the_default() {
         let config = load(&[], &[]).unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.listen, vec![tcp("127.0.0.1:6380")]);
+        assert_eq!(config.listen.addresses, vec![tcp("127.0.0.1:6380")]);
         assert_eq!(config.upstream.to_string(), "redis://127.0.0.1:6379");
-        assert_eq!(config.metrics_listen, None);
-        assert_eq!(config.pool_size.get(), 1);
-        assert_eq!(config.max_batch_bytes.get(), 1_048_576);
-        assert_eq!(config.max_client_reply_bytes.get(), 268_435_456);
-        assert_eq!(config.max_request_bytes.get(), 536_870_912);
-        assert_eq!(config.max_request_args.get(), 16_777_216);
-        assert_eq!(config.command_timeout, Some(Duration::from_secs(10)));
-        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.observability.metrics_listen, None);
+        assert_eq!(config.batching.pool_size.get(), 1);
+        assert_eq!(config.batching.max_batch_bytes.get(), 1_048_576);
+        assert_eq!(config.limits.max_client_reply_bytes.get(), 268_435_456);
+        assert_eq!(config.limits.max_request_bytes.get(), 536_870_912);
+        assert_eq!(config.limits.max_request_args.get(), 16_777_216);
+        assert_eq!(
+            config.timeouts.command_timeout,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(config.observability.log_format, LogFormat::Text);
     }
 
     #[test]
@@ -1638,24 +1857,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.listen,
+            c.listen.addresses,
             vec![
                 tcp("127.0.0.1:0"),
                 tcp("[::1]:7000"),
                 ListenAddr::Unix("/tmp/r.sock".into())
             ]
         );
-        assert_eq!(c.listen[1].to_string(), "[::1]:7000");
-        assert_eq!(c.listen[2].to_string(), "unix:/tmp/r.sock");
+        assert_eq!(c.listen.addresses[1].to_string(), "[::1]:7000");
+        assert_eq!(c.listen.addresses[2].to_string(), "unix:/tmp/r.sock");
         let c = load(&[], &[("RESPIPE_LISTEN", "0.0.0.0:1, localhost:2,")]).unwrap();
-        assert_eq!(c.listen[0], tcp("0.0.0.0:1"));
+        assert_eq!(c.listen.addresses[0], tcp("0.0.0.0:1"));
         assert!(
-            matches!(c.listen[1], ListenAddr::Tcp(a) if a.ip().is_loopback() && a.port() == 2),
+            matches!(c.listen.addresses[1], ListenAddr::Tcp(a) if a.ip().is_loopback() && a.port() == 2),
             "{:?}",
-            c.listen
+            c.listen.addresses
         );
         let c = load(&["--metrics-listen", "localhost:9121"], &[]).unwrap();
-        assert!(c.metrics_listen.unwrap().ip().is_loopback());
+        assert!(c.observability.metrics_listen.unwrap().ip().is_loopback());
     }
 
     #[test]
@@ -1713,17 +1932,20 @@ mod tests {
         let f = file.path();
         let from_file = load(&["--config", f], &[]).unwrap();
         assert_eq!(
-            from_file.listen,
+            from_file.listen.addresses,
             vec![tcp("127.0.0.1:1"), tcp("127.0.0.1:2")]
         );
         assert_eq!(
-            (from_file.pool_size.get(), from_file.max_clients.get()),
+            (
+                from_file.batching.pool_size.get(),
+                from_file.listen.max_clients.get()
+            ),
             (3, 30)
         );
-        assert_eq!(from_file.connect_timeout, Duration::from_secs(3));
-        assert_eq!(from_file.log_format, LogFormat::Json);
+        assert_eq!(from_file.timeouts.connect_timeout, Duration::from_secs(3));
+        assert_eq!(from_file.observability.log_format, LogFormat::Json);
         assert_eq!(
-            from_file.drain_timeout,
+            from_file.timeouts.drain_timeout,
             Duration::from_secs(10),
             "unset keys keep their default"
         );
@@ -1738,17 +1960,20 @@ mod tests {
         ];
         let from_env = load(&[], &env).unwrap();
         assert_eq!(
-            from_env.listen,
+            from_env.listen.addresses,
             vec![tcp("127.0.0.1:3")],
             "a list is replaced, not merged"
         );
         assert_eq!(
-            (from_env.pool_size.get(), from_env.max_clients.get()),
+            (
+                from_env.batching.pool_size.get(),
+                from_env.listen.max_clients.get()
+            ),
             (4, 30)
         );
-        assert_eq!(from_env.connect_timeout, Duration::from_secs(4));
+        assert_eq!(from_env.timeouts.connect_timeout, Duration::from_secs(4));
         assert_eq!(from_env.upstream, Upstream::tcp("env", 6379));
-        assert_eq!(from_env.log_format, LogFormat::Json);
+        assert_eq!(from_env.observability.log_format, LogFormat::Json);
 
         let flags = [
             "--listen",
@@ -1764,22 +1989,23 @@ mod tests {
         ];
         let from_flags = load(&flags, &env).unwrap();
         assert_eq!(
-            from_flags.listen,
+            from_flags.listen.addresses,
             vec![tcp("127.0.0.1:5"), tcp("127.0.0.1:6")]
         );
         assert_eq!(
-            from_flags.pool_size.get(),
+            from_flags.batching.pool_size.get(),
             6,
             "a repeated flag keeps its last value"
         );
-        assert_eq!(from_flags.connect_timeout, Duration::from_secs(4));
+        assert_eq!(from_flags.timeouts.connect_timeout, Duration::from_secs(4));
         assert_eq!(from_flags.upstream, Upstream::tcp("flag", 1));
-        assert_eq!(from_flags.max_clients.get(), 30);
+        assert_eq!(from_flags.listen.max_clients.get(), 30);
 
         let other = TempFile::new("precedence-flag", "pool_size = 9\n");
         assert_eq!(
             load(&["--config", other.path()], &env)
                 .unwrap()
+                .batching
                 .pool_size
                 .get(),
             4,
@@ -1788,6 +2014,7 @@ mod tests {
         assert_eq!(
             load(&["--config", other.path()], &[])
                 .unwrap()
+                .batching
                 .pool_size
                 .get(),
             9
@@ -1801,30 +2028,34 @@ mod tests {
             &[("RESPIPE_DRAIN_TIMEOUT", "1m 30s")],
         )
         .unwrap();
-        assert_eq!(c.batch_window, Duration::from_micros(250));
-        assert_eq!(c.command_timeout, None);
-        assert_eq!(c.drain_timeout, Duration::from_secs(90));
+        assert_eq!(c.batching.batch_window, Duration::from_micros(250));
+        assert_eq!(c.timeouts.command_timeout, None);
+        assert_eq!(c.timeouts.drain_timeout, Duration::from_secs(90));
         assert_eq!(
             load(&["--command-timeout", "0s"], &[])
                 .unwrap()
+                .timeouts
                 .command_timeout,
             None
         );
         assert_eq!(
             load(&["--command-timeout", "250ms"], &[])
                 .unwrap()
+                .timeouts
                 .command_timeout,
             Some(Duration::from_millis(250))
         );
         assert_eq!(
             load(&["--batch-window-us", "1000000"], &[])
                 .unwrap()
+                .batching
                 .batch_window,
             Duration::from_secs(1)
         );
         assert_eq!(
             load(&["--reconnect-backoff-max", "10ms"], &[])
                 .unwrap()
+                .timeouts
                 .reconnect_backoff_max,
             Duration::from_millis(10)
         );
@@ -1843,7 +2074,7 @@ mod tests {
             ],
             &[],
         );
-        assert!(ok.is_ok_and(|c| c.upstream.tls && c.upstream_tls_insecure));
+        assert!(ok.is_ok_and(|c| c.upstream.tls && c.tls.upstream_insecure));
         let err = load_err(&["--upstream-tls-insecure", "yes"], &[]);
         assert!(err.contains("rediss:// upstreams only"), "{err}");
         let err = load_err(&["--tls-cert", "/no/such/cert.pem"], &[]);
@@ -1927,7 +2158,10 @@ mod tests {
             "pool_size = \"4\"\nlisten = \"127.0.0.1:1,127.0.0.1:2\"\n",
         );
         let c = load(&["--config", file.path()], &[]).unwrap();
-        assert_eq!((c.pool_size.get(), c.listen.len()), (4, 2));
+        assert_eq!(
+            (c.batching.pool_size.get(), c.listen.addresses.len()),
+            (4, 2)
+        );
     }
 
     #[test]
@@ -1963,6 +2197,8 @@ mod tests {
             "{err}"
         );
         let file = TempFile::new("table", "[upstream]\nhost = \"h\"\n");
+        assert!(load_err(&["--config", file.path()], &[]).contains("unknown key \"upstream.host\""));
+        let file = TempFile::new("nested", "pool_size = { n = 1 }\n");
         assert!(load_err(&["--config", file.path()], &[])
             .contains("expected a string, an integer, a boolean or a list of strings"));
 
@@ -1986,7 +2222,12 @@ mod tests {
                 seen.insert(name, config);
             }
         }
-        for name in ["minimal.toml", "respipe.toml", "sidecar.toml"] {
+        for name in [
+            "minimal.toml",
+            "respipe.toml",
+            "shards.toml",
+            "sidecar.toml",
+        ] {
             assert!(seen.contains_key(name), "config/{name} is missing");
         }
         // respipe.toml sets every key to its default (or shows it commented out when it has none).
@@ -1995,17 +2236,28 @@ mod tests {
             ..seen["respipe.toml"].clone()
         };
         assert_eq!(example, Config::default());
+        // ... each in its section.
         let text = std::fs::read_to_string(dir.join("respipe.toml")).unwrap();
-        for s in SETTINGS {
-            let line = format!("{} = ", s.key);
-            let documented = text
+        for &(section, name, _) in SECTIONS {
+            let header = format!("[{section}]");
+            let body = text
+                .split_once(&format!("\n{header}\n"))
+                .map(|(_, after)| after.split("\n[").next().unwrap_or_default())
+                .unwrap_or_else(|| panic!("respipe.toml lacks {header}"));
+            let line = format!("{name} = ");
+            let documented = body
                 .lines()
                 .any(|l| l.trim_start_matches("# ").starts_with(&line));
-            assert!(documented, "respipe.toml lacks {}", s.key);
+            assert!(documented, "respipe.toml lacks {name} under {header}");
         }
+        let Topology::Shards(spec) = &seen["shards.toml"].topology else {
+            panic!("shards.toml is not sharded");
+        };
+        assert_eq!(spec.servers.len(), 3);
+        assert_eq!(seen["shards.toml"].upstream, spec.servers[0].upstream);
         let sidecar = &seen["sidecar.toml"];
-        assert_eq!(sidecar.listen.len(), 2);
+        assert_eq!(sidecar.listen.addresses.len(), 2);
         assert_eq!(sidecar.upstream, Upstream::tcp("redis", 6379));
-        assert!(sidecar.metrics_listen.is_some());
+        assert!(sidecar.observability.metrics_listen.is_some());
     }
 }

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: one validated `Config` from file < env < flags.
+//! - [`config`]: one validated `Config`, in sections, from twemproxy pool < file < env < flags.
 //! - [`resp`]: RESP2/RESP3 scanners yielding frame boundaries; bounded, resumable, never panic.
 //! - [`command`]: the table that classifies every command (forward with its reply shape, lease,
 //!   answer locally, refuse) and knows where its keys are.
@@ -51,8 +51,8 @@ pub mod outflow;
 pub mod pool;
 pub mod reload;
 pub mod reply;
-pub mod route;
 pub mod resp;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod shard;

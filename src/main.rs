@@ -22,12 +22,15 @@ const FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 fn main() -> ExitCode {
     let config = Config::load().unwrap_or_else(|err| err.exit());
     let log = init_tracing(&config);
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     // TLS files are parsed now, before anything binds: a bad certificate is a configuration error.
     if let Err(err) = respipe::tls::acceptor(&config).and(respipe::tls::connector(&config)) {
         error!(error = %err, "invalid TLS configuration");
         return ExitCode::from(64);
     }
-    if config.sched_batch {
+    if config.batching.sched_batch {
         // Before the runtime starts, so every thread it makes inherits the policy.
         match sched_batch() {
             Ok(()) => info!("scheduling policy SCHED_BATCH (sched_batch)"),
@@ -86,7 +89,7 @@ fn sched_batch() -> std::io::Result<()> {
 async fn serve(config: Config, log: LogReload) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
-    for addr in &config.listen {
+    for addr in &config.listen.addresses {
         match addr {
             ListenAddr::Tcp(a) => {
                 let l = TcpListener::bind(a)
@@ -107,7 +110,7 @@ async fn serve(config: Config, log: LogReload) -> anyhow::Result<()> {
             }
         }
     }
-    let admin = match config.metrics_listen {
+    let admin = match config.observability.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
@@ -137,7 +140,7 @@ async fn serve(config: Config, log: LogReload) -> anyhow::Result<()> {
     info!(
         listen = %bound.join(" "),
         upstream = %config.upstream,
-        pool_size = config.pool_size.get(),
+        pool_size = config.batching.pool_size.get(),
         "respipe ready"
     );
     respipe::server::run_with_updates(config, listeners, admin, shutdown, updates_rx).await?;
@@ -165,10 +168,10 @@ fn init_tracing(config: &Config) -> LogReload {
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_set = from_env.is_some();
     let filter = from_env
-        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .or_else(|| EnvFilter::try_new(&config.observability.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = match config.log_format {
+    let fmt = match config.observability.log_format {
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
@@ -208,8 +211,8 @@ async fn watch_config(
         };
         match Config::load() {
             Ok(new) => {
-                if new.log_level != running.log_level {
-                    match (&log, EnvFilter::try_new(&new.log_level)) {
+                if new.observability.log_level != running.observability.log_level {
+                    match (&log, EnvFilter::try_new(&new.observability.log_level)) {
                         (Some(handle), Ok(filter)) => {
                             let _ = handle.reload(filter);
                         }
@@ -218,6 +221,9 @@ async fn watch_config(
                     }
                 }
                 info!(trigger = why, "reloading configuration");
+                for warning in &new.warnings {
+                    warn!("{warning}");
+                }
                 running = new.clone();
                 if updates.send(new).is_err() {
                     return;

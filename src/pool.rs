@@ -27,10 +27,10 @@ use crate::config::{Config, Topology, Upstream};
 use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply;
-use crate::tls::UpstreamTls;
-use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
 use crate::reply::Lane;
+use crate::tls::UpstreamTls;
 use crate::topology::Layout;
+use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
 use crate::warm::{Place, Warm};
 
 /// Queue capacity (requests) of each upstream connection's handle; past it senders wait. Each
@@ -276,9 +276,9 @@ impl Pools {
             resp3: false,
             tls,
             tunables: Arc::new(Live::new(Tunables::from_config(config))),
-            connect_timeout: config.connect_timeout,
-            backoff_max: config.reconnect_backoff_max,
-            max_inflight: config.max_upstream_inflight.get(),
+            connect_timeout: config.timeouts.connect_timeout,
+            backoff_max: config.timeouts.reconnect_backoff_max,
+            max_inflight: config.batching.max_upstream_inflight.get(),
             queue_capacity: QUEUE_CAPACITY,
             dedicated: false,
             user: None,
@@ -301,18 +301,18 @@ impl Pools {
         };
         let pools = Pools {
             base: Mutex::new(base),
-            pool_size: config.pool_size.get(),
-            max_pools: config.max_pools.get(),
+            pool_size: config.batching.pool_size.get(),
+            max_pools: config.batching.max_pools.get(),
             default: Mutex::new(Arc::new(placeholder)),
             layout: Mutex::new(layout),
             generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
-            leases: Arc::new(Semaphore::new(config.max_leases.get())),
+            leases: Arc::new(Semaphore::new(config.leases.max_leases.get())),
             warm: Arc::new(Warm::new(
-                config.warm_leases,
-                config.connect_timeout.saturating_mul(2),
+                config.leases.warm_leases,
+                config.timeouts.connect_timeout.saturating_mul(2),
             )),
-            max_leases: config.max_leases.get(),
+            max_leases: config.leases.max_leases.get(),
             leases_gauge: metrics::gauge!(crate::metrics::LEASES),
             lease_refusals: metrics::counter!(crate::metrics::LEASE_REFUSALS),
             pools_gauge: metrics::gauge!(crate::metrics::POOLS),
@@ -329,9 +329,10 @@ impl Pools {
         lock(&self.base).tunables.clone()
     }
 
-    /// A reload changed the upstream (address, credentials, db): new pools start with the new
-    /// settings; sessions move to them as soon as they have nothing in flight, and the old pools'
-    /// connections close when the last session leaves them. Leases in use keep their connection.
+    /// A reload changed the upstream (address, credentials, db) or its topology (servers,
+    /// weights, hashing): new pools start with the new settings; sessions move to them as soon as
+    /// they have nothing in flight, and the old pools' connections close when the last session
+    /// leaves them. Leases in use keep their connection.
     pub fn replace_upstream(&self, upstream: Upstream, topology: Topology) {
         let key = PoolKey {
             db: upstream.db,

@@ -14,41 +14,48 @@ use crate::upstream::Tunables;
 /// Applied at once, without dropping a client: batching knobs and the command timeout (every
 /// upstream connection's next batch), per-client limits, `deny_commands`, `requirepass` and
 /// `lease_idle_timeout` (every session's next event; request size limits for new clients), and
-/// the upstream address and credentials (new pools; sessions move to them when nothing is in
-/// flight; leases in use keep their connection). The log level is applied by the binary.
+/// the upstream address and credentials, and the topology: shards added, removed or reweighted,
+/// hash, distribution, hash tag and ejection settings, a switch between one server and shards (new
+/// pools; sessions move to them when nothing is in flight; leases in use keep their connection).
+/// The log level is applied by the binary.
+///
+/// Needs a restart: the listen addresses, the metrics address, the pool and lease sizes, the
+/// connect and drain timeouts, TLS files and switching the upstream's TLS on or off, the log
+/// format and `sched_batch`. A twemproxy file is read again on SIGHUP and when the TOML file
+/// changes, not when only the YAML changes.
 pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
     let mut effective = new.clone();
     let mut restart: Vec<&str> = Vec::new();
     macro_rules! keep_running {
-        ($($field:ident),* $(,)?) => {$(
-            if running.$field != new.$field {
-                restart.push(stringify!($field));
-                effective.$field = running.$field.clone();
+        ($($section:ident.$field:ident),* $(,)?) => {$(
+            if running.$section.$field != new.$section.$field {
+                restart.push(concat!(stringify!($section), ".", stringify!($field)));
+                effective.$section.$field = running.$section.$field.clone();
             }
         )*};
     }
     keep_running!(
-        listen,
-        metrics_listen,
-        pool_size,
-        max_clients,
-        max_leases,
-        warm_leases,
-        max_pools,
-        max_upstream_inflight,
-        connect_timeout,
-        reconnect_backoff_max,
-        drain_timeout,
-        tls_cert,
-        tls_key,
-        tls_client_ca,
-        upstream_tls_ca,
-        upstream_tls_cert,
-        upstream_tls_key,
-        upstream_tls_server_name,
-        upstream_tls_insecure,
-        log_format,
-        sched_batch,
+        listen.addresses,
+        observability.metrics_listen,
+        batching.pool_size,
+        listen.max_clients,
+        leases.max_leases,
+        leases.warm_leases,
+        batching.max_pools,
+        batching.max_upstream_inflight,
+        timeouts.connect_timeout,
+        timeouts.reconnect_backoff_max,
+        timeouts.drain_timeout,
+        tls.cert,
+        tls.key,
+        tls.client_ca,
+        tls.upstream_ca,
+        tls.upstream_cert,
+        tls.upstream_key,
+        tls.upstream_server_name,
+        tls.upstream_insecure,
+        observability.log_format,
+        batching.sched_batch,
     );
     if running.upstream.tls != new.upstream.tls {
         restart.push("upstream (TLS on or off)");
@@ -72,11 +79,13 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         shared.limits.store(limits);
         applied.push("client limits, deny_commands, requirepass, lease_idle_timeout");
     }
-    if effective.upstream != running.upstream {
-        shared.pools.replace_upstream(effective.upstream.clone(), effective.topology.clone());
+    if effective.upstream != running.upstream || effective.topology != running.topology {
+        shared
+            .pools
+            .replace_upstream(effective.upstream.clone(), effective.topology.clone());
         applied.push("upstream");
     }
-    if effective.log_level != running.log_level {
+    if effective.observability.log_level != running.observability.log_level {
         applied.push("log_level");
     }
     if applied.is_empty() {
@@ -89,4 +98,81 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         );
     }
     effective
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::clients::Registry;
+    use crate::config::{Topology, Upstream};
+    use crate::live::Live;
+    use crate::metrics::ClientMetrics;
+    use crate::outflow::ServerLimit;
+    use crate::pool::Pools;
+    use crate::shard::{Server, Spec};
+
+    /// Shards on loopback ports nothing listens on (the pools connect in the background).
+    fn shards(ports: &[u16]) -> Config {
+        let servers: Vec<Server> = ports
+            .iter()
+            .map(|&port| Server {
+                upstream: Upstream::tcp("127.0.0.1", port),
+                name: None,
+                weight: 1,
+            })
+            .collect();
+        Config {
+            upstream: servers[0].upstream.clone(),
+            topology: Topology::Shards(Spec {
+                servers,
+                hash: Default::default(),
+                distribution: Default::default(),
+                hash_tag: None,
+                eject: None,
+            }),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_server_list_reaches_the_pools_and_restart_settings_stay() {
+        let running = shards(&[1, 2]);
+        let shared = Shared {
+            pools: Pools::start(&running, None),
+            metrics: ClientMetrics::new(),
+            limits: Live::new(SessionLimits::from_config(&running)),
+            shutdown: CancellationToken::new(),
+            pubsub_limit: ServerLimit::default(),
+            clients: Registry::new(),
+        };
+        assert_eq!(shared.pools.layout().servers.len(), 2);
+
+        let mut new = shards(&[1, 2, 3]);
+        new.batching.pool_size = 4.try_into().unwrap();
+        let generation = shared.pools.generation();
+        let effective = apply(&running, &new, &shared);
+        assert_eq!(
+            shared.pools.layout().servers.len(),
+            3,
+            "the servers were handed over"
+        );
+        assert!(shared.pools.generation() > generation, "new pools started");
+        assert_eq!(effective.topology, new.topology);
+        assert_eq!(
+            effective.batching.pool_size, running.batching.pool_size,
+            "needs a restart"
+        );
+
+        let generation = shared.pools.generation();
+        let same = apply(&effective, &effective.clone(), &shared);
+        assert_eq!(same, effective);
+        assert_eq!(
+            shared.pools.generation(),
+            generation,
+            "nothing changed, nothing replaced"
+        );
+        shared.shutdown.cancel();
+    }
 }

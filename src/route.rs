@@ -24,11 +24,18 @@ pub enum Plan {
     /// No key: the first server, or the dedicated connection the session holds.
     Keyless,
     /// Parts of the command on several servers (one request each), their replies merged.
-    Split { parts: Vec<(Lane, Bytes)>, merge: Merge },
+    Split {
+        parts: Vec<(Lane, Bytes)>,
+        merge: Merge,
+    },
     /// The command as it came on every server, the replies merged.
     All(Merge),
     /// The command rewritten for one server, its reply transformed (`SCAN`).
-    Rewrite { lane: Lane, bytes: Bytes, merge: Merge },
+    Rewrite {
+        lane: Lane,
+        bytes: Bytes,
+        merge: Merge,
+    },
     /// respipe answers (`PING`, `ECHO`).
     Local(Bytes),
     /// The command's keys are on several servers and it cannot be split.
@@ -206,7 +213,10 @@ impl Merge {
     /// The one reply for the client from the parts' replies (one complete frame each, in part
     /// order). An error from any part is the answer (the first one).
     pub fn merge(&self, parts: &[Bytes]) -> Bytes {
-        if let Some(error) = parts.iter().find(|p| matches!(p.first(), Some(b'-' | b'!'))) {
+        if let Some(error) = parts
+            .iter()
+            .find(|p| matches!(p.first(), Some(b'-' | b'!')))
+        {
             return error.clone();
         }
         let merged = match self {

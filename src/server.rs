@@ -113,7 +113,7 @@ pub async fn run_with_updates(
     }
     // Permits for client connections: `max_clients`. A connection holds one for its whole life;
     // when none is left, new connections get Redis's "max number of clients reached" and are closed.
-    let permits = Arc::new(Semaphore::new(config.max_clients.get()));
+    let permits = Arc::new(Semaphore::new(config.listen.max_clients.get()));
     let sessions = TaskTracker::new();
     let mut accepting = Vec::new();
     for listener in listeners {
@@ -133,13 +133,13 @@ pub async fn run_with_updates(
     let open = sessions.len();
     drop(shared);
     info!(sessions = open, "shutting down: draining client sessions");
-    if tokio::time::timeout(config.drain_timeout, sessions.wait())
+    if tokio::time::timeout(config.timeouts.drain_timeout, sessions.wait())
         .await
         .is_err()
     {
         warn!(
             sessions = sessions.len(),
-            timeout = ?config.drain_timeout,
+            timeout = ?config.timeouts.drain_timeout,
             "drain timeout expired; closing the remaining sessions"
         );
     }

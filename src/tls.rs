@@ -66,7 +66,7 @@ impl fmt::Debug for UpstreamTls {
 
 /// The client-facing acceptor, when `tls_cert`/`tls_key` are set.
 pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, TlsError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
         return Ok(None);
     };
     let builder = ServerConfig::builder_with_provider(provider())
@@ -75,7 +75,7 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, TlsError> {
             key: "tls_cert",
             source,
         })?;
-    let builder = match &config.tls_client_ca {
+    let builder = match &config.tls.client_ca {
         Some(ca) => {
             let roots = roots("tls_client_ca", ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
@@ -109,16 +109,16 @@ pub fn connector(config: &Config) -> Result<Option<UpstreamTls>, TlsError> {
             key: "upstream_tls_ca",
             source,
         })?;
-    let builder = if config.upstream_tls_insecure {
+    let builder = if config.tls.upstream_insecure {
         warn!("upstream_tls_insecure: Redis's TLS certificate is not verified");
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
     } else {
-        let ca = config.upstream_tls_ca.as_deref().unwrap_or(Path::new(""));
+        let ca = config.tls.upstream_ca.as_deref().unwrap_or(Path::new(""));
         builder.with_root_certificates(roots("upstream_tls_ca", ca)?)
     };
-    let client = match (&config.upstream_tls_cert, &config.upstream_tls_key) {
+    let client = match (&config.tls.upstream_cert, &config.tls.upstream_key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(
                 certs("upstream_tls_cert", cert)?,
@@ -130,7 +130,7 @@ pub fn connector(config: &Config) -> Result<Option<UpstreamTls>, TlsError> {
             })?,
         _ => builder.with_no_client_auth(),
     };
-    let name = match (&config.upstream_tls_server_name, &config.upstream.endpoint) {
+    let name = match (&config.tls.upstream_server_name, &config.upstream.endpoint) {
         (Some(name), _) => name.clone(),
         (None, Endpoint::Tcp { host, .. }) => host.clone(),
         (None, Endpoint::Unix(_)) => "localhost".to_owned(),

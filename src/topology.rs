@@ -127,11 +127,7 @@ impl Layout {
     pub fn shard_for(&self, key: &[u8]) -> Option<Lane> {
         match &self.sharding {
             None => Some(0),
-            Some(sharding) => sharding
-                .placement
-                .load()
-                .server_for(key)
-                .map(|i| i as Lane),
+            Some(sharding) => sharding.placement.load().server_for(key).map(|i| i as Lane),
         }
     }
 

@@ -128,11 +128,11 @@ impl Tunables {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Tunables {
             policy: BatchPolicy {
-                max_commands: config.max_batch_commands.get(),
-                max_bytes: config.max_batch_bytes.get(),
-                window: config.batch_window,
+                max_commands: config.batching.max_batch_commands.get(),
+                max_bytes: config.batching.max_batch_bytes.get(),
+                window: config.batching.batch_window,
             },
-            command_timeout: config.command_timeout,
+            command_timeout: config.timeouts.command_timeout,
         }
     }
 }

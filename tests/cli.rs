@@ -382,3 +382,93 @@ async fn wait_status(admin: &str, path: &str, want: u16) {
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// `respipe --twemproxy FILE --print-config` is the documented migration step: it prints respipe
+/// TOML and exits 0, and that TOML loads to the same configuration as the YAML pool.
+#[test]
+fn twemproxy_print_config_loads_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("nutcracker.yml");
+    std::fs::write(
+        &yaml,
+        "alpha:\n  listen: 127.0.0.1:22121\n  hash: murmur\n  distribution: ketama\n  hash_tag: \"{}\"\n  \
+         redis: true\n  timeout: 400\n  preconnect: true\n  servers:\n   - 127.0.0.1:7001:1 one\n   \
+         - 127.0.0.1:7002:2 two\n",
+    )
+    .unwrap();
+    let mut cmd = respipe_command();
+    cmd.arg("--twemproxy").arg(&yaml).arg("--print-config");
+    let (code, stdout, stderr) = run_to_exit(cmd, EXIT);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stdout.contains("[[upstream.servers]]"), "{stdout}");
+    let printed = dir.path().join("respipe.toml");
+    std::fs::write(&printed, &stdout).unwrap();
+
+    let load = |args: &[&std::ffi::OsStr]| {
+        let args = std::iter::once(std::ffi::OsStr::new("respipe")).chain(args.iter().copied());
+        respipe::Config::load_from(args, &|_: &str| None).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let from_yaml = load(&["--twemproxy".as_ref(), yaml.as_os_str()]);
+    let from_toml = load(&["--config".as_ref(), printed.as_os_str()]);
+    assert!(matches!(
+        from_yaml.topology,
+        respipe::config::Topology::Shards(_)
+    ));
+    assert_eq!(from_yaml.warnings.len(), 1, "preconnect is reported");
+    assert_eq!(
+        respipe::Config {
+            config_file: None,
+            ..from_toml
+        },
+        respipe::Config {
+            warnings: Vec::new(),
+            ..from_yaml
+        }
+    );
+}
+
+/// `--twemproxy FILE` runs the pool itself: keys spread over its servers and come back, and the
+/// twemproxy keys respipe has no equivalent for are named in one warning at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twemproxy_pool_serves_and_names_ignored_keys() {
+    bounded(Duration::from_secs(60), "twemproxy pool", async {
+        let (one, two) = (RedisServer::start().await, RedisServer::start().await);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("nutcracker.yml");
+        std::fs::write(
+            &yaml,
+            format!(
+                "alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  distribution: ketama\n  \
+                 redis: true\n  preconnect: true\n  backlog: 512\n  servers:\n   - {}:1 one\n   - {}:1 two\n",
+                one.addr(),
+                two.addr()
+            ),
+        )
+        .unwrap();
+        let mut cmd = respipe_command();
+        cmd.arg("--twemproxy")
+            .arg(&yaml)
+            .args(["--listen", "127.0.0.1:0"]);
+        let mut bin = Binary::spawn(cmd);
+        let warning = bin.wait_line("no respipe equivalent", Duration::from_secs(10));
+        assert!(warning.contains("preconnect, backlog"), "{warning}");
+        let listen: std::net::SocketAddr = bin.ready_field("listen").parse().unwrap();
+        let mut client = RawClient::connect(listen).await;
+        for i in 0..40 {
+            let key = format!("key:{i}");
+            assert_eq!(client.cmd(&["SET", &key, &key]).await, Reply::ok());
+        }
+        for i in 0..40 {
+            let key = format!("key:{i}");
+            assert_eq!(client.cmd(&["GET", &key]).await, Reply::bulk(&key));
+        }
+        for redis in [&one, &two] {
+            let mut direct = RawClient::connect(redis.addr()).await;
+            match direct.cmd(&["DBSIZE"]).await {
+                Reply::Int(n) => assert!(n > 0 && n < 40, "one server holds {n} of 40 keys"),
+                other => panic!("DBSIZE: {other:?}"),
+            }
+        }
+    })
+    .await;
+}

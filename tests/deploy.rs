@@ -240,6 +240,7 @@ fn deploy_configs_load() {
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(
             config
+                .observability
                 .metrics_listen
                 .is_some_and(|a| a.ip().is_unspecified()),
             "{}: in a pod, metrics_listen must be 0.0.0.0 for the kubelet's probes",

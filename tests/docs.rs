@@ -1,6 +1,6 @@
 //! The README's settings table and metrics list are checked against the code, so they cannot rot.
 
-use respipe::config::SETTINGS;
+use respipe::config::{SECTIONS, SETTINGS};
 
 const README: &str = include_str!("../README.md");
 
@@ -8,15 +8,19 @@ const README: &str = include_str!("../README.md");
 fn settings_table() -> String {
     let cell = |s: &str| s.replace('|', "\\|");
     let mut table =
-        String::from("| flag | env | file key | default | what it does |\n|---|---|---|---|---|\n");
+        String::from("| flag | env | file key (flat, or in its section) | default | what it does |\n|---|---|---|---|---|\n");
     for s in SETTINGS {
         let default = if s.default.is_empty() {
             "none".to_owned()
         } else {
             format!("`{}`", s.default)
         };
+        let (section, name, _) = SECTIONS
+            .iter()
+            .find(|(.., flat)| *flat == s.key)
+            .expect("every setting has a section");
         table.push_str(&format!(
-            "| `{} {}` | `{}` | `{}` | {} | {} |\n",
+            "| `{} {}` | `{}` | `{}`, `[{section}] {name}` | {} | {} |\n",
             s.flag,
             cell(s.value_name),
             s.env,

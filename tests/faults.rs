@@ -44,8 +44,8 @@ async fn upstream_killed_mid_load() {
         async {
             let mut redis = RedisServer::start().await;
             let proxy = Proxy::ready_with(&redis, |c| {
-                c.command_timeout = Some(Duration::from_secs(3));
-                c.reconnect_backoff_max = Duration::from_millis(100);
+                c.timeouts.command_timeout = Some(Duration::from_secs(3));
+                c.timeouts.reconnect_backoff_max = Duration::from_millis(100);
             })
             .await;
             let counts = Arc::new(Counts::default());
@@ -252,7 +252,7 @@ async fn timeout_fixture(
 ) -> (RedisServer, Proxy, RawClient, RawClient) {
     let redis = RedisServer::start_with(redis_args).await;
     let proxy = Proxy::ready_with(&redis, |c| {
-        c.command_timeout = Some(Duration::from_millis(300));
+        c.timeouts.command_timeout = Some(Duration::from_millis(300));
         tweak(c);
     })
     .await;
@@ -324,7 +324,7 @@ async fn late_reply_after_timeout_is_dropped() {
         async {
             let (_redis, _proxy, mut a, mut b) =
                 timeout_fixture(&["--enable-debug-command", "yes"], |c| {
-                    c.pool_size = 1.try_into().unwrap()
+                    c.batching.pool_size = 1.try_into().unwrap()
                 })
                 .await;
 
@@ -518,8 +518,8 @@ async fn upstream_connect_timeout() {
 
         let connect_timeout = Duration::from_millis(300);
         let proxy = Proxy::start(port, |c| {
-            c.connect_timeout = connect_timeout;
-            c.reconnect_backoff_max = Duration::from_millis(100);
+            c.timeouts.connect_timeout = connect_timeout;
+            c.timeouts.reconnect_backoff_max = Duration::from_millis(100);
         })
         .await;
         let mut c = proxy.raw().await;
@@ -552,8 +552,8 @@ async fn upstream_reset_by_peer() {
         let redis = RedisServer::start().await;
         let link = ChaosLink::start(redis.addr()).await;
         let proxy = Proxy::start(link.addr.port(), |c| {
-            c.pool_size = 1.try_into().unwrap();
-            c.reconnect_backoff_max = Duration::from_millis(100);
+            c.batching.pool_size = 1.try_into().unwrap();
+            c.timeouts.reconnect_backoff_max = Duration::from_millis(100);
         })
         .await;
         proxy.wait_ready().await;

@@ -115,8 +115,8 @@ async fn requests_over_configured_limits_are_refused() {
     bounded(LIMIT, "request limits", async {
         let redis = RedisServer::start().await;
         let proxy = Proxy::ready_with(&redis, |c| {
-            c.max_request_bytes = 4096.try_into().unwrap();
-            c.max_request_args = 100.try_into().unwrap();
+            c.limits.max_request_bytes = 4096.try_into().unwrap();
+            c.limits.max_request_args = 100.try_into().unwrap();
         })
         .await;
         let mut other = proxy.raw().await;
@@ -272,7 +272,8 @@ async fn deeply_nested_reply_is_forwarded() {
 async fn reply_deeper_than_scanner_limit_does_not_hurt_others() {
     bounded(LIMIT, "reply deeper than the scanner's limit", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.pool_size = 1.try_into().unwrap()).await;
+        let proxy =
+            Proxy::ready_with(&redis, |c| c.batching.pool_size = 1.try_into().unwrap()).await;
         let mut c = proxy.raw().await;
         let mut other = proxy.raw().await;
         assert_eq!(other.cmd(&["SET", "o", "1"]).await, Reply::ok());

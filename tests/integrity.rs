@@ -109,11 +109,11 @@ async fn pipelines_with_tiny_batches() {
         run_pipelines(
             &redis,
             |c| {
-                c.max_batch_commands = 3.try_into().unwrap();
-                c.max_batch_bytes = 64.try_into().unwrap();
-                c.pool_size = 1.try_into().unwrap();
-                c.max_client_inflight = 7.try_into().unwrap();
-                c.max_upstream_inflight = 5.try_into().unwrap();
+                c.batching.max_batch_commands = 3.try_into().unwrap();
+                c.batching.max_batch_bytes = 64.try_into().unwrap();
+                c.batching.pool_size = 1.try_into().unwrap();
+                c.limits.max_client_inflight = 7.try_into().unwrap();
+                c.batching.max_upstream_inflight = 5.try_into().unwrap();
             },
             6,
             2_000,
@@ -129,7 +129,8 @@ async fn pipelines_with_tiny_batches() {
 async fn batching_is_real() {
     bounded(Duration::from_secs(120), "batching", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.pool_size = 1.try_into().unwrap()).await;
+        let proxy =
+            Proxy::ready_with(&redis, |c| c.batching.pool_size = 1.try_into().unwrap()).await;
         let mut clients = Vec::new();
         for _ in 0..100 {
             clients.push(proxy.raw().await);
@@ -314,7 +315,8 @@ impl ReadHalfClient {
 async fn vanished_clients_do_not_disturb_others() {
     bounded(Duration::from_secs(120), "vanishing clients", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.pool_size = 1.try_into().unwrap()).await;
+        let proxy =
+            Proxy::ready_with(&redis, |c| c.batching.pool_size = 1.try_into().unwrap()).await;
         let big = "z".repeat(32 * 1024);
         assert_eq!(
             proxy.raw().await.cmd(&["SET", "big", &big]).await,

@@ -152,7 +152,7 @@ async fn sync_streams_the_rdb_then_the_propagated_writes() {
 async fn replconf_then_psync_gets_a_full_resync_and_counts_as_a_lease() {
     bounded(LIMIT, "PSYNC", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.max_leases = nz(1)).await;
+        let proxy = Proxy::ready_with(&redis, |c| c.leases.max_leases = nz(1)).await;
         let mut replica = proxy.raw().await;
         // Replies owed before the switch come first, in order.
         let mut bytes = encode(&["SET", "before", "1"]);
@@ -301,12 +301,12 @@ async fn on_lease(lease: &Lease, commands: &[&[&str]]) -> String {
 async fn a_given_back_lease_is_scrubbed_before_reuse() {
     bounded(LIMIT, "scrubbed lease", async {
         let redis = RedisServer::start().await;
-        let config = Config {
+        let mut config = Config {
             upstream: Upstream::tcp("127.0.0.1", redis.port()),
-            max_leases: nz(2),
-            warm_leases: 1,
             ..Config::default()
         };
+        config.leases.max_leases = nz(2);
+        config.leases.warm_leases = 1;
         let pools = Arc::new(Pools::start(&config, None));
         let key = PoolKey {
             db: 0,
@@ -404,7 +404,7 @@ async fn a_reused_lease_carries_no_state_into_the_next_client() {
 async fn max_leases_bounds_lent_and_warm_leases_together() {
     bounded(LIMIT, "max_leases with warm leases", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.max_leases = nz(2)).await;
+        let proxy = Proxy::ready_with(&redis, |c| c.leases.max_leases = nz(2)).await;
         // A's lease comes back and stays warm for db 0, holding one permit.
         let mut a = proxy.raw().await;
         for _ in 0..2 {

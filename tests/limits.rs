@@ -53,7 +53,7 @@ async fn a_client_that_reads_slowly_is_throttled_not_closed() {
     const N: usize = 200; // 100 MiB of replies, four times the cap below
     let redis = redis_with_big(SIZE).await;
     let proxy = Proxy::ready_with(&redis, |c| {
-        c.max_client_reply_bytes = std::num::NonZeroUsize::new(24 << 20).unwrap();
+        c.limits.max_client_reply_bytes = std::num::NonZeroUsize::new(24 << 20).unwrap();
     })
     .await;
     let mut c = proxy.raw().await;

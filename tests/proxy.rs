@@ -424,7 +424,8 @@ async fn protocol_error_closes_only_that_client() {
 async fn max_clients_refuses_extra_connections() {
     bounded(LIMIT, "max clients", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.max_clients = 2.try_into().unwrap()).await;
+        let proxy =
+            Proxy::ready_with(&redis, |c| c.listen.max_clients = 2.try_into().unwrap()).await;
         let mut a = proxy.raw().await;
         assert_eq!(a.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
         let mut b = proxy.raw().await;

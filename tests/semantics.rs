@@ -284,7 +284,7 @@ async fn respipe_requirepass() {
     bounded(LIMIT, "requirepass", async {
         let redis = RedisServer::start().await;
         let proxy = Proxy::start(redis.port(), |c| {
-            c.requirepass = Some(respipe::config::Secret("s3cret".into()))
+            c.listen.requirepass = Some(respipe::config::Secret("s3cret".into()))
         })
         .await;
         let addr = proxy.addr();
@@ -578,7 +578,7 @@ async fn transactions_have_redis_semantics() {
 async fn concurrent_transactions_and_plain_commands() {
     bounded(Duration::from_secs(120), "concurrent transactions", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.max_leases = nz(20)).await;
+        let proxy = Proxy::ready_with(&redis, |c| c.leases.max_leases = nz(20)).await;
         let addr = proxy.addr();
         let mut tasks = Vec::new();
         for i in 0..20 {
@@ -646,7 +646,7 @@ async fn concurrent_transactions_and_plain_commands() {
 async fn exhausted_leases_are_refused_not_hung() {
     bounded(LIMIT, "max_leases", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.max_leases = nz(2)).await;
+        let proxy = Proxy::ready_with(&redis, |c| c.leases.max_leases = nz(2)).await;
         let mut a = proxy.raw().await;
         let mut b = proxy.raw().await;
         let mut c = proxy.raw().await;
@@ -724,7 +724,7 @@ async fn blpop_does_not_stall_other_clients() {
 async fn a_blocked_client_that_leaves_frees_its_lease() {
     bounded(LIMIT, "blocked disconnect", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.max_leases = nz(1)).await;
+        let proxy = Proxy::ready_with(&redis, |c| c.leases.max_leases = nz(1)).await;
         let mut a = proxy.raw().await;
         a.send(&encode(&["BLPOP", "q2", "0"])).await;
         wait_blocked(&redis, 1).await;

@@ -21,8 +21,8 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn stall_fixture() -> (RedisServer, Proxy) {
     let redis = RedisServer::start_with(&["--busy-reply-threshold", BUSY_AFTER]).await;
     let proxy = Proxy::ready_with(&redis, |c| {
-        c.pool_size = 1.try_into().unwrap();
-        c.command_timeout = Some(TIMEOUT);
+        c.batching.pool_size = 1.try_into().unwrap();
+        c.timeouts.command_timeout = Some(TIMEOUT);
     })
     .await;
     (redis, proxy)

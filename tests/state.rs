@@ -247,7 +247,8 @@ async fn select_auth_and_hello_while_subscribed_in_resp3_are_followed() {
 async fn respipe_refusals_inside_multi_abort_the_transaction() {
     bounded(LIMIT, "refusals abort", async {
         let redis = RedisServer::start().await;
-        let proxy = Proxy::ready_with(&redis, |c| c.deny_commands = vec!["FLUSHALL".into()]).await;
+        let proxy =
+            Proxy::ready_with(&redis, |c| c.limits.deny_commands = vec!["FLUSHALL".into()]).await;
         let mut c = RawClient::connect(proxy.addr()).await;
         let execabort = "-EXECABORT Transaction discarded because of previous errors.\r\n";
         for refused in [

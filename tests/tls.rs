@@ -116,7 +116,7 @@ async fn rediss_upstream_with_trusted_ca() {
         let pki = pki();
         let (redis, tls_port) = tls_redis(&pki, "no").await;
         let proxy =
-            tls_upstream_proxy(tls_port, |c| c.upstream_tls_ca = Some(pki.ca.clone())).await;
+            tls_upstream_proxy(tls_port, |c| c.tls.upstream_ca = Some(pki.ca.clone())).await;
         works_through(&proxy).await;
         // It really went to the TLS port's Redis.
         assert_eq!(
@@ -133,7 +133,7 @@ async fn rediss_upstream_with_an_untrusted_certificate_is_refused() {
         let pki = pki();
         let (_redis, tls_port) = tls_redis(&pki, "no").await;
         let proxy =
-            tls_upstream_proxy(tls_port, |c| c.upstream_tls_ca = Some(pki.other_ca.clone())).await;
+            tls_upstream_proxy(tls_port, |c| c.tls.upstream_ca = Some(pki.other_ca.clone())).await;
         let mut c = proxy.raw().await;
         let reply = c.cmd(&["GET", "k"]).await;
         let text = reply.error_text().unwrap_or_default().to_owned();
@@ -152,7 +152,7 @@ async fn rediss_upstream_insecure_mode_skips_verification() {
     bounded(LIMIT, "insecure upstream", async {
         let pki = pki();
         let (_redis, tls_port) = tls_redis(&pki, "no").await;
-        let proxy = tls_upstream_proxy(tls_port, |c| c.upstream_tls_insecure = true).await;
+        let proxy = tls_upstream_proxy(tls_port, |c| c.tls.upstream_insecure = true).await;
         works_through(&proxy).await;
     })
     .await
@@ -165,7 +165,7 @@ async fn rediss_upstream_mutual_tls() {
         let (_redis, tls_port) = tls_redis(&pki, "yes").await;
         // Without a client certificate Redis refuses the handshake.
         let without =
-            tls_upstream_proxy(tls_port, |c| c.upstream_tls_ca = Some(pki.ca.clone())).await;
+            tls_upstream_proxy(tls_port, |c| c.tls.upstream_ca = Some(pki.ca.clone())).await;
         let reply = without.raw().await.cmd(&["PING"]).await;
         assert!(
             reply
@@ -174,9 +174,9 @@ async fn rediss_upstream_mutual_tls() {
             "{reply:?}"
         );
         let with = tls_upstream_proxy(tls_port, |c| {
-            c.upstream_tls_ca = Some(pki.ca.clone());
-            c.upstream_tls_cert = Some(pki.client_cert.clone());
-            c.upstream_tls_key = Some(pki.client_key.clone());
+            c.tls.upstream_ca = Some(pki.ca.clone());
+            c.tls.upstream_cert = Some(pki.client_cert.clone());
+            c.tls.upstream_key = Some(pki.client_key.clone());
         })
         .await;
         works_through(&with).await;
@@ -248,8 +248,8 @@ async fn clients_speak_tls_to_respipe() {
         let pki = pki();
         let redis = RedisServer::start().await;
         let proxy = Proxy::start(redis.port(), |c| {
-            c.tls_cert = Some(pki.server_cert.clone());
-            c.tls_key = Some(pki.server_key.clone());
+            c.tls.cert = Some(pki.server_cert.clone());
+            c.tls.key = Some(pki.server_key.clone());
         })
         .await;
         let mut answered = poll_until(START_DEADLINE, "PONG over TLS", || async {
@@ -271,9 +271,9 @@ async fn client_certificates_are_required_when_configured() {
         let pki = pki();
         let redis = RedisServer::start().await;
         let proxy = Proxy::start(redis.port(), |c| {
-            c.tls_cert = Some(pki.server_cert.clone());
-            c.tls_key = Some(pki.server_key.clone());
-            c.tls_client_ca = Some(pki.ca.clone());
+            c.tls.cert = Some(pki.server_cert.clone());
+            c.tls.key = Some(pki.server_key.clone());
+            c.tls.client_ca = Some(pki.ca.clone());
         })
         .await;
         let mut with = poll_until(START_DEADLINE, "PONG with a client certificate", || async {
@@ -305,8 +305,8 @@ async fn large_replies_reach_a_slow_tls_client_whole() {
             .await;
         assert_eq!(set, Reply::ok());
         let proxy = Proxy::start(redis.port(), |c| {
-            c.tls_cert = Some(pki.server_cert.clone());
-            c.tls_key = Some(pki.server_key.clone());
+            c.tls.cert = Some(pki.server_cert.clone());
+            c.tls.key = Some(pki.server_key.clone());
         })
         .await;
         // A small receive buffer makes respipe's writes to this client block mid-reply: each

@@ -248,7 +248,7 @@ async fn tracking_off_ends_invalidations_and_the_client_works_as_before() {
 async fn the_connection_goes_back_when_tracking_is_off() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::ready_with(&redis, |c| {
-        c.max_leases = std::num::NonZeroUsize::new(1).unwrap()
+        c.leases.max_leases = std::num::NonZeroUsize::new(1).unwrap()
     })
     .await;
     let mut a = resp3(proxy.addr()).await;

@@ -22,7 +22,12 @@ impl Session {
     }
 
     /// Sends the first `len` bytes of the read buffer (`count` stateless requests) to `lane`.
-    pub(super) async fn send_run(&mut self, len: usize, count: u32, lane: Lane) -> Result<(), Close> {
+    pub(super) async fn send_run(
+        &mut self,
+        len: usize,
+        count: u32,
+        lane: Lane,
+    ) -> Result<(), Close> {
         if count == 0 {
             return Ok(());
         }
@@ -107,7 +112,10 @@ impl Session {
                 Ok(Err(_)) => Err(reply::shutting_down()),
                 Err(_) => Err(reply::queue_timeout(handle.addr(), limit)),
             },
-            None => handle.send(request).await.map_err(|_| reply::shutting_down()),
+            None => handle
+                .send(request)
+                .await
+                .map_err(|_| reply::shutting_down()),
         }
     }
 

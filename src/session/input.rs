@@ -11,8 +11,8 @@ use crate::resp::{self, RequestFrame, RequestKind};
 use crate::spare;
 
 use super::{
-    lanes::Placed, tracking, Close, Route, Session, Streaming, ABORT_MULTI, IN_MULTI, MAX_RESERVE, NOAUTH,
-    READ_CHUNK_MIN,
+    lanes::Placed, tracking, Close, Route, Session, Streaming, ABORT_MULTI, IN_MULTI, MAX_RESERVE,
+    NOAUTH, READ_CHUNK_MIN,
 };
 
 impl Session {

@@ -183,7 +183,11 @@ impl Session {
                     state.conn.get_or_insert_with(|| handle.clone());
                     slots.push((lane, None));
                     self.lane = lane;
-                    sends.push((slots.len() - 1, handle, self.request(bytes, 1, false, Shape::One)));
+                    sends.push((
+                        slots.len() - 1,
+                        handle,
+                        self.request(bytes, 1, false, Shape::One),
+                    ));
                 }
                 Err(line) => slots.push((lane, Some(line))),
             }
@@ -312,9 +316,9 @@ impl Session {
             };
             self.state.in_multi = false;
             let answer = match (name.eq_ignore_ascii_case(b"EXEC"), deferred.aborted) {
-                (true, true) => reply::error(
-                    "EXECABORT Transaction discarded because of previous errors.",
-                ),
+                (true, true) => {
+                    reply::error("EXECABORT Transaction discarded because of previous errors.")
+                }
                 (true, false) => Bytes::from_static(b"*0\r\n"),
                 (false, _) => reply::OK,
             };
@@ -346,8 +350,16 @@ impl Session {
         match self.route(Route::Lease).await? {
             Ok(_) => {
                 // The client's MULTI, its +OK already given.
-                self.send(deferred.multi, 1, Route::Current, false, Shape::One, false, None)
-                    .await?;
+                self.send(
+                    deferred.multi,
+                    1,
+                    Route::Current,
+                    false,
+                    Shape::One,
+                    false,
+                    None,
+                )
+                .await?;
                 self.state.queued = 0;
                 Ok(Placed::Forward(bytes))
             }
@@ -404,8 +416,12 @@ fn handle_lane(pending: &VecDeque<Pending>, slot: usize) -> Lane {
 fn unsharded(kind: &Kind) -> Option<&'static str> {
     match kind {
         Kind::Monitor => Some("with a sharded upstream (it would show one server only)"),
-        Kind::Replicate => Some("with a sharded upstream (each server has its own replication stream)"),
-        Kind::Tracking(true) => Some("with a sharded upstream (tracking would see one server only)"),
+        Kind::Replicate => {
+            Some("with a sharded upstream (each server has its own replication stream)")
+        }
+        Kind::Tracking(true) => {
+            Some("with a sharded upstream (tracking would see one server only)")
+        }
         Kind::Wait => Some("with a sharded upstream (it counts one server's replicas)"),
         _ => None,
     }

@@ -99,16 +99,16 @@ impl SessionLimits {
     /// The limits as the configuration sets them.
     pub fn from_config(config: &crate::config::Config) -> Self {
         SessionLimits {
-            max_inflight: config.max_client_inflight.get(),
-            max_reply_bytes: config.max_client_reply_bytes.get(),
+            max_inflight: config.limits.max_client_inflight.get(),
+            max_reply_bytes: config.limits.max_client_reply_bytes.get(),
             request: RequestLimits {
-                max_request_bytes: config.max_request_bytes.get(),
-                max_args: config.max_request_args.get(),
+                max_request_bytes: config.limits.max_request_bytes.get(),
+                max_args: config.limits.max_request_args.get(),
             },
-            command_timeout: config.command_timeout,
-            requirepass: config.requirepass.clone(),
-            deny_commands: config.deny_commands.clone(),
-            lease_idle_timeout: config.lease_idle_timeout,
+            command_timeout: config.timeouts.command_timeout,
+            requirepass: config.listen.requirepass.clone(),
+            deny_commands: config.limits.deny_commands.clone(),
+            lease_idle_timeout: config.leases.lease_idle_timeout,
         }
     }
 }

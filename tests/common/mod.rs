@@ -314,7 +314,7 @@ impl Proxy {
             .set_nonblocking(true)
             .expect("nonblocking listener");
         let addr = listener.local_addr().unwrap();
-        config.listen = vec![respipe::config::ListenAddr::Tcp(addr)];
+        config.listen.addresses = vec![respipe::config::ListenAddr::Tcp(addr)];
         let token = CancellationToken::new();
         let cancel = token.clone();
         let thread = std::thread::spawn(move || {
