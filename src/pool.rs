@@ -575,7 +575,7 @@ impl Pools {
         let layout = self.layout();
         // One flag for the pool: Redis refusing its user on any server refuses the session.
         let user_refused: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let settings: Vec<Arc<UpstreamSettings>> = (0..layout.len())
+        let settings: Vec<Arc<UpstreamSettings>> = (0..layout.servers())
             .map(|lane| {
                 Arc::new(UpstreamSettings {
                     user_events: Some(self.user_events.clone()),

@@ -161,7 +161,7 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
         Plan::All(Merge::AllOk)
     } else if is("randomkey") {
         Plan::All(Merge::AnyKey {
-            start: fastrand::usize(..layout.len()),
+            start: fastrand::usize(..layout.servers()),
         })
     } else if is("scan") && n >= 2 {
         scan(layout, args)
@@ -193,7 +193,7 @@ fn scan(layout: &Layout, args: Args<'_>) -> Plan {
         return invalid();
     };
     let lane = cursor & ((1 << SCAN_SHARD_BITS) - 1);
-    if lane >= layout.len() as u64 {
+    if lane >= layout.servers() as u64 {
         return invalid();
     }
     let server_cursor = (cursor >> SCAN_SHARD_BITS).to_string();
@@ -204,7 +204,7 @@ fn scan(layout: &Layout, args: Args<'_>) -> Plan {
         bytes: resp::encode_request(&rewritten),
         merge: Merge::Scan {
             lane: lane as Lane,
-            lanes: layout.len() as Lane,
+            lanes: layout.servers() as Lane,
         },
     }
 }

@@ -113,7 +113,7 @@ impl Layout {
     }
 
     /// How many servers (lanes) there are.
-    pub fn len(&self) -> usize {
+    pub fn servers(&self) -> usize {
         self.servers.len()
     }
 

@@ -286,7 +286,7 @@ async fn on_lease(lease: &Lease, commands: &[&[&str]]) -> String {
     let mut out = Vec::new();
     let mut got = 0;
     while got < count {
-        match bounded(WAIT, "lease replies", rx.recv()).await {
+        match bounded(WAIT, "lease replies", rx.recv()).await.1 {
             Response::Replies { bytes, count } => {
                 out.extend_from_slice(&bytes);
                 got += count;
@@ -314,7 +314,7 @@ async fn a_given_back_lease_is_scrubbed_before_reuse() {
             auth: None,
         };
         // Two permits: a fresh lease never starts a warm one with the last free permit.
-        let lease = pools.lease(&key).expect("a lease");
+        let lease = pools.lease(&key, 0).expect("a lease");
         let id = on_lease(&lease, &[&["CLIENT", "ID"]]).await;
         on_lease(
             &lease,
@@ -332,7 +332,7 @@ async fn a_given_back_lease_is_scrubbed_before_reuse() {
             let pools = pools.clone();
             let (id, key) = (id.clone(), key.clone());
             async move {
-                let lease = pools.lease(&key).expect("a lease");
+                let lease = pools.lease(&key, 0).expect("a lease");
                 (on_lease(&lease, &[&["CLIENT", "ID"]]).await == id).then_some(lease)
             }
         })

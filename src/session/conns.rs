@@ -210,15 +210,12 @@ impl Session {
     /// The shared connection in use on the command's server, picked from the session's pool
     /// when nothing is in flight there.
     fn current_handle(&mut self) -> UpstreamHandle {
-        let lane = usize::from(self.lane);
-        if self.lanes.len() <= lane {
-            self.lanes
-                .resize_with(self.pool.layout().len().max(lane + 1), Default::default);
-        }
+        let lane = self.lane;
+        self.lane_state(lane);
         let (pool, id) = (&self.pool, self.id);
-        self.lanes[lane]
+        self.lanes[usize::from(lane)]
             .conn
-            .get_or_insert_with(|| pool.route(lane as Lane, id))
+            .get_or_insert_with(|| pool.route(lane, id))
             .clone()
     }
 

@@ -65,7 +65,7 @@ impl Session {
     pub(super) fn lane_state(&mut self, lane: Lane) -> &mut LaneState {
         let i = usize::from(lane);
         if self.lanes.len() <= i {
-            let servers = self.pool.layout().len();
+            let servers = self.pool.layout().servers();
             self.lanes.resize_with(servers.max(i + 1), Default::default);
         }
         &mut self.lanes[i]
@@ -276,7 +276,7 @@ impl Session {
                 return Ok(Placed::Done);
             }
             Plan::All(merge) if plain => {
-                let parts = (0..layout.len())
+                let parts = (0..layout.servers())
                     .map(|lane| (lane as Lane, bytes.clone()))
                     .collect();
                 self.send_parts(parts, merge).await?;

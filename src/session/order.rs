@@ -155,13 +155,11 @@ impl Session {
         if on_lane.inflight == 0 {
             on_lane.conn = None;
         }
-        if self.inflight == 0 {
-            if !self.lease_needed() {
-                // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back
-                // (idle and out of any transaction or stream, so it can be scrubbed and reused).
-                if let Some(lease) = self.lease.take() {
-                    self.shared.pools.give_back(lease);
-                }
+        if self.inflight == 0 && !self.lease_needed() {
+            // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back
+            // (idle and out of any transaction or stream, so it can be scrubbed and reused).
+            if let Some(lease) = self.lease.take() {
+                self.shared.pools.give_back(lease);
             }
         }
         self.check_reply_limit()
