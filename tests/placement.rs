@@ -12,8 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bounded, encode, free_port, RawClient, RedisServer, Reply, POLL, START_DEADLINE};
-use respipe::config::Upstream;
+use common::{
+    bounded, encode, free_port, poll_until, Proxy, RawClient, RedisServer, Reply, POLL,
+    START_DEADLINE,
+};
+use respipe::config::{Topology, Upstream};
 use respipe::shard::{Distribution, Eject, Hash, Placement, Server, Spec};
 
 /// Bound of each test (each runs well under it).
@@ -86,12 +89,27 @@ async fn an_ejected_server_is_left_out_of_the_ring_as_nutcracker_leaves_it_out()
                 retry_timeout: Duration::from_secs(600),
             });
             let nutcracker = Nutcracker::start(&pool.yaml()).await;
-            eject_dead_server(&nutcracker, &pool).await;
+            let doomed = eject_dead_server(&nutcracker, &pool).await;
             let placement = Placement::new(&pool.spec, &[true, false, true, true]);
             backends.flush().await;
             set_all(nutcracker.addr, &keys).await;
             let per_backend = backends.assert_placed(&keys, &pool, &placement).await;
             assert!(per_backend.iter().all(|&n| n > 0), "{per_backend:?}");
+            // respipe ejects the dead server too (its first failed connection), after which the
+            // dead server's key lives where nutcracker put it, and so does every other key.
+            let respipe = respipe_for(&pool.spec).await;
+            let (addr, want) = (respipe.addr(), Reply::bulk(value_of(&doomed)));
+            poll_until(START_DEADLINE, "respipe ejects the dead server", || {
+                let (doomed, want) = (&doomed, &want);
+                async move {
+                    let mut c = RawClient::connect(addr).await;
+                    let reply = c.cmd(&[b"GET".as_slice(), doomed]).await;
+                    (reply == *want).then_some(())
+                }
+            })
+            .await;
+            assert_values_through(addr, &keys).await;
+            respipe.shutdown().await;
             eprintln!("ejection ({distribution:?}): {KEYS} keys placed as nutcracker placed them");
         }
     })
@@ -150,7 +168,22 @@ async fn assert_same_placement(backends: &Backends, pool: &Pool, keys: &[Vec<u8>
         // Every backend took keys, so the comparison was not vacuous.
         assert!(per_backend.iter().all(|&n| n > 0), "{per_backend:?}");
     }
+    // respipe sharding the same servers finds every key where nutcracker put it.
+    let respipe = respipe_for(spec).await;
+    assert_values_through(respipe.addr(), keys).await;
+    respipe.shutdown().await;
     nutcracker
+}
+
+/// respipe in sharded mode over `spec`'s servers, answering PING.
+async fn respipe_for(spec: &Spec) -> Proxy {
+    let respipe = Proxy::start(0, |config| {
+        config.upstream = spec.servers[0].upstream.clone();
+        config.topology = Topology::Shards(spec.clone());
+    })
+    .await;
+    respipe.wait_ready().await;
+    respipe
 }
 
 /// GETs every key through the proxy at `addr` (pipelined) and asserts it holds the value
@@ -169,12 +202,13 @@ async fn assert_values_through(addr: SocketAddr, keys: &[Vec<u8>]) {
     }
 }
 
-/// Sends SETs until the dead server (index 1) has failed once, which ejects it: a key that the
-/// full ring places there gets an error, and nutcracker rebuilds the ring without the server.
-async fn eject_dead_server(nutcracker: &Nutcracker, pool: &Pool) {
+/// Makes the dead server (index 1) fail once, which ejects it: a SET of a key that the full ring
+/// places there gets an error, and nutcracker rebuilds the ring without the server. Returns that
+/// key, written by [`set_all`] too (it is one of [`keys`]).
+async fn eject_dead_server(nutcracker: &Nutcracker, pool: &Pool) -> Vec<u8> {
     let full = Placement::new(&pool.spec, &[true; 4]);
-    let doomed = (0..)
-        .map(|n| format!("doomed:{n}").into_bytes())
+    let doomed = keys()
+        .into_iter()
         .find(|k| full.server_for(k) == Some(1))
         .expect("some key maps to server 1");
     let mut c = RawClient::connect(nutcracker.addr).await;
@@ -183,6 +217,7 @@ async fn eject_dead_server(nutcracker: &Nutcracker, pool: &Pool) {
         matches!(reply, Reply::Error(_)),
         "SET on the dead server: {reply:?}"
     );
+    doomed
 }
 
 /// SETs every key to [`value_of`] it through the proxy at `addr`, pipelined, and checks every OK.
