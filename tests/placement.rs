@@ -189,17 +189,8 @@ async fn respipe_for(spec: &Spec) -> Proxy {
 /// GETs every key through the proxy at `addr` (pipelined) and asserts it holds the value
 /// [`set_all`] wrote.
 async fn assert_values_through(addr: SocketAddr, keys: &[Vec<u8>]) {
-    let mut c = RawClient::connect(addr).await;
-    for chunk in keys.chunks(PIPELINE) {
-        let batch: Vec<u8> = chunk
-            .iter()
-            .flat_map(|k| encode(&[b"GET".as_slice(), k]))
-            .collect();
-        c.send(&batch).await;
-        for (k, reply) in chunk.iter().zip(c.read_replies(chunk.len()).await) {
-            assert_eq!(reply, Reply::bulk(value_of(k)), "GET {}", k.escape_ascii());
-        }
-    }
+    let get = |k: &[u8]| encode(&[b"GET".as_slice(), k]);
+    round_trip_all(addr, keys, get, |k| Reply::bulk(value_of(k))).await;
 }
 
 /// Makes the dead server (index 1) fail once, which ejects it: a SET of a key that the full ring
@@ -222,15 +213,29 @@ async fn eject_dead_server(nutcracker: &Nutcracker, pool: &Pool) -> Vec<u8> {
 
 /// SETs every key to [`value_of`] it through the proxy at `addr`, pipelined, and checks every OK.
 async fn set_all(addr: SocketAddr, keys: &[Vec<u8>]) {
+    let set = |k: &[u8]| encode(&[b"SET".as_slice(), k, &value_of(k)]);
+    round_trip_all(addr, keys, set, |_| Reply::ok()).await;
+}
+
+/// Sends `request(key)` for every key through the proxy at `addr`, [`PIPELINE`] at a time, and
+/// asserts that each reply is `expected(key)`.
+async fn round_trip_all(
+    addr: SocketAddr,
+    keys: &[Vec<u8>],
+    request: impl Fn(&[u8]) -> Vec<u8>,
+    expected: impl Fn(&[u8]) -> Reply,
+) {
     let mut c = RawClient::connect(addr).await;
     for chunk in keys.chunks(PIPELINE) {
-        let batch: Vec<u8> = chunk
-            .iter()
-            .flat_map(|k| encode(&[b"SET".as_slice(), k, &value_of(k)]))
-            .collect();
+        let batch: Vec<u8> = chunk.iter().flat_map(|k| request(k)).collect();
         c.send(&batch).await;
         for (k, reply) in chunk.iter().zip(c.read_replies(chunk.len()).await) {
-            assert_eq!(reply, Reply::ok(), "SET {}", k.escape_ascii());
+            assert_eq!(
+                reply,
+                expected(k),
+                "{}",
+                String::from_utf8_lossy(&request(k)).escape_debug()
+            );
         }
     }
 }
