@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,7 @@ use common::{
 };
 use respipe::config::{Topology, Upstream};
 use respipe::shard::{Distribution, Eject, Hash, Placement, Server, Spec};
+use respipe::Config;
 
 /// Bound of each test (each runs well under it).
 const LIMIT: Duration = Duration::from_secs(60);
@@ -97,7 +99,7 @@ async fn an_ejected_server_is_left_out_of_the_ring_as_nutcracker_leaves_it_out()
             assert!(per_backend.iter().all(|&n| n > 0), "{per_backend:?}");
             // respipe ejects the dead server too (its first failed connection), after which the
             // dead server's key lives where nutcracker put it, and so does every other key.
-            let respipe = respipe_for(&pool.spec).await;
+            let respipe = respipe_like(&nutcracker, &pool.spec).await;
             let (addr, want) = (respipe.addr(), Reply::bulk(value_of(&doomed)));
             poll_until(START_DEADLINE, "respipe ejects the dead server", || {
                 let (doomed, want) = (&doomed, &want);
@@ -169,19 +171,27 @@ async fn assert_same_placement(backends: &Backends, pool: &Pool, keys: &[Vec<u8>
         assert!(per_backend.iter().all(|&n| n > 0), "{per_backend:?}");
     }
     // respipe sharding the same servers finds every key where nutcracker put it.
-    let respipe = respipe_for(spec).await;
+    let respipe = respipe_like(&nutcracker, spec).await;
     assert_values_through(respipe.addr(), keys).await;
     respipe.shutdown().await;
     nutcracker
 }
 
-/// respipe in sharded mode over `spec`'s servers, answering PING.
-async fn respipe_for(spec: &Spec) -> Proxy {
-    let respipe = Proxy::start(0, |config| {
-        config.upstream = spec.servers[0].upstream.clone();
-        config.topology = Topology::Shards(spec.clone());
-    })
-    .await;
+/// respipe in sharded mode, configured from the very YAML file `nutcracker` runs
+/// (`--twemproxy`), which must convert to `spec`; answering PING.
+async fn respipe_like(nutcracker: &Nutcracker, spec: &Spec) -> Proxy {
+    let args = [
+        OsString::from("respipe"),
+        "--twemproxy".into(),
+        nutcracker.conf.clone().into(),
+    ];
+    let loaded = Config::load_from(args, &|_| None).expect("respipe loads nutcracker's YAML");
+    assert_eq!(
+        loaded.topology,
+        Topology::Shards(spec.clone()),
+        "the YAML's pool"
+    );
+    let respipe = Proxy::start(0, |config| *config = loaded).await;
     respipe.wait_ready().await;
     respipe
 }
@@ -457,6 +467,8 @@ fn tcp_server(port: u16, weight: u32, name: Option<&str>) -> Server {
 struct Nutcracker {
     child: Child,
     addr: SocketAddr,
+    /// Its configuration file.
+    conf: PathBuf,
     /// Holds the configuration and the log.
     _dir: tempfile::TempDir,
 }
@@ -497,6 +509,7 @@ impl Nutcracker {
         let mut nutcracker = Nutcracker {
             child,
             addr,
+            conf,
             _dir: dir,
         };
         loop {
