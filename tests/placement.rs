@@ -2,7 +2,9 @@
 //! that respipe's `shard::Placement` names for them — every hash, ketama and modula, weights,
 //! server names, hash tags, unix-socket servers and a pool with an ejected server — and `random`
 //! spreads keys over the live servers as twemproxy's does. Each configuration sends 10,000 keys
-//! (bytes >= 0x80 and hash tags among them) and asks every backend directly which keys it holds.
+//! (bytes >= 0x80 and hash tags among them) and asks every backend directly which keys it holds;
+//! then respipe, configured from the very YAML nutcracker ran (`--twemproxy`), reads every key
+//! back with the value nutcracker wrote.
 
 mod common;
 
@@ -33,37 +35,24 @@ async fn ketama_and_modula_place_every_key_where_nutcracker_does() {
     bounded(LIMIT, "golden placement", async {
         let backends = Backends::start(4).await;
         let keys = keys();
-        // Weights 1:2:3:1; two servers named, two known by host:port (or path) on the ring.
+        let both = [Distribution::Modula, Distribution::Ketama];
+        // Weights 1:2:3:1; two servers named, two known by host:port on the ring: every hash.
         let lines = [(1, None), (2, Some("beta")), (3, None), (1, Some("delta"))];
-        let mut configs = 0;
-        for distribution in [Distribution::Modula, Distribution::Ketama] {
-            for (_, hash) in Hash::ALL {
-                let pool = backends.pool(&lines, Transport::Tcp, hash, distribution);
-                assert_same_placement(&backends, &pool, &keys).await;
-                configs += 1;
-            }
-        }
+        let mut pools: Vec<Pool> = both
+            .iter()
+            .flat_map(|&d| Hash::ALL.map(|(_, h)| backends.pool(&lines, Transport::Tcp, h, d)))
+            .collect();
         // The most common pool: twemproxy's defaults, equal weights, no names.
-        let plain = backends.pool(
-            &[(1, None); 4],
-            Transport::Tcp,
-            Hash::Fnv1a64,
-            Distribution::Ketama,
-        );
-        let nutcracker = assert_same_placement(&backends, &plain, &keys).await;
-        // What nutcracker wrote reads back through a proxy (the check a sharded respipe gets too).
-        assert_values_through(nutcracker.addr, &keys).await;
-        drop(nutcracker);
+        let plain = [(1, None); 4];
+        pools.push(backends.pool(&plain, Transport::Tcp, Hash::Fnv1a64, Distribution::Ketama));
         // Unix sockets: the ring name is the path followed by a colon.
         let unnamed = [(1, None), (2, None), (3, None), (1, None)];
-        for distribution in [Distribution::Modula, Distribution::Ketama] {
-            let pool = backends.pool(&unnamed, Transport::Unix, Hash::Murmur, distribution);
-            assert_same_placement(&backends, &pool, &keys).await;
+        pools.extend(both.map(|d| backends.pool(&unnamed, Transport::Unix, Hash::Murmur, d)));
+        for pool in &pools {
+            assert_same_placement(&backends, pool, &keys).await;
         }
-        configs += 3;
-        eprintln!(
-            "golden placement: {configs} pools x {KEYS} keys, every key where nutcracker put it"
-        );
+        let n = pools.len();
+        eprintln!("golden placement: {n} pools x {KEYS} keys, every key where nutcracker put it");
     })
     .await;
 }
@@ -149,9 +138,10 @@ async fn random_spreads_keys_evenly_over_the_servers_ignoring_weights_as_nutcrac
     .await;
 }
 
-/// Writes every key through a nutcracker running `pool`, then asserts each key sits on exactly the
-/// backend [`Placement`] names, with all servers live. Returns the nutcracker for further checks.
-async fn assert_same_placement(backends: &Backends, pool: &Pool, keys: &[Vec<u8>]) -> Nutcracker {
+/// Writes every key through a nutcracker running `pool`, asserts each key sits on exactly the
+/// backend [`Placement`] names (all servers live), and that respipe running the same YAML reads
+/// every key back.
+async fn assert_same_placement(backends: &Backends, pool: &Pool, keys: &[Vec<u8>]) {
     let nutcracker = Nutcracker::start(&pool.yaml()).await;
     backends.flush().await;
     set_all(nutcracker.addr, keys).await;
@@ -174,7 +164,6 @@ async fn assert_same_placement(backends: &Backends, pool: &Pool, keys: &[Vec<u8>
     let respipe = respipe_like(&nutcracker, spec).await;
     assert_values_through(respipe.addr(), keys).await;
     respipe.shutdown().await;
-    nutcracker
 }
 
 /// respipe in sharded mode, configured from the very YAML file `nutcracker` runs
