@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of respipe's per-command hot path, through the public API only:
-//! request framing, reply framing, the batch policy and request encoding.
+//! request framing, reply framing, the batch policy, request encoding and shard placement.
 //!
 //! ```sh
 //! cargo bench --bench hot_path                 # all of them, about a minute
@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use respipe::batch::{Batch, BatchPolicy};
+use respipe::config::Upstream;
 use respipe::resp::{
     encode_request, ReplyScanner, RequestLimits, RequestScanner, DEFAULT_MAX_REPLY_DEPTH,
 };
+use respipe::shard::{Distribution, Hash, Placement, Server, Spec};
 
 /// A typical small request: what redis-benchmark's SET sends (`SET key:000123 xxx`).
 const SET_FRAME: &[u8] = b"*3\r\n$3\r\nSET\r\n$10\r\nkey:000123\r\n$3\r\nxxx\r\n";
@@ -166,5 +168,50 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, request_scan, reply_scan, batch_policy, encode);
+/// Which shard a key goes to, once per forwarded command in sharded mode: three servers, keys like
+/// redis-benchmark's, with twemproxy's default ketama + fnv1a_64 and with modula + md5.
+fn placement(c: &mut Criterion) {
+    let mut g = c.benchmark_group("placement");
+    short(&mut g);
+    let keys: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("key:{:06}", i * 7919).into_bytes())
+        .collect();
+    g.throughput(Throughput::Elements(keys.len() as u64));
+    for (name, hash, distribution) in [
+        ("ketama_fnv1a_64", Hash::Fnv1a64, Distribution::Ketama),
+        ("modula_md5", Hash::Md5, Distribution::Modula),
+    ] {
+        let spec = Spec {
+            servers: (0..3)
+                .map(|i| Server {
+                    upstream: Upstream::tcp("127.0.0.1", 7000 + i),
+                    name: None,
+                    weight: 1,
+                })
+                .collect(),
+            hash,
+            distribution,
+            hash_tag: Some(*b"{}"),
+            eject: None,
+        };
+        let placement = Placement::new(&spec, &[true; 3]);
+        g.bench_function(format!("server_for_100_{name}"), |b| {
+            b.iter(|| {
+                keys.iter()
+                    .map(|k| placement.server_for(black_box(k)).unwrap_or(0))
+                    .sum::<usize>()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    request_scan,
+    reply_scan,
+    batch_policy,
+    encode,
+    placement
+);
 criterion_main!(benches);

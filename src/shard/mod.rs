@@ -72,7 +72,8 @@ pub struct Eject {
 /// A sharded upstream: the servers and how keys are placed on them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
-    /// In configuration order (modula and server names depend on it). At least one.
+    /// In configuration order, which [`Placement::server_for`] indexes. At least one. (Placement
+    /// itself, like twemproxy, orders servers by ring name: see [`Server::ring_name`].)
     pub servers: Vec<Server>,
     pub hash: Hash,
     pub distribution: Distribution,

@@ -28,8 +28,9 @@ enum Map {
     /// ketama's continuum, sorted by value: a key goes to the first point at or after its hash,
     /// wrapping to the first point. Never empty (the heaviest live server has at least 160 points).
     Ketama(Vec<Point>),
-    /// modula's servers repeated by weight, kept as (end of the server's run, server): a key goes to
-    /// the run holding `hash % total weight` (the last end). Never empty.
+    /// modula's servers in ring-name order, each repeated by weight, kept as (end of the server's
+    /// run, server): a key goes to the run holding `hash % total weight` (the last end). Never
+    /// empty.
     Modula(Vec<(u64, usize)>),
     /// random: the live servers, one picked uniformly per key (twemproxy ignores weights here).
     /// Never empty.
@@ -52,7 +53,14 @@ impl Placement {
     /// If `live` does not have one entry per server (a bug in the caller).
     pub fn new(spec: &Spec, live: &[bool]) -> Placement {
         assert_eq!(live.len(), spec.servers.len(), "one live flag per server");
-        let live_servers: Vec<usize> = (0..live.len()).filter(|&i| live[i]).collect();
+        let mut live_servers: Vec<usize> = (0..live.len()).filter(|&i| live[i]).collect();
+        // twemproxy sorts its servers by ring name (shorter first, then bytewise) when it checks
+        // the configuration for duplicate names, and builds its rings in that order: modula's
+        // slots follow it, whatever the order of the server lines.
+        live_servers.sort_by_cached_key(|&i| {
+            let name = spec.servers[i].ring_name();
+            (name.len(), name)
+        });
         let map = if live_servers.is_empty() {
             Map::Nowhere
         } else if spec.servers.len() == 1 {
@@ -149,7 +157,7 @@ fn hashed_part(key: &[u8], hash_tag: Option<[u8; 2]>) -> &[u8] {
     }
 }
 
-/// ketama's continuum over the live servers (`ketama_update`): each gets a share of
+/// ketama's continuum over the live servers, in ring-name order (`ketama_update`): each gets a share of
 /// `160 × live servers` points by weight, computed in `f32` exactly as twemproxy's C does (the
 /// rounding decides point counts), four points per MD5 of `<ring name>-<n>`.
 fn continuum(servers: &[Server], live: &[usize]) -> Vec<Point> {
@@ -174,7 +182,7 @@ fn continuum(servers: &[Server], live: &[usize]) -> Vec<Point> {
         }
     }
     // Stable, like glibc's qsort (a merge sort) on twemproxy's array: on a tie (rare: 32-bit
-    // values) the server earlier in the configuration comes first.
+    // values) the server earlier in ring-name order comes first.
     points.sort_by_key(|p| p.value);
     points
 }
@@ -213,6 +221,15 @@ mod tests {
 
     fn key(n: usize) -> Vec<u8> {
         format!("key:{n}").into_bytes()
+    }
+
+    /// Asserts that each key goes to `slots[fnv1a_64(key) % slots.len()]`.
+    fn assert_modula_slots(placement: &Placement, slots: &[usize]) {
+        for n in 0..500 {
+            let k = key(n);
+            let slot = Hash::Fnv1a64.hash(&k) as usize % slots.len();
+            assert_eq!(placement.server_for(&k), Some(slots[slot]), "key:{n}");
+        }
     }
 
     #[test]
@@ -280,14 +297,18 @@ mod tests {
         let mut s = four(Distribution::Modula);
         s.servers[1].weight = 3;
         s.hash_tag = None;
-        let placement = Placement::new(&s, &[true; 4]);
         // Total weight 6: slots 0 | 1 2 3 | 4 | 5.
-        let expected = [0, 1, 1, 1, 2, 3];
-        for n in 0..500 {
-            let k = key(n);
-            let slot = Hash::Fnv1a64.hash(&k) % 6;
-            assert_eq!(placement.server_for(&k), Some(expected[slot as usize]));
-        }
+        assert_modula_slots(&Placement::new(&s, &[true; 4]), &[0, 1, 1, 1, 2, 3]);
+    }
+
+    #[test]
+    fn modula_orders_servers_by_ring_name_as_twemproxy_sorts_them() {
+        let mut s = four(Distribution::Modula);
+        s.hash_tag = None;
+        s.servers[0].name = Some("zz".into());
+        s.servers[2].name = Some("a".into());
+        // "a" (server 2), "zz" (0), then "127.0.0.1:7001" (1) and "127.0.0.1:7003" (3).
+        assert_modula_slots(&Placement::new(&s, &[true; 4]), &[2, 0, 1, 3]);
     }
 
     #[test]
