@@ -327,6 +327,10 @@ fn describe() {
         POOLS,
         "Shared pools started, one per db, protocol and user in use."
     );
+    describe_gauge!(
+        SHARDS_EJECTED,
+        "Servers of a sharded upstream ejected now (auto_eject_hosts): their keys go to the others."
+    );
     describe_counter!(
         COMMAND_TIMEOUTS,
         "Commands answered with a timeout error because the upstream did not reply in time."

@@ -293,6 +293,8 @@ impl Pools {
         };
         // Replaced by `start_default` below.
         let layout = Layout::new(&config.upstream, &config.topology);
+        // Served from the start, so dashboards and alerts see it before any ejection.
+        crate::metrics::ejected(0);
         let placeholder = Pool {
             key: default_key.clone(),
             conns: Vec::new(),
