@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::command::{self, Args, Split};
 use crate::reply::{self, Lane};
 use crate::resp::{self, ReplyScanner};
-use crate::topology::Layout;
+use crate::topology::{Layout, Placer};
 
 /// Bits of a `SCAN` cursor that say which server it is at: up to 1024 servers.
 const SCAN_SHARD_BITS: u32 = 10;
@@ -68,38 +68,66 @@ pub enum Merge {
     Scan { lane: Lane, lanes: Lane },
 }
 
+/// Where a command's keys are.
+enum Keyed {
+    /// No key (or malformed arguments Redis will refuse).
+    None,
+    /// Every key on this server.
+    One(Lane),
+    /// Keys on several servers.
+    Spread,
+    /// Every server is ejected.
+    NoLive,
+}
+
+/// Where `keys` are, looking no further than the first key on another server.
+fn keyed(placer: &Placer, keys: &command::Keys<'_>) -> Keyed {
+    let mut iter = keys.iter();
+    let Some(first) = iter.next() else {
+        return Keyed::None;
+    };
+    let Some(lane) = placer.lane(first) else {
+        return Keyed::NoLive;
+    };
+    for key in iter {
+        match placer.lane(key) {
+            Some(l) if l == lane => {}
+            Some(_) => return Keyed::Spread,
+            None => return Keyed::NoLive,
+        }
+    }
+    Keyed::One(lane)
+}
+
+/// The server a command goes to unchanged, when that is all it needs: its keys are on one
+/// server, or it has none and no server in particular answers it. `None` when [`plan`] must say.
+pub fn lane(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Lane> {
+    match keyed(&layout.placer(), &command::keys(name, args)) {
+        Keyed::One(lane) => Some(lane),
+        Keyed::None if !KEYLESS.iter().any(|k| name.eq_ignore_ascii_case(k)) => Some(0),
+        _ => None,
+    }
+}
+
 /// Where a command runs on `layout` (several servers). `name` is the command name as sent;
 /// `args` the whole request, the name first.
 pub fn plan(layout: &Layout, name: &[u8], args: Args<'_>) -> Plan {
+    let placer = layout.placer();
     let keys = command::keys(name, args);
-    let mut iter = keys.iter();
-    let Some(first) = iter.next() else {
-        // No key (or malformed arguments Redis will refuse): see `keyless`.
-        return keyless(layout, name, args).unwrap_or(Plan::Keyless);
-    };
-    let Some(lane) = layout.shard_for(first) else {
-        return Plan::Refuse(reply::no_live_shard());
-    };
-    let mut spread = false;
-    for key in iter {
-        match layout.shard_for(key) {
-            Some(l) if l == lane => {}
-            Some(_) => spread = true,
-            None => return Plan::Refuse(reply::no_live_shard()),
-        }
-    }
-    if !spread {
-        return Plan::Lane(lane);
-    }
-    match keys.split() {
-        Some(how) => split(layout, name, args, how).unwrap_or(Plan::CrossShard),
-        None => Plan::CrossShard,
+    match keyed(&placer, &keys) {
+        Keyed::None => keyless(layout, name, args).unwrap_or(Plan::Keyless),
+        Keyed::One(lane) => Plan::Lane(lane),
+        Keyed::NoLive => Plan::Refuse(reply::no_live_shard()),
+        Keyed::Spread => match keys.split() {
+            Some(how) => split(&placer, name, args, how).unwrap_or(Plan::CrossShard),
+            None => Plan::CrossShard,
+        },
     }
 }
 
 /// A command Redis lets a cluster split by key (`MGET`, `DEL`, `EXISTS`, `TOUCH`, `UNLINK`,
 /// `MSET`), whose keys are on several servers: one part per server, keys in the client's order.
-fn split(layout: &Layout, name: &[u8], args: Args<'_>, how: Split) -> Option<Plan> {
+fn split(placer: &Placer, name: &[u8], args: Args<'_>, how: Split) -> Option<Plan> {
     let step = match how {
         Split::Keys => 1,
         Split::Pairs => 2,
@@ -109,11 +137,11 @@ fn split(layout: &Layout, name: &[u8], args: Args<'_>, how: Split) -> Option<Pla
     let mut parts: Vec<(Lane, Vec<usize>)> = Vec::new();
     let mut at = Vec::with_capacity(argv.len() / step);
     for pos in (1..argv.len()).step_by(step) {
-        let lane = layout.shard_for(argv[pos])?;
+        let lane = placer.lane(argv[pos])?;
         let index = match parts.iter().position(|(l, _)| *l == lane) {
             Some(i) => i,
             None => {
-                parts.push((lane, Vec::new()));
+                parts.push((lane, Vec::with_capacity(argv.len() / step)));
                 parts.len() - 1
             }
         };
@@ -140,6 +168,20 @@ fn split(layout: &Layout, name: &[u8], args: Args<'_>, how: Split) -> Option<Pla
     };
     Some(Plan::Split { parts, merge })
 }
+
+/// The keyless commands [`keyless`] answers with more (or less) than one server.
+const KEYLESS: [&[u8]; 10] = [
+    b"ping",
+    b"echo",
+    b"dbsize",
+    b"keys",
+    b"flushdb",
+    b"flushall",
+    b"randomkey",
+    b"scan",
+    b"script",
+    b"function",
+];
 
 /// Commands without keys whose answer involves every server, or none (the README's table).
 fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
@@ -239,7 +281,7 @@ impl Merge {
 }
 
 /// The elements of an array reply (`*n` or RESP3 `~n` set), as slices of it.
-fn elements(frame: &Bytes) -> Option<Vec<Bytes>> {
+fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
     let (head, rest) = line(frame)?;
     if !matches!(head.first(), Some(b'*' | b'~')) {
         return None;
@@ -250,7 +292,7 @@ fn elements(frame: &Bytes) -> Option<Vec<Bytes>> {
     let mut scanner = ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH);
     for _ in 0..n {
         let element = scanner.scan(&frame[at..]).ok()??;
-        out.push(frame.slice(at..at + element.len));
+        out.push(&frame[at..at + element.len]);
         at += element.len;
     }
     Some(out)
@@ -270,22 +312,23 @@ fn integer(frame: &[u8]) -> Option<i64> {
 }
 
 /// An array reply of `elements`.
-fn array(elements: impl ExactSizeIterator<Item = Bytes>) -> Bytes {
-    let mut out = BytesMut::new();
+fn array<E: AsRef<[u8]>>(elements: &[E]) -> Bytes {
+    let size: usize = elements.iter().map(|e| e.as_ref().len()).sum();
+    let mut out = BytesMut::with_capacity(size + 24);
     out.put_slice(format!("*{}\r\n", elements.len()).as_bytes());
     for element in elements {
-        out.put_slice(&element);
+        out.put_slice(element.as_ref());
     }
     out.freeze()
 }
 
 fn gather(parts: &[Bytes], at: &[(u16, u32)]) -> Option<Bytes> {
-    let parts: Vec<Vec<Bytes>> = parts.iter().map(elements).collect::<Option<_>>()?;
-    let picked: Vec<Bytes> = at
+    let parts: Vec<Vec<&[u8]>> = parts.iter().map(|p| elements(p)).collect::<Option<_>>()?;
+    let picked: Vec<&[u8]> = at
         .iter()
-        .map(|&(part, i)| parts.get(usize::from(part))?.get(i as usize).cloned())
+        .map(|&(part, i)| parts.get(usize::from(part))?.get(i as usize).copied())
         .collect::<Option<_>>()?;
-    Some(array(picked.into_iter()))
+    Some(array(&picked))
 }
 
 fn sum(parts: &[Bytes]) -> Option<Bytes> {
@@ -308,7 +351,7 @@ fn concat(parts: &[Bytes]) -> Option<Bytes> {
     for part in parts {
         all.extend(elements(part)?);
     }
-    Some(array(all.into_iter()))
+    Some(array(&all))
 }
 
 fn and(parts: &[Bytes]) -> Option<Bytes> {
@@ -327,13 +370,8 @@ fn and(parts: &[Bytes]) -> Option<Bytes> {
         });
     }
     let flags = flags?;
-    Some(array(
-        flags
-            .into_iter()
-            .map(|f| Bytes::from(format!(":{f}\r\n")))
-            .collect::<Vec<_>>()
-            .into_iter(),
-    ))
+    let flags: Vec<String> = flags.iter().map(|f| format!(":{f}\r\n")).collect();
+    Some(array(&flags))
 }
 
 /// A server's `SCAN` reply with respipe's cursor in place of the server's.
@@ -356,9 +394,10 @@ fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane) -> Option<Bytes> {
         let shifted = server.checked_shl(SCAN_SHARD_BITS)?;
         (shifted >> SCAN_SHARD_BITS == server).then_some(shifted | u64::from(lane))?
     };
-    Some(array(
-        [reply::bulk(next.to_string().as_bytes()), keys.clone()].into_iter(),
-    ))
+    Some(array(&[
+        &reply::bulk(next.to_string().as_bytes())[..],
+        keys,
+    ]))
 }
 
 #[cfg(test)]

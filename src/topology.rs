@@ -37,6 +37,20 @@ struct Sharding {
     health: Vec<Arc<Health>>,
 }
 
+/// The placement of keys at one moment (see [`Layout::placer`]).
+pub struct Placer(Option<arc_swap::Guard<Arc<Placement>>>);
+
+impl Placer {
+    /// The server `key` belongs to; `None` when every server is ejected. A single server takes
+    /// every key.
+    pub fn lane(&self, key: &[u8]) -> Option<Lane> {
+        match &self.0 {
+            None => Some(0),
+            Some(placement) => placement.server_for(key).map(|i| i as Lane),
+        }
+    }
+}
+
 /// A server's run of failures, reported by its connections.
 #[derive(Debug)]
 pub struct Health {
@@ -122,13 +136,9 @@ impl Layout {
         self.sharding.is_some()
     }
 
-    /// The server `key` belongs to now; `None` when every server is ejected. A single server
-    /// takes every key.
-    pub fn shard_for(&self, key: &[u8]) -> Option<Lane> {
-        match &self.sharding {
-            None => Some(0),
-            Some(sharding) => sharding.placement.load().server_for(key).map(|i| i as Lane),
-        }
+    /// The placement of keys as it is now, loaded once for the keys of one command.
+    pub fn placer(&self) -> Placer {
+        Placer(self.sharding.as_ref().map(|s| s.placement.load()))
     }
 
     /// The health a server's connections report to, when ejection is on.

@@ -391,11 +391,7 @@ impl Session {
         if self.lease.is_some() || self.deferred_multi.is_some() {
             return None;
         }
-        match route::plan(layout, name, args) {
-            Plan::Lane(lane) => Some(lane),
-            Plan::Keyless => Some(0),
-            _ => None,
-        }
+        route::lane(layout, name, args)
     }
 
     /// True when the session's upstream has several servers.
