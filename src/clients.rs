@@ -199,6 +199,24 @@ pub struct Filter {
     pub skip_me: bool,
 }
 
+/// Why a `CLIENT LIST` or `CLIENT KILL` filter cannot be read or applied; `Display` is the text
+/// after `ERR ` (Redis's wording where Redis has one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// An option without its value, or an unknown option.
+    #[error("syntax error")]
+    Syntax,
+    /// An id or age that is not a number.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// A `TYPE` Redis does not know.
+    #[error("Unknown client type '{0}'")]
+    UnknownType(String),
+    /// A `CLIENT KILL` option respipe cannot apply.
+    #[error("CLIENT KILL filter '{0}' is not supported")]
+    Unsupported(String),
+}
+
 impl Registry {
     /// An empty registry; the first session gets id 1.
     pub fn new() -> Self {
@@ -560,7 +578,7 @@ impl Snapshot {
 impl Filter {
     /// The filter of a `CLIENT KILL` Redis has accepted: `args` from the subcommand on.
     /// `Err` names an option respipe cannot apply.
-    pub fn kill(args: &[&[u8]]) -> Result<Filter, String> {
+    pub fn kill(args: &[&[u8]]) -> Result<Filter, FilterError> {
         if let [_, addr] = args {
             // The old form: exactly that address, the caller included.
             return Ok(Filter {
@@ -574,7 +592,7 @@ impl Filter {
         };
         for pair in args[1..].chunks(2) {
             let [option, value] = pair else {
-                return Err("syntax error".into());
+                return Err(FilterError::Syntax);
             };
             let text = || String::from_utf8_lossy(value).into_owned();
             match option.to_ascii_lowercase().as_slice() {
@@ -586,9 +604,8 @@ impl Filter {
                 b"skipme" => filter.skip_me = !value.eq_ignore_ascii_case(b"no"),
                 b"maxage" => filter.max_age = Some(number(value)?),
                 other => {
-                    return Err(format!(
-                        "CLIENT KILL filter '{}' is not supported",
-                        String::from_utf8_lossy(other)
+                    return Err(FilterError::Unsupported(
+                        String::from_utf8_lossy(other).into_owned(),
                     ))
                 }
             }
@@ -597,7 +614,7 @@ impl Filter {
     }
 
     /// The filter of a `CLIENT LIST [TYPE type] [ID id...]` Redis has accepted.
-    pub fn list(args: &[&[u8]]) -> Result<Filter, String> {
+    pub fn list(args: &[&[u8]]) -> Result<Filter, FilterError> {
         let mut filter = Filter::default();
         let mut i = 1;
         while i < args.len() {
@@ -614,7 +631,7 @@ impl Filter {
                         .collect::<Result<_, _>>()?;
                     break;
                 }
-                _ => return Err("syntax error".into()),
+                _ => return Err(FilterError::Syntax),
             }
         }
         Ok(filter)
@@ -692,21 +709,20 @@ fn reply_text(reply: &[u8]) -> Option<&[u8]> {
     })
 }
 
-fn number(value: &[u8]) -> Result<u64, String> {
+fn number(value: &[u8]) -> Result<u64, FilterError> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "value is not an integer or out of range".into())
+        .ok_or(FilterError::NotInteger)
 }
 
-fn client_type(value: &[u8]) -> Result<ClientType, String> {
+fn client_type(value: &[u8]) -> Result<ClientType, FilterError> {
     match value.to_ascii_lowercase().as_slice() {
         b"normal" => Ok(ClientType::Normal),
         b"pubsub" => Ok(ClientType::Pubsub),
         b"master" | b"slave" | b"replica" => Ok(ClientType::Replication),
-        _ => Err(format!(
-            "Unknown client type '{}'",
-            String::from_utf8_lossy(value)
+        _ => Err(FilterError::UnknownType(
+            String::from_utf8_lossy(value).into_owned(),
         )),
     }
 }

@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::command::{self, Args, Split};
-use crate::reply::{self, Lane};
+use crate::reply::{self, ErrorReply, Lane, RedisError};
 use crate::resp::{self, ReplyScanner};
 use crate::topology::Layout;
 
@@ -78,14 +78,14 @@ pub fn plan(layout: &Layout, name: &[u8], args: Args<'_>) -> Plan {
         return keyless(layout, name, args).unwrap_or(Plan::Keyless);
     };
     let Some(lane) = layout.shard_for(first) else {
-        return Plan::Refuse(reply::no_live_shard());
+        return Plan::Refuse(ErrorReply::NoLiveShard.line());
     };
     let mut spread = false;
     for key in iter {
         match layout.shard_for(key) {
             Some(l) if l == lane => {}
             Some(_) => spread = true,
-            None => return Plan::Refuse(reply::no_live_shard()),
+            None => return Plan::Refuse(ErrorReply::NoLiveShard.line()),
         }
     }
     if !spread {
@@ -184,7 +184,7 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
 /// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
 /// server`); the request goes there with the server's own cursor.
 fn scan(layout: &Layout, args: Args<'_>) -> Plan {
-    let invalid = || Plan::Refuse(reply::error("ERR invalid cursor"));
+    let invalid = || Plan::Refuse(RedisError::InvalidCursor.line());
     let argv: Vec<&[u8]> = args.iter().collect();
     let Some(cursor) = std::str::from_utf8(argv[1])
         .ok()
@@ -234,7 +234,7 @@ impl Merge {
             }
             Merge::Scan { lane, lanes } => parts.first().and_then(|p| scan_reply(p, *lane, *lanes)),
         };
-        merged.unwrap_or_else(reply::unexpected_shard_reply)
+        merged.unwrap_or_else(|| ErrorReply::UnexpectedShardReply.line())
     }
 }
 
