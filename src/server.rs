@@ -62,7 +62,7 @@ pub async fn run(
 }
 
 /// [`run`], and every configuration sent on `updates` is applied while running (see
-/// [`reload::apply`]): the binary sends one on SIGHUP and when the config file changes.
+/// `reload::apply`): the binary sends one on SIGHUP and when the config file changes.
 pub async fn run_with_updates(
     config: Config,
     listeners: Vec<Listener>,
