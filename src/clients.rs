@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::command::Args;
 use crate::pool::PoolKey;
 use crate::reply::Lane;
-use crate::resp::ReplyScanner;
+use crate::resp::{self, ReplyScanner};
 use crate::upstream::WeakHandle;
 
 /// The `CLIENT LIST` fields of Redis 7.0, used until the upstream's own list has shown its fields.
@@ -672,12 +672,10 @@ fn confirmation(frame: &[u8]) -> Option<(usize, u64)> {
     integer_reply(&rest[channel.len..]).map(|count| (*kind, count))
 }
 
-/// An integer reply (`:n`), as Redis's `CLIENT ID` sends it.
+/// A non-negative integer reply (`:n`), as Redis's `CLIENT ID` sends it.
 pub fn integer_reply(reply: &[u8]) -> Option<u64> {
-    std::str::from_utf8(reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?)
-        .ok()?
-        .parse()
-        .ok()
+    let text = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    u64::try_from(resp::parse_int(text)?).ok()
 }
 
 /// `:n`.
@@ -709,11 +707,11 @@ fn reply_text(reply: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// A client id or age, read as Redis reads it (`string2ll`). Redis accepts a negative id in
+/// `CLIENT LIST ID`; it is 0 here, an id no client has.
 fn number(value: &[u8]) -> Result<u64, FilterError> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or(FilterError::NotInteger)
+    let n = resp::parse_int(value).ok_or(FilterError::NotInteger)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 fn client_type(value: &[u8]) -> Result<ClientType, FilterError> {
@@ -892,6 +890,16 @@ mod tests {
         drop(a);
         r.remove(1);
         assert_eq!(ids(&Filter::default(), 9), [2]);
+    }
+
+    #[test]
+    fn filter_ids_are_read_as_redis_reads_them() {
+        let list = |id: &'static [u8]| Filter::list(&[b"LIST", b"ID", id]);
+        // Redis 7 accepts `CLIENT LIST ID -1` (and lists nobody), refuses `01` and `+1`.
+        assert_eq!(list(b"-1").unwrap().ids, [0]);
+        assert_eq!(list(b"01"), Err(FilterError::NotInteger));
+        assert_eq!(list(b"+1"), Err(FilterError::NotInteger));
+        assert_eq!(list(b"12").unwrap().ids, [12]);
     }
 
     #[test]

@@ -595,21 +595,6 @@ fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
-/// A strict decimal integer, as Redis's `string2ll` reads it: an optional `-`, then `0` alone or
-/// digits that do not start with `0` (so `-0`, `01` and `+1` are not integers).
-pub fn parse_i64(arg: &[u8]) -> Option<i64> {
-    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
-    let canonical = match digits {
-        [b'0'] => digits.len() == arg.len(),
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    if !canonical {
-        return None;
-    }
-    std::str::from_utf8(arg).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -921,23 +906,6 @@ mod tests {
         assert_eq!(classify_words(&["script", "debug", "no"]), Kind::Plain);
         assert_eq!(classify_words(&["SCRIPT", "FLUSH"]), Kind::Plain);
         assert_eq!(classify_words(&["SCRIPT"]), Kind::Plain);
-    }
-
-    #[test]
-    fn integers_are_strict() {
-        assert_eq!(parse_i64(b"12"), Some(12));
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"01"), None);
-        assert_eq!(parse_i64(b"+1"), None);
-        assert_eq!(parse_i64(b" 1"), None);
-        assert_eq!(parse_i64(b"-0"), None);
-        assert_eq!(parse_i64(b"-01"), None);
-        assert_eq!(parse_i64(b"-"), None);
-        assert_eq!(parse_i64(b""), None);
-        assert_eq!(parse_i64(b"1x"), None);
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_i64(b"9223372036854775808"), None);
     }
 
     #[test]

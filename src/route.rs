@@ -244,7 +244,7 @@ fn elements(frame: &Bytes) -> Option<Vec<Bytes>> {
     if !matches!(head.first(), Some(b'*' | b'~')) {
         return None;
     }
-    let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+    let n = usize::try_from(resp::parse_int(&head[1..])?).ok()?;
     let mut out = Vec::with_capacity(n);
     let mut at = frame.len() - rest.len();
     let mut scanner = ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH);
@@ -266,7 +266,7 @@ fn line(frame: &[u8]) -> Option<(&[u8], &[u8])> {
 fn integer(frame: &[u8]) -> Option<i64> {
     let (head, _) = line(frame)?;
     let digits = head.strip_prefix(b":")?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    resp::parse_int(digits)
 }
 
 /// An array reply of `elements`.

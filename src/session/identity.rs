@@ -107,7 +107,7 @@ impl Session {
     /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: sent to Redis with the id of the connection that
     /// client is blocked on (or one that matches nothing), so Redis unblocks it and answers.
     async fn unblock(&mut self, all: &[&[u8]]) -> Result<(), Close> {
-        let Some(target) = all.get(2).and_then(|id| crate::command::parse_i64(id)) else {
+        let Some(target) = all.get(2).and_then(|id| resp::parse_int(id)) else {
             // Not an id: Redis says so.
             return self
                 .forward(resp::encode_request(all), Route::Current, false)

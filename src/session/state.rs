@@ -139,7 +139,7 @@ impl Session {
     pub(super) async fn select(&mut self, args: Args<'_>, bytes: Bytes) -> Result<(), Close> {
         let db = args
             .get(1)
-            .and_then(command::parse_i64)
+            .and_then(resp::parse_int)
             .and_then(|n| u32::try_from(n).ok());
         let known = db.filter(|n| self.shared.pools.known_db(self.state.auth.as_ref(), *n));
         let ok = match known {
