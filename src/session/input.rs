@@ -349,14 +349,9 @@ impl Session {
             }
             Kind::Reply(_) if in_multi => {
                 // Redis runs it at EXEC and then leaves replies out of EXEC's own array.
-                self.refuse(
-                    ErrorReply::Unsupported {
-                        name,
-                        why: IN_MULTI,
-                    }
-                    .line(),
-                )
-                .await
+                let why = IN_MULTI;
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
+                    .await
             }
             Kind::Select => self.select(args, bytes).await,
             Kind::Auth => self.auth(args, bytes).await,
@@ -433,14 +428,9 @@ impl Session {
             Kind::Wait => self.wait(name, bytes).await,
             Kind::Subscribe if in_multi => {
                 // EXEC would put the lease in subscribe mode with nothing reading its stream.
-                self.refuse(
-                    ErrorReply::Unsupported {
-                        name,
-                        why: IN_MULTI,
-                    }
-                    .line(),
-                )
-                .await
+                let why = IN_MULTI;
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
+                    .await
             }
             Kind::Monitor if in_multi => self.forward(bytes, Route::Current, false).await,
             Kind::Subscribe | Kind::Monitor => {
