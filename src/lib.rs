@@ -54,13 +54,13 @@ pub mod pool;
 pub(crate) mod reload;
 pub mod reply;
 pub mod resp;
-pub mod route;
+pub(crate) mod route;
 pub mod server;
 pub(crate) mod session;
 pub mod shard;
 pub(crate) mod spare;
 pub mod tls;
-pub mod topology;
+pub(crate) mod topology;
 pub mod upstream;
 pub(crate) mod warm;
 
