@@ -10,6 +10,8 @@
 
 #[path = "../tests/common/drill.rs"]
 mod drill;
+#[path = "../tests/common/wire.rs"]
+mod wire;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::command::Args;
 use crate::pool::PoolKey;
 use crate::reply::Lane;
-use crate::resp::ReplyScanner;
+use crate::resp::{self, ReplyScanner};
 use crate::upstream::WeakHandle;
 
 /// The `CLIENT LIST` fields of Redis 7.0, used until the upstream's own list has shown its fields.
@@ -197,6 +197,24 @@ pub struct Filter {
     pub max_age: Option<u64>,
     /// `SKIPME yes` (the default of the filter form): not the caller.
     pub skip_me: bool,
+}
+
+/// Why a `CLIENT LIST` or `CLIENT KILL` filter cannot be read or applied; `Display` is the text
+/// after `ERR ` (Redis's wording where Redis has one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// An option without its value, or an unknown option.
+    #[error("syntax error")]
+    Syntax,
+    /// An id or age that is not a number.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// A `TYPE` Redis does not know.
+    #[error("Unknown client type '{0}'")]
+    UnknownType(String),
+    /// A `CLIENT KILL` option respipe cannot apply.
+    #[error("CLIENT KILL filter '{0}' is not supported")]
+    Unsupported(String),
 }
 
 impl Registry {
@@ -560,7 +578,7 @@ impl Snapshot {
 impl Filter {
     /// The filter of a `CLIENT KILL` Redis has accepted: `args` from the subcommand on.
     /// `Err` names an option respipe cannot apply.
-    pub fn kill(args: &[&[u8]]) -> Result<Filter, String> {
+    pub fn kill(args: &[&[u8]]) -> Result<Filter, FilterError> {
         if let [_, addr] = args {
             // The old form: exactly that address, the caller included.
             return Ok(Filter {
@@ -574,7 +592,7 @@ impl Filter {
         };
         for pair in args[1..].chunks(2) {
             let [option, value] = pair else {
-                return Err("syntax error".into());
+                return Err(FilterError::Syntax);
             };
             let text = || String::from_utf8_lossy(value).into_owned();
             match option.to_ascii_lowercase().as_slice() {
@@ -586,9 +604,8 @@ impl Filter {
                 b"skipme" => filter.skip_me = !value.eq_ignore_ascii_case(b"no"),
                 b"maxage" => filter.max_age = Some(number(value)?),
                 other => {
-                    return Err(format!(
-                        "CLIENT KILL filter '{}' is not supported",
-                        String::from_utf8_lossy(other)
+                    return Err(FilterError::Unsupported(
+                        String::from_utf8_lossy(other).into_owned(),
                     ))
                 }
             }
@@ -597,7 +614,7 @@ impl Filter {
     }
 
     /// The filter of a `CLIENT LIST [TYPE type] [ID id...]` Redis has accepted.
-    pub fn list(args: &[&[u8]]) -> Result<Filter, String> {
+    pub fn list(args: &[&[u8]]) -> Result<Filter, FilterError> {
         let mut filter = Filter::default();
         let mut i = 1;
         while i < args.len() {
@@ -614,7 +631,7 @@ impl Filter {
                         .collect::<Result<_, _>>()?;
                     break;
                 }
-                _ => return Err("syntax error".into()),
+                _ => return Err(FilterError::Syntax),
             }
         }
         Ok(filter)
@@ -655,12 +672,10 @@ fn confirmation(frame: &[u8]) -> Option<(usize, u64)> {
     integer_reply(&rest[channel.len..]).map(|count| (*kind, count))
 }
 
-/// An integer reply (`:n`), as Redis's `CLIENT ID` sends it.
+/// A non-negative integer reply (`:n`), as Redis's `CLIENT ID` sends it.
 pub fn integer_reply(reply: &[u8]) -> Option<u64> {
-    std::str::from_utf8(reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?)
-        .ok()?
-        .parse()
-        .ok()
+    let text = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    u64::try_from(resp::parse_int(text)?).ok()
 }
 
 /// `:n`.
@@ -692,21 +707,20 @@ fn reply_text(reply: &[u8]) -> Option<&[u8]> {
     })
 }
 
-fn number(value: &[u8]) -> Result<u64, String> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "value is not an integer or out of range".into())
+/// A client id or age, read as Redis reads it (`string2ll`). Redis accepts a negative id in
+/// `CLIENT LIST ID`; it is 0 here, an id no client has.
+fn number(value: &[u8]) -> Result<u64, FilterError> {
+    let n = resp::parse_int(value).ok_or(FilterError::NotInteger)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
-fn client_type(value: &[u8]) -> Result<ClientType, String> {
+fn client_type(value: &[u8]) -> Result<ClientType, FilterError> {
     match value.to_ascii_lowercase().as_slice() {
         b"normal" => Ok(ClientType::Normal),
         b"pubsub" => Ok(ClientType::Pubsub),
         b"master" | b"slave" | b"replica" => Ok(ClientType::Replication),
-        _ => Err(format!(
-            "Unknown client type '{}'",
-            String::from_utf8_lossy(value)
+        _ => Err(FilterError::UnknownType(
+            String::from_utf8_lossy(value).into_owned(),
         )),
     }
 }
@@ -876,6 +890,16 @@ mod tests {
         drop(a);
         r.remove(1);
         assert_eq!(ids(&Filter::default(), 9), [2]);
+    }
+
+    #[test]
+    fn filter_ids_are_read_as_redis_reads_them() {
+        let list = |id: &'static [u8]| Filter::list(&[b"LIST", b"ID", id]);
+        // Redis 7 accepts `CLIENT LIST ID -1` (and lists nobody), refuses `01` and `+1`.
+        assert_eq!(list(b"-1").unwrap().ids, [0]);
+        assert_eq!(list(b"01"), Err(FilterError::NotInteger));
+        assert_eq!(list(b"+1"), Err(FilterError::NotInteger));
+        assert_eq!(list(b"12").unwrap().ids, [12]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A view of one client request and the table that classifies every command by what it does to
 //! connection state and how many reply frames Redis answers it with. The only place in respipe that
-//! knows Redis command semantics; the session decides from the kind and its own state where a command
-//! goes.
+//! classifies commands; the session decides from the kind and its own state where a command goes.
+//! The arguments of the few commands respipe acts on itself are read where it acts on them:
+//! `follow` (the state `SELECT`, `AUTH`, `HELLO` ask for), `clients` (`CLIENT
+//! LIST`/`KILL` filters) and the session's tracking (`CLIENT TRACKING` options).
 //!
 //! Every command respipe puts on a shared connection must have a reply count respipe knows exactly,
 //! or the next client's reply goes to the wrong client. [`TABLE`] and [`SUBCOMMANDS`] list every
@@ -13,6 +15,7 @@
 //! [`KEYS`] and [`SUBCOMMAND_KEYS`] add where each one's keys are, and [`keys`] finds a request's
 //! keys for a router that places them on servers (sharded mode only; see `command/keys.rs`).
 
+use crate::reply::RedisError;
 use crate::resp;
 
 mod keys;
@@ -71,8 +74,8 @@ pub enum Kind {
     /// `SYNC`, `PSYNC`, `REPLCONF`: the client reads the replication stream; it gets a connection of
     /// its own, spliced byte for byte, for the rest of its connection.
     Replicate,
-    /// Answered with this exact error line by the session itself.
-    Error(&'static str),
+    /// Answered with this error, in Redis's words, by the session itself.
+    Error(RedisError),
     /// Refused: no way to give it Redis's semantics through respipe (the reason).
     Refuse(&'static str),
     /// Refused because the configuration lists it in `deny_commands`.
@@ -477,9 +480,7 @@ fn client(args: Args<'_>) -> Kind {
     match upper.as_slice() {
         b"SETNAME" if argc == 3 => match args.get(2) {
             Some(name) if valid_client_name(name) => Kind::SetName(name.to_vec()),
-            _ => Kind::Error(
-                "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
-            ),
+            _ => Kind::Error(RedisError::ClientName),
         },
         b"GETNAME" if argc == 2 => Kind::GetName,
         b"SETINFO" if argc == 4 => {
@@ -490,9 +491,7 @@ fn client(args: Args<'_>) -> Kind {
             if args.get(3).is_some_and(valid_client_name) {
                 Kind::Accept
             } else {
-                Kind::Error(
-                    "-ERR lib-name or lib-ver cannot contain spaces, newlines or special characters.\r\n",
-                )
+                Kind::Error(RedisError::LibName)
             }
         }
         b"REPLY" if argc == 3 => {
@@ -504,7 +503,7 @@ fn client(args: Args<'_>) -> Kind {
             } else if mode.eq_ignore_ascii_case(b"SKIP") {
                 Kind::Reply(ReplyMode::Skip)
             } else {
-                Kind::Error("-ERR syntax error\r\n")
+                Kind::Error(RedisError::Syntax)
             }
         }
         b"NO-EVICT" if argc == 3 => {
@@ -512,7 +511,7 @@ fn client(args: Args<'_>) -> Kind {
             if flag.eq_ignore_ascii_case(b"ON") || flag.eq_ignore_ascii_case(b"OFF") {
                 Kind::Accept
             } else {
-                Kind::Error("-ERR syntax error\r\n")
+                Kind::Error(RedisError::Syntax)
             }
         }
         // Malformed forms go to Redis (its syntax error; nothing is tracked).
@@ -594,21 +593,6 @@ fn cmp_lower(table: &[u8], name: &[u8]) -> std::cmp::Ordering {
 /// Redis's rule for client names and lib info: printable ASCII without spaces.
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
-}
-
-/// A strict decimal integer, as Redis's `string2ll` reads it: an optional `-`, then `0` alone or
-/// digits that do not start with `0` (so `-0`, `01` and `+1` are not integers).
-pub fn parse_i64(arg: &[u8]) -> Option<i64> {
-    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
-    let canonical = match digits {
-        [b'0'] => digits.len() == arg.len(),
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    if !canonical {
-        return None;
-    }
-    std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -922,23 +906,6 @@ mod tests {
         assert_eq!(classify_words(&["script", "debug", "no"]), Kind::Plain);
         assert_eq!(classify_words(&["SCRIPT", "FLUSH"]), Kind::Plain);
         assert_eq!(classify_words(&["SCRIPT"]), Kind::Plain);
-    }
-
-    #[test]
-    fn integers_are_strict() {
-        assert_eq!(parse_i64(b"12"), Some(12));
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"01"), None);
-        assert_eq!(parse_i64(b"+1"), None);
-        assert_eq!(parse_i64(b" 1"), None);
-        assert_eq!(parse_i64(b"-0"), None);
-        assert_eq!(parse_i64(b"-01"), None);
-        assert_eq!(parse_i64(b"-"), None);
-        assert_eq!(parse_i64(b""), None);
-        assert_eq!(parse_i64(b"1x"), None);
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_i64(b"9223372036854775808"), None);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::command::{self, Args, Kind};
+use crate::command::{Args, Kind};
 use crate::pool::Credentials;
-use crate::resp::ReplyScanner;
+use crate::resp::{self, ReplyScanner};
 
 /// One change of connection state a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl<'a> Hello<'a> {
     /// What the command changes when Redis accepts it.
     pub fn changes(&self) -> Vec<Change> {
         let mut changes = Vec::new();
-        if let Some(proto) = self.proto.and_then(command::parse_i64) {
+        if let Some(proto) = self.proto.and_then(resp::parse_int) {
             changes.push(Change::Resp3(proto == 3));
         }
         if let Some((user, password)) = self.auth {
@@ -108,7 +108,7 @@ pub fn requested(kind: &Kind, args: Args<'_>) -> Vec<Change> {
     match kind {
         Kind::Select => args
             .get(1)
-            .and_then(command::parse_i64)
+            .and_then(resp::parse_int)
             .and_then(|n| u32::try_from(n).ok())
             .map(Change::Db)
             .into_iter()
@@ -147,7 +147,7 @@ fn array_elements(reply: &[u8]) -> Vec<&[u8]> {
     let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
         return Vec::new();
     };
-    let Some(n) = command::parse_i64(&rest[..eol]).and_then(|n| usize::try_from(n).ok()) else {
+    let Some(n) = resp::parse_int(&rest[..eol]).and_then(|n| usize::try_from(n).ok()) else {
         return Vec::new();
     };
     let mut at = &rest[eol + 2..];

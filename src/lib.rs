@@ -13,54 +13,56 @@
 //! ```
 //!
 //! # Layout
+//! Linked modules are public (the binary, the tests and the benchmarks use them); the rest are
+//! crate-private.
 //! - [`config`]: one validated `Config`, in sections, from twemproxy pool < file < env < flags.
 //! - [`resp`]: RESP2/RESP3 scanners yielding frame boundaries; bounded, resumable, never panic.
 //! - [`command`]: the table that classifies every command (forward with its reply shape, lease,
 //!   answer locally, refuse) and knows where its keys are.
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
-//! - [`clients`]: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
+//! - `clients`: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
 //! - [`shard`]: twemproxy-compatible placement of keys on independent servers.
-//! - [`session`]: one client: read frames, classify, send upstream, write replies in order.
-//! - [`outflow`]: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
-//! - [`follow`]: connection state that changes only when Redis accepts the command (now or at EXEC).
+//! - `session`: one client: read frames, classify, send upstream, write replies in order.
+//! - `outflow`: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
+//! - `follow`: connection state that changes only when Redis accepts the command (now or at EXEC).
 //! - [`pool`]: the upstream connections and the routing step.
-//! - [`warm`]: dedicated connections handshaken in advance, and the scrub of given-back ones.
+//! - `warm`: dedicated connections handshaken in advance, and the scrub of given-back ones.
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.
-//! - [`chunks`]: byte chunks drained by vectored writes.
-//! - [`spare`]: spare read buffers reused by sessions, and session queues that start small.
-//! - [`live`]: settings that change while running (hot reload), cached by readers.
-//! - [`reload`]: applying a reloaded configuration; what needs a restart.
+//! - `chunks`: byte chunks drained by vectored writes.
+//! - `spare`: spare read buffers reused by sessions, and session queues that start small.
+//! - `live`: settings that change while running (hot reload), cached by readers.
+//! - `reload`: applying a reloaded configuration; what needs a restart.
 //! - [`tls`]: rustls acceptor for clients and connector for `rediss://` upstreams.
 //! - [`reply`]: replies travelling back to sessions and respipe's own `-ERR` texts.
 //! - [`error`]: typed errors recording which side failed.
 //! - [`metrics`]: metric names, the Prometheus recorder, handles.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - `admin`: `/metrics`, `/healthz`, `/readyz`.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod batch;
-pub mod chunks;
-pub mod clients;
+pub(crate) mod chunks;
+pub(crate) mod clients;
 pub mod command;
 pub mod config;
 pub mod error;
-pub mod follow;
-pub mod live;
+pub(crate) mod follow;
+pub(crate) mod live;
 pub mod metrics;
-pub mod outflow;
+pub(crate) mod outflow;
 pub mod pool;
-pub mod reload;
+pub(crate) mod reload;
 pub mod reply;
 pub mod resp;
-pub mod route;
+pub(crate) mod route;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod shard;
-pub mod spare;
+pub(crate) mod spare;
 pub mod tls;
-pub mod topology;
+pub(crate) mod topology;
 pub mod upstream;
-pub mod warm;
+pub(crate) mod warm;
 
 pub use admin::Admin;
 pub use config::Config;

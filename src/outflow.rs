@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use crate::resp;
+
 /// Unsent reply bytes plus the estimated weight of the replies still owed for commands in flight:
 /// past this respipe stops reading the client's requests until they drain (throttling, long before
 /// `max_client_reply_bytes` closes it).
@@ -70,7 +72,7 @@ impl OutputLimit {
         let at = words
             .iter()
             .position(|w| w.eq_ignore_ascii_case("pubsub"))?;
-        let number = |i: usize| words.get(at + i)?.parse::<u64>().ok();
+        let number = |i: usize| u64::try_from(resp::parse_int(words.get(at + i)?.as_bytes())?).ok();
         Some(OutputLimit {
             hard: usize::try_from(number(1)?).ok()?,
             soft: usize::try_from(number(2)?).ok()?,

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, Topology, Upstream};
 use crate::error::UpstreamError;
 use crate::live::Live;
-use crate::reply;
+use crate::reply::ErrorReply;
 use crate::reply::Lane;
 use crate::tls::UpstreamTls;
 use crate::topology::Layout;
@@ -376,10 +376,8 @@ impl Pools {
             return Ok(pool.clone());
         }
         if pools.len() >= self.max_pools {
-            return Err(reply::error(&format!(
-                "ERR respipe: too many upstream pools (max_pools={}); each db, protocol and user in use needs one",
-                self.max_pools
-            )));
+            let max_pools = self.max_pools;
+            return Err(ErrorReply::TooManyPools { max_pools }.line());
         }
         let pool = self.spawn_pool(key.clone(), pools.len());
         pools.insert(key.clone(), pool.clone());
@@ -433,7 +431,7 @@ impl Pools {
         let settings = self.settings_for(key, 0);
         let stream = upstream::open_raw(&settings)
             .await
-            .map_err(|err| reply::upstream_unavailable(&err))?;
+            .map_err(|err| ErrorReply::UpstreamUnavailable(&err).line())?;
         self.leases_gauge.increment(1.0);
         Ok(Tap {
             stream,
@@ -452,10 +450,8 @@ impl Pools {
             return Ok(permit);
         }
         self.lease_refusals.increment(1);
-        Err(reply::error(&format!(
-            "ERR respipe: no dedicated upstream connection available (max_leases={} in use)",
-            self.max_leases
-        )))
+        let max_leases = self.max_leases;
+        Err(ErrorReply::NoLease { max_leases }.line())
     }
 
     /// Starts warm leases in `key`'s state up to `warm_leases`, never taking the last free permit

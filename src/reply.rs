@@ -2,6 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::fmt::{self, Write as _};
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -169,36 +170,168 @@ pub const RESET_COMMAND: Bytes = Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n");
 pub const NULL: Bytes = Bytes::from_static(b"_\r\n");
 /// RESP2 null bulk string.
 pub const NULL_BULK: Bytes = Bytes::from_static(b"$-1\r\n");
-/// Redis's answer to a connection past `maxclients`.
-pub const MAX_CLIENTS: Bytes = Bytes::from_static(b"-ERR max number of clients reached\r\n");
+/// An error reply respipe writes itself: a typed failure whose `Display` is the exact error line
+/// without its `-` and CRLF. [`ErrorReply::line`] is the one place one becomes a RESP error line.
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorReply<'a> {
+    /// An error Redis itself would answer, in its words.
+    #[error(transparent)]
+    Redis(RedisError),
+    /// The request stream was not valid RESP; Redis's wording (`-ERR Protocol error: ...`).
+    #[error("ERR {0}")]
+    Protocol(&'a crate::resp::ProtocolError),
+    /// A command respipe refuses because it would leak connection state into a shared connection.
+    #[error("ERR respipe: '{}' is not supported yet ({why})", Lower(.name))]
+    Unsupported {
+        /// The command's name as the client sent it.
+        name: &'a [u8],
+        /// Why respipe cannot give it Redis's semantics.
+        why: &'a str,
+    },
+    /// `WAIT`/`WAITAOF` when Redis refused the no-op that makes them count this client's writes:
+    /// counting nothing would be a false acknowledgement.
+    #[error(
+        "ERR respipe: '{}' needs SPUBLISH to the channel __respipe__wait to count this client's writes, and Redis refused it: {}",
+        Lower(.name),
+        Refused(.redis_error)
+    )]
+    WaitRefused {
+        /// The command's name as the client sent it.
+        name: &'a [u8],
+        /// Redis's error line.
+        redis_error: &'a [u8],
+    },
+    /// A state change Redis accepted, but whose state Redis refuses to set a new connection up in:
+    /// the client keeps its state.
+    #[error(
+        "ERR respipe: Redis accepts '{}' but refuses to set up a connection in the state it leads to ({reply}); the state is unchanged",
+        Lower(.name)
+    )]
+    UnreachableState {
+        /// The command's name as the client sent it.
+        name: &'a [u8],
+        /// Redis's refusal of the handshake.
+        reply: &'a str,
+    },
+    /// A command the configuration refuses (`deny_commands`).
+    #[error("ERR respipe: '{}' is disabled by configuration (deny_commands)", Lower(.name))]
+    Denied {
+        /// The command's name as the client sent it.
+        name: &'a [u8],
+    },
+    /// In-flight commands on an upstream connection that was lost.
+    #[error("ERR respipe: upstream connection lost ({0}); the command may or may not have run")]
+    UpstreamLost(&'a UpstreamError),
+    /// New commands while the upstream cannot be reached: failed fast, not sent.
+    #[error("ERR respipe: upstream unavailable ({0}); the command was not sent")]
+    UpstreamUnavailable(&'a UpstreamError),
+    /// A command that got no reply within the command timeout; its late reply will be dropped.
+    #[error("ERR respipe: upstream {addr} did not answer within {timeout:?}; the command may or may not have run")]
+    TimedOut {
+        /// The upstream's address.
+        addr: &'a str,
+        /// The command timeout.
+        timeout: Duration,
+    },
+    /// A request that could not even be queued to the upstream within the command timeout
+    /// (backpressure).
+    #[error("ERR respipe: upstream {addr} busy, the command could not be queued within {timeout:?}; it was not sent")]
+    QueueTimeout {
+        /// The upstream's address.
+        addr: &'a str,
+        /// The command timeout.
+        timeout: Duration,
+    },
+    /// The proxy is shutting down and no upstream connection is left to take the command.
+    #[error("ERR respipe: shutting down; the command was not sent")]
+    ShuttingDown,
+    /// A command needs another upstream pool and `max_pools` exist already.
+    #[error("ERR respipe: too many upstream pools (max_pools={max_pools}); each db, protocol and user in use needs one")]
+    TooManyPools {
+        /// The `max_pools` setting.
+        max_pools: usize,
+    },
+    /// A command needs a dedicated connection and all `max_leases` are lent.
+    #[error(
+        "ERR respipe: no dedicated upstream connection available (max_leases={max_leases} in use)"
+    )]
+    NoLease {
+        /// The `max_leases` setting.
+        max_leases: usize,
+    },
+    /// A sharded upstream with every server ejected.
+    #[error("ERR respipe: no live server in the sharded upstream (every server is ejected)")]
+    NoLiveShard,
+    /// A server of a sharded upstream answered a split or fanned-out command with a reply respipe
+    /// cannot merge.
+    #[error("ERR respipe: a server answered a split command with an unexpected reply")]
+    UnexpectedShardReply,
+    /// Redis Cluster's wording for a command whose keys are on several servers; the reason names
+    /// respipe's sharding.
+    #[error("CROSSSLOT Keys in request don't hash to the same shard (respipe sharding: use hash tags to keep them together)")]
+    CrossShard,
+    /// `CLIENT LIST` with a filter respipe cannot read (Redis's wording).
+    #[error("ERR {0}")]
+    ClientList(crate::clients::FilterError),
+    /// `CLIENT KILL` with a filter respipe cannot apply.
+    #[error("ERR respipe: {0}")]
+    ClientKill(crate::clients::FilterError),
+}
 
-/// Builds an error reply `-<text>\r\n` with any CR/LF in `text` replaced by spaces (a reply line must
-/// stay one line).
-pub fn error(text: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(text.len() + 3);
-    buf.put_u8(b'-');
-    for b in text.bytes() {
-        buf.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+/// An error Redis itself would answer, in its words: respipe answers it for Redis (a client name
+/// Redis would reject, a wrong password...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    /// A malformed command.
+    #[error("ERR syntax error")]
+    Syntax,
+    /// `CLIENT KILL addr` that matched no client.
+    #[error("ERR No such client")]
+    NoSuchClient,
+    /// `CLIENT SETNAME` with a name Redis rejects.
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    ClientName,
+    /// `CLIENT SETINFO` with a value Redis rejects.
+    #[error("ERR lib-name or lib-ver cannot contain spaces, newlines or special characters.")]
+    LibName,
+    /// A connection past `maxclients`.
+    #[error("ERR max number of clients reached")]
+    MaxClients,
+    /// Any command but AUTH/HELLO/QUIT before authentication.
+    #[error("NOAUTH Authentication required.")]
+    NoAuth,
+    /// A wrong password.
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    WrongPass,
+    /// `EXEC` of a transaction a command was refused in.
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAbort,
+    /// `SCAN` with a cursor that is not one.
+    #[error("ERR invalid cursor")]
+    InvalidCursor,
+    /// HELLO without AUTH on a connection that must authenticate first.
+    #[error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")]
+    HelloNoAuth,
+}
+
+impl ErrorReply<'_> {
+    /// The error as a RESP error line `-<text>\r\n`, any CR/LF in the text replaced by spaces (a
+    /// reply line must stay one line).
+    pub fn line(&self) -> Bytes {
+        let mut line = OneLine(BytesMut::with_capacity(128));
+        line.0.put_u8(b'-');
+        // Writing to memory cannot fail.
+        let _ = write!(line, "{self}");
+        line.0.put_slice(b"\r\n");
+        line.0.freeze()
     }
-    buf.put_slice(b"\r\n");
-    buf.freeze()
 }
 
-/// A sharded upstream with every server ejected.
-pub fn no_live_shard() -> Bytes {
-    error("ERR respipe: no live server in the sharded upstream (every server is ejected)")
-}
-
-/// A server of a sharded upstream answered a split or fanned-out command with a reply respipe
-/// cannot merge.
-pub fn unexpected_shard_reply() -> Bytes {
-    error("ERR respipe: a server answered a split command with an unexpected reply")
-}
-
-/// Redis Cluster's wording for a command whose keys are on several servers; the reason names
-/// respipe's sharding.
-pub fn cross_shard() -> Bytes {
-    error("CROSSSLOT Keys in request don't hash to the same shard (respipe sharding: use hash tags to keep them together)")
+impl RedisError {
+    /// The error as a RESP error line.
+    pub fn line(self) -> Bytes {
+        ErrorReply::Redis(self).line()
+    }
 }
 
 /// A RESP bulk string.
@@ -212,78 +345,36 @@ pub fn bulk(value: &[u8]) -> Bytes {
     buf.freeze()
 }
 
-/// The request stream was not valid RESP; Redis's wording (`-ERR Protocol error: ...`).
-pub fn protocol_error(err: &crate::resp::ProtocolError) -> Bytes {
-    error(&format!("ERR {err}"))
+/// A command name in lowercase, as respipe's errors quote it.
+struct Lower<'a>(&'a [u8]);
+
+impl fmt::Display for Lower<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.0).to_lowercase())
+    }
 }
 
-/// A command respipe refuses because it would leak connection state into a shared connection.
-pub fn refused(name: &[u8], why: &str) -> Bytes {
-    error(&format!(
-        "ERR respipe: '{}' is not supported yet ({why})",
-        String::from_utf8_lossy(name).to_lowercase()
-    ))
+/// Redis's error line quoted inside one of respipe's: without its `-` and line end.
+struct Refused<'a>(&'a [u8]);
+
+impl fmt::Display for Refused<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.strip_prefix(b"-").unwrap_or(self.0);
+        f.write_str(String::from_utf8_lossy(text).trim_end())
+    }
 }
 
-/// `WAIT`/`WAITAOF` when Redis refused the no-op that makes them count this client's writes
-/// (`redis_error`: its error line): counting nothing would be a false acknowledgement.
-pub fn wait_refused(name: &[u8], redis_error: &[u8]) -> Bytes {
-    let why = String::from_utf8_lossy(redis_error.strip_prefix(b"-").unwrap_or(redis_error));
-    error(&format!(
-        "ERR respipe: '{}' needs SPUBLISH to the channel __respipe__wait to count this client's writes, and Redis refused it: {}",
-        String::from_utf8_lossy(name).to_lowercase(),
-        why.trim_end()
-    ))
-}
+/// An error line being written: CR and LF become spaces.
+struct OneLine(BytesMut);
 
-/// A state change Redis accepted, but whose state Redis refuses to set a new connection up in
-/// (`reply` is its refusal of the handshake): the client keeps its state.
-pub fn unreachable_state(name: &[u8], reply: &str) -> Bytes {
-    error(&format!(
-        "ERR respipe: Redis accepts '{}' but refuses to set up a connection in the state it leads to ({reply}); the state is unchanged",
-        String::from_utf8_lossy(name).to_lowercase()
-    ))
-}
-
-/// A command the configuration refuses (`deny_commands`).
-pub fn denied(name: &[u8]) -> Bytes {
-    error(&format!(
-        "ERR respipe: '{}' is disabled by configuration (deny_commands)",
-        String::from_utf8_lossy(name).to_lowercase()
-    ))
-}
-
-/// In-flight commands on an upstream connection that was lost.
-pub fn upstream_lost(err: &UpstreamError) -> Bytes {
-    error(&format!(
-        "ERR respipe: upstream connection lost ({err}); the command may or may not have run"
-    ))
-}
-
-/// New commands while the upstream cannot be reached: failed fast, not sent.
-pub fn upstream_unavailable(err: &UpstreamError) -> Bytes {
-    error(&format!(
-        "ERR respipe: upstream unavailable ({err}); the command was not sent"
-    ))
-}
-
-/// A command that got no reply within the command timeout; its late reply will be dropped.
-pub fn timed_out(addr: &str, timeout: Duration) -> Bytes {
-    error(&format!(
-        "ERR respipe: upstream {addr} did not answer within {timeout:?}; the command may or may not have run"
-    ))
-}
-
-/// A request that could not even be queued to the upstream within the command timeout (backpressure).
-pub fn queue_timeout(addr: &str, timeout: Duration) -> Bytes {
-    error(&format!(
-        "ERR respipe: upstream {addr} busy, the command could not be queued within {timeout:?}; it was not sent"
-    ))
-}
-
-/// The proxy is shutting down and no upstream connection is left to take the command.
-pub fn shutting_down() -> Bytes {
-    error("ERR respipe: shutting down; the command was not sent")
+impl fmt::Write for OneLine {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            self.0
+                .put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -292,15 +383,52 @@ mod tests {
 
     #[test]
     fn error_lines_stay_one_line() {
-        assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
+        let reply = "x\r\ny";
+        assert_eq!(
+            &ErrorReply::UnreachableState { name: b"HELLO", reply }.line()[..],
+            &b"-ERR respipe: Redis accepts 'hello' but refuses to set up a connection in the state it leads to (x  y); the state is unchanged\r\n"[..]
+        );
     }
 
     #[test]
     fn refused_names_the_command_in_lowercase() {
         assert_eq!(
-            &refused(b"MULTI", "connection state")[..],
+            &ErrorReply::Unsupported {
+                name: b"MULTI",
+                why: "connection state"
+            }
+            .line()[..],
             &b"-ERR respipe: 'multi' is not supported yet (connection state)\r\n"[..]
         );
+    }
+
+    #[test]
+    fn typed_errors_keep_their_exact_text() {
+        let cases: [(ErrorReply<'_>, &[u8]); 4] = [
+            (
+                ErrorReply::WaitRefused {
+                    name: b"WAIT",
+                    redis_error: b"-NOPERM no\r\n",
+                },
+                b"-ERR respipe: 'wait' needs SPUBLISH to the channel __respipe__wait to count this client's writes, and Redis refused it: NOPERM no\r\n",
+            ),
+            (
+                ErrorReply::NoLease { max_leases: 2 },
+                b"-ERR respipe: no dedicated upstream connection available (max_leases=2 in use)\r\n",
+            ),
+            (
+                ErrorReply::ClientKill(crate::clients::FilterError::Unsupported("x".into())),
+                b"-ERR respipe: CLIENT KILL filter 'x' is not supported\r\n",
+            ),
+            (
+                ErrorReply::Redis(RedisError::NoAuth),
+                b"-NOAUTH Authentication required.\r\n",
+            ),
+        ];
+        for (error, line) in cases {
+            assert_eq!(&error.line()[..], line);
+        }
+        assert_eq!(&RedisError::Syntax.line()[..], b"-ERR syntax error\r\n");
     }
 
     #[test]

@@ -824,8 +824,10 @@ fn scan_text_line(buf: &[u8], start: usize, from: usize) -> Result<TextLine, Pro
 }
 
 /// Parses an integer exactly as Redis's `string2ll` does: optional `-`, then `0` alone or a digit
-/// 1-9 followed by digits, at most 20 characters, within `i64`.
-fn parse_int(text: &[u8]) -> Option<i64> {
+/// 1-9 followed by digits, at most 20 characters, within `i64` (so `-0`, `01`, `+1` and ` 1` are
+/// not integers). respipe's one integer parser: RESP lengths and integer replies, and the numeric
+/// arguments Redis reads with `string2ll` (`SELECT`'s db, `HELLO`'s protover, client ids).
+pub fn parse_int(text: &[u8]) -> Option<i64> {
     if text.is_empty() || text.len() > 20 {
         return None;
     }
@@ -1503,6 +1505,9 @@ mod tests {
             (b"-", None),
             (b"-0", None),
             (b"00", None),
+            (b"01", None),
+            (b"-01", None),
+            (b" 1", None),
             (b"+1", None),
             (b"1a", None),
             (b"000000000000000000001", None),

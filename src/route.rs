@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::command::{self, Args, Split};
-use crate::reply::{self, Lane};
+use crate::reply::{self, ErrorReply, Lane, RedisError};
 use crate::resp::{self, ReplyScanner};
 use crate::topology::{Layout, Placer};
 
@@ -117,7 +117,7 @@ pub fn plan(layout: &Layout, name: &[u8], args: Args<'_>) -> Plan {
     match keyed(&placer, &keys) {
         Keyed::None => keyless(layout, name, args).unwrap_or(Plan::Keyless),
         Keyed::One(lane) => Plan::Lane(lane),
-        Keyed::NoLive => Plan::Refuse(reply::no_live_shard()),
+        Keyed::NoLive => Plan::Refuse(ErrorReply::NoLiveShard.line()),
         Keyed::Spread => match keys.split() {
             Some(how) => split(&placer, name, args, how).unwrap_or(Plan::CrossShard),
             None => Plan::CrossShard,
@@ -226,7 +226,7 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
 /// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
 /// server`); the request goes there with the server's own cursor.
 fn scan(layout: &Layout, args: Args<'_>) -> Plan {
-    let invalid = || Plan::Refuse(reply::error("ERR invalid cursor"));
+    let invalid = || Plan::Refuse(RedisError::InvalidCursor.line());
     let argv: Vec<&[u8]> = args.iter().collect();
     let Some(cursor) = std::str::from_utf8(argv[1])
         .ok()
@@ -276,7 +276,7 @@ impl Merge {
             }
             Merge::Scan { lane, lanes } => parts.first().and_then(|p| scan_reply(p, *lane, *lanes)),
         };
-        merged.unwrap_or_else(reply::unexpected_shard_reply)
+        merged.unwrap_or_else(|| ErrorReply::UnexpectedShardReply.line())
     }
 }
 
@@ -286,7 +286,7 @@ fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
     if !matches!(head.first(), Some(b'*' | b'~')) {
         return None;
     }
-    let n: usize = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+    let n = usize::try_from(resp::parse_int(&head[1..])?).ok()?;
     let mut out = Vec::with_capacity(n);
     let mut at = frame.len() - rest.len();
     let mut scanner = ReplyScanner::new(resp::DEFAULT_MAX_REPLY_DEPTH);
@@ -308,7 +308,7 @@ fn line(frame: &[u8]) -> Option<(&[u8], &[u8])> {
 fn integer(frame: &[u8]) -> Option<i64> {
     let (head, _) = line(frame)?;
     let digits = head.strip_prefix(b":")?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    resp::parse_int(digits)
 }
 
 /// An array reply of `elements`.

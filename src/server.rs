@@ -21,7 +21,7 @@ use crate::metrics::ClientMetrics;
 use crate::outflow::ServerLimit;
 use crate::pool::Pools;
 use crate::reload;
-use crate::reply;
+use crate::reply::RedisError;
 use crate::session::{self, SessionLimits, Shared};
 use crate::tls;
 use tokio::sync::watch;
@@ -62,7 +62,7 @@ pub async fn run(
 }
 
 /// [`run`], and every configuration sent on `updates` is applied while running (see
-/// [`reload::apply`]): the binary sends one on SIGHUP and when the config file changes.
+/// `reload::apply`): the binary sends one on SIGHUP and when the config file changes.
 pub async fn run_with_updates(
     config: Config,
     listeners: Vec<Listener>,
@@ -280,7 +280,7 @@ async fn accept(listener: &Listener) -> std::io::Result<(ClientStream, Peer)> {
 /// Tells a client past `max_clients` why it is refused, as Redis does, and closes it.
 async fn reject(stream: ClientStream) {
     let _ = match stream {
-        ClientStream::Tcp(mut s) => s.write_all(&reply::MAX_CLIENTS).await,
-        ClientStream::Unix(mut s) => s.write_all(&reply::MAX_CLIENTS).await,
+        ClientStream::Tcp(mut s) => s.write_all(&RedisError::MaxClients.line()).await,
+        ClientStream::Unix(mut s) => s.write_all(&RedisError::MaxClients.line()).await,
     };
 }

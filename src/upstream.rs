@@ -37,7 +37,7 @@ use crate::error::UpstreamError;
 use crate::live::{Cached, Live};
 use crate::metrics::{self, UpstreamMetrics};
 use crate::pool::Credentials;
-use crate::reply::{self, ReplyTx, Response};
+use crate::reply::{ErrorReply, ReplyTx, Response};
 use crate::resp::{self, ReplyScanner};
 use crate::tls::UpstreamTls;
 
@@ -476,7 +476,7 @@ impl Driver {
     /// Waits out one backoff period, answering every request that arrives meanwhile with an
     /// "unavailable" error. Returns false when every handle is gone.
     async fn fail_fast(&mut self, period: Duration, err: &UpstreamError) -> bool {
-        let error = reply::upstream_unavailable(err);
+        let error = ErrorReply::UpstreamUnavailable(err).line();
         let pause = sleep(period);
         tokio::pin!(pause);
         loop {
@@ -822,7 +822,13 @@ impl<'a> Conn<'a> {
             if slot.deadline.is_none_or(|d| d > now) {
                 break;
             }
-            let error = error.get_or_insert_with(|| reply::timed_out(self.addr, limit));
+            let error = error.get_or_insert_with(|| {
+                ErrorReply::TimedOut {
+                    addr: self.addr,
+                    timeout: limit,
+                }
+                .line()
+            });
             // Replies already handed over for this slot stay delivered; the rest time out.
             let _ = slot.reply.send(Response::Failed {
                 count: slot.remaining,
@@ -840,7 +846,7 @@ impl<'a> Conn<'a> {
 
     /// The connection is gone: every live slot gets an error for the replies it is still owed.
     fn fail_all(&mut self, err: &UpstreamError) {
-        let error = reply::upstream_lost(err);
+        let error = ErrorReply::UpstreamLost(err).line();
         // Complete replies already read still go to their slot first.
         self.hand_over();
         if self.fifo.is_empty() {

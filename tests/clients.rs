@@ -192,6 +192,12 @@ async fn client_list_and_info_show_respipe_clients_in_redis_format() {
             a.cmd(&["CLIENT", "LIST", "TYPE", "nope"]).await,
             direct.cmd(&["CLIENT", "LIST", "TYPE", "nope"]).await
         );
+        // Ids as Redis reads them: a negative one lists nobody, `01` is not an id.
+        assert_eq!(text(a.cmd(&["CLIENT", "LIST", "ID", "-1"]).await), "");
+        assert_eq!(
+            a.cmd(&["CLIENT", "LIST", "ID", "01"]).await,
+            direct.cmd(&["CLIENT", "LIST", "ID", "01"]).await
+        );
         let info = text(b.cmd(&["CLIENT", "INFO"]).await);
         assert_eq!(info.lines().count(), 1);
         assert_eq!(field(info.trim_end(), "id"), id_b.to_string());

@@ -4,6 +4,8 @@
 mod common;
 #[path = "common/drill.rs"]
 mod drill;
+// `drill` reads replies with the harness's reader.
+use common::wire;
 
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/drill.rs"]
 mod drill;
+// `drill` reads replies with the harness's reader.
+use common::wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

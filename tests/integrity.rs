@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bounded, encode, Proxy, RawClient, RedisServer, Reply};
+use common::{bounded, encode, Proxy, RawClient, RedisServer, Reply, ReplyReader};
 
 /// 250 clients on their own sockets, 200 SET/GET rounds each, values naming client and round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +259,7 @@ async fn run_pipelines(
 /// Writes `req` in `write`-byte pieces on its own task while reading `n` replies, as a pipelining
 /// client must (the replies would otherwise fill the socket buffers); returns the replies.
 async fn write_while_reading(raw: RawClient, req: Vec<u8>, write: usize, n: usize) -> Vec<Reply> {
-    let (rd, mut wr) = raw.stream.into_split();
+    let (mut rd, mut wr) = raw.stream.into_split();
     let w = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         for chunk in req.chunks(write) {
@@ -267,45 +267,16 @@ async fn write_while_reading(raw: RawClient, req: Vec<u8>, write: usize, n: usiz
         }
         wr
     });
-    let mut reader = ReadHalfClient::new(rd);
-    let got = reader.read_replies(n).await;
+    let mut reader = ReplyReader::default();
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match reader.read_frame(&mut rd).await.expect("valid RESP") {
+            Some((reply, _)) => got.push(reply),
+            None => panic!("EOF after {} of {n} replies", got.len()),
+        }
+    }
     let _wr = w.await.unwrap();
     got
-}
-
-/// Reads replies from the read half of a split socket.
-struct ReadHalfClient {
-    rd: tokio::net::tcp::OwnedReadHalf,
-    buf: bytes::BytesMut,
-}
-
-impl ReadHalfClient {
-    fn new(rd: tokio::net::tcp::OwnedReadHalf) -> Self {
-        ReadHalfClient {
-            rd,
-            buf: bytes::BytesMut::with_capacity(1 << 16),
-        }
-    }
-
-    async fn read_replies(&mut self, n: usize) -> Vec<Reply> {
-        use bytes::Buf;
-        use tokio::io::AsyncReadExt;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            match common::parse_reply(&self.buf).expect("valid RESP") {
-                Some((r, len)) => {
-                    self.buf.advance(len);
-                    out.push(r);
-                }
-                None => {
-                    self.buf.reserve(1 << 16);
-                    let read = self.rd.read_buf(&mut self.buf).await.expect("read");
-                    assert!(read > 0, "EOF after {} of {n} replies", out.len());
-                }
-            }
-        }
-        out
-    }
 }
 
 /// Invariant 4: clients that vanish with replies in flight cost nothing and disturb no one. Clients

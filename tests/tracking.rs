@@ -53,18 +53,10 @@ impl Sides {
     }
 }
 
-/// The next frame's bytes.
-async fn frame(client: &mut RawClient) -> Bytes {
-    match client.try_read_frame().await {
-        Ok(Some((_, bytes))) => bytes,
-        other => panic!("expected a frame, got {other:?}"),
-    }
-}
-
 /// Sends one command and returns its reply's bytes.
 async fn call(client: &mut RawClient, args: &[&str]) -> Bytes {
     client.send(&encode(args)).await;
-    frame(client).await
+    client.read_frame().await
 }
 
 /// A RESP3 client (its `HELLO` reply, which carries its id, is read and not recorded).
@@ -92,14 +84,14 @@ async fn resp3_tracking_delivers_invalidations_between_replies() {
             ];
             assert_eq!(b.cmd(&["SET", "k", "v"]).await, Reply::ok());
             // Nothing in flight on A's side: the push comes on its own.
-            seen.push(frame(&mut a).await);
+            seen.push(a.read_frame().await);
             seen.push(call(&mut a, &["GET", "k"]).await);
             // A pipeline around another client's write: the push comes between replies.
             assert_eq!(b.cmd(&["SET", "j", "w"]).await, Reply::ok());
             a.send(&[encode(&["PING"]), encode(&["GET", "j"])].concat())
                 .await;
             for _ in 0..3 {
-                seen.push(frame(&mut a).await);
+                seen.push(a.read_frame().await);
             }
             seen.push(call(&mut a, &["CLIENT", "TRACKINGINFO"]).await);
             seen.push(call(&mut a, &["CLIENT", "GETREDIR"]).await);
@@ -128,7 +120,7 @@ async fn optin_tracks_only_after_caching_yes() {
             b.cmd(&["SET", "k1", "x"]).await;
             b.cmd(&["SET", "k2", "y"]).await;
             // Only k2 was tracked.
-            seen.push(frame(&mut a).await);
+            seen.push(a.read_frame().await);
             seen.push(call(&mut a, &["PING"]).await);
             seen.push(call(&mut a, &["CLIENT", "TRACKINGINFO"]).await);
             seen
@@ -152,8 +144,8 @@ async fn bcast_with_prefixes_and_noloop() {
             b.cmd(&["SET", "user:1", "a"]).await;
             b.cmd(&["SET", "other", "b"]).await;
             b.cmd(&["SET", "user:2", "c"]).await;
-            seen.push(frame(&mut a).await);
-            seen.push(frame(&mut a).await);
+            seen.push(a.read_frame().await);
+            seen.push(a.read_frame().await);
             seen.push(call(&mut a, &["CLIENT", "TRACKINGINFO"]).await);
             seen
         })
@@ -169,7 +161,7 @@ async fn bcast_with_prefixes_and_noloop() {
                 call(&mut a, &["SET", "mine", "1"]).await,
             ];
             b.cmd(&["SET", "theirs", "2"]).await;
-            seen.push(frame(&mut a).await);
+            seen.push(a.read_frame().await);
             seen
         })
         .await;
@@ -185,7 +177,7 @@ async fn bcast_with_prefixes_and_noloop() {
             a.send(&[encode(&["SET", "mine", "1"]), encode(&["GET", "mine"])].concat())
                 .await;
             for _ in 0..3 {
-                seen.push(frame(&mut a).await);
+                seen.push(a.read_frame().await);
             }
             a.send(
                 &[
@@ -198,7 +190,7 @@ async fn bcast_with_prefixes_and_noloop() {
             )
             .await;
             for _ in 0..5 {
-                seen.push(frame(&mut a).await);
+                seen.push(a.read_frame().await);
             }
             seen
         })
@@ -301,7 +293,7 @@ async fn resp2_redirect_to_a_subscribed_client() {
             seen.push(Bytes::from(info));
             b.cmd(&["SET", "k", "v"]).await;
             // The subscriber gets the invalidation as a message.
-            seen.push(frame(&mut s).await);
+            seen.push(s.read_frame().await);
             seen.push(call(&mut a, &["GET", "k"]).await);
             seen
         })
@@ -355,10 +347,10 @@ async fn tracking_set_in_a_transaction_or_around_a_subscription_keeps_its_connec
             .await;
             let mut seen = Vec::new();
             for _ in 0..4 {
-                seen.push(frame(&mut a).await);
+                seen.push(a.read_frame().await);
             }
             b.cmd(&["SET", "k", "v"]).await;
-            seen.push(frame(&mut a).await);
+            seen.push(a.read_frame().await);
             seen.push(call(&mut a, &["PING"]).await);
             // Turned off in a transaction, or on in one that is discarded: no more pushes.
             a.send(
@@ -376,7 +368,7 @@ async fn tracking_set_in_a_transaction_or_around_a_subscription_keeps_its_connec
             )
             .await;
             for _ in 0..8 {
-                seen.push(frame(&mut a).await);
+                seen.push(a.read_frame().await);
             }
             b.cmd(&["SET", "k", "w"]).await;
             seen.push(call(&mut a, &["PING"]).await);
@@ -400,8 +392,8 @@ async fn tracking_set_in_a_transaction_or_around_a_subscription_keeps_its_connec
             ];
             b.cmd(&["SET", "k", "v"]).await;
             b.cmd(&["SET", "j", "w"]).await;
-            seen.push(frame(&mut a).await);
-            seen.push(frame(&mut a).await);
+            seen.push(a.read_frame().await);
+            seen.push(a.read_frame().await);
             seen.push(call(&mut a, &["PING"]).await);
             seen
         })

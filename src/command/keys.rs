@@ -8,7 +8,8 @@
 //! commands actually use, each named for the commands that have it, and a test compares what
 //! [`keys`] finds with `COMMAND GETKEYS` for every command a real server lists.
 
-use super::{lookup, parse_i64, Args};
+use super::{lookup, Args};
+use crate::resp::parse_int;
 
 /// Where a command's key arguments are. Indexes count the command name as 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +418,7 @@ fn range(args: Args<'_>, first: usize, last: isize, step: usize) -> Result<Span,
 fn counted(args: Args<'_>, at: usize, step: usize) -> Result<Option<Span>, NoKey> {
     let count = args
         .get(at)
-        .and_then(parse_i64)
+        .and_then(parse_int)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or(NoKey::Malformed)?;
     if count == 0 {

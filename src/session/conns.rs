@@ -5,7 +5,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::command::Shape;
-use crate::reply::{self, Lane, Response};
+use crate::reply::{ErrorReply, Lane, Response};
 use crate::resp;
 use crate::upstream::{Request, UpstreamHandle};
 
@@ -104,18 +104,22 @@ impl Session {
         let request = match handle.try_send(request) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(request)) => request,
-            Err(TrySendError::Closed(_)) => return Err(reply::shutting_down()),
+            Err(TrySendError::Closed(_)) => return Err(ErrorReply::ShuttingDown.line()),
         };
         match self.limits.command_timeout {
             Some(limit) => match tokio::time::timeout(limit, handle.send(request)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(reply::shutting_down()),
-                Err(_) => Err(reply::queue_timeout(handle.addr(), limit)),
+                Ok(Err(_)) => Err(ErrorReply::ShuttingDown.line()),
+                Err(_) => Err(ErrorReply::QueueTimeout {
+                    addr: handle.addr(),
+                    timeout: limit,
+                }
+                .line()),
             },
             None => handle
                 .send(request)
                 .await
-                .map_err(|_| reply::shutting_down()),
+                .map_err(|_| ErrorReply::ShuttingDown.line()),
         }
     }
 
@@ -184,7 +188,7 @@ impl Session {
         self.owe(1, false);
         match handle.try_send(self.request(bytes, 1, false, Shape::One)) {
             Ok(()) => Ok(()),
-            Err(_) => self.unsent(true, 1, reply::shutting_down()),
+            Err(_) => self.unsent(true, 1, ErrorReply::ShuttingDown.line()),
         }
     }
 

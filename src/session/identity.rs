@@ -11,7 +11,7 @@
 use super::{Close, Pending, Route, Session, Streaming};
 use crate::clients::{self, Filter};
 use crate::command::{Args, ClientOp, Kind, Shape};
-use crate::reply::{self, Response};
+use crate::reply::{self, ErrorReply, RedisError, Response};
 use crate::resp;
 use bytes::Bytes;
 
@@ -107,7 +107,7 @@ impl Session {
     /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: sent to Redis with the id of the connection that
     /// client is blocked on (or one that matches nothing), so Redis unblocks it and answers.
     async fn unblock(&mut self, all: &[&[u8]]) -> Result<(), Close> {
-        let Some(target) = all.get(2).and_then(|id| crate::command::parse_i64(id)) else {
+        let Some(target) = all.get(2).and_then(|id| resp::parse_int(id)) else {
             // Not an id: Redis says so.
             return self
                 .forward(resp::encode_request(all), Route::Current, false)
@@ -208,15 +208,15 @@ impl Session {
                         let user = default_user();
                         clients.list(&clients.matching(&filter, me, &user), &user, &reply)
                     }
-                    Err(why) => reply::error(&format!("ERR {why}")),
+                    Err(why) => ErrorReply::ClientList(why).line(),
                 }
             }
-            Op::Kill { odd: true, .. } => reply::error("ERR syntax error"),
+            Op::Kill { odd: true, .. } => RedisError::Syntax.line(),
             Op::Kill { args, .. } => {
                 let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
                 let filter = match Filter::kill(&args) {
                     Ok(filter) => filter,
-                    Err(why) => return reply::error(&format!("ERR respipe: {why}")),
+                    Err(why) => return ErrorReply::ClientKill(why).line(),
                 };
                 self.publish();
                 let killed = clients.matching(&filter, me, &default_user());
@@ -229,7 +229,7 @@ impl Session {
                     }
                 }
                 match (args.len(), killed.len()) {
-                    (2, 0) => reply::error("ERR No such client"),
+                    (2, 0) => RedisError::NoSuchClient.line(),
                     (2, _) => reply::OK,
                     (_, n) => clients::integer(n as u64),
                 }

@@ -6,13 +6,13 @@ use tracing::debug;
 
 use crate::command::{self, Args, Kind, ReplyMode, Shape};
 use crate::follow::{self, Follow};
-use crate::reply::{self, Lane};
+use crate::reply::{self, ErrorReply, Lane, RedisError};
 use crate::resp::{self, RequestFrame, RequestKind};
 use crate::spare;
 
 use super::{
     lanes::Placed, tracking, Close, Route, Session, Streaming, ABORT_MULTI, IN_MULTI, MAX_RESERVE,
-    NOAUTH, READ_CHUNK_MIN,
+    READ_CHUNK_MIN,
 };
 
 impl Session {
@@ -246,7 +246,7 @@ impl Session {
     fn protocol_error(&mut self, err: &resp::ProtocolError) {
         debug!(session = self.id, error = %err, "client protocol error");
         self.shared.metrics.closed_protocol.increment(1);
-        self.local(reply::protocol_error(err));
+        self.local(ErrorReply::Protocol(err).line());
         self.closing = true;
         self.inbuf.clear();
     }
@@ -261,7 +261,7 @@ impl Session {
     ) -> Result<(), Close> {
         self.note(&kind, name, args);
         if !self.state.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
-            return self.answer(Bytes::from_static(NOAUTH.as_bytes()));
+            return self.answer(RedisError::NoAuth.line());
         }
         let bytes = match self.place(&kind, name, args, bytes).await? {
             Placed::Forward(bytes) => bytes,
@@ -324,7 +324,8 @@ impl Session {
             }
             Kind::Reset => self.reset().await,
             Kind::Auth if in_multi && self.limits.requirepass.is_some() => {
-                self.refuse(reply::refused(name, "with requirepass, inside MULTI"))
+                let why = "with requirepass, inside MULTI";
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
                     .await
             }
             Kind::Hello
@@ -335,7 +336,8 @@ impl Session {
                         .is_some() =>
             {
                 let why = "AUTH with requirepass, inside MULTI or after WATCH";
-                self.refuse(reply::refused(name, why)).await
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
+                    .await
             }
             Kind::Select | Kind::Auth | Kind::Hello if self.lease_needed() => {
                 self.change_on_lease(&kind, args, bytes).await
@@ -347,7 +349,9 @@ impl Session {
             }
             Kind::Reply(_) if in_multi => {
                 // Redis runs it at EXEC and then leaves replies out of EXEC's own array.
-                self.refuse(reply::refused(name, IN_MULTI)).await
+                let why = IN_MULTI;
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
+                    .await
             }
             Kind::Select => self.select(args, bytes).await,
             Kind::Auth => self.auth(args, bytes).await,
@@ -424,7 +428,9 @@ impl Session {
             Kind::Wait => self.wait(name, bytes).await,
             Kind::Subscribe if in_multi => {
                 // EXEC would put the lease in subscribe mode with nothing reading its stream.
-                self.refuse(reply::refused(name, IN_MULTI)).await
+                let why = IN_MULTI;
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
+                    .await
             }
             Kind::Monitor if in_multi => self.forward(bytes, Route::Current, false).await,
             Kind::Subscribe | Kind::Monitor => {
@@ -450,9 +456,12 @@ impl Session {
             Kind::Replicate => self.replicate(bytes).await,
             // Handled above.
             Kind::Tracking(on) => self.tracking(on, args).await,
-            Kind::Error(line) => self.answer(Bytes::from_static(line.as_bytes())),
-            Kind::Refuse(why) => self.refuse(reply::refused(name, why)).await,
-            Kind::Denied => self.refuse(reply::denied(name)).await,
+            Kind::Error(error) => self.answer(error.line()),
+            Kind::Refuse(why) => {
+                self.refuse(ErrorReply::Unsupported { name, why }.line())
+                    .await
+            }
+            Kind::Denied => self.refuse(ErrorReply::Denied { name }.line()).await,
         }
     }
 

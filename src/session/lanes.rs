@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use crate::command::{Args, Kind, Shape};
-use crate::reply::{self, Lane, Response};
+use crate::reply::{self, ErrorReply, Lane, RedisError, Response};
 use crate::route::{self, Merge, Plan};
 use crate::upstream::UpstreamHandle;
 
@@ -145,7 +145,7 @@ impl Session {
                     match state.early.pop_front() {
                         Some(Response::Replies { bytes, .. }) => bytes,
                         Some(Response::Failed { error, .. }) => error,
-                        _ => reply::unexpected_shard_reply(),
+                        _ => ErrorReply::UnexpectedShardReply.line(),
                     }
                 }
             };
@@ -228,7 +228,8 @@ impl Session {
             return Ok(Placed::Forward(bytes));
         }
         if let Some(why) = unsharded(kind) {
-            self.refuse(reply::refused(name, why)).await?;
+            self.refuse(ErrorReply::Unsupported { name, why }.line())
+                .await?;
             return Ok(Placed::Done);
         }
         if *kind == Kind::Reset {
@@ -316,9 +317,7 @@ impl Session {
             };
             self.state.in_multi = false;
             let answer = match (name.eq_ignore_ascii_case(b"EXEC"), deferred.aborted) {
-                (true, true) => {
-                    reply::error("EXECABORT Transaction discarded because of previous errors.")
-                }
+                (true, true) => RedisError::ExecAbort.line(),
                 (true, false) => Bytes::from_static(b"*0\r\n"),
                 (false, _) => reply::OK,
             };
@@ -339,7 +338,7 @@ impl Session {
                 if let Some(deferred) = &mut self.deferred_multi {
                     deferred.aborted = true;
                 }
-                self.answer(reply::cross_shard())?;
+                self.answer(ErrorReply::CrossShard.line())?;
                 return Ok(Placed::Done);
             }
         };
@@ -376,7 +375,7 @@ impl Session {
 
     /// Refuses a command whose keys are on several servers (aborting a transaction it is in).
     async fn cross_shard(&mut self) -> Result<Placed, Close> {
-        self.refuse(reply::cross_shard()).await?;
+        self.refuse(ErrorReply::CrossShard.line()).await?;
         Ok(Placed::Done)
     }
 

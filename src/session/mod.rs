@@ -63,12 +63,6 @@ const READ_CHUNK_MAX: usize = 64 * 1024;
 /// The most a single reserve grows the read buffer when a large request is announced.
 const MAX_RESERVE: usize = 4 * 1024 * 1024;
 
-/// Redis's answer to any command but AUTH/HELLO/QUIT before authentication.
-const NOAUTH: &str = "-NOAUTH Authentication required.\r\n";
-/// Redis's answer to a wrong password.
-const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
-/// Redis's answer to HELLO without AUTH on a connection that must authenticate first.
-const HELLO_NOAUTH: &str = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
 /// Sent into a transaction to make Redis discard it at `EXEC` (`EXECABORT`), as it does after any
 /// command it rejects while queueing: respipe's own refusals inside `MULTI` abort it the same way.
 /// Redis answers it `-ERR unknown command`; the client never sees that reply.

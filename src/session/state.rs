@@ -11,10 +11,10 @@ use crate::command::{self, Args, Kind, ReplyMode};
 use crate::error::UpstreamError;
 use crate::follow::{self, Change, Follow};
 use crate::pool::PoolKey;
-use crate::reply;
+use crate::reply::{self, ErrorReply, RedisError};
 use crate::resp;
 
-use super::{Close, Route, Session, Shared, State, HELLO_NOAUTH, WRONGPASS};
+use super::{Close, Route, Session, Shared, State};
 
 impl State {
     pub(super) fn new(shared: &Shared) -> Self {
@@ -139,7 +139,7 @@ impl Session {
     pub(super) async fn select(&mut self, args: Args<'_>, bytes: Bytes) -> Result<(), Close> {
         let db = args
             .get(1)
-            .and_then(command::parse_i64)
+            .and_then(resp::parse_int)
             .and_then(|n| u32::try_from(n).ok());
         let known = db.filter(|n| self.shared.pools.known_db(self.state.auth.as_ref(), *n));
         let ok = match known {
@@ -170,7 +170,7 @@ impl Session {
             return self.answer(if ok {
                 reply::OK
             } else {
-                Bytes::from_static(WRONGPASS.as_bytes())
+                RedisError::WrongPass.line()
             });
         }
         let Some(line) = self.probe(&bytes).await? else {
@@ -195,12 +195,12 @@ impl Session {
             match hello.auth {
                 Some((user, password)) => {
                     if user != b"default" || password != required.0.as_bytes() {
-                        return self.answer(Bytes::from_static(WRONGPASS.as_bytes()));
+                        return self.answer(RedisError::WrongPass.line());
                     }
                     probe_args = without_auth(&all);
                 }
                 None if !self.state.authenticated => {
-                    return self.answer(Bytes::from_static(HELLO_NOAUTH.as_bytes()));
+                    return self.answer(RedisError::HelloNoAuth.line());
                 }
                 None => {}
             }
@@ -244,7 +244,13 @@ impl Session {
             let handshake = Box::pin(self.shared.pools.probe(&next, &[])).await;
             if let Err(UpstreamError::Handshake { reply, .. }) = handshake {
                 let name = args.get(0).unwrap_or_default();
-                return self.answer(reply::unreachable_state(name, &reply));
+                return self.answer(
+                    ErrorReply::UnreachableState {
+                        name,
+                        reply: &reply,
+                    }
+                    .line(),
+                );
             }
         }
         for change in changes {
@@ -263,7 +269,7 @@ impl Session {
         Ok(match self.ask(command).await {
             Ok(mut replies) => replies.pop(),
             Err(err) => {
-                let _ = self.answer(reply::upstream_unavailable(&err));
+                let _ = self.answer(ErrorReply::UpstreamUnavailable(&err).line());
                 None
             }
         })

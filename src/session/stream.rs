@@ -10,7 +10,7 @@ use crate::command::{Args, Kind, Shape};
 use crate::follow;
 use crate::outflow::OutputLimit;
 use crate::pool::Tap;
-use crate::reply::{self, Response};
+use crate::reply::{self, ErrorReply, Response};
 use crate::resp;
 use crate::upstream::Request;
 
@@ -37,11 +37,11 @@ impl Session {
             }
             Kind::Reset => self.reset_stream(bytes).await,
             Kind::Refuse(why) => {
-                self.local(reply::refused(name, why));
+                self.local(ErrorReply::Unsupported { name, why }.line());
                 Ok(())
             }
             Kind::Denied => {
-                self.local(reply::denied(name));
+                self.local(ErrorReply::Denied { name }.line());
                 Ok(())
             }
             kind => {
@@ -182,12 +182,16 @@ impl Session {
             stream: false,
         };
         let answer = match handle.send(noop).await {
-            Err(_) => reply::shutting_down(),
+            Err(_) => ErrorReply::ShuttingDown.line(),
             Ok(()) => match rx.recv().await.1 {
                 Response::Replies { bytes: done, .. } if done.first() == Some(&b':') => {
                     return self.forward(bytes, Route::Current, false).await;
                 }
-                Response::Replies { bytes: refused, .. } => reply::wait_refused(name, &refused),
+                Response::Replies { bytes: refused, .. } => ErrorReply::WaitRefused {
+                    name,
+                    redis_error: &refused,
+                }
+                .line(),
                 Response::Failed { error, .. } | Response::Stream { bytes: error, .. } => error,
             },
         };

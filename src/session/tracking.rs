@@ -17,7 +17,7 @@ use tracing::debug;
 use super::identity::{Op, NO_SUCH_ID};
 use super::{Close, Route, Session};
 use crate::clients;
-use crate::command::{self, Args};
+use crate::command::Args;
 use crate::follow::{Change, Follow};
 use crate::resp;
 
@@ -62,7 +62,7 @@ impl Session {
         while i < all.len() {
             let option = all[i];
             if option.eq_ignore_ascii_case(b"REDIRECT") && i + 1 < all.len() {
-                if let Some(id) = command::parse_i64(all[i + 1]) {
+                if let Some(id) = resp::parse_int(all[i + 1]) {
                     let target = u64::try_from(id).ok();
                     let lease = target
                         .and_then(|id| self.shared.clients.get(id))

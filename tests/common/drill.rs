@@ -1,7 +1,8 @@
 //! The reply-integrity drill, shared by `tests/drill.rs` (a small run in `cargo test`) and
 //! `examples/drill.rs` (the long run behind `scripts/drill.sh`): many clients write values that carry
 //! their own id, pipelined and not, through respipe, while Redis is SIGKILLed and restarted; every
-//! reply is checked. Self-contained (tokio and libc only) so the example can include it too.
+//! reply is checked. Self-contained (tokio and libc, and `wire.rs`, the tests' RESP reader, which
+//! whoever includes this file puts next to it as `wire`) so the example can include it too.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::wire::{encode, Reply, ReplyReader};
 
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(10);
@@ -103,9 +106,7 @@ pub async fn ping(addr: SocketAddr) -> bool {
     let attempt = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         s.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        Some(buf[..n].starts_with(b"+PONG"))
+        Some(ReplyReader::default().read(&mut s).await? == Reply::Simple("PONG".into()))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
@@ -255,7 +256,7 @@ async fn first_ok(proxy: SocketAddr, hang: Duration) -> Duration {
             .await
             .expect("probe: no reply")
             .expect("probe: closed");
-        if reply == Reply::Simple(b"OK".to_vec()) {
+        if reply == Reply::ok() {
             return t.elapsed();
         }
         assert!(
@@ -328,10 +329,10 @@ pub async fn client(
                 };
                 counts.commands.fetch_add(1, Ordering::Relaxed);
                 let slot = match (&reply, want) {
-                    (Reply::Simple(v), None) if v == b"OK" => &counts.ok,
+                    (Reply::Simple(v), None) if v == "OK" => &counts.ok,
                     (Reply::Bulk(Some(v)), Some(w)) if v == w.as_bytes() => &counts.ok,
                     (Reply::Bulk(None), Some(_)) => &counts.nil,
-                    (Reply::Error(e), _) if e.starts_with(b"ERR respipe: upstream") => &counts.err,
+                    (Reply::Error(e), _) if e.starts_with("ERR respipe: upstream") => &counts.err,
                     (Reply::Bulk(Some(v)), _) if !v.starts_with(own.as_bytes()) => {
                         eprintln!("drill client {id}: misrouted {reply:?}, wanted {want:?}");
                         &counts.misrouted
@@ -344,78 +345,6 @@ pub async fn client(
                 slot.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-fn encode(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
-
-/// The replies the drill meets: simple strings, errors, integers, bulk strings.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    Simple(Vec<u8>),
-    Error(Vec<u8>),
-    Int(Vec<u8>),
-    Bulk(Option<Vec<u8>>),
-    /// Anything else (the first line), which the drill never asks for.
-    Other(Vec<u8>),
-}
-
-/// Reads replies from a stream, keeping what is left over between calls.
-#[derive(Default)]
-pub struct ReplyReader {
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl ReplyReader {
-    /// The next reply, or `None` on EOF or a read error.
-    pub async fn read(&mut self, s: &mut TcpStream) -> Option<Reply> {
-        loop {
-            if let Some(r) = self.parse() {
-                return Some(r);
-            }
-            if self.at > 0 {
-                self.buf.drain(..self.at);
-                self.at = 0;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn parse(&mut self) -> Option<Reply> {
-        let b = &self.buf[self.at..];
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let line = b[1..eol].to_vec();
-        let (reply, used) = match b.first()? {
-            b'+' => (Reply::Simple(line), eol + 2),
-            b'-' => (Reply::Error(line), eol + 2),
-            b':' => (Reply::Int(line), eol + 2),
-            b'$' => {
-                let n: i64 = std::str::from_utf8(&line).ok()?.parse().ok()?;
-                if n < 0 {
-                    (Reply::Bulk(None), eol + 2)
-                } else {
-                    let end = eol + 2 + n as usize;
-                    if b.len() < end + 2 {
-                        return None;
-                    }
-                    (Reply::Bulk(Some(b[eol + 2..end].to_vec())), end + 2)
-                }
-            }
-            _ => (Reply::Other(line), eol + 2),
-        };
-        self.at += used;
-        Some(reply)
     }
 }
 
