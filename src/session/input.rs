@@ -101,7 +101,8 @@ impl Session {
                 }
             };
             let plain = if sharded {
-                self.run_lane(run, &frame) == Some(self.lane)
+                // The first frame's server was found above.
+                count == 0 || self.run_lane(run, &frame) == Some(self.lane)
             } else {
                 frame.argc > 0
                     && frame.kind == RequestKind::Resp
