@@ -2,7 +2,8 @@
 //!
 //! Many ordinary client connections come in; their commands are coalesced into pipelined batches on
 //! a few shared upstream connections; every reply goes back to the client that sent the command, by
-//! FIFO order.
+//! FIFO order. The upstream is one Redis, or several independent servers sharded by key as twemproxy
+//! shards them: then each client's replies pass through a reorder buffer (`session::lanes`).
 //!
 //! ```text
 //!  client A ──┐                                  ┌── upstream conn 1 ──┐
@@ -22,10 +23,15 @@
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - `clients`: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
 //! - [`shard`]: twemproxy-compatible placement of keys on independent servers.
-//! - `session`: one client: read frames, classify, send upstream, write replies in order.
+//! - `session`: one client, by concern: the socket loop (`mod.rs`), input and dispatch (`input`),
+//!   client state (`state`), connections and leases (`conns`), reply order (`order`), the reorder
+//!   buffer and sharded commands (`lanes`), streams (`stream`), identity and tracking.
+//! - `route`: the routing step for several servers: one server, a split with its merge, every
+//!   server, a local answer or a refusal.
+//! - `topology`: the servers of the upstream and the placement of keys now (ejection).
 //! - `outflow`: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - `follow`: connection state that changes only when Redis accepts the command (now or at EXEC).
-//! - [`pool`]: the upstream connections and the routing step.
+//! - [`pool`]: the upstream connections per state and server, and the leases.
 //! - `warm`: dedicated connections handshaken in advance, and the scrub of given-back ones.
 //! - [`upstream`]: one upstream connection: a handle plus one driver task owning socket, batch, FIFO.
 //! - [`batch`]: the coalescing policy as pure logic.

@@ -1,13 +1,16 @@
-//! Upstream pools and the routing step: which upstream connection gets a session's commands.
+//! Upstream pools: which upstream connection gets a session's commands.
 //!
 //! Shared pools are keyed by the connection state clients may share: database, protocol and Redis
-//! user ([`PoolKey`]). The pool of the configured upstream starts with the proxy; others start on
-//! first use, up to `max_pools`. Connection-exclusive state (transactions, blocking commands,
+//! user ([`PoolKey`]). A pool holds `pool_size` connections to every server of the upstream (one
+//! server, or each shard: a *lane*); which server a command goes to is the routing step's answer
+//! (`route`, with the placement in `topology`). The pool of the configured upstream starts with the
+//! proxy; others start on first use, up to `max_pools`. Connection-exclusive state (transactions, blocking commands,
 //! subscriptions, MONITOR) gets a *lease*: a dedicated connection of its own, handshaken like the
 //! session's pool, up to `max_leases` at once. A few per state are kept handshaken in advance and
-//! given-back ones are scrubbed for reuse ([`crate::warm`]); the rest close when the client no
-//! longer needs them. A replication reader (`SYNC`, `PSYNC`) gets a [`Tap`]: a raw connection
-//! spliced to the client, which counts as a lease too. Cluster slot routing will plug in here too.
+//! given-back ones are scrubbed for reuse (`warm`); the rest close when the client no longer needs
+//! them. A lease is on one server: the one of the command's first key. A replication reader
+//! (`SYNC`, `PSYNC`) gets a [`Tap`]: a raw connection spliced to the client, which counts as a
+//! lease too.
 //!
 //! A shared connection that retired (a command at its head timed out: a busy script, `DEBUG SLEEP`)
 //! is replaced by a fresh one the next time a session is routed to it; sessions with commands still
