@@ -172,20 +172,23 @@ fn servers(value: Option<&toml::Value>) -> Result<Vec<Server>, KeyError> {
                 &format!("the same server as upstream.servers[{j}]"),
             ));
         }
+        let server = Server {
+            upstream,
+            name,
+            weight,
+        };
+        // Names on the ring (a name, else `host:port`) must differ, as twemproxy requires: two
+        // servers with one ring name would share its points.
         if let Some(j) = servers
             .iter()
-            .position(|s| name.is_some() && s.name == name)
+            .position(|s| s.ring_name() == server.ring_name())
         {
             return Err(key_error(
                 &at("name"),
                 &format!("the same name as upstream.servers[{j}]"),
             ));
         }
-        servers.push(Server {
-            upstream,
-            name,
-            weight,
-        });
+        servers.push(server);
     }
     Ok(servers)
 }
@@ -472,6 +475,11 @@ weight = 3
                 format!(
                     "{one}name = \"a\"\n[[upstream.servers]]\naddress = \"h:2\"\nname = \"a\"\n"
                 ),
+                "upstream.servers[1].name",
+                "the same name as upstream.servers[0]",
+            ),
+            (
+                format!("{one}[[upstream.servers]]\naddress = \"h:2\"\nname = \"h:1\"\n"),
                 "upstream.servers[1].name",
                 "the same name as upstream.servers[0]",
             ),
