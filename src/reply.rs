@@ -14,6 +14,9 @@ use crate::error::UpstreamError;
 ///
 /// A request may be answered in several pieces (a long pipeline streams back as replies arrive), but
 /// the pieces of one request arrive in order and their counts add up to the request's count exactly.
+/// So a request of one command gets exactly one response: its one reply frame, whose type is then
+/// its first byte (how the parts of a split command are merged, and how a redirect will be seen),
+/// or `Failed`. Runs of commands keep the coalesced, zero-copy hand-over.
 #[derive(Debug)]
 pub enum Response {
     /// `count` complete reply frames, contiguous raw bytes as Redis sent them.
