@@ -247,6 +247,19 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Polls `INFO clients` (bounded by [`CMD_UNTIL`]) until Redis reports `n` blocked clients.
+    pub async fn wait_blocked(&self, n: usize) {
+        let mut d = self.direct().await;
+        let blocked = format!("blocked_clients:{n}\r");
+        cmd_until(
+            &mut d,
+            &["INFO", "clients"],
+            "blocked clients on Redis",
+            |r| matches!(r, Reply::Bulk(Some(b)) if String::from_utf8_lossy(b).contains(&blocked)),
+        )
+        .await;
+    }
+
     /// A raw client connected directly to this Redis (not through the proxy).
     pub async fn direct(&self) -> RawClient {
         RawClient::connect(self.addr()).await
