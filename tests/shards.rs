@@ -919,3 +919,26 @@ async fn transactions_and_watch_on_one_shard() {
     })
     .await
 }
+
+/// A blocking command waits on the shard of its keys, for each shard: Redis there reports the
+/// client blocked, and a push by another client wakes it with the value.
+#[tokio::test]
+async fn blocking_commands_wait_on_their_shard() {
+    bounded(LIMIT, "BLPOP on each shard", async {
+        let shards = Shards::start(SHARDS, ShardOptions::default()).await;
+        let (mut a, mut b) = (shards.raw().await, shards.raw().await);
+        for i in 0..SHARDS {
+            let (q, r) = (shards.key(i, "q"), shards.key(i, "r"));
+            a.send(&common::encode(&["BLPOP", &q, &r, "0"])).await;
+            shards.servers[i].wait_blocked(1).await;
+            assert_eq!(b.cmd(&["RPUSH", &r, "v"]).await, Reply::Int(1));
+            let popped = bounded(Duration::from_secs(5), "BLPOP wakes", a.read_reply()).await;
+            assert_eq!(
+                popped,
+                Reply::Array(Some(vec![Reply::bulk(&r), Reply::bulk("v")]))
+            );
+            shards.servers[i].wait_blocked(0).await;
+        }
+    })
+    .await
+}
