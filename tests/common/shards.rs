@@ -6,16 +6,14 @@
 //! and not on the ports a run happens to get.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use respipe::config::{Topology, Upstream};
 pub use respipe::shard::Eject;
 use respipe::shard::{Distribution, Hash, Server, Spec};
 
-use super::{
-    free_port, poll_until, BinProxy, Proxy, RawClient, RedisServer, Reply, POLL, START_DEADLINE,
-};
+use super::nutcracker::Nutcracker;
+use super::{poll_until, BinProxy, Proxy, RawClient, RedisServer, Reply, START_DEADLINE};
 
 /// The environment variable that picks the proxy in front of the shards: `binary` for the respipe
 /// binary with a `--config` file, `nutcracker` for twemproxy (`/usr/sbin/nutcracker`); unset (or
@@ -47,7 +45,7 @@ pub struct Shards {
     front: Front,
     /// `tags[i]`: a hash tag whose keys live on `servers[i]` (found by probing, see `find_tags`).
     tags: Vec<String>,
-    /// Holds the proxy's config file and log.
+    /// Holds the binary's config file (`SHARDS_FRONT=binary`).
     _dir: tempfile::TempDir,
 }
 
@@ -55,7 +53,7 @@ pub struct Shards {
 enum Front {
     Respipe(Proxy),
     Binary(BinProxy),
-    Nutcracker { child: Child, addr: SocketAddr },
+    Nutcracker(Nutcracker),
 }
 
 impl Shards {
@@ -70,7 +68,9 @@ impl Shards {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let front = match std::env::var(FRONT).as_deref() {
-            Ok("nutcracker") => start_nutcracker(&dir, &servers, options.eject).await,
+            Ok("nutcracker") => Front::Nutcracker(
+                Nutcracker::start(&nutcracker_yaml(&servers, options.eject)).await,
+            ),
             Ok("binary") => {
                 let config = dir.path().join("respipe.toml");
                 let toml = respipe_toml(&servers, options.eject);
@@ -98,7 +98,7 @@ impl Shards {
         match &self.front {
             Front::Respipe(p) => p.addr(),
             Front::Binary(p) => p.listen,
-            Front::Nutcracker { addr, .. } => *addr,
+            Front::Nutcracker(n) => n.addr,
         }
     }
 
@@ -122,7 +122,7 @@ impl Shards {
     pub fn failure(&self) -> &'static str {
         match self.front {
             Front::Respipe(_) | Front::Binary(_) => "ERR respipe: upstream",
-            Front::Nutcracker { .. } => "ERR ",
+            Front::Nutcracker(_) => "ERR ",
         }
     }
 
@@ -220,15 +220,6 @@ impl Shards {
     }
 }
 
-impl Drop for Shards {
-    fn drop(&mut self) {
-        if let Front::Nutcracker { child, .. } = &mut self.front {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// respipe's pool over `servers`: what the `--config` file of [`respipe_toml`] says.
 fn spec(servers: &[RedisServer], eject: Option<Eject>) -> Spec {
     let servers = servers.iter().zip(NAMES).map(|(s, name)| Server {
@@ -268,11 +259,11 @@ fn respipe_toml(servers: &[RedisServer], eject: Option<Eject>) -> String {
     toml
 }
 
-/// twemproxy's pool for `servers` listening on `listen`: the same placement and ejection as
-/// [`respipe_toml`].
-fn nutcracker_yaml(listen: SocketAddr, servers: &[RedisServer], eject: Option<Eject>) -> String {
-    let mut yaml = format!(
-        "pool:\n  listen: {listen}\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  hash_tag: \"{{}}\"\n"
+/// twemproxy's pool for `servers` (listening on `{listen}`, which [`Nutcracker::start`] fills in):
+/// the same placement and ejection as [`respipe_toml`].
+fn nutcracker_yaml(servers: &[RedisServer], eject: Option<Eject>) -> String {
+    let mut yaml = String::from(
+        "pool:\n  listen: {listen}\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  hash_tag: \"{}\"\n",
     );
     match eject {
         Some(e) => yaml.push_str(&format!(
@@ -287,45 +278,4 @@ fn nutcracker_yaml(listen: SocketAddr, servers: &[RedisServer], eject: Option<Ej
         yaml.push_str(&format!("   - {}:1 {name}\n", s.addr()));
     }
     yaml
-}
-
-/// Starts nutcracker (foreground, its own stats port) on a free port, retrying with other ports
-/// if one was taken meanwhile, and waits until it answers PING.
-async fn start_nutcracker(
-    dir: &tempfile::TempDir,
-    servers: &[RedisServer],
-    eject: Option<Eject>,
-) -> Front {
-    let deadline = Instant::now() + START_DEADLINE;
-    loop {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let conf = dir.path().join("nutcracker.yml");
-        std::fs::write(&conf, nutcracker_yaml(addr, servers, eject)).expect("write nutcracker.yml");
-        let mut child = Command::new("nutcracker")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-a", "127.0.0.1", "-s", &free_port().to_string()])
-            .arg("-o")
-            .arg(dir.path().join("nutcracker.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nutcracker (is it installed?)");
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break; // a port was taken: try others
-            }
-            if let Ok(mut c) = RawClient::try_connect(addr).await {
-                if let Ok(Ok(Reply::Simple(_))) =
-                    tokio::time::timeout(Duration::from_secs(2), c.try_cmd(&["PING"])).await
-                {
-                    return Front::Nutcracker { child, addr };
-                }
-            }
-            assert!(Instant::now() < deadline, "nutcracker did not start");
-            tokio::time::sleep(POLL).await;
-        }
-        assert!(Instant::now() < deadline, "nutcracker did not start");
-    }
 }
