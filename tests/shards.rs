@@ -697,6 +697,27 @@ async fn keyless_commands_cover_every_shard() {
     .await
 }
 
+/// RANDOMKEY answers nil only when every shard is empty, as Redis does for its one keyspace:
+/// with keys on one shard alone, it gives one of them every time.
+#[tokio::test]
+#[ignore = "RANDOMKEY asks one random shard (route.rs random_lane): nil while other shards hold keys"]
+async fn randomkey_is_nil_only_when_every_shard_is_empty() {
+    bounded(LIMIT, "RANDOMKEY", async {
+        let shards = Shards::start(SHARDS, ShardOptions::default()).await;
+        let mut c = shards.raw().await;
+        for i in 0..SHARDS {
+            assert_eq!(c.cmd(&["FLUSHDB"]).await, Reply::ok());
+            let key = shards.key(i, "only");
+            assert_eq!(c.cmd(&["SET", &key, "v"]).await, Reply::ok());
+            for _ in 0..30 {
+                let r = c.cmd(&["RANDOMKEY"]).await;
+                assert_eq!(r, Reply::bulk(&key), "keys on shard {i} only");
+            }
+        }
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Ejection
 // ---------------------------------------------------------------------------------------------
