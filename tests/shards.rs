@@ -492,6 +492,76 @@ async fn a_transaction_across_shards_is_aborted() {
         assert!(shards.holders(&a1, 0).await.is_empty());
         let after = c.send_all(&[&["SET", &a1, "3"][..], &["GET", &a0]]).await;
         assert_eq!(after, [Reply::ok(), Reply::nil()]);
+
+        // A split command inside a transaction, and a transaction on another shard than the
+        // watched key, are refused the same way.
+        let watched = [
+            &["WATCH", &a0][..],
+            &["MULTI"],
+            &["SET", &a1, "4"],
+            &["EXEC"],
+        ];
+        for (cmds, at) in [
+            (&[&["MULTI"][..], &["MGET", &a0, &a1], &["EXEC"]][..], 1),
+            (&watched[..], 2),
+        ] {
+            let r = c.send_all(cmds).await;
+            assert!(is_crossslot(&r[at]), "{cmds:?}: {r:?}");
+            let aborted = r[at + 1]
+                .error_text()
+                .is_some_and(|e| e.starts_with("EXECABORT"));
+            assert!(aborted, "{cmds:?}: {r:?}");
+        }
+        assert_eq!(c.cmd(&["GET", &a1]).await, Reply::bulk("3"));
+    })
+    .await
+}
+
+/// Commands with several keys anywhere in their arguments (destination and sources, a key count,
+/// `STREAMS`, `STORE`) and keys on two shards are refused with `-CROSSSLOT` and write nothing:
+/// respipe knows where every command keeps its keys.
+#[tokio::test]
+async fn multi_key_commands_across_shards_are_refused() {
+    bounded(LIMIT, "multi-key commands across shards", async {
+        let shards = Shards::start(SHARDS, ShardOptions::default()).await;
+        let mut c = shards.raw().await;
+        let (a, b) = (shards.key(0, "a"), shards.key(1, "b"));
+        let cmds: [&[&str]; 19] = [
+            &["SINTER", &a, &b],
+            &["SDIFF", &a, &b],
+            &["ZUNIONSTORE", &a, "2", &a, &b],
+            &["ZINTERCARD", "2", &a, &b],
+            &["SINTERCARD", "2", &a, &b],
+            &["ZDIFF", "2", &a, &b],
+            &["LMOVE", &a, &b, "LEFT", "LEFT"],
+            &["RPOPLPUSH", &a, &b],
+            &["BITOP", "AND", &a, &a, &b],
+            &["PFCOUNT", &a, &b],
+            &["PFMERGE", &a, &b],
+            &["XREAD", "STREAMS", &a, &b, "0", "0"],
+            &["LMPOP", "2", &a, &b, "LEFT"],
+            &["COPY", &a, &b],
+            &["SORT", &a, "STORE", &b],
+            &[
+                "GEOSEARCHSTORE",
+                &a,
+                &b,
+                "FROMLONLAT",
+                "0",
+                "0",
+                "BYRADIUS",
+                "1",
+                "km",
+            ],
+            &["EVALSHA", &"0".repeat(40), "2", &a, &b],
+            &["FCALL", "f", "2", &a, &b],
+            &["WATCH", &a, &b],
+        ];
+        for cmd in cmds {
+            let r = bounded(Duration::from_secs(5), "a refusal", c.cmd(cmd)).await;
+            assert!(is_crossslot(&r), "{cmd:?}: {r:?}");
+        }
+        assert_eq!(shards.dbsizes(0).await, [0; SHARDS]);
     })
     .await
 }
