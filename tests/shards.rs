@@ -334,9 +334,66 @@ async fn one_mset_spreads_over_every_shard_twemproxy_too() {
     .await
 }
 
+/// 50 clients at once, each pipelining rounds of split commands over keys of its own on every
+/// shard (MSET, MGET in another order, DEL of two, EXISTS and TOUCH of all): every reply exactly
+/// what one Redis would answer that client, so no part of a split command is merged into another
+/// client's reply or another command's. (twemproxy passes this without EXISTS: its EXISTS across
+/// shards answers 0 here, not 1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_commands_of_many_clients_at_once() {
+    const CLIENTS: usize = 50;
+    const ROUNDS: usize = 40;
+    const DEPTH: usize = 10;
+    bounded(LIMIT, "split commands under concurrent load", async {
+        let shards = Shards::start(SHARDS, ShardOptions::default()).await;
+        let mut tasks = Vec::new();
+        for id in 0..CLIENTS {
+            let mut c = shards.raw().await;
+            let keys: Vec<String> = (0..SHARDS)
+                .map(|i| shards.key(i, &format!("c{id}")))
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let mut cmds: Vec<Vec<String>> = Vec::new();
+                    let mut want: Vec<Reply> = Vec::new();
+                    for step in 0..DEPTH {
+                        let value = |k: usize| format!("{id}:{round}:{step}:{k}");
+                        let pairs = (0..SHARDS).flat_map(|k| [keys[k].clone(), value(k)]);
+                        cmds.push(command("MSET", pairs));
+                        want.push(Reply::ok());
+                        let order = [2, 0, 1];
+                        cmds.push(command("MGET", order.map(|k| keys[k].clone())));
+                        want.push(Reply::Array(Some(
+                            order.map(|k| Reply::bulk(value(k))).to_vec(),
+                        )));
+                        cmds.push(command("DEL", [keys[0].clone(), keys[2].clone()]));
+                        want.push(Reply::Int(2));
+                        cmds.push(command("EXISTS", keys.clone()));
+                        want.push(Reply::Int(1));
+                        cmds.push(command("TOUCH", keys.clone()));
+                        want.push(Reply::Int(1));
+                    }
+                    let refs: Vec<&[String]> = cmds.iter().map(Vec::as_slice).collect();
+                    let got = c.send_all(&refs).await;
+                    if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+                        panic!(
+                            "client {id} round {round}: {:?} gave {:?}, not {:?}",
+                            cmds[i], got[i], want[i]
+                        );
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("a client failed");
+        }
+    })
+    .await
+}
+
 /// With shard 0 dead, a split command with a part there answers one explicit failure, never a
 /// partial value: MSET is not OK unless every part is, MGET, DEL and EXISTS are not merged from
-/// the parts that answered. Commands on the live shards alone still work. (twemproxy resets the
+/// the parts that answered, nor DBSIZE and KEYS from the shards that answered. Commands on the live shards alone still work. (twemproxy resets the
 /// client's connection instead.)
 #[tokio::test]
 async fn split_commands_with_a_dead_shard_fail_explicitly() {
@@ -354,6 +411,8 @@ async fn split_commands_with_a_dead_shard_fail_explicitly() {
             command("MGET", all.clone()),
             command("EXISTS", all.clone()),
             command("DEL", all.clone()),
+            command("DBSIZE", []),
+            command("KEYS", ["*".to_owned()]),
         ] {
             let r = c.cmd(&cmd).await;
             assert!(
