@@ -214,8 +214,8 @@ fn probe_keys() -> Vec<String> {
 
 /// MGET, EXISTS, TOUCH, then DEL and UNLINK of parts, then MGET and EXISTS again, then MSET
 /// overwriting with duplicate keys: every reply byte for byte as one Redis gives it. (twemproxy
-/// matches Redis here except for EXISTS over a thousand-odd keys, which it counts short: 669 of
-/// 1,340; and QUIT, which it answers by closing without `+OK`.)
+/// matches Redis here except for EXISTS across shards, which it counts short (669 of 1,340), and
+/// QUIT, which it answers by closing without `+OK`.)
 #[tokio::test]
 async fn split_commands_match_one_redis() {
     let probe = probe_keys();
