@@ -829,7 +829,6 @@ async fn keyless_commands_cover_every_shard() {
 /// RANDOMKEY answers nil only when every shard is empty, as Redis does for its one keyspace:
 /// with keys on one shard alone, it gives one of them every time.
 #[tokio::test]
-#[ignore = "RANDOMKEY asks one random shard (route.rs random_lane): nil while other shards hold keys"]
 async fn randomkey_is_nil_only_when_every_shard_is_empty() {
     bounded(LIMIT, "RANDOMKEY", async {
         let shards = Shards::start(SHARDS, ShardOptions::default()).await;
