@@ -732,7 +732,7 @@ fn same_keys(got: &[String], want: &[String], what: &str) {
 }
 
 /// SCAN through the proxy visits every key exactly once, with an integer cursor that is 0 only
-/// at the end, for every COUNT, MATCH and TYPE case. The same iteration on each server directly,
+/// at the end, for every COUNT, MATCH and TYPE case, in RESP2 and RESP3. The same iteration on each server directly,
 /// put together, gives the same keys: the check itself is sound.
 #[tokio::test]
 async fn scan_visits_every_key_exactly_once() {
@@ -745,6 +745,8 @@ async fn scan_visits_every_key_exactly_once() {
             sizes.iter().all(|&n| n > 0),
             "a shard got no keys: {sizes:?}"
         );
+        let mut resp3 = shards.raw().await;
+        assert!(matches!(resp3.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
         for (args, want) in scan_cases(&keys) {
             let mut direct = Vec::new();
             for s in &shards.servers {
@@ -752,10 +754,12 @@ async fn scan_visits_every_key_exactly_once() {
             }
             direct.sort();
             same_keys(&direct, &want, &format!("directly, SCAN {args:?}"));
+            let what = format!("SCAN {args:?}");
+            same_keys(&scan_all(&mut c, &args).await, &want, &what);
             same_keys(
-                &scan_all(&mut c, &args).await,
+                &scan_all(&mut resp3, &args).await,
                 &want,
-                &format!("SCAN {args:?}"),
+                &format!("RESP3 {what}"),
             );
         }
     })
@@ -1008,7 +1012,8 @@ async fn select_holds_on_every_shard() {
 
 /// `HELLO 3 AUTH` and `AUTH` take effect on every shard: a user allowed only keys ending in
 /// `:bob` writes those on every shard and is refused others there (`NOPERM`), with RESP3 replies
-/// from every shard; a session that did not authenticate stays the default user.
+/// from every shard; a session that did not authenticate stays the default user. A split command
+/// with a refused part is refused.
 #[tokio::test]
 async fn auth_and_hello_hold_on_every_shard() {
     bounded(LIMIT, "AUTH and HELLO across shards", async {
@@ -1046,6 +1051,17 @@ async fn auth_and_hello_hold_on_every_shard() {
                 Reply::Int(1)
             );
             assert_eq!(shards.holders(&other, 0).await, [i]);
+        }
+        // A split command with one part refused is refused as a whole, as one Redis refuses it.
+        let mine: Vec<String> = (0..SHARDS).map(|i| shards.key(i, "h:bob")).collect();
+        let mixed = [mine[0].clone(), shards.key(1, "h:other")];
+        for c in [&mut resp3, &mut resp2] {
+            assert_eq!(c.cmd(&command("EXISTS", mine.clone())).await, Reply::Int(3));
+            let refused = c.cmd(&command("EXISTS", mixed.clone())).await;
+            let noperm = refused
+                .error_text()
+                .is_some_and(|e| e.starts_with("NOPERM"));
+            assert!(noperm, "EXISTS {mixed:?}: {refused:?}");
         }
     })
     .await
