@@ -103,7 +103,8 @@ async fn integrity_across_three_shards_twemproxy_too() {
 }
 
 /// Shard 0 SIGKILLed under the same load and restarted: its keys get explicit errors (never a
-/// wrong value, never a hang), the other shards' keys never fail, and shard 0 serves again.
+/// wrong value, never a hang), the other shards' keys never fail, and shard 0 serves again
+/// within 2 s of answering PING (as the single-server drill asks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_shard_fails_only_its_own_keys_twemproxy_too() {
     bounded(
@@ -131,7 +132,7 @@ async fn a_killed_shard_fails_only_its_own_keys_twemproxy_too() {
             );
             assert_eq!(report.recovery.len(), 1);
             assert!(
-                report.recovery[0] < Duration::from_secs(5),
+                report.recovery[0] < Duration::from_secs(2),
                 "shard 0 served again only after {:?}",
                 report.recovery[0]
             );
