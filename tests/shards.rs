@@ -394,8 +394,8 @@ async fn split_commands_of_many_clients_at_once() {
 
 /// With shard 0 dead, a split command with a part there answers one explicit failure, never a
 /// partial value: MSET is not OK unless every part is, MGET, DEL and EXISTS are not merged from
-/// the parts that answered, nor DBSIZE and KEYS from the shards that answered. Commands on the live shards alone still work. (twemproxy resets the
-/// client's connection instead.)
+/// the parts that answered, nor DBSIZE and KEYS from the shards that answered. Commands on the
+/// live shards alone still work. (twemproxy resets the client's connection instead.)
 #[tokio::test]
 async fn split_commands_with_a_dead_shard_fail_explicitly() {
     bounded(LIMIT, "split commands with a dead shard", async {
@@ -733,8 +733,8 @@ fn same_keys(got: &[String], want: &[String], what: &str) {
 }
 
 /// SCAN through the proxy visits every key exactly once, with an integer cursor that is 0 only
-/// at the end, for every COUNT, MATCH and TYPE case, in RESP2 and RESP3. The same iteration on each server directly,
-/// put together, gives the same keys: the check itself is sound.
+/// at the end, for every COUNT, MATCH and TYPE case, in RESP2 and RESP3. The same iteration on
+/// each server directly, put together, gives the same keys: the check itself is sound.
 #[tokio::test]
 async fn scan_visits_every_key_exactly_once() {
     bounded(LIMIT, "SCAN across shards", async {
