@@ -157,7 +157,8 @@ pub struct ClientShape {
     /// Hash tags the keys take in turn (`{TAG}d:ID:SEQ`), one per shard of a sharded upstream, the
     /// first being the shard `run` kills. Empty: keys are `d:ID:SEQ`.
     pub tags: Vec<String>,
-    /// How an error reply that reports a failure explicitly starts (respipe's: [`RESPIPE_FAILURE`]).
+    /// How an error reply that reports a failure explicitly starts (respipe's:
+    /// [`RESPIPE_FAILURE`]).
     pub failure: String,
 }
 
@@ -228,7 +229,8 @@ impl DrillCounts {
 }
 
 impl DrillReport {
-    /// `drill: N commands, ok=.., err=.., nil=.., wrong=.., misrouted=.., hung=.., closed=.., recovery_ms=a,b`.
+    /// `drill: N commands, ok=.., err=.., nil=.., wrong=.., misrouted=.., hung=.., closed=..,
+    /// failed_by_tag=a,b,c, recovery_ms=a,b` (`-` for an empty list).
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
