@@ -2,6 +2,8 @@
 //! frames it then reads) runs twice at once, against a fresh redis-server directly and against a
 //! second fresh redis-server (same configuration) through respipe, and every reply frame of every
 //! client is compared byte for byte. Redis is the specification: any difference is respipe's.
+//! A scenario can put respipe in front of several sharded servers instead
+//! ([`Scenario::over_shards`]): one Redis holding the same data is then the specification.
 //!
 //! Rules that keep it deterministic:
 //! - A write is one `write_all` of exactly the scenario's bytes: the pipelining shape is the same
