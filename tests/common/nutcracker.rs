@@ -2,6 +2,7 @@
 //! tests that hold respipe to what twemproxy does.
 
 use std::net::{SocketAddr, TcpStream as StdStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ pub struct Nutcracker {
     child: Child,
     /// Where its pool listens.
     pub addr: SocketAddr,
+    /// Its configuration file (the pool with its listen address filled in).
+    pub conf: PathBuf,
     /// Holds the configuration and the log.
     _dir: tempfile::TempDir,
 }
@@ -53,6 +56,7 @@ impl Nutcracker {
         let mut nutcracker = Nutcracker {
             child,
             addr,
+            conf,
             _dir: dir,
         };
         loop {
