@@ -1138,3 +1138,39 @@ async fn blocking_commands_wait_on_their_shard() {
     })
     .await
 }
+
+/// Pub/sub lives on the first server: a subscriber through respipe gets what another client
+/// publishes through respipe, and what is published on the first server directly.
+#[tokio::test]
+async fn pubsub_is_on_the_first_server() {
+    bounded(LIMIT, "pub/sub on the first server", async {
+        let shards = Shards::start(SHARDS, ShardOptions::default()).await;
+        let (mut sub, mut publisher) = (shards.raw().await, shards.raw().await);
+        let subscribed = sub.cmd(&["SUBSCRIBE", "news"]).await;
+        let want = Reply::Array(Some(vec![
+            Reply::bulk("subscribe"),
+            Reply::bulk("news"),
+            Reply::Int(1),
+        ]));
+        assert_eq!(subscribed, want);
+        let message = |text: &str| {
+            Reply::Array(Some(vec![
+                Reply::bulk("message"),
+                Reply::bulk("news"),
+                Reply::bulk(text),
+            ]))
+        };
+        assert_eq!(
+            publisher.cmd(&["PUBLISH", "news", "via respipe"]).await,
+            Reply::Int(1)
+        );
+        assert_eq!(sub.read_reply().await, message("via respipe"));
+        let mut first = shards.servers[0].direct().await;
+        assert_eq!(
+            first.cmd(&["PUBLISH", "news", "direct"]).await,
+            Reply::Int(1)
+        );
+        assert_eq!(sub.read_reply().await, message("direct"));
+    })
+    .await
+}
