@@ -47,8 +47,7 @@ async fn main() {
         pipelined: num("--pipelined", "100"),
         duration: Duration::from_secs(num("--seconds", "60") as u64),
         kills: num("--kills", "2"),
-        hang: Duration::from_secs(15),
-        value_pad: 32,
+        shape: drill::ClientShape::plain(Duration::from_secs(15), 32),
     };
     let nofile = drill::raise_nofile();
     let dir = std::env::temp_dir().join(format!("respipe-drill-{}", std::process::id()));

@@ -77,23 +77,10 @@ async fn unblocked(
     blocked
         .send(&common::encode(&["BLPOP", "nothing", "0"]))
         .await;
-    wait_blocked(redis, 1).await;
+    redis.wait_blocked(1).await;
     let r = cmd_until(other, &unblock, "CLIENT UNBLOCK", |r| *r != Reply::Int(0)).await;
     assert_eq!(r, Reply::Int(1));
     blocked.read_reply().await
-}
-
-/// Waits until Redis reports `n` blocked clients.
-async fn wait_blocked(redis: &RedisServer, n: usize) {
-    let mut d = redis.direct().await;
-    let blocked = format!("blocked_clients:{n}\r");
-    cmd_until(
-        &mut d,
-        &["INFO", "clients"],
-        "blocked clients on Redis",
-        |r| matches!(r, Reply::Bulk(Some(b)) if String::from_utf8_lossy(b).contains(&blocked)),
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -26,8 +26,7 @@ async fn reply_integrity_drill() {
             pipelined: 40,
             duration: Duration::from_secs(12),
             kills: 2,
-            hang: Duration::from_secs(8),
-            value_pad: 16,
+            shape: drill::ClientShape::plain(Duration::from_secs(8), 16),
         };
         let report = drill::run(proxy.listen, &mut redis, &cfg).await;
         eprintln!("{}", report.summary());

@@ -395,6 +395,7 @@ async fn redis_killed_under_200_clients() {
             let counts = Arc::new(DrillCounts::default());
             let stop = Arc::new(AtomicBool::new(false));
             let mut tasks = Vec::new();
+            let shape = Arc::new(drill::ClientShape::plain(HANG, 0));
             for id in 0..220u32 {
                 let s = RawClient::connect(proxy.listen).await.stream;
                 tasks.push(tokio::spawn(drill::client(
@@ -403,8 +404,7 @@ async fn redis_killed_under_200_clients() {
                     drill::depth(id, 60),
                     counts.clone(),
                     stop.clone(),
-                    HANG,
-                    0,
+                    shape.clone(),
                 )));
             }
             let wait = Duration::from_secs(30);

@@ -10,14 +10,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpStream as StdStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::nutcracker::Nutcracker;
 use common::{
-    bounded, encode, free_port, poll_until, Proxy, RawClient, RedisServer, Reply, POLL,
-    START_DEADLINE,
+    bounded, encode, free_port, poll_until, Proxy, RawClient, RedisServer, Reply, START_DEADLINE,
 };
 use respipe::config::{Topology, Upstream};
 use respipe::shard::{Distribution, Eject, Hash, Placement, Server, Spec};
@@ -448,80 +447,5 @@ fn tcp_server(port: u16, weight: u32, name: Option<&str>) -> Server {
         upstream: Upstream::tcp("127.0.0.1", port),
         name: name.map(str::to_owned),
         weight,
-    }
-}
-
-/// A nutcracker child process on loopback ports of its own; killed and reaped on drop (also
-/// when the test panics).
-struct Nutcracker {
-    child: Child,
-    addr: SocketAddr,
-    /// Its configuration file.
-    conf: PathBuf,
-    /// Holds the configuration and the log.
-    _dir: tempfile::TempDir,
-}
-
-impl Nutcracker {
-    /// Starts `/usr/sbin/nutcracker` with `pool` (its `{listen}` filled in) and waits until it
-    /// accepts connections; tries other ports if the chosen ones were taken meanwhile.
-    async fn start(pool: &str) -> Nutcracker {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(n) = Nutcracker::try_start(pool, deadline).await {
-                return n;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nutcracker did not start within {START_DEADLINE:?}"
-            );
-        }
-    }
-
-    /// One attempt: `None` if nutcracker exited (a port was taken).
-    async fn try_start(pool: &str, deadline: Instant) -> Option<Nutcracker> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let conf = dir.path().join("nutcracker.yml");
-        std::fs::write(&conf, pool.replace("{listen}", &addr.to_string())).expect("write config");
-        let log = dir.path().join("nutcracker.log");
-        let child = Command::new("/usr/sbin/nutcracker")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-a", "127.0.0.1", "-s", &free_port().to_string(), "-o"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn /usr/sbin/nutcracker (is the nutcracker package installed?)");
-        let mut nutcracker = Nutcracker {
-            child,
-            addr,
-            conf,
-            _dir: dir,
-        };
-        loop {
-            if let Some(status) = nutcracker.child.try_wait().expect("try_wait") {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                eprintln!("nutcracker exited early ({status}): {log}");
-                return None;
-            }
-            if StdStream::connect(addr).is_ok() {
-                return Some(nutcracker);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nutcracker did not accept on {addr}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Nutcracker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

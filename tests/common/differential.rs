@@ -2,6 +2,8 @@
 //! frames it then reads) runs twice at once, against a fresh redis-server directly and against a
 //! second fresh redis-server (same configuration) through respipe, and every reply frame of every
 //! client is compared byte for byte. Redis is the specification: any difference is respipe's.
+//! A scenario can put respipe in front of several sharded servers instead
+//! ([`Scenario::over_shards`]): one Redis holding the same data is then the specification.
 //!
 //! Rules that keep it deterministic:
 //! - A write is one `write_all` of exactly the scenario's bytes: the pipelining shape is the same
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::common::shards::{ShardOptions, Shards};
 use crate::common::{bounded, encode, Proxy, RawClient, RedisServer, POLL};
 
 /// How long one step may take on either side: reading its frames, seeing the close, or Redis
@@ -77,6 +80,9 @@ pub struct Scenario {
     name: String,
     clients: usize,
     steps: Vec<Step>,
+    /// 0: the proxied side is respipe in front of one redis-server; N: the proxy (respipe, or what
+    /// [`FRONT`](crate::common::shards::FRONT) names) in front of N redis-servers sharding the keys.
+    shards: usize,
 }
 
 /// How a step ended on one side.
@@ -106,7 +112,17 @@ impl Scenario {
             name: name.to_owned(),
             clients: 0,
             steps: Vec::new(),
+            shards: 0,
         }
+    }
+
+    /// Runs the proxied side over `n` sharded redis-servers ([`Shards`]) instead of one: a single
+    /// Redis holding the same data is then the specification of the sharded proxy. Such a scenario
+    /// cannot look at Redis from the side ([`Scenario::check`], [`Scenario::blocked`],
+    /// [`Scenario::until`]): there is no one Redis to look at.
+    pub fn over_shards(mut self, n: usize) -> Scenario {
+        self.shards = n;
+        self
     }
 
     /// `client` writes these commands, RESP-encoded, in one write.
@@ -226,20 +242,45 @@ impl Scenario {
     /// Runs every step on one side and returns what each produced, stopping after the first step
     /// that did not end as it should; then `QUIT` for every client still open.
     async fn side(&self, through_respipe: bool) -> Vec<Outcome> {
+        let proxied = through_respipe && std::env::var_os(REDIS_ONLY).is_none();
+        if proxied && self.shards > 0 {
+            return self.sharded_side().await;
+        }
         let redis = RedisServer::start_with(REDIS_ARGS).await;
-        let proxy = if through_respipe && std::env::var_os(REDIS_ONLY).is_none() {
+        let proxy = if proxied {
             Some(Proxy::ready(&redis).await)
         } else {
             None
         };
         let addr = proxy.as_ref().map_or(redis.addr(), Proxy::addr);
+        self.transcript(addr, &redis).await
+    }
+
+    /// The proxied side over [`Scenario::shards`] servers.
+    async fn sharded_side(&self) -> Vec<Outcome> {
+        let looks_aside = |s: &Step| matches!(s, Step::Check { .. } | Step::Await { .. });
+        assert!(
+            !self.steps.iter().any(looks_aside),
+            "scenario {}: a sharded scenario cannot check or await one Redis",
+            self.name
+        );
+        let options = ShardOptions {
+            redis_args: REDIS_ARGS.iter().map(|a| a.to_string()).collect(),
+            ..ShardOptions::default()
+        };
+        let shards = Shards::start(self.shards, options).await;
+        self.transcript(shards.addr(), &shards.servers[0]).await
+    }
+
+    /// Connects the clients to `addr` and runs every step (`redis` is where checks look).
+    async fn transcript(&self, addr: std::net::SocketAddr, redis: &RedisServer) -> Vec<Outcome> {
         let mut clients = Vec::with_capacity(self.clients);
         for _ in 0..self.clients {
             clients.push(Some(RawClient::connect(addr).await));
         }
         let mut transcript = Vec::new();
         for step in &self.script() {
-            let outcome = run_step(step, &mut clients, &redis).await;
+            let outcome = run_step(step, &mut clients, redis).await;
             let done = outcome.end == End::Done;
             transcript.push(outcome);
             if !done {

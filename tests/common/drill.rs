@@ -5,6 +5,7 @@
 //! whoever includes this file puts next to it as `wire`) so the example can include it too.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -95,6 +96,23 @@ impl RedisProc {
     }
 }
 
+/// A Redis the drill can SIGKILL and bring back (empty) on the same address.
+pub trait Restart {
+    /// SIGKILL and reap.
+    fn kill(&mut self);
+    /// Starts it again on the same port and returns once it answers PING.
+    fn restart(&mut self) -> impl Future<Output = ()>;
+}
+
+impl Restart for RedisProc {
+    fn kill(&mut self) {
+        RedisProc::kill(self)
+    }
+    fn restart(&mut self) -> impl Future<Output = ()> {
+        RedisProc::restart(self)
+    }
+}
+
 impl Drop for RedisProc {
     fn drop(&mut self) {
         self.kill();
@@ -125,10 +143,47 @@ pub struct DrillConfig {
     pub duration: Duration,
     /// Times Redis is SIGKILLed and restarted.
     pub kills: usize,
+    /// What each client writes and how its replies are judged.
+    pub shape: ClientShape,
+}
+
+/// What a drill client writes and which replies count as explicit failures.
+#[derive(Debug, Clone)]
+pub struct ClientShape {
     /// A reply later than this is a hang.
     pub hang: Duration,
     /// Bytes of padding in each value (on top of the id and sequence number).
     pub value_pad: usize,
+    /// Hash tags the keys take in turn (`{TAG}d:ID:SEQ`), one per shard of a sharded upstream, the
+    /// first being the shard `run` kills. Empty: keys are `d:ID:SEQ`.
+    pub tags: Vec<String>,
+    /// How an error reply that reports a failure explicitly starts (respipe's:
+    /// [`RESPIPE_FAILURE`]).
+    pub failure: String,
+}
+
+/// How respipe's error replies for a lost or unreachable upstream start.
+pub const RESPIPE_FAILURE: &str = "ERR respipe: upstream";
+
+impl ClientShape {
+    /// Untagged keys, respipe's failures.
+    pub fn plain(hang: Duration, value_pad: usize) -> ClientShape {
+        ClientShape {
+            hang,
+            value_pad,
+            tags: Vec::new(),
+            failure: RESPIPE_FAILURE.to_owned(),
+        }
+    }
+
+    /// The key of client `id`'s command number `seq`, and the index of its tag (0 when untagged).
+    fn key(&self, id: u32, seq: u64) -> (String, usize) {
+        if self.tags.is_empty() {
+            return (format!("d:{id}:{seq}"), 0);
+        }
+        let tag = seq as usize % self.tags.len();
+        (format!("{{{}}}d:{id}:{seq}", self.tags[tag]), tag)
+    }
 }
 
 /// What the drill saw.
@@ -138,10 +193,13 @@ pub struct DrillCounts {
     pub commands: AtomicU64,
     /// `+OK` to a SET, or the client's own value to a GET.
     pub ok: AtomicU64,
-    /// `-ERR respipe: upstream ...` (explicit failure).
+    /// An error reply starting with [`ClientShape::failure`] (an explicit failure).
     pub err: AtomicU64,
     /// A GET that found nothing: its SET failed or Redis restarted empty since.
     pub nil: AtomicU64,
+    /// Per key tag ([`ClientShape::tags`]): explicit failures and GETs that found nothing. Empty
+    /// when the keys are untagged.
+    pub failed_by_tag: Vec<AtomicU64>,
     /// A reply that is neither right nor an explicit failure, nor another client's.
     pub wrong: AtomicU64,
     /// Another client's value.
@@ -160,8 +218,19 @@ pub struct DrillReport {
     pub recovery: Vec<Duration>,
 }
 
+impl DrillCounts {
+    /// Zero counts for keys with `tags` tags.
+    pub fn new(tags: usize) -> DrillCounts {
+        DrillCounts {
+            failed_by_tag: (0..tags).map(|_| AtomicU64::new(0)).collect(),
+            ..DrillCounts::default()
+        }
+    }
+}
+
 impl DrillReport {
-    /// `drill: N commands, ok=.., err=.., nil=.., wrong=.., misrouted=.., hung=.., closed=.., recovery_ms=a,b`.
+    /// `drill: N commands, ok=.., err=.., nil=.., wrong=.., misrouted=.., hung=.., closed=..,
+    /// failed_by_tag=a,b,c, recovery_ms=a,b` (`-` for an empty list).
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -170,8 +239,9 @@ impl DrillReport {
             .iter()
             .map(|d| d.as_millis().to_string())
             .collect();
+        let by_tag: Vec<String> = c.failed_by_tag.iter().map(|a| g(a).to_string()).collect();
         format!(
-            "drill: {} commands, ok={}, err={}, nil={}, wrong={}, misrouted={}, hung={}, closed={}, recovery_ms={}",
+            "drill: {} commands, ok={}, err={}, nil={}, wrong={}, misrouted={}, hung={}, closed={}, failed_by_tag={}, recovery_ms={}",
             g(&c.commands),
             g(&c.ok),
             g(&c.err),
@@ -180,6 +250,7 @@ impl DrillReport {
             g(&c.misrouted),
             g(&c.hung),
             g(&c.closed),
+            if by_tag.is_empty() { "-".to_string() } else { by_tag.join(",") },
             if recovery.is_empty() { "-".to_string() } else { recovery.join(",") }
         )
     }
@@ -193,9 +264,11 @@ impl DrillReport {
     }
 }
 
-/// Runs the drill against respipe at `proxy` in front of `redis`.
-pub async fn run(proxy: SocketAddr, redis: &mut RedisProc, cfg: &DrillConfig) -> DrillReport {
-    let counts = Arc::new(DrillCounts::default());
+/// Runs the drill against respipe at `proxy` in front of `redis` (with tagged keys: the shard that
+/// holds the first tag's keys).
+pub async fn run(proxy: SocketAddr, redis: &mut impl Restart, cfg: &DrillConfig) -> DrillReport {
+    let shape = Arc::new(cfg.shape.clone());
+    let counts = Arc::new(DrillCounts::new(shape.tags.len()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..cfg.clients as u32 {
@@ -209,8 +282,7 @@ pub async fn run(proxy: SocketAddr, redis: &mut RedisProc, cfg: &DrillConfig) ->
             depth,
             counts,
             stop,
-            cfg.hang,
-            cfg.value_pad,
+            shape.clone(),
         )));
     }
     let start = Instant::now();
@@ -228,12 +300,12 @@ pub async fn run(proxy: SocketAddr, redis: &mut RedisProc, cfg: &DrillConfig) ->
             tokio::time::sleep(POLL).await;
         }
         redis.restart().await;
-        recovery.push(first_ok(proxy, cfg.hang).await);
+        recovery.push(first_ok(proxy, &shape).await);
     }
     sleep_until(start + cfg.duration).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        let _ = tokio::time::timeout(cfg.hang * 2, t).await;
+        let _ = tokio::time::timeout(shape.hang * 2, t).await;
     }
     DrillReport { counts, recovery }
 }
@@ -242,17 +314,21 @@ async fn sleep_until(t: Instant) {
     tokio::time::sleep(t.saturating_duration_since(Instant::now())).await;
 }
 
-/// Time until `SET` through respipe answers `+OK` (respipe reconnects in the background).
-async fn first_ok(proxy: SocketAddr, hang: Duration) -> Duration {
+/// Time until `SET` of a key on the restarted Redis through respipe answers `+OK` (respipe
+/// reconnects in the background).
+async fn first_ok(proxy: SocketAddr, shape: &ClientShape) -> Duration {
     let t = Instant::now();
     let mut s = TcpStream::connect(proxy).await.expect("probe connect");
     s.set_nodelay(true).unwrap();
     let mut r = ReplyReader::default();
+    let key = match shape.tags.first() {
+        Some(tag) => format!("{{{tag}}}probe"),
+        None => "probe".to_owned(),
+    };
+    let probe = encode(&["SET", &key, "1"]);
     loop {
-        s.write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nprobe\r\n$1\r\n1\r\n")
-            .await
-            .expect("probe write");
-        let reply = tokio::time::timeout(hang, r.read(&mut s))
+        s.write_all(&probe).await.expect("probe write");
+        let reply = tokio::time::timeout(shape.hang, r.read(&mut s))
             .await
             .expect("probe: no reply")
             .expect("probe: closed");
@@ -277,43 +353,45 @@ pub fn depth(id: u32, pipelined: usize) -> usize {
     }
 }
 
-/// One client until `stop`: rounds of `depth` SET/GET pairs on fresh keys whose values carry `id`
-/// (and `value_pad` bytes of padding), written as one pipeline (`depth` 1: one command at a time,
-/// each reply awaited); every reply is counted in `counts`, a reply later than `hang` is a hang.
+/// One client until `stop`: rounds of `depth` SET/GET pairs on fresh keys (as `shape` names them)
+/// whose values carry `id` (and `shape.value_pad` bytes of padding), written as one pipeline
+/// (`depth` 1: one command at a time, each reply awaited); every reply is counted in `counts`, a
+/// reply later than `shape.hang` is a hang.
 pub async fn client(
     mut s: TcpStream,
     id: u32,
     depth: usize,
     counts: Arc<DrillCounts>,
     stop: Arc<AtomicBool>,
-    hang: Duration,
-    value_pad: usize,
+    shape: Arc<ClientShape>,
 ) {
-    let pad = "x".repeat(value_pad);
+    let hang = shape.hang;
+    let failure = shape.failure.as_str();
+    let pad = "x".repeat(shape.value_pad);
     let mut reader = ReplyReader::default();
     let mut seq = 0u64;
     let own = format!("{id}:");
     while !stop.load(Ordering::Relaxed) {
-        let mut cmds: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+        let mut cmds: Vec<Sent> = Vec::new();
         for _ in 0..depth {
             seq += 1;
-            let (k, v) = (format!("d:{id}:{seq}"), format!("{id}:{seq}:{pad}"));
-            cmds.push((encode(&["SET", &k, &v]), None));
-            cmds.push((encode(&["GET", &k]), Some(v)));
+            let ((k, tag), v) = (shape.key(id, seq), format!("{id}:{seq}:{pad}"));
+            cmds.push((encode(&["SET", &k, &v]), None, tag));
+            cmds.push((encode(&["GET", &k]), Some(v), tag));
         }
         // Pipelined: everything in one write, then the replies; else write and read in turn.
-        let batches: Vec<&[(Vec<u8>, Option<String>)]> = if depth > 1 {
+        let batches: Vec<&[Sent]> = if depth > 1 {
             vec![&cmds[..]]
         } else {
             cmds.chunks(1).collect()
         };
         for batch in batches {
-            let req: Vec<u8> = batch.iter().flat_map(|(b, _)| b.iter().copied()).collect();
+            let req: Vec<u8> = batch.iter().flat_map(|(b, ..)| b.iter().copied()).collect();
             if s.write_all(&req).await.is_err() {
                 counts.closed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            for (_, want) in batch {
+            for (_, want, tag) in batch {
                 let reply = match tokio::time::timeout(hang, reader.read(&mut s)).await {
                     Err(_) => {
                         eprintln!("drill client {id}: no reply within {hang:?}");
@@ -332,7 +410,7 @@ pub async fn client(
                     (Reply::Simple(v), None) if v == "OK" => &counts.ok,
                     (Reply::Bulk(Some(v)), Some(w)) if v == w.as_bytes() => &counts.ok,
                     (Reply::Bulk(None), Some(_)) => &counts.nil,
-                    (Reply::Error(e), _) if e.starts_with("ERR respipe: upstream") => &counts.err,
+                    (Reply::Error(e), _) if e.starts_with(failure) => &counts.err,
                     (Reply::Bulk(Some(v)), _) if !v.starts_with(own.as_bytes()) => {
                         eprintln!("drill client {id}: misrouted {reply:?}, wanted {want:?}");
                         &counts.misrouted
@@ -343,10 +421,20 @@ pub async fn client(
                     }
                 };
                 slot.fetch_add(1, Ordering::Relaxed);
+                // A failure, or a value its Redis lost: charged to the shard of the key's tag.
+                if std::ptr::eq(slot, &counts.err) || std::ptr::eq(slot, &counts.nil) {
+                    if let Some(failed) = counts.failed_by_tag.get(*tag) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
     }
 }
+
+/// A command a client wrote: its bytes, the value a GET must return (`None`: a SET, `+OK`), and
+/// the index of its key's tag.
+type Sent = (Vec<u8>, Option<String>, usize);
 
 /// Opens `n` idle connections to `addr` (each does one PING so respipe has surely accepted it).
 pub async fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {

@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+pub mod nutcracker;
+pub mod shards;
 pub mod wire;
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
@@ -244,6 +246,19 @@ impl RedisServer {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// Polls `INFO clients` (bounded by [`CMD_UNTIL`]) until Redis reports `n` blocked clients.
+    pub async fn wait_blocked(&self, n: usize) {
+        let mut d = self.direct().await;
+        let blocked = format!("blocked_clients:{n}\r");
+        cmd_until(
+            &mut d,
+            &["INFO", "clients"],
+            "blocked clients on Redis",
+            |r| matches!(r, Reply::Bulk(Some(b)) if String::from_utf8_lossy(b).contains(&blocked)),
+        )
+        .await;
     }
 
     /// A raw client connected directly to this Redis (not through the proxy).
@@ -493,6 +508,13 @@ impl RawClient {
         self.read_reply().await
     }
 
+    /// Writes `cmds` (RESP-encoded) in one write and reads one reply per command.
+    pub async fn send_all<A: AsRef<[u8]>>(&mut self, cmds: &[&[A]]) -> Vec<Reply> {
+        let bytes: Vec<u8> = cmds.iter().flat_map(|c| encode(c)).collect();
+        self.send(&bytes).await;
+        self.read_replies(cmds.len()).await
+    }
+
     /// Like [`RawClient::cmd`], but errors are returned instead of panicking.
     pub async fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Reply, String> {
         self.stream
@@ -737,10 +759,15 @@ impl BinProxy {
     /// Spawns the binary (`--listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --upstream UPSTREAM`
     /// plus `extra`) and waits for its ready line.
     pub fn spawn(upstream: &str, extra: &[&str]) -> BinProxy {
+        BinProxy::spawn_with(&[&["--upstream", upstream], extra].concat())
+    }
+
+    /// Spawns the binary with `--listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0` plus `args` (which
+    /// say where the upstream is: `--upstream`, or `--config FILE`) and waits for its ready line.
+    pub fn spawn_with(args: &[&str]) -> BinProxy {
         let mut cmd = respipe_command();
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--upstream", upstream])
-            .args(extra);
+            .args(args);
         let mut bin = Binary::spawn(cmd);
         let listen = bin.ready_field("listen");
         let listen = listen
