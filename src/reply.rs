@@ -265,6 +265,9 @@ pub enum ErrorReply<'a> {
     /// A sharded upstream with every server ejected.
     #[error("ERR respipe: no live server in the sharded upstream (every server is ejected)")]
     NoLiveShard,
+    /// A command placed on the servers of a sharded upstream just before a reload changed them.
+    #[error("ERR respipe: the upstream's server list changed while the command was placed; the command was not sent")]
+    ServersChanged,
     /// A server of a sharded upstream answered a split or fanned-out command with a reply respipe
     /// cannot merge.
     #[error("ERR respipe: a server answered a split command with an unexpected reply")]

@@ -145,3 +145,107 @@ async fn new_upstream_credentials_take_effect() {
     })
     .await
 }
+
+/// Writes a sharded config: `listen` and one `[[upstream.servers]]` per address.
+fn write_shards(path: &Path, listen: &str, servers: &[String]) {
+    let mut text = format!("listen = [\"{listen}\"]\n[upstream]\nkind = \"shards\"\n");
+    for server in servers {
+        text.push_str(&format!("[[upstream.servers]]\naddress = \"{server}\"\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("replace config");
+}
+
+/// Keys in each server's db 0, asked of each server directly.
+async fn sizes(servers: &[RedisServer]) -> Vec<i64> {
+    let mut sizes = Vec::new();
+    for server in servers {
+        let mut direct = RawClient::connect(server.addr()).await;
+        match direct.cmd(&["DBSIZE"]).await {
+            Reply::Int(n) => sizes.push(n),
+            other => panic!("DBSIZE: {other:?}"),
+        }
+    }
+    sizes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_list_reload_reaches_connected_clients() {
+    bounded(LIMIT, "reload of the server list", async {
+        let servers = [
+            RedisServer::start().await,
+            RedisServer::start().await,
+            RedisServer::start().await,
+        ];
+        let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("respipe.toml");
+        write_shards(&path, "127.0.0.1:0", &addrs[..2]);
+        let (_bin, addr) = start(&path);
+        let mut client = connect_pong(addr).await;
+        let id = client.cmd(&["CLIENT", "ID"]).await;
+        let set = |n: usize, round: &str| (format!("{round}:{n}"), format!("v{n}"));
+        for n in 0..300 {
+            let (k, v) = set(n, "two");
+            assert_eq!(client.cmd(&["SET", &k, &v]).await, Reply::ok());
+        }
+        let before = sizes(&servers).await;
+        assert_eq!((before[0] + before[1], before[2]), (300, 0), "{before:?}");
+
+        // A third server: the connected client's keys start landing on it, and its fan-out
+        // commands reach it.
+        write_shards(&path, "127.0.0.1:0", &addrs);
+        let deadline = std::time::Instant::now() + APPLY;
+        let mut n = 0;
+        while sizes(&servers).await[2] == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no key reached the new server"
+            );
+            let (k, v) = set(n, "probe");
+            assert_eq!(client.cmd(&["SET", &k, &v]).await, Reply::ok());
+            n += 1;
+            tokio::time::sleep(POLL).await;
+        }
+        let now = sizes(&servers).await;
+        assert_eq!(
+            client.cmd(&["DBSIZE"]).await,
+            Reply::Int(now.iter().sum()),
+            "{now:?}"
+        );
+        assert_eq!(client.cmd(&["FLUSHALL"]).await, Reply::ok());
+        assert_eq!(sizes(&servers).await, [0, 0, 0]);
+        for n in 0..300 {
+            let (k, v) = set(n, "three");
+            assert_eq!(client.cmd(&["SET", &k, &v]).await, Reply::ok());
+        }
+        let three = sizes(&servers).await;
+        assert!(three.iter().all(|&n| n > 0), "{three:?}");
+        for n in 0..300 {
+            let (k, v) = set(n, "three");
+            assert_eq!(client.cmd(&["GET", &k]).await, Reply::bulk(v));
+        }
+
+        // The second server leaves: nothing more lands on it, DBSIZE no longer counts it.
+        let kept = [addrs[0].clone(), addrs[2].clone()];
+        write_shards(&path, "127.0.0.1:0", &kept);
+        until(
+            &mut client,
+            &["DBSIZE"],
+            "DBSIZE counts the two servers left",
+            |reply| *reply == Reply::Int(three[0] + three[2]),
+        )
+        .await;
+        for n in 0..300 {
+            let (k, v) = set(n, "left");
+            assert_eq!(client.cmd(&["SET", &k, &v]).await, Reply::ok());
+        }
+        let left = sizes(&servers).await;
+        assert_eq!(left[1], three[1], "{left:?}");
+        assert_eq!(left[0] + left[2], three[0] + three[2] + 300, "{left:?}");
+        // The same connection all along.
+        assert_eq!(client.cmd(&["CLIENT", "ID"]).await, id);
+    })
+    .await
+}

@@ -1,6 +1,8 @@
 //! Which upstream connection each command goes to, and sending it there: the routing step, the
 //! shared connection in use, the dedicated connection (lease) taken and given back.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -157,6 +159,14 @@ impl Session {
     ) -> Result<Result<UpstreamHandle, Bytes>, Close> {
         if route == Route::Lease && self.lease.is_none() {
             self.drain().await?;
+            let layout = self.pool.layout();
+            if layout.is_sharded() && !Arc::ptr_eq(layout, &self.shared.pools.layout()) {
+                // A reload changed the servers since the command was placed on them.
+                return Ok(match self.fresh_pool() {
+                    Ok(()) => Err(ErrorReply::ServersChanged.line()),
+                    Err(line) => Err(line),
+                });
+            }
             match self.shared.pools.lease(&self.state.key(), self.lane) {
                 Ok(lease) => self.lease = Some(lease),
                 Err(line) => return Ok(Err(line)),
@@ -168,13 +178,29 @@ impl Session {
             return Ok(Ok(handle));
         }
         self.drain().await?;
-        match self.shared.pools.pool(&self.state.key()) {
-            Ok(pool) => self.pool = pool,
-            Err(line) => return Ok(Err(line)),
+        let placed_on = self.pool.layout().clone();
+        if let Err(line) = self.fresh_pool() {
+            return Ok(Err(line));
         }
+        if placed_on.is_sharded() && !Arc::ptr_eq(&placed_on, self.pool.layout()) {
+            // A reload changed the servers since the command was placed on them.
+            return Ok(Err(ErrorReply::ServersChanged.line()));
+        }
+        Ok(Ok(self.current_handle()))
+    }
+
+    /// Moves the session to the shared pool of its state and the pools' generation (nothing may
+    /// be in flight). `Err(line)` when no pool can start.
+    pub(super) fn fresh_pool(&mut self) -> Result<(), Bytes> {
+        self.pool = self.shared.pools.pool(&self.state.key())?;
         self.pool_generation = self.shared.pools.generation();
         self.forget_conns();
-        Ok(Ok(self.current_handle()))
+        Ok(())
+    }
+
+    /// True when a reload replaced the pools since the session took its pool.
+    pub(super) fn pool_outdated(&self) -> bool {
+        self.pool_generation != self.shared.pools.generation()
     }
 
     /// Gives a fresh lease the client's name (its reply unseen), so that `CLIENT GETNAME` queued in

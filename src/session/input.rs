@@ -63,6 +63,10 @@ impl Session {
             return Ok(false);
         }
         let sharded = self.sharded();
+        if sharded && self.pool_outdated() {
+            // A reload may have changed the servers: `on_input` moves to them first.
+            return Ok(false);
+        }
         if sharded {
             // The first complete request says which server the run goes to. A complete frame
             // leaves the scanner idle, so the loop below scans it again from the start.
@@ -135,6 +139,12 @@ impl Session {
         let mut run_count = 0u32;
         // The server the run goes to (sharded upstream): a run holds commands for one server.
         let mut run_lane: Lane = 0;
+        if self.sharded() && self.pool_outdated() && self.lease.is_none() {
+            // A reload may have changed the servers: place the commands on the new ones (a pool
+            // that cannot start is reported by the routing step, command by command).
+            self.drain().await?;
+            let _ = self.fresh_pool();
+        }
         while !self.closing {
             if self.owes_too_much(run_count as usize) {
                 self.held = run < self.inbuf.len();

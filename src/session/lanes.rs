@@ -15,6 +15,7 @@
 //! locally, until a command of the transaction says which server that is.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -167,10 +168,17 @@ impl Session {
         let shown = self.state.take_shown();
         // Connections first: picking one may wait for replies in flight (a retired connection),
         // which must not wait for this command's own parts.
+        let placed_on = self.pool.layout().clone();
         let mut routed = Vec::with_capacity(parts.len());
         for (lane, bytes) in parts {
             self.lane = lane;
-            routed.push((lane, bytes, self.route(Route::Current).await?));
+            let handle = if Arc::ptr_eq(&placed_on, self.pool.layout()) {
+                self.route(Route::Current).await?
+            } else {
+                // A reload changed the servers while an earlier part waited.
+                Err(ErrorReply::ServersChanged.line())
+            };
+            routed.push((lane, bytes, handle));
         }
         let mut slots = Vec::with_capacity(routed.len());
         let mut sends = Vec::new();
@@ -222,11 +230,19 @@ impl Session {
         args: Args<'_>,
         bytes: Bytes,
     ) -> Result<Placed, Close> {
-        let layout = self.pool.layout().clone();
-        if !layout.is_sharded() {
+        if !self.pool.layout().is_sharded() {
             self.lane = 0;
             return Ok(Placed::Forward(bytes));
         }
+        if self.pool_outdated() && self.lease.is_none() {
+            // Placed on the servers the session will use: those of the reloaded configuration.
+            self.drain().await?;
+            if let Err(line) = self.fresh_pool() {
+                self.refuse(line).await?;
+                return Ok(Placed::Done);
+            }
+        }
+        let layout = self.pool.layout().clone();
         if let Some(why) = unsharded(kind) {
             self.refuse(ErrorReply::Unsupported { name, why }.line())
                 .await?;
