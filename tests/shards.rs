@@ -1174,3 +1174,50 @@ async fn pubsub_is_on_the_first_server() {
     })
     .await
 }
+
+/// Scripts and functions are loaded on every shard: after one `SCRIPT LOAD` (`FUNCTION LOAD`)
+/// through respipe, `EVALSHA` (`FCALL`) runs with the keys of any shard; `SCRIPT EXISTS` says yes
+/// only for a script every shard has; after `SCRIPT FLUSH` no shard has it.
+#[tokio::test]
+async fn scripts_and_functions_load_on_every_shard() {
+    bounded(LIMIT, "scripts on every shard", async {
+        let shards = Shards::start(SHARDS, ShardOptions::default()).await;
+        let mut c = shards.raw().await;
+        let Reply::Bulk(Some(sha)) = c.cmd(&["SCRIPT", "LOAD", "return KEYS[1]"]).await else {
+            panic!("SCRIPT LOAD gave no SHA");
+        };
+        let sha = String::from_utf8(sha).unwrap();
+        let library =
+            "#!lua name=lib\nredis.register_function('f', function(keys) return keys[1] end)";
+        assert_eq!(
+            c.cmd(&["FUNCTION", "LOAD", library]).await,
+            Reply::bulk("lib")
+        );
+        for i in 0..SHARDS {
+            let key = shards.key(i, "k");
+            assert_eq!(
+                c.cmd(&["EVALSHA", &sha, "1", &key]).await,
+                Reply::bulk(&key)
+            );
+            assert_eq!(c.cmd(&["FCALL", "f", "1", &key]).await, Reply::bulk(&key));
+        }
+        let only_first = "return 'first'";
+        let mut first = shards.servers[0].direct().await;
+        let Reply::Bulk(Some(partial)) = first.cmd(&["SCRIPT", "LOAD", only_first]).await else {
+            panic!("SCRIPT LOAD on the first server gave no SHA");
+        };
+        let partial = String::from_utf8(partial).unwrap();
+        let exists = c.cmd(&["SCRIPT", "EXISTS", &sha, &partial]).await;
+        assert_eq!(
+            exists,
+            Reply::Array(Some(vec![Reply::Int(1), Reply::Int(0)]))
+        );
+        assert_eq!(c.cmd(&["SCRIPT", "FLUSH"]).await, Reply::ok());
+        for i in 0..SHARDS {
+            let r = c.cmd(&["EVALSHA", &sha, "1", &shards.key(i, "k")]).await;
+            let noscript = r.error_text().is_some_and(|e| e.starts_with("NOSCRIPT"));
+            assert!(noscript, "shard {i} after SCRIPT FLUSH: {r:?}");
+        }
+    })
+    .await
+}
