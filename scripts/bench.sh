@@ -25,6 +25,8 @@ Usage: scripts/bench.sh [options] [-- extra run.sh options]
   --pin               Redis on CPU 0, proxies + load generator on CPU 1 (proxy CPU efficiency)
   --out DIR           output dir (default target/bench/<timestamp>)
   --label TEXT        free text for the report and chart titles
+  --max-other CORES   drop runs during which other processes kept more than CORES cores busy
+                      (default 0.35, the harness's; negative keeps every run, e.g. on a shared box)
   --respipe-args "A"  extra respipe flags, e.g. "--pool-size 2 --batch-window-us 0"
   --no-build          do not run cargo build --release (use the existing target/release/respipe)
   --shards N          the sharded comparison instead (see below)
@@ -59,7 +61,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 need_arg() { [[ $# -ge 2 && -n $2 ]] || { echo "bench: $1 needs a value" >&2; usage >&2; exit 2; }; }
 
-ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1 SHARDS=""
+ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1 SHARDS="" MAX_OTHER=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -70,6 +72,7 @@ while [[ $# -gt 0 ]]; do
     --pin) PIN=1; shift;;
     --out) need_arg "$@"; OUT=$2; shift 2;;
     --label) need_arg "$@"; LABEL=$2; shift 2;;
+    --max-other) need_arg "$@"; MAX_OTHER=$2; shift 2;;
     --respipe-args) need_arg "$@"; RESPIPE_ARGS=$2; shift 2;;
     --no-build) BUILD=0; shift;;
     --shards) need_arg "$@"; SHARDS=$2; shift 2;;
@@ -88,6 +91,8 @@ TESTS=${TESTS//,/ }; CLIENTS=${CLIENTS//,/ }
 for v in $ROUNDS $CLIENTS $SHARDS; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || die "not a positive number: '$v'"
 done
+[[ -z $MAX_OTHER || $MAX_OTHER =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || die "--max-other: not a number: '$MAX_OTHER'"
+[[ -z $MAX_OTHER || -z $SHARDS ]] || die "--max-other is for the harness (--shards keeps every run, noise shown)"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS=${BENCH_HARNESS:-$ROOT/../shared/bench/run.sh}
@@ -196,11 +201,16 @@ rc=0
 log "harness took $((SECONDS - T0)) s"
 
 # ------------------------------------------------------------------ report + chart
-[[ -s $HOUT/report.md ]] || python3 "$(dirname "$HARNESS")/summarize.py" "$HOUT" >"$HOUT/report.md" \
-  || die "summarizing $HOUT failed"
+summarize=(python3 "$(dirname "$HARNESS")/summarize.py")
+chart=(python3 "$ROOT/scripts/bench_chart.py")
+if [[ -n $MAX_OTHER ]]; then
+  summarize+=(--max-other "$MAX_OTHER"); chart+=(--max-other "$MAX_OTHER")
+  rm -f "$HOUT/report.md"   # summarized again below with this threshold
+fi
+[[ -s $HOUT/report.md ]] || "${summarize[@]}" "$HOUT" >"$HOUT/report.md" || die "summarizing $HOUT failed"
 for f in summary.tsv runs.tsv; do [[ ! -f $HOUT/$f ]] || cp "$HOUT/$f" "$OUT/$f"; done
-python3 "$ROOT/scripts/bench_chart.py" --proxy respipe --svg "$OUT/chart.svg" --report "$OUT/report.md" \
-  --title "$label" "$HOUT" || die "bench_chart.py failed"
+"${chart[@]}" --proxy respipe --svg "$OUT/chart.svg" --report "$OUT/report.md" --title "$label" "$HOUT" \
+  || die "bench_chart.py failed"
 rm -f "$OUT/harness-stdout.md"
 
 # the summary (everything before the embedded harness report) on stdout

@@ -50,6 +50,7 @@ total_commands_processed / total_reads_processed deltas, minus our INFO) and Red
 The report gives medians over rounds and, per round, each target's ratio to twemproxy's (median and
 range over rounds). Python 3 standard library only.
 """
+import argparse
 import csv
 import hashlib
 import os
@@ -83,54 +84,61 @@ def log(msg):
 
 
 def parse_args(argv):
-    o = {"proxies": [], "nutcracker": True, "nc_mbuf": 16384, "ready_timeout": 30, "shards": 3,
-         "rounds": 3, "clients": "50 200 1000", "tests": "set get", "requests": 150000,
-         "keyspace": 100000, "datasize": 3, "mget_keys": 100, "mget_clients": "50 200",
-         "mget_requests": 30000, "run_timeout": 120, "quiet_pct": 30, "quiet_wait": 3, "pin": False,
-         "redis_cpus": "0", "other_cpus": "1", "base_port": 18379, "out": None, "label": ""}
-    numeric = {"--nc-mbuf", "--ready-timeout", "--shards", "--rounds", "--requests", "--keyspace",
-               "--datasize", "--mget-keys", "--mget-requests", "--run-timeout", "--quiet-pct",
-               "--quiet-wait", "--base-port"}
-    flags = {"--no-nutcracker": ("nutcracker", False), "--pin": ("pin", True)}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
-        if a in flags:
-            key, value = flags[a]
-            o[key] = value
-            i += 1
-            continue
-        if i + 1 >= len(argv):
-            fail(f"{a} needs a value (see --help)")
-        v = argv[i + 1]
-        key = a[2:].replace("-", "_")
-        if a == "--proxy":
-            name, sep, cmd = v.partition("=")
-            if not sep or not name or not cmd:
-                fail(f"--proxy wants NAME=CMD, got {v!r}")
-            o["proxies"].append((name, cmd))
-        elif a in numeric:
-            if not v.isdigit():
-                fail(f"{a}: not a number: {v!r}")
-            o[key] = int(v)
-        elif key in o and isinstance(o[key], str) or a == "--out":
-            o[key] = v
-        else:
-            fail(f"unknown option: {a} (see --help)")
-        i += 2
-    for key in ("clients", "tests", "mget_clients"):
-        o[key] = o[key].replace(",", " ").split()
-    for c in o["clients"] + o["mget_clients"]:
-        if not c.isdigit() or int(c) < 1:
-            fail(f"not a positive number of clients: {c!r}")
-    if not o["proxies"] and not o["nutcracker"]:
-        fail("nothing to measure: give --proxy NAME=CMD")
-    if o["shards"] < 1 or o["rounds"] < 1:
-        fail("--shards and --rounds must be at least 1")
-    return o
+    """The options of the module doc (which is the --help text) into a dict."""
+
+    def count(v):
+        if not v.isdigit():
+            raise argparse.ArgumentTypeError(f"not a number: {v!r}")
+        return int(v)
+
+    def positive(v):
+        n = count(v)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1: {v!r}")
+        return n
+
+    def counts(v):
+        return [positive(x) for x in v.replace(",", " ").split()]
+
+    def proxy(v):
+        name, sep, cmd = v.partition("=")
+        if not sep or not name or not cmd:
+            raise argparse.ArgumentTypeError(f"wants NAME=CMD, got {v!r}")
+        return name, cmd
+
+    usage = __doc__.split("\n")[2].removeprefix("Usage: ")
+    p = argparse.ArgumentParser(prog="bench_shards.py", add_help=False, usage=usage)
+    p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("--proxy", dest="proxies", type=proxy, action="append", default=[])
+    p.add_argument("--no-nutcracker", dest="nutcracker", action="store_false")
+    p.add_argument("--nc-mbuf", type=positive, default=16384)
+    p.add_argument("--ready-timeout", type=positive, default=30)
+    p.add_argument("--shards", type=positive, default=3)
+    p.add_argument("--rounds", type=positive, default=3)
+    p.add_argument("--clients", type=counts, default=[50, 200, 1000])
+    p.add_argument("--tests", type=lambda v: v.replace(",", " ").split(), default=["set", "get"])
+    p.add_argument("--requests", type=positive, default=150000)
+    p.add_argument("--keyspace", type=positive, default=100000)
+    p.add_argument("--datasize", type=positive, default=3)
+    p.add_argument("--mget-keys", type=count, default=100)
+    p.add_argument("--mget-clients", type=counts, default=[50, 200])
+    p.add_argument("--mget-requests", type=positive, default=30000)
+    p.add_argument("--run-timeout", type=positive, default=120)
+    p.add_argument("--quiet-pct", type=count, default=30)
+    p.add_argument("--quiet-wait", type=count, default=3)
+    p.add_argument("--pin", action="store_true")
+    p.add_argument("--redis-cpus", default="0")
+    p.add_argument("--other-cpus", default="1")
+    p.add_argument("--base-port", type=positive, default=18379)
+    p.add_argument("--out")
+    p.add_argument("--label", default="")
+    o = p.parse_args(argv)
+    if o.help:
+        print(__doc__)
+        sys.exit(0)
+    if not o.proxies and not o.nutcracker:
+        p.error("nothing to measure: give --proxy NAME=CMD")
+    return vars(o)
 
 
 class Procs:
@@ -283,7 +291,9 @@ def quiet_gate(pct, wait):
             return noise
 
 
-def write_configs(o, shard_ports, out):
+def write_configs(out, shard_ports, nc_port):
+    """The same pool twice: respipe's TOML and twemproxy's YAML (ketama, fnv1a_64, weight 1, servers
+    named shard1..shardN so the ring does not depend on the ports). Returns their paths."""
     names = [f"shard{i + 1}" for i in range(len(shard_ports))]
     toml = os.path.join(out, "respipe-shards.toml")
     with open(toml, "w") as f:
@@ -292,14 +302,10 @@ def write_configs(o, shard_ports, out):
         for name, port in zip(names, shard_ports):
             f.write(f'\n[[upstream.servers]]\naddress = "{HOST}:{port}"\nweight = 1\nname = "{name}"\n')
     yaml = os.path.join(out, "nutcracker.yml")
-    return toml, yaml, names
-
-
-def nutcracker_yaml(path, listen_port, shard_ports, names):
     servers = "".join(f"   - {HOST}:{p}:1 {n}\n" for p, n in zip(shard_ports, names))
-    with open(path, "w") as f:
+    with open(yaml, "w") as f:
         f.write(f"""shards:
-  listen: {HOST}:{listen_port}
+  listen: {HOST}:{nc_port}
   redis: true
   hash: fnv1a_64
   distribution: ketama
@@ -311,6 +317,7 @@ def nutcracker_yaml(path, listen_port, shard_ports, names):
   backlog: 1024
   servers:
 {servers}""")
+    return toml, yaml
 
 
 def bench_argv(o, port, test, clients, requests, mget_keys):
@@ -360,8 +367,8 @@ def run_one(o, rnd, target, test, clients, requests, shard_conns, mget_keys):
     row = {"round": rnd, "target": name, "test": test, "clients": clients, "requests": requests, "rc": rc,
            "rps": rps, "p50_ms": p50, "p99_ms": p99, "wall_s": round(wall, 3), "proxy_cpu_s": round(proxy_cpu, 3),
            "bench_cpu_s": round(bench_cpu, 3), "other_cpu_s": round((b1 - b0) - proxy_cpu - bench_cpu - redis_cpu, 3),
-           "redis_cpu_s": round(redis_cpu, 4), "shard_cmds": ",".join(map(str, cmds)),
-           "shard_reads": ",".join(map(str, reads)), "pre_noise_pct": round(noise)}
+           "redis_cpu_s": round(redis_cpu, 4), "shard_cmds": cmds, "shard_reads": reads,
+           "pre_noise_pct": round(noise)}
     per_read = "/".join(f"{c / r:.0f}" if r > 0 else "-" for c, r in zip(cmds, reads))
     log(f"  r{rnd} {name:<11} {test:<4} c={clients:<5} rps={rps} p50={p50} "
         f"proxy_cpu/100k={proxy_cpu / requests * 1e5:.3f} cmds/read={per_read} noise={noise:.0f}%")
@@ -440,13 +447,15 @@ def report(o, rows, meta, spread):
             "(INFO total_commands_processed / total_reads_processed). Redis cmds per request: over all shards "
             "(1 for GET/SET; an MGET split per shard counts once per shard it touches).", "",
             f"| test | clients | target | rps | rps ÷ {base} | p50 ms | p50 ÷ {base} | proxy CPU s/100k | "
-            f"proxy CPU ÷ {base} | cmds per Redis read, per shard | Redis cmds per request | Redis CPU s/100k (all shards) | other CPU (cores) |",
+            f"proxy CPU ÷ {base} | cmds per Redis read, per shard | Redis cmds per request | "
+            "Redis CPU s/100k (all shards) | other CPU (cores) |",
             "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for test, c in confs:
         for t in targets:
             g = by.get((test, c, t), {})
+            label = f"MGET {o['mget_keys']} keys" if test == "mget" else test.upper()
             if not g:
-                out.append(f"| {test.upper()} | {c} | {t} | failed | | | | | | | | | |")
+                out.append(f"| {label} | {c} | {t} | failed | | | | | | | | | |")
                 continue
             b = by.get((test, c, base), {})
             rs = list(g.values())
@@ -456,18 +465,17 @@ def report(o, rows, meta, spread):
                     return "–"
                 return fmt_ratio([f(g[k]) / f(b[k]) if f(b[k]) else None for k in g if k in b])
 
-            shards = zip(*[[int(x) for x in r["shard_cmds"].split(",")] for r in rs])
-            reads = zip(*[[int(x) for x in r["shard_reads"].split(",")] for r in rs])
-            per_read = " / ".join(f"{med([cm / rd if rd > 0 else None for cm, rd in zip(cs, ds)]) or 0:.0f}"
-                                  for cs, ds in zip(shards, reads))
-            cmds_per_req = med([sum(int(x) for x in r["shard_cmds"].split(",")) / r["requests"] for r in rs])
+            per_read = " / ".join(
+                f"{med([r['shard_cmds'][i] / r['shard_reads'][i] for r in rs if r['shard_reads'][i] > 0]) or 0:.0f}"
+                for i in range(o["shards"]))
+            cmds_per_req = med([sum(r["shard_cmds"]) / r["requests"] for r in rs])
             redis100k = med([r["redis_cpu_s"] / r["requests"] * 1e5 for r in rs])
             other = med([r["other_cpu_s"] / r["wall_s"] for r in rs])
             cpu = med([per100k(r) for r in rs])
-            out.append(f"| {test.upper()} | {c} | {t} | {med([r['rps'] for r in rs]) / 1000:.1f}k | "
-                       f"{ratio(lambda r: r['rps'])} | {med([r['p50_ms'] for r in rs]):.3f} | {ratio(lambda r: r['p50_ms'])} | "
-                       f"{cpu:.3f} | {ratio(per100k)} | {per_read} | {cmds_per_req:.2f} | "
-                       f"{redis100k:.3f} | {other:.2f} |")
+            out.append(f"| {label} | {c} | {t} | {med([r['rps'] for r in rs]) / 1000:.1f}k | "
+                       f"{ratio(lambda r: r['rps'])} | {med([r['p50_ms'] for r in rs]):.3f} | "
+                       f"{ratio(lambda r: r['p50_ms'])} | {cpu:.3f} | {ratio(per100k)} | {per_read} | "
+                       f"{cmds_per_req:.2f} | {redis100k:.3f} | {other:.2f} |")
     failed = len(rows) - len(ok)
     if failed:
         out += ["", f"{failed} run(s) failed: see runs.tsv (rc) and the logs."]
@@ -482,7 +490,7 @@ def main():
     # Many clients: raise our (and our children's) descriptor limit to the hard limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    top = max(int(c) for c in o["clients"] + (o["mget_clients"] if o["mget_keys"] else []))
+    top = max(o["clients"] + (o["mget_clients"] if o["mget_keys"] else []))
     if hard < top + 200:
         fail(f"ulimit -n hard limit {hard} is too low for {top} clients")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -501,10 +509,9 @@ def main():
                                                  "--dir", d], redis_cpus)
             wait_ping(p, proc, 10, f"shard{i + 1}", out)
         shard_conns = [Resp(p) for p in shard_ports]
-        toml, yaml, names = write_configs(o, shard_ports, out)
-        targets = []
         nc_port = ports.take()
-        nutcracker_yaml(yaml, nc_port, shard_ports, names)
+        toml, yaml = write_configs(out, shard_ports, nc_port)
+        targets = []
         if o["nutcracker"]:
             if subprocess.run([NUTCRACKER, "-t", "-c", yaml], capture_output=True).returncode != 0:
                 fail(f"nutcracker rejects {yaml}")
@@ -538,10 +545,10 @@ def main():
             if res.returncode != 0:
                 fail(f"warm-up through {name} failed: {res.stderr.decode()[-300:]}")
 
-        plan = [(t, int(c), o["requests"] if int(c) > 1 else min(o["requests"], 30000))
+        plan = [(t, c, o["requests"] if c > 1 else min(o["requests"], 30000))
                 for c in o["clients"] for t in o["tests"]]
         if mget_keys:
-            plan += [("mget", int(c), o["mget_requests"]) for c in o["mget_clients"]]
+            plan += [("mget", c, o["mget_requests"]) for c in o["mget_clients"]]
         meta = [("date", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
                 ("redis", subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()),
                 ("nutcracker", "server_connections 1, ketama, fnv1a_64, mbuf " + str(o["nc_mbuf"])
@@ -566,7 +573,8 @@ def main():
                     for k in range(len(targets)):
                         t = targets[(k + rnd - 1) % len(targets)]  # rotate the order every round
                         row = run_one(o, rnd, t, test, c, n, shard_conns, mget_keys)
-                        w.writerow(row)
+                        w.writerow({k: ",".join(map(str, v)) if isinstance(v, list) else v
+                                    for k, v in row.items()})
                         f.flush()
                         rows.append(row)
         text = report(o, rows, meta, spread)
