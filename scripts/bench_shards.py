@@ -344,9 +344,8 @@ def run_one(o, rnd, target, test, clients, requests, shard_conns, mget_keys):
         res = subprocess.run(bench_argv(o, port, test, clients, requests, mget_keys), capture_output=True,
                              text=True, timeout=o["run_timeout"])
         rc, stdout, stderr = res.returncode, res.stdout, res.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, stdout, stderr = 124, e.stdout or "", e.stderr or ""
-        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+    except subprocess.TimeoutExpired as e:  # its output comes as bytes even with text=True
+        rc, stdout, stderr = 124, (e.stdout or b"").decode(errors="replace"), f"timed out after {e.timeout} s"
     wall, b1 = time.monotonic() - t0, box_busy()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     p1 = proc_cpu(proc.pid)
@@ -364,11 +363,12 @@ def run_one(o, rnd, target, test, clients, requests, shard_conns, mget_keys):
     redis_cpu = sum(b[2] - a[2] for a, b in zip(s0, s1))
     bench_cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     proxy_cpu = p1 - p0
+    other_cpu = (b1 - b0) - proxy_cpu - bench_cpu - redis_cpu
     row = {"round": rnd, "target": name, "test": test, "clients": clients, "requests": requests, "rc": rc,
-           "rps": rps, "p50_ms": p50, "p99_ms": p99, "wall_s": round(wall, 3), "proxy_cpu_s": round(proxy_cpu, 3),
-           "bench_cpu_s": round(bench_cpu, 3), "other_cpu_s": round((b1 - b0) - proxy_cpu - bench_cpu - redis_cpu, 3),
-           "redis_cpu_s": round(redis_cpu, 4), "shard_cmds": cmds, "shard_reads": reads,
-           "pre_noise_pct": round(noise)}
+           "rps": rps, "p50_ms": p50, "p99_ms": p99, "wall_s": round(wall, 3),
+           "proxy_cpu_s": round(proxy_cpu, 3), "bench_cpu_s": round(bench_cpu, 3),
+           "other_cpu_s": round(other_cpu, 3), "redis_cpu_s": round(redis_cpu, 4), "shard_cmds": cmds,
+           "shard_reads": reads, "pre_noise_pct": round(noise)}
     per_read = "/".join(f"{c / r:.0f}" if r > 0 else "-" for c, r in zip(cmds, reads))
     log(f"  r{rnd} {name:<11} {test:<4} c={clients:<5} rps={rps} p50={p50} "
         f"proxy_cpu/100k={proxy_cpu / requests * 1e5:.3f} cmds/read={per_read} noise={noise:.0f}%")
@@ -400,12 +400,12 @@ def mget_keys_spread(o, port, shard_conns):
     finally:
         c.close()
     held = [[key for key in cands if s.call("EXISTS", key) == "1"] for s in shard_conns]
-    keys = []
+    keys, spread = [], [0] * len(held)
     for i in range(len(cands)):
-        for h in held:
+        for j, h in enumerate(held):
             if len(keys) < k and i < len(h):
                 keys.append(h[i])
-    spread = [sum(1 for key in keys if key in set(h)) for h in held]
+                spread[j] += 1
     return keys, spread
 
 
