@@ -12,7 +12,9 @@ Targets:
   --proxy NAME=CMD      proxy under test, a command template (may be repeated). Placeholders:
                         {listen} (127.0.0.1:PORT), {listen_port}, {config} (respipe TOML of the
                         sharded pool), {yaml} (twemproxy's YAML of the same pool), {shard1}..{shardN}
-                        (the shards' HOST:PORT), {host}
+                        (the shards' HOST:PORT), {host}. E.g.
+                        'respipe=target/release/respipe --config {config} --listen {listen}'
+                        'from-yaml=target/release/respipe --twemproxy {yaml} --listen {listen}'
   --no-nutcracker       do not run twemproxy (ratios are then to the first --proxy)
   --nc-mbuf BYTES       twemproxy -m mbuf size (default 16384)
   --ready-timeout S     seconds to wait for a proxy to answer PING (default 30)
