@@ -481,6 +481,10 @@ def report(o, rows, meta, spread):
     failed = len(rows) - len(ok)
     if failed:
         out += ["", f"{failed} run(s) failed: see runs.tsv (rc) and the logs."]
+    others = [r["other_cpu_s"] / r["wall_s"] for r in ok if r["wall_s"] > 0]
+    if others:
+        out += ["", f"Noise: other processes kept a median {med(others):.2f} cores busy during the runs "
+                f"(max {max(others):.2f}); compare ratios within a round, not absolute rps."]
     return "\n".join(out) + "\n"
 
 
