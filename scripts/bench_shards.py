@@ -472,7 +472,7 @@ def report(o, rows, meta, spread):
                 for i in range(o["shards"]))
             cmds_per_req = med([sum(r["shard_cmds"]) / r["requests"] for r in rs])
             redis100k = med([r["redis_cpu_s"] / r["requests"] * 1e5 for r in rs])
-            other = med([r["other_cpu_s"] / r["wall_s"] for r in rs])
+            other = med([max(0.0, r["other_cpu_s"]) / r["wall_s"] for r in rs])
             cpu = med([per100k(r) for r in rs])
             out.append(f"| {label} | {c} | {t} | {med([r['rps'] for r in rs]) / 1000:.1f}k | "
                        f"{ratio(lambda r: r['rps'])} | {med([r['p50_ms'] for r in rs]):.3f} | "
@@ -481,7 +481,8 @@ def report(o, rows, meta, spread):
     failed = len(rows) - len(ok)
     if failed:
         out += ["", f"{failed} run(s) failed: see runs.tsv (rc) and the logs."]
-    others = [r["other_cpu_s"] / r["wall_s"] for r in ok if r["wall_s"] > 0]
+    # our own CPU is counted more finely than the box's (ticks), so "other" can dip below 0
+    others = [max(0.0, r["other_cpu_s"]) / r["wall_s"] for r in ok if r["wall_s"] > 0]
     if others:
         out += ["", f"Noise: other processes kept a median {med(others):.2f} cores busy during the runs "
                 f"(max {max(others):.2f}); compare ratios within a round, not absolute rps."]
