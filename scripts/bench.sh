@@ -53,7 +53,8 @@ apply (defaults: 3 rounds, clients "50 200 1000", tests "set get"; --quick: 2 ro
   scripts/bench.sh --shards 3 --pin --rounds 2 --clients "200 1000" -- --mget-clients "50 200"
   scripts/bench.sh --shards 3 -- --proxy 'old=old/respipe --config {config} --listen {listen}'
 Outputs in --out: report.md (rps, p50, proxy CPU per 100k, commands per Redis read per shard,
-ratios to twemproxy), runs.tsv, the configs and every process's log.
+ratios to twemproxy), runs.tsv, the configs and every process's log. One report of two
+invocations: scripts/bench_shards.py --pool DIR1 DIR2 [--out DIR]
 EOF
 }
 

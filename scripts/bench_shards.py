@@ -44,6 +44,9 @@ Placement:
 Output:
   --out DIR             runs.tsv (one row per run), report.md, meta.txt, configs and logs
   --label TEXT          free text for the report heading
+  --pool DIR [DIR ...]  run nothing: one report of the runs of several invocations' --out dirs,
+                        pooled (rounds numbered on; ratios still pair runs of the same round);
+                        written to --out/report.md when --out is given, always printed
 
 Per run: rps and p50 (redis-benchmark --csv); proxy CPU per 100k requests (utime+stime from
 /proc/PID/stat); per shard the commands and reads Redis processed (INFO stats
@@ -134,11 +137,12 @@ def parse_args(argv):
     p.add_argument("--base-port", type=positive, default=18379)
     p.add_argument("--out")
     p.add_argument("--label", default="")
+    p.add_argument("--pool", nargs="+", metavar="DIR")
     o = p.parse_args(argv)
     if o.help:
         print(__doc__)
         sys.exit(0)
-    if not o.proxies and not o.nutcracker:
+    if not o.proxies and not o.nutcracker and not o.pool:
         p.error("nothing to measure: give --proxy NAME=CMD")
     return vars(o)
 
@@ -425,8 +429,9 @@ def fmt_ratio(xs):
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
 
 
-def report(o, rows, meta, spread):
-    """Markdown: one row per test, clients and target; ratios pair runs of the same round."""
+def report(rows, meta, label):
+    """Markdown: one row per test, clients and target; ratios pair runs of the same round. `meta`:
+    (key, value) pairs for the heading, one list per invocation pooled."""
     ok = [r for r in rows if r["rc"] == 0]
     targets = list(dict.fromkeys(r["target"] for r in rows))
     base = targets[0]
@@ -438,12 +443,14 @@ def report(o, rows, meta, spread):
     def per100k(r):
         return r["proxy_cpu_s"] / r["requests"] * 1e5
 
-    out = [f"# Sharded benchmark: {o['shards']} shards, {' vs '.join(targets)}", ""]
-    if o["label"]:
-        out += [o["label"], ""]
-    out += [f"- {k}: {v}" for k, v in meta] + [""]
-    if spread:
-        out += [f"- MGET keys per shard: {' / '.join(map(str, spread))}", ""]
+    shards = len(rows[0]["shard_cmds"])
+    out = [f"# Sharded benchmark: {shards} shards, {' vs '.join(targets)}", ""]
+    if label:
+        out += [label, ""]
+    for i, m in enumerate(meta):
+        if len(meta) > 1:
+            out += [f"Invocation {i + 1} of {len(meta)} (its rounds are numbered on from the last one's):"]
+        out += [f"- {k}: {v}" for k, v in m] + [""]
     out += [f"Medians over rounds; `÷ {base}`: median (range) over rounds of the ratio to {base} in the same round. "
             "Proxy CPU: utime+stime per 100k requests. Cmds per read: each shard's commands per read syscall "
             "(INFO total_commands_processed / total_reads_processed). Redis cmds per request: over all shards "
@@ -455,9 +462,9 @@ def report(o, rows, meta, spread):
     for test, c in confs:
         for t in targets:
             g = by.get((test, c, t), {})
-            label = f"MGET {o['mget_keys']} keys" if test == "mget" else test.upper()
+            name = test.upper()
             if not g:
-                out.append(f"| {label} | {c} | {t} | failed | | | | | | | | | |")
+                out.append(f"| {name} | {c} | {t} | failed | | | | | | | | | |")
                 continue
             b = by.get((test, c, base), {})
             rs = list(g.values())
@@ -469,12 +476,12 @@ def report(o, rows, meta, spread):
 
             per_read = " / ".join(
                 f"{med([r['shard_cmds'][i] / r['shard_reads'][i] for r in rs if r['shard_reads'][i] > 0]) or 0:.0f}"
-                for i in range(o["shards"]))
+                for i in range(shards))
             cmds_per_req = med([sum(r["shard_cmds"]) / r["requests"] for r in rs])
             redis100k = med([r["redis_cpu_s"] / r["requests"] * 1e5 for r in rs])
             other = med([max(0.0, r["other_cpu_s"]) / r["wall_s"] for r in rs])
             cpu = med([per100k(r) for r in rs])
-            out.append(f"| {label} | {c} | {t} | {med([r['rps'] for r in rs]) / 1000:.1f}k | "
+            out.append(f"| {name} | {c} | {t} | {med([r['rps'] for r in rs]) / 1000:.1f}k | "
                        f"{ratio(lambda r: r['rps'])} | {med([r['p50_ms'] for r in rs]):.3f} | "
                        f"{ratio(lambda r: r['p50_ms'])} | {cpu:.3f} | {ratio(per100k)} | {per_read} | "
                        f"{cmds_per_req:.2f} | {redis100k:.3f} | {other:.2f} |")
@@ -489,8 +496,46 @@ def report(o, rows, meta, spread):
     return "\n".join(out) + "\n"
 
 
+def load_runs(d, offset):
+    """The rows of DIR/runs.tsv as run_one made them, rounds numbered on from `offset`."""
+    rows = []
+    with open(os.path.join(d, "runs.tsv"), newline="") as f:
+        for r in csv.DictReader(f, delimiter="\t"):
+            for k in ("round", "clients", "requests", "rc"):
+                r[k] = int(r[k])
+            r["round"] += offset
+            for k in ("rps", "p50_ms", "p99_ms", "wall_s", "proxy_cpu_s", "bench_cpu_s", "other_cpu_s",
+                      "redis_cpu_s", "pre_noise_pct"):
+                r[k] = float(r[k]) if r[k] else None
+            for k in ("shard_cmds", "shard_reads"):
+                r[k] = [int(x) for x in r[k].split(",")]
+            rows.append(r)
+    return rows
+
+
+def pool(o):
+    """--pool: one report of several invocations' runs."""
+    rows, meta = [], []
+    for d in o["pool"]:
+        runs = load_runs(d, max((r["round"] for r in rows), default=0))
+        if not runs:
+            fail(f"no runs in {d}/runs.tsv")
+        rows += runs
+        with open(os.path.join(d, "meta.txt")) as f:
+            meta.append([tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line])
+    text = report(rows, meta, o["label"])
+    if o["out"]:
+        os.makedirs(o["out"], exist_ok=True)
+        with open(os.path.join(o["out"], "report.md"), "w") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
 def main():
     o = parse_args(sys.argv[1:])
+    if o["pool"]:
+        return pool(o)
     out = o["out"] or os.path.join(os.environ.get("TMPDIR", "/tmp"), time.strftime("shard-bench-%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
     o["out"] = out
@@ -567,6 +612,8 @@ def main():
                 ("pin", f"shards on CPU {o['redis_cpus']}, proxies and load on CPU {o['other_cpus']}"
                  if o["pin"] else "none"),
                 ("nproc", os.cpu_count()), ("loadavg at start", open("/proc/loadavg").read().split()[0])]
+        if mget_keys:
+            meta.append(("MGET keys per shard", " / ".join(map(str, spread))))
         with open(os.path.join(out, "meta.txt"), "w") as f:
             f.writelines(f"{k}\t{v}\n" for k, v in meta)
 
@@ -584,7 +631,7 @@ def main():
                                     for k, v in row.items()})
                         f.flush()
                         rows.append(row)
-        text = report(o, rows, meta, spread)
+        text = report(rows, [meta], o["label"])
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(text)
         print(text)
