@@ -2,7 +2,8 @@
 # respipe's benchmark entry point: builds the release binary and runs the shared side-by-side
 # harness (../shared/bench/run.sh: direct Redis vs twemproxy vs respipe, interleaved round by round),
 # then writes a Markdown report with respipe's ratios and an SVG chart of throughput and Redis CPU
-# against concurrency.
+# against concurrency. With --shards N it runs scripts/bench_shards.py instead: N redis-server shards
+# behind respipe's sharded mode and behind twemproxy's equivalent ketama pool, side by side.
 #
 # Needs: redis-server, redis-cli, redis-benchmark (Debian: redis-server redis-tools), nutcracker
 # (twemproxy), python3, taskset for --pin (util-linux), cargo. As root with apt-get it installs the
@@ -14,6 +15,7 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 Usage: scripts/bench.sh [options] [-- extra run.sh options]
+       scripts/bench.sh --shards N [options] [-- extra bench_shards.py options]
 
   --quick             short run: 2 rounds, clients "1 50 200", GET only, no -P 16 ceiling
                       (about 2 minutes); explicit options below still win
@@ -23,8 +25,11 @@ Usage: scripts/bench.sh [options] [-- extra run.sh options]
   --pin               Redis on CPU 0, proxies + load generator on CPU 1 (proxy CPU efficiency)
   --out DIR           output dir (default target/bench/<timestamp>)
   --label TEXT        free text for the report and chart titles
+  --max-other CORES   drop runs during which other processes kept more than CORES cores busy
+                      (default 0.35, the harness's; negative keeps every run, e.g. on a shared box)
   --respipe-args "A"  extra respipe flags, e.g. "--pool-size 2 --batch-window-us 0"
   --no-build          do not run cargo build --release (use the existing target/release/respipe)
+  --shards N          the sharded comparison instead (see below)
   -h, --help
 
 Anything after `--` goes to ../shared/bench/run.sh as is (see its --help), e.g. -- --requests 300000
@@ -33,6 +38,23 @@ Outputs in --out: report.md (respipe vs twemproxy vs direct, the harness report 
 chart.svg, summary.tsv and runs.tsv (the harness's), harness/ (everything the harness wrote:
 logs, raw redis-benchmark output).
 Env: RESPIPE_BIN=PATH use this binary (implies --no-build); BENCH_HARNESS=PATH another run.sh.
+
+Two builds side by side (the single-server regression check), both in the same rounds:
+  RESPIPE_BIN=new/respipe scripts/bench.sh --pin -- \
+    --proxy 'old/respipe --listen {listen} --upstream {upstream}' --proxy-name old
+
+Sharded (--shards N): N redis-server shards on loopback, respipe (upstream kind "shards", ketama,
+fnv1a_64, one server per shard, weight 1) against twemproxy with the same ketama pool
+(server_connections 1), interleaved round by round, by scripts/bench_shards.py (the shared harness
+starts only one Redis). GET and SET from non-pipelined clients, then MGET of 100 prefilled keys
+spread over the shards. --rounds, --clients, --tests, --pin, --out, --label and --respipe-args
+apply (defaults: 3 rounds, clients "50 200 1000", tests "set get"; --quick: 2 rounds, clients
+"50 200", GET only). Anything after `--` goes to bench_shards.py (see its --help), e.g.
+  scripts/bench.sh --shards 3 --pin --rounds 2 --clients "200 1000" -- --mget-clients "50 200"
+  scripts/bench.sh --shards 3 -- --proxy 'old=old/respipe --config {config} --listen {listen}'
+Outputs in --out: report.md (rps, p50, proxy CPU per 100k, commands per Redis read per shard,
+ratios to twemproxy), runs.tsv, the configs and every process's log. One report of two
+invocations: scripts/bench_shards.py --pool DIR1 DIR2 [--out DIR]
 EOF
 }
 
@@ -40,7 +62,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 need_arg() { [[ $# -ge 2 && -n $2 ]] || { echo "bench: $1 needs a value" >&2; usage >&2; exit 2; }; }
 
-ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1
+ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1 SHARDS="" MAX_OTHER=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -51,26 +73,33 @@ while [[ $# -gt 0 ]]; do
     --pin) PIN=1; shift;;
     --out) need_arg "$@"; OUT=$2; shift 2;;
     --label) need_arg "$@"; LABEL=$2; shift 2;;
+    --max-other) need_arg "$@"; MAX_OTHER=$2; shift 2;;
     --respipe-args) need_arg "$@"; RESPIPE_ARGS=$2; shift 2;;
     --no-build) BUILD=0; shift;;
+    --shards) need_arg "$@"; SHARDS=$2; shift 2;;
     -h|--help) usage; exit 0;;
     --) shift; EXTRA=("$@"); break;;
     *) echo "bench: unknown option: $1" >&2; usage >&2; exit 2;;
   esac
 done
-if [[ $QUICK == 1 ]]; then
+if [[ $QUICK == 1 && -n $SHARDS ]]; then
+  ROUNDS=${ROUNDS:-2}; CLIENTS=${CLIENTS:-50 200}; TESTS=${TESTS:-get}
+  EXTRA=(--mget-clients 50 "${EXTRA[@]}")
+elif [[ $QUICK == 1 ]]; then
   ROUNDS=${ROUNDS:-2}; CLIENTS=${CLIENTS:-1 50 200}; TESTS=${TESTS:-get}
 fi
 TESTS=${TESTS//,/ }; CLIENTS=${CLIENTS//,/ }
-for v in $ROUNDS $CLIENTS; do
+for v in $ROUNDS $CLIENTS $SHARDS; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || die "not a positive number: '$v'"
 done
+[[ -z $MAX_OTHER || $MAX_OTHER =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || die "--max-other: not a number: '$MAX_OTHER'"
+[[ -z $MAX_OTHER || -z $SHARDS ]] || die "--max-other is for the harness (--shards keeps every run, noise shown)"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS=${BENCH_HARNESS:-$ROOT/../shared/bench/run.sh}
-[[ -x $HARNESS ]] || die "the shared benchmark harness is not at $HARNESS (expected ../shared/bench/run.sh
+[[ -n $SHARDS || -x $HARNESS ]] || die "the shared benchmark harness is not at $HARNESS (expected ../shared/bench/run.sh
        next to the repository; set BENCH_HARNESS=PATH to use another copy)"
-HARNESS=$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")
+[[ -n $SHARDS ]] || HARNESS=$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")
 
 # ------------------------------------------------------------------ tools
 # binary -> Debian package
@@ -117,17 +146,41 @@ fi
 [[ -x $BIN ]] || die "respipe binary not found or not executable: $BIN"
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 
-# ------------------------------------------------------------------ run the harness
 OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+label=${LABEL:-respipe $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')}
+[[ $PIN == 1 ]] && label+=", pinned"
+
+# ------------------------------------------------------------------ sharded: bench_shards.py
+if [[ -n $SHARDS ]]; then
+  printf -v proxy_cmd 'respipe=%q --config {config} --listen {listen}' "$BIN"
+  [[ -z $RESPIPE_ARGS ]] || proxy_cmd+=" $RESPIPE_ARGS"
+  args=(--shards "$SHARDS" --proxy "$proxy_cmd" --out "$OUT" --label "$label")
+  [[ -z $ROUNDS ]] || args+=(--rounds "$ROUNDS")
+  [[ -z $CLIENTS ]] || args+=(--clients "$CLIENTS")
+  [[ -z $TESTS ]] || args+=(--tests "$TESTS")
+  [[ $PIN == 0 ]] || args+=(--pin)
+  args+=("${EXTRA[@]}")
+  log "sharded: $SHARDS shards, proxy under test: ${proxy_cmd#respipe=}"
+  log "output: $OUT"
+  T0=$SECONDS
+  rc=0
+  python3 "$ROOT/scripts/bench_shards.py" "${args[@]}" || rc=$?
+  if [[ $rc == 0 ]]; then
+    log "took $((SECONDS - T0)) s; wrote $OUT/report.md, $OUT/runs.tsv (logs and configs: $OUT)"
+  else
+    log "bench_shards.py exited with status $rc after $((SECONDS - T0)) s; see $OUT"
+  fi
+  exit "$rc"
+fi
+
+# ------------------------------------------------------------------ run the harness
 HOUT=$OUT/harness
 [[ ! -e $HOUT ]] || die "$HOUT already exists: pick another --out"
 
 printf -v proxy_cmd '%q --listen {listen} --upstream {upstream}' "$BIN"
 [[ -z $RESPIPE_ARGS ]] || proxy_cmd+=" $RESPIPE_ARGS"
-label=${LABEL:-respipe $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')}
-[[ $PIN == 1 ]] && label+=", pinned"
 args=(--proxy "$proxy_cmd" --proxy-name respipe --out "$HOUT" --label "$label")
 [[ -z $ROUNDS ]] || args+=(--rounds "$ROUNDS")
 [[ -z $CLIENTS ]] || args+=(--clients "$CLIENTS")
@@ -149,11 +202,16 @@ rc=0
 log "harness took $((SECONDS - T0)) s"
 
 # ------------------------------------------------------------------ report + chart
-[[ -s $HOUT/report.md ]] || python3 "$(dirname "$HARNESS")/summarize.py" "$HOUT" >"$HOUT/report.md" \
-  || die "summarizing $HOUT failed"
+summarize=(python3 "$(dirname "$HARNESS")/summarize.py")
+chart=(python3 "$ROOT/scripts/bench_chart.py")
+if [[ -n $MAX_OTHER ]]; then
+  summarize+=(--max-other "$MAX_OTHER"); chart+=(--max-other "$MAX_OTHER")
+  rm -f "$HOUT/report.md"   # summarized again below with this threshold
+fi
+[[ -s $HOUT/report.md ]] || "${summarize[@]}" "$HOUT" >"$HOUT/report.md" || die "summarizing $HOUT failed"
 for f in summary.tsv runs.tsv; do [[ ! -f $HOUT/$f ]] || cp "$HOUT/$f" "$OUT/$f"; done
-python3 "$ROOT/scripts/bench_chart.py" --proxy respipe --svg "$OUT/chart.svg" --report "$OUT/report.md" \
-  --title "$label" "$HOUT" || die "bench_chart.py failed"
+"${chart[@]}" --proxy respipe --svg "$OUT/chart.svg" --report "$OUT/report.md" --title "$label" "$HOUT" \
+  || die "bench_chart.py failed"
 rm -f "$OUT/harness-stdout.md"
 
 # the summary (everything before the embedded harness report) on stdout

@@ -362,6 +362,24 @@ def main():
                     cells.append(rt(paired(proxy, "nutcracker", test, c, "redis_cpu_100k")))
                 P("| " + " | ".join(cells) + " |")
         P("")
+    peers = [t for t in targets if t not in (proxy, "direct", "nutcracker")]
+    if proxy in targets and peers:
+        P(f"## {proxy} against the other proxies in the same rounds (paired; median, (min–max) over rounds)")
+        P("")
+        P("With an older build as the other proxy this is the regression check: its proxy CPU/100k ratio.")
+        P("")
+        P(f"| test | c | vs | rps ÷ | p50 ÷ | proxy CPU/100k ÷ | Redis CPU/100k ÷ | cmds/read {proxy} / it |")
+        P("|---|--:|---|--:|--:|--:|--:|--:|")
+        for peer in peers:
+            for test in tests:
+                for c in clients:
+                    if not groups.get((proxy, test, c)) or not groups.get((peer, test, c)):
+                        continue
+                    P(f"| {test.upper()} | {c} | {peer} | {rt(paired(proxy, peer, test, c, 'rps'))} | "
+                      f"{rt(paired(proxy, peer, test, c, 'p50_ms'))} | {rt(paired(proxy, peer, test, c, 'proxy_cpu_100k'))} | "
+                      f"{rt(paired(proxy, peer, test, c, 'redis_cpu_100k'))} | "
+                      f"{f(gmed(proxy, test, c, 'cmds_per_read'), 1)} / {f(gmed(peer, test, c, 'cmds_per_read'), 1)} |")
+        P("")
     ou = [r["other_util"] for r in rows if r["other_util"] is not None]
     if ou:
         P(f"Noise: other processes used a median {med(ou):.2f} cores (max {max(ou):.2f}) during the runs; "
