@@ -57,6 +57,9 @@ pub enum Merge {
     Concat,
     /// Element-wise AND of integer arrays (`SCRIPT EXISTS`: a script exists where all have it).
     And,
+    /// `+OK` when any part answers it, else the first error (`SCRIPT KILL`, `FUNCTION KILL`: only
+    /// the server running the script can kill it).
+    AnyOk,
     /// One answer stands for all: the first part's (`SCRIPT LOAD`, `FUNCTION LOAD`: the same
     /// from every server).
     First,
@@ -170,7 +173,7 @@ fn split(placer: &Placer, name: &[u8], args: Args<'_>, how: Split) -> Option<Pla
 }
 
 /// The keyless commands [`keyless`] answers with more (or less) than one server.
-const KEYLESS: [&[u8]; 10] = [
+const KEYLESS: [&[u8]; 13] = [
     b"ping",
     b"echo",
     b"dbsize",
@@ -181,6 +184,9 @@ const KEYLESS: [&[u8]; 10] = [
     b"scan",
     b"script",
     b"function",
+    b"config",
+    b"slowlog",
+    b"latency",
 ];
 
 /// Commands without keys whose answer involves every server, or none (the README's table).
@@ -213,6 +219,15 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
         Plan::All(Merge::AllOk)
     } else if is("script") && sub_is("exists") {
         Plan::All(Merge::And)
+    } else if (is("script") || is("function")) && sub_is("kill") {
+        // The busy script or function is on one server: the others say NOTBUSY.
+        Plan::All(Merge::AnyOk)
+    } else if (is("config") && (sub_is("set") || sub_is("resetstat") || sub_is("rewrite")))
+        || (is("slowlog") && sub_is("reset"))
+    {
+        Plan::All(Merge::AllOk)
+    } else if is("latency") && sub_is("reset") {
+        Plan::All(Merge::Sum)
     } else if is("function") && sub_is("load") {
         Plan::All(Merge::First)
     } else if is("function") && (sub_is("flush") || sub_is("delete") || sub_is("restore")) {
@@ -255,6 +270,9 @@ impl Merge {
     /// The one reply for the client from the parts' replies (one complete frame each, in part
     /// order). An error from any part is the answer (the first one).
     pub fn merge(&self, parts: &[Bytes]) -> Bytes {
+        if *self == Merge::AnyOk && parts.iter().any(|p| p.as_ref() == b"+OK\r\n") {
+            return reply::OK;
+        }
         if let Some(error) = parts
             .iter()
             .find(|p| matches!(p.first(), Some(b'-' | b'!')))
@@ -267,7 +285,7 @@ impl Merge {
             Merge::AllOk => all_ok(parts),
             Merge::Concat => concat(parts),
             Merge::And => and(parts),
-            Merge::First => parts.first().cloned(),
+            Merge::First | Merge::AnyOk => parts.first().cloned(),
             Merge::AnyKey { start } => {
                 let found = (0..parts.len())
                     .map(|i| &parts[(start + i) % parts.len()])
@@ -421,6 +439,13 @@ mod tests {
         let err = b("-ERR x\r\n");
         assert_eq!(Merge::Sum.merge(&[b(":2\r\n"), err.clone()]), err);
         assert_eq!(Merge::AllOk.merge(&[b("+OK\r\n"), b("+OK\r\n")]), reply::OK);
+        let notbusy = b("-NOTBUSY No scripts in execution right now.\r\n");
+        let parts = [notbusy.clone(), b("+OK\r\n"), notbusy.clone()];
+        assert_eq!(Merge::AnyOk.merge(&parts), reply::OK);
+        assert_eq!(
+            Merge::AnyOk.merge(&[notbusy.clone(), notbusy.clone()]),
+            notbusy
+        );
     }
 
     #[test]

@@ -1221,3 +1221,65 @@ async fn scripts_and_functions_load_on_every_shard() {
     })
     .await
 }
+
+/// Polls `cmd` on a direct connection until its reply satisfies `done`; fails after `LIMIT`.
+async fn poll_direct(direct: &mut RawClient, cmd: &[&str], done: impl Fn(&Reply) -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !done(&direct.cmd(cmd).await) {
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} never gave the reply waited for"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Server-wide admin commands that Redis Cluster sends to every node reach every shard:
+/// `CONFIG SET` / `RESETSTAT`, `SLOWLOG RESET`, `LATENCY RESET` (a sum); `SCRIPT KILL` reaches
+/// the shard whose script is busy (the others' `NOTBUSY` does not hide its `+OK`), so one busy
+/// script cannot wedge a shard behind respipe.
+#[tokio::test]
+async fn admin_commands_reach_every_shard() {
+    bounded(LIMIT, "admin commands", async {
+        let options = ShardOptions {
+            redis_args: vec!["--busy-reply-threshold".into(), "50".into()],
+            ..ShardOptions::default()
+        };
+        let shards = Shards::start(SHARDS, options).await;
+        let mut c = shards.raw().await;
+        let set = ["CONFIG", "SET", "slowlog-max-len", "77"];
+        assert_eq!(c.cmd(&set).await, Reply::ok());
+        for server in &shards.servers {
+            let mut direct = server.direct().await;
+            let got = direct.cmd(&["CONFIG", "GET", "slowlog-max-len"]).await;
+            let want = [Reply::bulk("slowlog-max-len"), Reply::bulk("77")];
+            assert_eq!(got, Reply::Array(Some(want.to_vec())), "{}", server.port());
+        }
+        assert_eq!(c.cmd(&["CONFIG", "RESETSTAT"]).await, Reply::ok());
+        assert_eq!(c.cmd(&["SLOWLOG", "RESET"]).await, Reply::ok());
+        assert!(matches!(c.cmd(&["LATENCY", "RESET"]).await, Reply::Int(_)));
+
+        // Nothing busy anywhere: every shard's NOTBUSY, as Redis answers.
+        let idle = c.cmd(&["SCRIPT", "KILL"]).await;
+        assert!(
+            idle.error_text().is_some_and(|e| e.starts_with("NOTBUSY")),
+            "{idle:?}"
+        );
+        // A script spinning on the last shard (started there directly).
+        let last = shards.servers.last().expect("a shard");
+        let mut spinning = last.direct().await;
+        spinning
+            .send(&wire::encode(&["EVAL", "while true do end", "0"]))
+            .await;
+        let mut direct = last.direct().await;
+        let busy = |r: &Reply| r.error_text().is_some_and(|e| e.starts_with("BUSY"));
+        poll_direct(&mut direct, &["PING"], busy).await;
+        assert_eq!(c.cmd(&["SCRIPT", "KILL"]).await, Reply::ok());
+        let killed = spinning.read_reply().await;
+        assert!(killed.error_text().is_some(), "{killed:?}");
+        let pong = |r: &Reply| *r == Reply::Simple("PONG".into());
+        poll_direct(&mut direct, &["PING"], pong).await;
+        assert_eq!(c.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+    })
+    .await
+}
