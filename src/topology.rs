@@ -57,6 +57,8 @@ pub struct Health {
     failures: AtomicU32,
     limit: u32,
     ejected: AtomicBool,
+    /// An ejected server's return is scheduled (one timer per ejection).
+    returning: AtomicBool,
     changed: Arc<Notify>,
 }
 
@@ -105,6 +107,7 @@ impl Layout {
                         failures: AtomicU32::new(0),
                         limit: failure_limit.max(1),
                         ejected: AtomicBool::new(false),
+                        returning: AtomicBool::new(false),
                         changed: changed.clone(),
                     })
                 })
@@ -163,6 +166,7 @@ impl Layout {
             return;
         };
         let live: Vec<bool> = sharding.health.iter().map(|h| !h.is_ejected()).collect();
+        crate::metrics::ejected(live.iter().filter(|live| !**live).count());
         sharding
             .placement
             .store(Arc::new(Placement::new(&sharding.spec, &live)));
@@ -182,7 +186,9 @@ async fn keep_placement(layout: Weak<Layout>, changed: Arc<Notify>, eject: Eject
             return;
         };
         for (lane, health) in sharding.health.iter().enumerate() {
-            if health.is_ejected() {
+            // Each notification may be another server's: a server already on its way back keeps
+            // the timer it has.
+            if health.is_ejected() && !health.returning.swap(true, Ordering::AcqRel) {
                 warn!(server = %current.server_name(lane as Lane), retry_in = ?eject.retry_timeout,
                     "shard ejected after {} failures: its keys go to the other servers", health.limit);
                 let (layout, health) = (layout.clone(), health.clone());
@@ -191,6 +197,7 @@ async fn keep_placement(layout: Weak<Layout>, changed: Arc<Notify>, eject: Eject
                     tokio::time::sleep(eject.retry_timeout).await;
                     health.failures.store(0, Ordering::Relaxed);
                     health.ejected.store(false, Ordering::Release);
+                    health.returning.store(false, Ordering::Release);
                     if let Some(layout) = layout.upgrade() {
                         info!(server = %name, "ejected shard back in the placement");
                         layout.replace();
@@ -199,6 +206,5 @@ async fn keep_placement(layout: Weak<Layout>, changed: Arc<Notify>, eject: Eject
             }
         }
         current.replace();
-        crate::metrics::ejected(sharding.health.iter().filter(|h| h.is_ejected()).count());
     }
 }
