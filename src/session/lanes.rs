@@ -191,11 +191,8 @@ impl Session {
                     state.conn.get_or_insert_with(|| handle.clone());
                     slots.push((lane, None));
                     self.lane = lane;
-                    sends.push((
-                        slots.len() - 1,
-                        handle,
-                        self.request(bytes, 1, false, Shape::One),
-                    ));
+                    let request = self.request(bytes, 1, false, Shape::One);
+                    sends.push((slots.len() - 1, lane, handle, request));
                 }
                 Err(line) => slots.push((lane, Some(line))),
             }
@@ -205,10 +202,9 @@ impl Session {
             merge,
             shown,
         })));
-        for (slot, handle, request) in sends {
+        for (slot, lane, handle, request) in sends {
             if let Err(error) = self.deliver(&handle, request).await {
                 // Never left: its reply is the error, and nothing will come on the lane for it.
-                let lane = handle_lane(&self.pending, slot);
                 let state = self.lane_state(lane);
                 state.inflight -= 1;
                 self.inflight -= 1;
@@ -412,14 +408,6 @@ impl Session {
     /// True when the session's upstream has several servers.
     pub(super) fn sharded(&self) -> bool {
         self.pool.layout().is_sharded()
-    }
-}
-
-/// The lane of part `slot` of the merge just owed (the last pending slot).
-fn handle_lane(pending: &VecDeque<Pending>, slot: usize) -> Lane {
-    match pending.back() {
-        Some(Pending::Merge(gathering)) => gathering.parts[slot].0,
-        _ => 0,
     }
 }
 
