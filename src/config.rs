@@ -280,6 +280,9 @@ pub enum Topology {
     /// Independent servers, each key on one of them, placed as twemproxy places it.
     /// [`Config::upstream`] is the first server (the pool's db, credentials and TLS).
     Shards(crate::shard::Spec),
+    /// A Redis Cluster found from its seed nodes (`redis-cluster://h1:p1,h2:p2` or
+    /// `[upstream] kind = "cluster"`). [`Config::upstream`] is the first seed.
+    Cluster(crate::cluster::Spec),
 }
 
 /// Where an upstream lives.
@@ -382,7 +385,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("listen", "--listen", "RESPIPE_LISTEN", "ADDR", "127.0.0.1:6380",
         "Accept clients on HOST:PORT or unix:/path; repeat the flag, or comma-separate in the env, for several"),
     setting("upstream", "--upstream", "RESPIPE_UPSTREAM", "URL", "127.0.0.1:6379",
-        "Redis to forward to: HOST:PORT, redis://[[user]:password@]host[:port][/db], rediss://..., unix:/path[?db=N]"),
+        "Redis to forward to: HOST:PORT, redis://[[user]:password@]host[:port][/db], rediss://..., unix:/path[?db=N], or a Redis Cluster: redis-cluster://[user:password@]host:port,host:port (rediss-cluster:// for TLS)"),
     setting("upstream_user", "--upstream-user", "RESPIPE_UPSTREAM_USER", "USER", "",
         "ACL user for AUTH; overrides the URL's user"),
     setting("upstream_password", "--upstream-password", "RESPIPE_UPSTREAM_PASSWORD", "PASSWORD", "",
@@ -891,12 +894,16 @@ impl Values {
                 }
                 (spec.servers[0].upstream.clone(), Topology::Shards(spec))
             }
-            Topology::Single => {
-                let upstream = self
-                    .get("upstream", |raw| Upstream::parse(text(raw)?))?
-                    .unwrap_or_default();
-                (upstream, Topology::Single)
+            Topology::Cluster(spec) => {
+                if let Some((_, origin)) = self.given.get("upstream") {
+                    let reason = "a single server's address; with kind = \"cluster\" the nodes are in upstream.seeds".to_owned();
+                    return Err(invalid("upstream", reason, origin.clone()));
+                }
+                (spec.seeds[0].clone(), Topology::Cluster(spec))
             }
+            Topology::Single => self
+                .get("upstream", |raw| parse_upstream(text(raw)?))?
+                .unwrap_or_default(),
         };
         let user = self.get("upstream_user", |raw| {
             text(raw).map(|s| non_empty(s.to_owned()))
@@ -906,6 +913,7 @@ impl Values {
         })?;
         let servers = match &mut topology {
             Topology::Shards(spec) => spec.servers.iter_mut().map(|s| &mut s.upstream).collect(),
+            Topology::Cluster(spec) => spec.seeds.iter_mut().collect(),
             Topology::Single => Vec::new(),
         };
         for target in std::iter::once(&mut upstream).chain(servers) {
@@ -1444,6 +1452,41 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
 
 /// Splits `host:port` / `[v6]:port` into an unbracketed host and a port; `Ok(None)` when there is no
 /// port at all (the caller decides whether that is allowed).
+/// `--upstream`: one server (every form of [`Upstream::parse`]), or a cluster's seed nodes,
+/// `redis-cluster://[user:password@]host:port,host:port` (`rediss-cluster://` for TLS).
+fn parse_upstream(s: &str) -> Result<(Upstream, Topology), String> {
+    let s = s.trim();
+    let Some((scheme, rest)) = s.split_once("://").filter(|(scheme, _)| {
+        matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "redis-cluster" | "rediss-cluster"
+        )
+    }) else {
+        return Ok((Upstream::parse(s)?, Topology::Single));
+    };
+    let tls = scheme.eq_ignore_ascii_case("rediss-cluster");
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.strip_suffix("/0").unwrap_or(hosts);
+    if hosts.contains(['/', '?', '#']) {
+        return Err("a cluster URL has no db, query or fragment (a cluster has db 0 only)".into());
+    }
+    let seeds = hosts
+        .split(',')
+        .filter(|host| !host.trim().is_empty())
+        .map(|host| {
+            let scheme = if tls { "rediss" } else { "redis" };
+            Upstream::parse(&format!("{scheme}://{userinfo}{}", host.trim()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = seeds.first().cloned() else {
+        return Err("redis-cluster:// needs at least one HOST:PORT".into());
+    };
+    Ok((first, Topology::Cluster(crate::cluster::Spec { seeds })))
+}
+
 fn split_host_port(s: &str) -> Result<Option<(String, u16)>, String> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;

@@ -49,6 +49,7 @@ pub(crate) mod admin;
 pub mod batch;
 pub(crate) mod chunks;
 pub(crate) mod clients;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod error;

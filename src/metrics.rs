@@ -54,6 +54,17 @@ pub const LEASE_REFUSALS: &str = "respipe_lease_refusals_total";
 pub const POOLS: &str = "respipe_pools";
 /// Servers of a sharded upstream ejected now (`auto_eject_hosts`): their keys go to the others.
 pub const SHARDS_EJECTED: &str = "respipe_shards_ejected";
+/// Cluster slot map refreshes, by what asked for them (`source`).
+pub const CLUSTER_REFRESHES: &str = "respipe_cluster_refreshes_total";
+/// 1 while every hash slot of the cluster has a known owner, 0 otherwise.
+pub const CLUSTER_SLOTS_COVERED: &str = "respipe_cluster_slots_covered";
+/// Primaries owning slots in the current cluster slot map.
+pub const CLUSTER_NODES: &str = "respipe_cluster_nodes";
+/// Cluster redirects absorbed (`kind`: moved, ask): the command went on to the right node.
+pub const CLUSTER_REDIRECTS: &str = "respipe_cluster_redirects_total";
+/// Commands re-sent to a cluster node, by `reason` (tryagain, clusterdown, loading, readonly,
+/// connection).
+pub const CLUSTER_RETRIES: &str = "respipe_cluster_retries_total";
 
 /// Every metric respipe exports (the README and the Grafana dashboard are checked against it).
 pub const ALL: &[&str] = &[
@@ -76,6 +87,20 @@ pub const ALL: &[&str] = &[
     LEASE_REFUSALS,
     POOLS,
     SHARDS_EJECTED,
+    CLUSTER_REFRESHES,
+    CLUSTER_SLOTS_COVERED,
+    CLUSTER_NODES,
+    CLUSTER_REDIRECTS,
+    CLUSTER_RETRIES,
+];
+
+/// The metrics of `ALL` only a cluster upstream serves.
+pub const CLUSTER_ONLY: &[&str] = &[
+    CLUSTER_REFRESHES,
+    CLUSTER_SLOTS_COVERED,
+    CLUSTER_NODES,
+    CLUSTER_REDIRECTS,
+    CLUSTER_RETRIES,
 ];
 
 /// The metrics of `ALL` that are histograms (`_bucket`, `_sum`, `_count` series).
@@ -199,6 +224,24 @@ impl UpstreamMetrics {
 /// Sets how many servers of the sharded upstream are ejected now.
 pub fn ejected(count: usize) {
     metrics::gauge!(SHARDS_EJECTED).set(count as f64);
+}
+
+/// Counts a cluster slot map refresh asked for by `source`, and publishes its coverage and
+/// primaries.
+pub fn cluster_refreshed(source: &'static str, covered: bool, primaries: usize) {
+    metrics::counter!(CLUSTER_REFRESHES, "source" => source).increment(1);
+    metrics::gauge!(CLUSTER_SLOTS_COVERED).set(if covered { 1.0 } else { 0.0 });
+    metrics::gauge!(CLUSTER_NODES).set(primaries as f64);
+}
+
+/// Counts a cluster redirect absorbed (`kind`: "moved" or "ask").
+pub fn cluster_redirect(kind: &'static str) {
+    metrics::counter!(CLUSTER_REDIRECTS, "kind" => kind).increment(1);
+}
+
+/// Counts a command re-sent to a cluster node for `reason`.
+pub fn cluster_retry(reason: &'static str) {
+    metrics::counter!(CLUSTER_RETRIES, "reason" => reason).increment(1);
 }
 
 /// Counts one upstream connection failure of `kind` (see `UpstreamError::kind`).
@@ -330,6 +373,26 @@ fn describe() {
     describe_gauge!(
         SHARDS_EJECTED,
         "Servers of a sharded upstream ejected now (auto_eject_hosts): their keys go to the others."
+    );
+    describe_counter!(
+        CLUSTER_REFRESHES,
+        "Cluster slot map refreshes, by what asked for them (source)."
+    );
+    describe_gauge!(
+        CLUSTER_SLOTS_COVERED,
+        "1 while every hash slot of the cluster has a known owner, 0 otherwise."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Primaries owning slots in the current cluster slot map."
+    );
+    describe_counter!(
+        CLUSTER_REDIRECTS,
+        "Cluster redirects (MOVED, ASK) absorbed: the command went on to the right node."
+    );
+    describe_counter!(
+        CLUSTER_RETRIES,
+        "Commands re-sent to a cluster node, by reason (tryagain, clusterdown, loading, readonly, connection)."
     );
     describe_counter!(
         COMMAND_TIMEOUTS,

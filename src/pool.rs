@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -73,12 +73,24 @@ pub struct PoolKey {
 #[derive(Debug)]
 pub struct Pool {
     key: PoolKey,
-    /// Per server (lane), its members.
-    conns: Vec<Vec<Member>>,
-    /// Per server, the settings of every connection of the pool, replacements included.
-    settings: Vec<Arc<UpstreamSettings>>,
+    /// Per server (lane), its connections: every lane from the start, except for a cluster,
+    /// whose lanes (node addresses) start when first routed to.
+    lanes: Box<[OnceLock<PoolLane>]>,
+    /// The settings every lane's derive from (its endpoint aside).
+    template: UpstreamSettings,
+    /// `pool_size`, and the pool's index among the pools (for connection labels).
+    size: usize,
+    index: usize,
     /// The servers and the placement of keys, as when the pool started.
     layout: Arc<Layout>,
+}
+
+/// A pool's connections to one server.
+#[derive(Debug)]
+struct PoolLane {
+    members: Vec<Member>,
+    /// The settings of every connection here, replacements included.
+    settings: Arc<UpstreamSettings>,
 }
 
 /// One place in a pool: the connection new sessions get there.
@@ -171,8 +183,10 @@ impl Pool {
     /// one is up, else the next one that is, else its own (which answers fast with an error, or
     /// holds the command while it connects).
     pub fn route(&self, lane: Lane, session: u64) -> UpstreamHandle {
-        let i = usize::from(lane);
-        let (conns, settings) = (&self.conns[i], &self.settings[i]);
+        let PoolLane {
+            members: conns,
+            settings,
+        } = self.lane(lane);
         let n = conns.len();
         let home = (session % n as u64) as usize;
         let own = conns[home].handle(settings);
@@ -183,6 +197,39 @@ impl Pool {
             .map(|i| conns[(home + i) % n].handle(settings))
             .find(UpstreamHandle::is_up)
             .unwrap_or(own)
+    }
+
+    /// The connections to `lane`, started now if they have not been.
+    fn lane(&self, lane: Lane) -> &PoolLane {
+        let i = usize::from(lane).min(self.lanes.len() - 1);
+        self.lanes[i].get_or_init(|| {
+            let mut upstream = self
+                .layout
+                .endpoint(lane)
+                .unwrap_or_else(|| self.layout.servers[0].clone());
+            upstream.db = self.key.db;
+            let settings = Arc::new(UpstreamSettings {
+                upstream,
+                health: self.layout.health(lane),
+                ..self.template.clone()
+            });
+            let members = (0..self.size)
+                .map(|i| {
+                    let label = match (self.index, self.layout.cluster()) {
+                        (0, None) => i.to_string(),
+                        (index, None) => format!("p{index}.{i}"),
+                        (index, Some(_)) => format!("p{index}.n{lane}.{i}"),
+                    };
+                    Member::spawn(label, &settings)
+                })
+                .collect();
+            PoolLane { members, settings }
+        })
+    }
+
+    /// The connections started so far, per lane.
+    fn started(&self) -> impl Iterator<Item = &PoolLane> {
+        self.lanes.iter().filter_map(OnceLock::get)
     }
 
     /// The servers and the placement of keys this pool's connections go to.
@@ -198,7 +245,7 @@ impl Pool {
     /// True while Redis refuses the pool's user (deleted, or its password changed and a
     /// connection had to be made again): Redis no longer serves that user's connections.
     pub fn user_refused(&self) -> bool {
-        self.settings[0].user_refused.load(Ordering::Relaxed)
+        self.template.user_refused.load(Ordering::Relaxed)
     }
 }
 
@@ -295,13 +342,15 @@ impl Pools {
             auth: None,
         };
         // Replaced by `start_default` below.
-        let layout = Layout::new(&config.upstream, &config.topology);
+        let layout = Layout::new(&config.upstream, &config.topology, &base);
         // Served from the start, so dashboards and alerts see it before any ejection.
         crate::metrics::ejected(0);
         let placeholder = Pool {
             key: default_key.clone(),
-            conns: Vec::new(),
-            settings: Vec::new(),
+            lanes: Box::new([]),
+            template: base.clone(),
+            size: 0,
+            index: 0,
             layout: layout.clone(),
         };
         let pools = Pools {
@@ -344,8 +393,12 @@ impl Pools {
             resp3: false,
             auth: None,
         };
-        *lock(&self.layout) = Layout::new(&upstream, &topology);
-        lock(&self.base).upstream = upstream;
+        let base = {
+            let mut base = lock(&self.base);
+            base.upstream = upstream.clone();
+            base.clone()
+        };
+        *lock(&self.layout) = Layout::new(&upstream, &topology, &base);
         self.warm.clear();
         lock(&self.pools).clear();
         lock(&self.known_dbs).clear();
@@ -568,45 +621,46 @@ impl Pools {
     /// proxy unready while no client sends anything.
     pub fn any_up(&self) -> bool {
         let pool = self.default_pool();
-        (pool.conns.iter().zip(&pool.settings))
-            .any(|(members, settings)| members.iter().any(|m| m.handle(settings).is_up()))
+        if let Some(cluster) = pool.layout.cluster() {
+            // Ready while every slot has an owner, and one of them is reachable.
+            let map = cluster.map();
+            return map.covered()
+                && map
+                    .primaries()
+                    .iter()
+                    .any(|&lane| pool.route(lane, 0).is_up());
+        }
+        let up = pool.started().any(|lane| {
+            lane.members
+                .iter()
+                .any(|m| m.handle(&lane.settings).is_up())
+        });
+        up
     }
 
     fn spawn_pool(&self, key: PoolKey, index: usize) -> Arc<Pool> {
         let layout = self.layout();
         // One flag for the pool: Redis refusing its user on any server refuses the session.
-        let user_refused: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let settings: Vec<Arc<UpstreamSettings>> = (0..layout.servers())
-            .map(|lane| {
-                Arc::new(UpstreamSettings {
-                    user_events: Some(self.user_events.clone()),
-                    user_refused: user_refused.clone(),
-                    ..self.settings_for(&key, lane as Lane)
-                })
-            })
-            .collect();
-        let conns = settings
-            .iter()
-            .map(|settings| {
-                (0..self.pool_size)
-                    .map(|i| {
-                        let label = if index == 0 {
-                            i.to_string()
-                        } else {
-                            format!("p{index}.{i}")
-                        };
-                        Member::spawn(label, settings)
-                    })
-                    .collect()
-            })
-            .collect();
-        self.pools_gauge.increment(1.0);
-        Arc::new(Pool {
+        let template = UpstreamSettings {
+            user_events: Some(self.user_events.clone()),
+            user_refused: Arc::default(),
+            ..self.settings_for(&key, 0)
+        };
+        let pool = Pool {
             key,
-            conns,
-            settings,
+            lanes: (0..layout.capacity()).map(|_| OnceLock::new()).collect(),
+            template,
+            size: self.pool_size,
+            index,
             layout,
-        })
+        };
+        if pool.layout.cluster().is_none() {
+            for lane in 0..pool.layout.servers() {
+                pool.lane(lane as Lane);
+            }
+        }
+        self.pools_gauge.increment(1.0);
+        Arc::new(pool)
     }
 
     /// The servers and the placement of keys now.
@@ -618,7 +672,9 @@ impl Pools {
     fn settings_for(&self, key: &PoolKey, lane: Lane) -> UpstreamSettings {
         let layout = self.layout();
         let base = lock(&self.base);
-        let mut upstream: Upstream = layout.servers[usize::from(lane)].clone();
+        let mut upstream: Upstream = layout
+            .endpoint(lane)
+            .unwrap_or_else(|| layout.servers[0].clone());
         upstream.db = key.db;
         UpstreamSettings {
             upstream,

@@ -66,7 +66,7 @@ pub enum Merge {
     /// `RANDOMKEY` from every server: the first key found, starting at part `start` (picked at
     /// random); nil only when every server is empty.
     AnyKey { start: usize },
-    /// `SCAN` on server `lane` of `lanes`: its cursor rewritten so the next call goes on there, or
+    /// `SCAN` on server `lane` (an index into [`Layout::primaries`]) of `lanes`: its cursor rewritten so the next call goes on there, or
     /// on the next server once this one is done.
     Scan { lane: Lane, lanes: Lane },
 }
@@ -83,18 +83,19 @@ enum Keyed {
     NoLive,
 }
 
-/// Where `keys` are, looking no further than the first key on another server.
+/// Where `keys` are, looking no further than the first key in another group (another server;
+/// for a cluster, another hash slot).
 fn keyed(placer: &Placer, keys: &command::Keys<'_>) -> Keyed {
     let mut iter = keys.iter();
     let Some(first) = iter.next() else {
         return Keyed::None;
     };
-    let Some(lane) = placer.lane(first) else {
+    let Some((lane, group)) = placer.locate(first) else {
         return Keyed::NoLive;
     };
     for key in iter {
-        match placer.lane(key) {
-            Some(l) if l == lane => {}
+        match placer.locate(key) {
+            Some((_, g)) if g == group => {}
             Some(_) => return Keyed::Spread,
             None => return Keyed::NoLive,
         }
@@ -136,24 +137,25 @@ fn split(placer: &Placer, name: &[u8], args: Args<'_>, how: Split) -> Option<Pla
         Split::Pairs => 2,
     };
     let argv: Vec<&[u8]> = args.iter().collect();
-    // Parts in order of first appearance; each holds its argument indexes.
-    let mut parts: Vec<(Lane, Vec<usize>)> = Vec::new();
+    // Parts (one per group: server, or cluster slot) in order of first appearance; each holds
+    // its argument indexes.
+    let mut parts: Vec<(Lane, u16, Vec<usize>)> = Vec::new();
     let mut at = Vec::with_capacity(argv.len() / step);
     for pos in (1..argv.len()).step_by(step) {
-        let lane = placer.lane(argv[pos])?;
-        let index = match parts.iter().position(|(l, _)| *l == lane) {
+        let (lane, group) = placer.locate(argv[pos])?;
+        let index = match parts.iter().position(|(_, g, _)| *g == group) {
             Some(i) => i,
             None => {
-                parts.push((lane, Vec::with_capacity(argv.len() / step)));
+                parts.push((lane, group, Vec::with_capacity(argv.len() / step)));
                 parts.len() - 1
             }
         };
-        at.push((index as u16, parts[index].1.len() as u32));
-        parts[index].1.push(pos);
+        at.push((index as u16, parts[index].2.len() as u32));
+        parts[index].2.push(pos);
     }
     let parts = parts
         .into_iter()
-        .map(|(lane, positions)| {
+        .map(|(lane, _, positions)| {
             let mut part: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * step);
             part.push(argv[0]);
             for pos in positions {
@@ -209,7 +211,7 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
         Plan::All(Merge::AllOk)
     } else if is("randomkey") {
         Plan::All(Merge::AnyKey {
-            start: fastrand::usize(..layout.servers()),
+            start: fastrand::usize(..layout.primaries().len().max(1)),
         })
     } else if is("scan") && n >= 2 {
         scan(layout, args)
@@ -239,7 +241,8 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
 }
 
 /// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
-/// server`); the request goes there with the server's own cursor.
+/// server`, the server an index into [`Layout::primaries`]); the request goes there with the
+/// server's own cursor.
 fn scan(layout: &Layout, args: Args<'_>) -> Plan {
     let invalid = || Plan::Refuse(RedisError::InvalidCursor.line());
     let argv: Vec<&[u8]> = args.iter().collect();
@@ -249,19 +252,20 @@ fn scan(layout: &Layout, args: Args<'_>) -> Plan {
     else {
         return invalid();
     };
-    let lane = cursor & ((1 << SCAN_SHARD_BITS) - 1);
-    if lane >= layout.servers() as u64 {
+    let index = cursor & ((1 << SCAN_SHARD_BITS) - 1);
+    let primaries = layout.primaries();
+    let Some(&lane) = primaries.get(index as usize) else {
         return invalid();
-    }
+    };
     let server_cursor = (cursor >> SCAN_SHARD_BITS).to_string();
     let mut rewritten = argv;
     rewritten[1] = server_cursor.as_bytes();
     Plan::Rewrite {
-        lane: lane as Lane,
+        lane,
         bytes: resp::encode_request(&rewritten),
         merge: Merge::Scan {
-            lane: lane as Lane,
-            lanes: layout.servers() as Lane,
+            lane: index as Lane,
+            lanes: primaries.len() as Lane,
         },
     }
 }

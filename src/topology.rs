@@ -14,16 +14,20 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::cluster::{self, Cluster, SlotMap};
 use crate::config::{Topology, Upstream};
 use crate::reply::Lane;
 use crate::shard::{Eject, Placement, Spec};
+use crate::upstream::UpstreamSettings;
 
 /// The servers of the upstream and the placement of keys on them.
 #[derive(Debug)]
 pub struct Layout {
-    /// Every server, in configuration order; a lane is an index into it. One for a single server.
+    /// Every server, in configuration order; a lane is an index into it. One for a single server;
+    /// for a cluster, the seeds (the lanes are the cluster's node addresses, see [`Cluster`]).
     pub servers: Vec<Upstream>,
     sharding: Option<Sharding>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// How keys are placed on the servers of a sharded upstream.
@@ -38,15 +42,33 @@ struct Sharding {
 }
 
 /// The placement of keys at one moment (see [`Layout::placer`]).
-pub struct Placer(Option<arc_swap::Guard<Arc<Placement>>>);
+pub enum Placer {
+    /// One server takes every key.
+    Single,
+    /// Shards placed as twemproxy places them.
+    Shards(arc_swap::Guard<Arc<Placement>>),
+    /// A cluster's slot map.
+    Cluster(arc_swap::Guard<Arc<SlotMap>>),
+}
 
 impl Placer {
-    /// The server `key` belongs to; `None` when every server is ejected. A single server takes
-    /// every key.
+    /// The server `key` belongs to; `None` when every server is ejected, or no cluster node
+    /// serves its slot. A single server takes every key.
     pub fn lane(&self, key: &[u8]) -> Option<Lane> {
-        match &self.0 {
-            None => Some(0),
-            Some(placement) => placement.server_for(key).map(|i| i as Lane),
+        self.locate(key).map(|(lane, _)| lane)
+    }
+
+    /// The server `key` belongs to, and the group of keys that may go together in one command:
+    /// the server for shards, the hash slot for a cluster (Redis refuses a command whose keys
+    /// are in several slots, even on one node).
+    pub fn locate(&self, key: &[u8]) -> Option<(Lane, u16)> {
+        match self {
+            Placer::Single => Some((0, 0)),
+            Placer::Shards(placement) => placement.server_for(key).map(|i| (i as Lane, i as u16)),
+            Placer::Cluster(map) => {
+                let slot = cluster::key_slot(key);
+                map.owner(slot).map(|lane| (lane, slot))
+            }
         }
     }
 }
@@ -84,12 +106,25 @@ impl Health {
 impl Layout {
     /// The layout for a configuration: `upstream` alone, or the shards of `topology`. With ejection
     /// on, starts the task that keeps the placement current (it ends with the layout).
-    pub fn new(upstream: &Upstream, topology: &Topology) -> Arc<Layout> {
-        let Topology::Shards(spec) = topology else {
-            return Arc::new(Layout {
-                servers: vec![upstream.clone()],
-                sharding: None,
-            });
+    /// A cluster's map is kept by the cluster's own task (`probe`: the settings its slot map
+    /// queries connect with).
+    pub fn new(upstream: &Upstream, topology: &Topology, probe: &UpstreamSettings) -> Arc<Layout> {
+        let spec = match topology {
+            Topology::Shards(spec) => spec,
+            Topology::Single => {
+                return Arc::new(Layout {
+                    servers: vec![upstream.clone()],
+                    sharding: None,
+                    cluster: None,
+                })
+            }
+            Topology::Cluster(spec) => {
+                return Arc::new(Layout {
+                    servers: spec.seeds.clone(),
+                    sharding: None,
+                    cluster: Some(Cluster::new(spec, probe)),
+                })
+            }
         };
         let servers: Vec<Upstream> = spec
             .servers
@@ -122,6 +157,7 @@ impl Layout {
                 spec: spec.clone(),
                 health,
             }),
+            cluster: None,
         });
         if let Some(eject) = spec.eject {
             tokio::spawn(keep_placement(Arc::downgrade(&layout), changed, eject));
@@ -129,19 +165,57 @@ impl Layout {
         layout
     }
 
-    /// How many servers (lanes) there are.
+    /// How many servers (lanes) there are; for a cluster, the node addresses seen so far.
     pub fn servers(&self) -> usize {
-        self.servers.len()
+        match &self.cluster {
+            Some(cluster) => cluster.lanes(),
+            None => self.servers.len(),
+        }
     }
 
-    /// True for a sharded upstream (even of one server): commands are placed by key.
+    /// The most lanes this layout can have (a pool's room for connections).
+    pub fn capacity(&self) -> usize {
+        match &self.cluster {
+            Some(_) => cluster::MAX_NODES,
+            None => self.servers.len(),
+        }
+    }
+
+    /// The servers a command for every server goes to (`DBSIZE`, `KEYS`, `SCAN`...): every shard;
+    /// for a cluster, every primary owning slots, ordered by the lowest slot it owns.
+    pub fn primaries(&self) -> Vec<Lane> {
+        match &self.cluster {
+            Some(cluster) => cluster.map().primaries(),
+            None => (0..self.servers.len() as Lane).collect(),
+        }
+    }
+
+    /// True for a sharded upstream (even of one server) or a cluster: commands are placed by key.
     pub fn is_sharded(&self) -> bool {
-        self.sharding.is_some()
+        self.sharding.is_some() || self.cluster.is_some()
+    }
+
+    /// The cluster, for a cluster upstream.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Where lane `lane`'s connections go (the pool's db, credentials and TLS); `None` for a
+    /// lane a cluster has not handed out.
+    pub fn endpoint(&self, lane: Lane) -> Option<Upstream> {
+        match &self.cluster {
+            Some(cluster) => cluster.endpoint(lane),
+            None => self.servers.get(usize::from(lane)).cloned(),
+        }
     }
 
     /// The placement of keys as it is now, loaded once for the keys of one command.
     pub fn placer(&self) -> Placer {
-        Placer(self.sharding.as_ref().map(|s| s.placement.load()))
+        match (&self.sharding, &self.cluster) {
+            (Some(sharding), _) => Placer::Shards(sharding.placement.load()),
+            (None, Some(cluster)) => Placer::Cluster(cluster.map()),
+            (None, None) => Placer::Single,
+        }
     }
 
     /// The health a server's connections report to, when ejection is on.
@@ -157,7 +231,8 @@ impl Layout {
         self.sharding
             .as_ref()
             .and_then(|s| s.spec.servers[i].name.clone())
-            .unwrap_or_else(|| self.servers[i].endpoint.to_string())
+            .or_else(|| self.endpoint(lane).map(|u| u.endpoint.to_string()))
+            .unwrap_or_default()
     }
 
     /// Rebuilds the placement from the servers not ejected now.

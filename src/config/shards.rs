@@ -17,6 +17,7 @@ pub(super) const KEYS: &[&str] = &[
     "server_failure_limit",
     "server_retry_timeout",
     "servers",
+    "seeds",
 ];
 
 /// Keys of one `[[upstream.servers]]` entry.
@@ -58,10 +59,21 @@ pub(super) fn parse(table: &toml::Table) -> Result<Topology, KeyError> {
                 None => Ok(Topology::Single),
             }
         }
-        "cluster" | "sentinel" => {
+        "cluster" => {
+            return match KEYS
+                .iter()
+                .find(|k| !matches!(**k, "kind" | "seeds") && table.contains_key(**k))
+            {
+                Some(key) => Err(key_error(key, "not for kind = \"cluster\"")),
+                None => Ok(Topology::Cluster(crate::cluster::Spec {
+                    seeds: seeds(table.get("seeds"))?,
+                })),
+            };
+        }
+        "sentinel" => {
             return Err(key_error(
                 "kind",
-                &format!("{kind:?} is not yet supported (\"single\" or \"shards\")"),
+                &format!("{kind:?} is not yet supported (\"single\", \"shards\" or \"cluster\")"),
             ))
         }
         other => {
@@ -109,6 +121,43 @@ pub(super) fn parse(table: &toml::Table) -> Result<Topology, KeyError> {
             retry_timeout: retry_timeout.unwrap_or(RETRY_TIMEOUT),
         }),
     }))
+}
+
+/// The `seeds` of a cluster: at least one address, every one with the first one's credentials
+/// and TLS, db 0.
+fn seeds(value: Option<&toml::Value>) -> Result<Vec<Upstream>, KeyError> {
+    let Some(toml::Value::Array(entries)) =
+        value.filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    else {
+        return Err(key_error(
+            "seeds",
+            "kind = \"cluster\" needs seeds = [\"HOST:PORT\", ...] (at least one node)",
+        ));
+    };
+    let mut seeds: Vec<Upstream> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("seeds[{i}]");
+        let seed = entry
+            .as_str()
+            .ok_or_else(|| "expected a string HOST:PORT".to_owned())
+            .and_then(Upstream::parse)
+            .map_err(|reason| key_error(&at, &reason))?;
+        if seed.db != 0 {
+            return Err(key_error(&at, "a cluster has only db 0"));
+        }
+        if let Some(first) = seeds.first() {
+            if (&seed.username, &seed.password, seed.tls)
+                != (&first.username, &first.password, first.tls)
+            {
+                return Err(key_error(
+                    &at,
+                    "every seed needs the same credentials and TLS as seeds[0]",
+                ));
+            }
+        }
+        seeds.push(seed);
+    }
+    Ok(seeds)
 }
 
 /// The `[[upstream.servers]]` entries: at least one, no address or name twice, and every one
@@ -239,7 +288,7 @@ weight = 3
     fn spec_of(config: &crate::config::Config) -> &Spec {
         match &config.topology {
             Topology::Shards(spec) => spec,
-            Topology::Single => panic!("not sharded: {config:?}"),
+            _ => panic!("not sharded: {config:?}"),
         }
     }
 
@@ -372,8 +421,14 @@ weight = 3
         let cases: Vec<(String, &str, &str)> = vec![
             (
                 format!("kind = \"cluster\"\n{one}"),
-                "upstream.kind",
-                "\"cluster\" is not yet supported",
+                "upstream.servers",
+                "not for kind = \"cluster\"",
+            ),
+            ("kind = \"cluster\"".into(), "upstream.seeds", "needs seeds"),
+            (
+                "kind = \"cluster\"\nseeds = [\"h:1\", \"redis://u:p@h:2\"]".into(),
+                "upstream.seeds[1]",
+                "same credentials",
             ),
             (
                 format!("kind = \"sentinel\"\n{one}"),

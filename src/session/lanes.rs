@@ -101,8 +101,13 @@ impl Session {
             let lane = match self.pending.front() {
                 Some(Pending::Upstream { lane, .. } | Pending::Check(_, lane)) => *lane,
                 Some(Pending::Merge(gathering)) => {
-                    let ready = gathering.parts.iter().all(|(lane, sent)| {
-                        sent.is_some() || !self.lanes[usize::from(*lane)].early.is_empty()
+                    // A lane may carry several parts (a cluster splits by slot): each needs a reply.
+                    let ready = gathering.parts.iter().enumerate().all(|(i, (lane, sent))| {
+                        let before = gathering.parts[..i]
+                            .iter()
+                            .filter(|(l, s)| l == lane && s.is_none())
+                            .count();
+                        sent.is_some() || self.lanes[usize::from(*lane)].early.len() > before
                     });
                     if !ready {
                         return Ok(());
@@ -289,8 +294,10 @@ impl Session {
                 return Ok(Placed::Done);
             }
             Plan::All(merge) if plain => {
-                let parts = (0..layout.servers())
-                    .map(|lane| (lane as Lane, bytes.clone()))
+                let parts = layout
+                    .primaries()
+                    .into_iter()
+                    .map(|lane| (lane, bytes.clone()))
                     .collect();
                 self.send_parts(parts, merge).await?;
                 return Ok(Placed::Done);

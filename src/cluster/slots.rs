@@ -1,0 +1,224 @@
+//! Hash slots: which slot a key is in, and the slot map as `CLUSTER SLOTS` reports it.
+
+use bytes::Bytes;
+
+use crate::config::{Endpoint, Upstream};
+use crate::resp;
+use crate::upstream::UpstreamSettings;
+
+/// The hash slot of `key`: CRC16 (XMODEM) of the key, or of its hash tag — the bytes between the
+/// first `{` and the first `}` after it, when there are any — modulo 16384, as Redis Cluster does.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) & 0x3FFF
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as in Redis's `crc16.c`.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// A node as `CLUSTER SLOTS` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// The endpoint: an IP, a hostname, `""` (the node that answered) or `"?"` (unknown).
+    pub host: String,
+    pub port: u16,
+    /// The node id, when the reply has one (Redis ≥ 4).
+    pub id: Option<String>,
+}
+
+impl NodeAddr {
+    /// Where to connect: `asked`'s host for an empty endpoint; `None` for an unknown one.
+    pub fn endpoint(&self, asked: &Endpoint) -> Option<Endpoint> {
+        match self.host.as_str() {
+            "?" => None,
+            "" => match asked {
+                Endpoint::Tcp { host, .. } => Some(Endpoint::Tcp {
+                    host: host.clone(),
+                    port: self.port,
+                }),
+                Endpoint::Unix(_) => None,
+            },
+            host => Some(Endpoint::Tcp {
+                host: host.to_owned(),
+                port: self.port,
+            }),
+        }
+    }
+}
+
+/// One entry of `CLUSTER SLOTS`: a range of slots, its primary and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    pub primary: NodeAddr,
+    pub replicas: Vec<NodeAddr>,
+}
+
+/// A RESP value, as far as `CLUSTER SLOTS` needs one.
+#[derive(Debug)]
+enum Value {
+    Int(i64),
+    Text(Vec<u8>),
+    Array(Vec<Value>),
+    Other,
+}
+
+/// Parses one RESP2 or RESP3 value at the front of `buf`; returns it and the bytes it took.
+fn value(buf: &[u8]) -> Option<(Value, usize)> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = &buf[1..line_end];
+    let after = line_end + 2;
+    match buf.first()? {
+        b':' => Some((Value::Int(resp::parse_int(line)?), after)),
+        b'+' => Some((Value::Text(line.to_vec()), after)),
+        b'$' => {
+            let len = resp::parse_int(line)?;
+            if len < 0 {
+                return Some((Value::Other, after));
+            }
+            let len = usize::try_from(len).ok()?;
+            let text = buf.get(after..after + len)?.to_vec();
+            Some((Value::Text(text), after + len + 2))
+        }
+        b'*' | b'>' | b'~' => {
+            let n = resp::parse_int(line)?;
+            let mut at = after;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                let (item, used) = value(&buf[at..])?;
+                items.push(item);
+                at += used;
+            }
+            Some((Value::Array(items), at))
+        }
+        b'%' => {
+            let n = resp::parse_int(line)?;
+            let mut at = after;
+            for _ in 0..n.max(0) * 2 {
+                let (_, used) = value(&buf[at..])?;
+                at += used;
+            }
+            Some((Value::Other, at))
+        }
+        b'_' => Some((Value::Other, after)),
+        _ => None,
+    }
+}
+
+/// Parses a `CLUSTER SLOTS` reply (RESP2 or RESP3). `Err` says what was wrong with it.
+pub fn parse_slots(reply: &[u8]) -> Result<Vec<SlotRange>, String> {
+    if reply.first() == Some(&b'-') {
+        return Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_owned());
+    }
+    let Some((Value::Array(entries), _)) = value(reply) else {
+        return Err("CLUSTER SLOTS: not an array".into());
+    };
+    let node = |v: &Value| -> Option<NodeAddr> {
+        let Value::Array(fields) = v else { return None };
+        let host = match fields.first()? {
+            Value::Text(host) => String::from_utf8_lossy(host).into_owned(),
+            Value::Other => String::new(),
+            _ => return None,
+        };
+        let Value::Int(port) = fields.get(1)? else {
+            return None;
+        };
+        let id = match fields.get(2) {
+            Some(Value::Text(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+            _ => None,
+        };
+        Some(NodeAddr {
+            host,
+            port: u16::try_from(*port).ok()?,
+            id,
+        })
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let bad = || "CLUSTER SLOTS: malformed entry".to_owned();
+            let Value::Array(fields) = entry else {
+                return Err(bad());
+            };
+            let slot = |v: Option<&Value>| match v {
+                Some(Value::Int(n)) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let (start, end) = (
+                slot(fields.first()).ok_or_else(bad)?,
+                slot(fields.get(1)).ok_or_else(bad)?,
+            );
+            let primary = fields.get(2).and_then(node).ok_or_else(bad)?;
+            let replicas = fields.iter().skip(3).filter_map(node).collect();
+            Ok(SlotRange {
+                start,
+                end,
+                primary,
+                replicas,
+            })
+        })
+        .collect()
+}
+
+/// Asks `node` for `CLUSTER SLOTS` on a short-lived connection (`base`'s TLS and timeouts).
+pub async fn fetch(base: &UpstreamSettings, node: &Upstream) -> Result<Vec<SlotRange>, String> {
+    let settings = UpstreamSettings {
+        upstream: node.clone(),
+        ..base.clone()
+    };
+    let command = resp::encode_request(&[b"CLUSTER".as_slice(), b"SLOTS"]);
+    let replies = crate::upstream::probe(&settings, &[command])
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply: &Bytes = replies.first().ok_or("no reply")?;
+    parse_slots(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` of Redis 7.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"{}x"), crc16(b"{}x") & 0x3FFF);
+        assert_eq!(key_slot(b"a{b}{c}"), key_slot(b"b"));
+        assert_eq!(key_slot(b""), 0);
+    }
+
+    #[test]
+    fn parses_cluster_slots() {
+        let reply = b"*1\r\n*4\r\n:0\r\n:5460\r\n*3\r\n$9\r\n127.0.0.1\r\n:30001\r\n$4\r\nabcd\r\n*3\r\n$0\r\n\r\n:30004\r\n$4\r\nefgh\r\n";
+        let ranges = parse_slots(reply).unwrap();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!((ranges[0].start, ranges[0].end), (0, 5460));
+        assert_eq!(ranges[0].primary.port, 30001);
+        assert_eq!(ranges[0].primary.id.as_deref(), Some("abcd"));
+        assert_eq!(ranges[0].replicas[0].host, "");
+        assert!(parse_slots(b"-ERR This instance has cluster support disabled\r\n").is_err());
+    }
+}
