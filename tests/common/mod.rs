@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster;
 pub mod nutcracker;
 pub mod shards;
 pub mod wire;
