@@ -96,3 +96,52 @@ async fn keys_over_all_slots_land_on_their_owner() {
     })
     .await
 }
+
+/// The harness itself, without respipe: a slot held half-migrated (the source answers `-ASK` for a
+/// key it no longer has) then moved, a replica failed over, and a node restarted on another port
+/// with its `nodes.conf` (the others learn its new address under the same id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_migrates_fails_over_and_moves_a_node() {
+    bounded(LIMIT, "harness", async {
+        let mut cluster = Cluster::start(ClusterOptions::default()).await;
+        let primaries = cluster.primaries().await;
+        let (from, to) = (primaries[0], primaries[1]);
+        let slot = 7;
+        assert_eq!(cluster.primary_of(slot).await, from);
+        let (stays, moves) = (key_in_slot(slot, "stays"), key_in_slot(slot, "moves"));
+        for k in [&stays, &moves] {
+            assert_eq!(cluster.cmd(from, &["SET", k, "1"]).await, Reply::ok());
+        }
+        let m = cluster.begin_migration(slot, to).await;
+        let port = cluster.node(to).port().to_string();
+        let migrate = ["MIGRATE", "127.0.0.1", &port, moves.as_str(), "0", "5000"];
+        assert_eq!(cluster.cmd(from, &migrate).await, Reply::ok());
+        let ask = cluster.cmd(from, &["GET", &moves]).await;
+        let want = format!("ASK {slot} 127.0.0.1:{port}");
+        assert_eq!(ask.error_text(), Some(want.as_str()), "{ask:?}");
+        assert_eq!(cluster.cmd(from, &["GET", &stays]).await, Reply::bulk("1"));
+        cluster.finish_migration(m).await;
+        assert_eq!(cluster.primary_of(slot).await, to);
+        assert_eq!(cluster.get_on_owner(&stays).await, Reply::bulk("1"));
+        cluster.wait_ok().await;
+
+        let r = cluster.replicas_of(to).await[0];
+        cluster.failover(r, None).await;
+        cluster.wait_ok().await;
+        assert_eq!(cluster.primary_of(slot).await, r);
+        assert_eq!(cluster.replicas_of(r).await, vec![to]);
+
+        let id = cluster.node(to).id().to_owned();
+        cluster.kill(to);
+        let addr = cluster.restart_elsewhere(to).await;
+        cluster.wait_ok().await;
+        let nodes = match cluster.cmd(r, &["CLUSTER", "NODES"]).await {
+            Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("CLUSTER NODES: {other:?}"),
+        };
+        let line = nodes.lines().find(|l| l.starts_with(&id)).unwrap();
+        assert!(line.contains(&format!("{addr}@")), "{line}");
+        assert_eq!(cluster.replicas_of(r).await, vec![to]);
+    })
+    .await
+}
