@@ -369,6 +369,28 @@ mod tests {
         shareable::<Placement>();
     }
 
+    #[test]
+    fn fnv1a_64_places_keys_that_differ_in_their_last_bytes_in_clumps() {
+        // twemproxy's fnv1a_64 keeps 32 bits and multiplies by 0x1b3: `three:0` to `three:299`
+        // fall in four clumps (10, 90, 100 and 100 keys), and on these three servers (the ports of
+        // a failed run of tests/reload.rs, which once wrote such keys expecting every server to
+        // get some) one server gets none. nutcracker 0.5 puts them on the same servers.
+        let servers = [43939, 33943, 33559].map(|port| server(port, 1, None));
+        let counts = |hash| {
+            let s = spec(servers.to_vec(), hash, Distribution::Ketama);
+            let placement = Placement::new(&s, &[true; 3]);
+            let mut counts = [0; 3];
+            for n in 0..300 {
+                counts[placement
+                    .server_for(format!("three:{n}").as_bytes())
+                    .unwrap()] += 1;
+            }
+            counts
+        };
+        assert_eq!(counts(Hash::Fnv1a64), [90, 210, 0]);
+        assert!(counts(Hash::Md5).iter().all(|&n| n > 0));
+    }
+
     proptest! {
         #[test]
         fn every_key_lands_on_a_live_server(
