@@ -440,6 +440,15 @@ impl Pools {
         Ok(pool)
     }
 
+    /// The pool for `key` (as [`Pools::pool`]) and the generation it is at least as new as. The
+    /// generation is read first: a reload in between pairs the new pool with the old generation
+    /// (the session moves once more, to the same pool), never an old pool with the new generation
+    /// (the session would keep the old servers until the next reload).
+    pub fn pool_now(&self, key: &PoolKey) -> Result<(Arc<Pool>, u64), Bytes> {
+        let generation = self.generation();
+        Ok((self.pool(key)?, generation))
+    }
+
     /// True when a pool in `key`'s state has been started.
     pub fn serves(&self, key: &PoolKey) -> bool {
         lock(&self.pools).contains_key(key)
@@ -691,4 +700,81 @@ impl Pools {
 /// cannot leave it half-updated, so poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::shard::{Server, Spec};
+
+    /// Shards on loopback ports nothing listens on (the pools connect in the background).
+    fn shards(ports: &[u16]) -> Topology {
+        Topology::Shards(Spec {
+            servers: ports
+                .iter()
+                .map(|&port| Server {
+                    upstream: Upstream::tcp("127.0.0.1", port),
+                    name: None,
+                    weight: 1,
+                })
+                .collect(),
+            hash: Default::default(),
+            distribution: Default::default(),
+            hash_tag: None,
+            eject: None,
+        })
+    }
+
+    /// One thread reloads the server list again and again while another takes pools as sessions
+    /// do: a pool is never paired with a generation newer than its own (the session would keep
+    /// the old servers, placing keys by them, until the next reload). The pool taken before the
+    /// generation was read made a few pairs in 300 reloads stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_is_never_paired_with_a_newer_generation() {
+        let config = Config {
+            upstream: Upstream::tcp("127.0.0.1", 1),
+            topology: shards(&[1, 2]),
+            ..Config::default()
+        };
+        let pools = Arc::new(Pools::start(&config, None));
+        let key = pools.default_pool().key().clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        let reloads = std::thread::spawn({
+            let (pools, done, runtime) = (pools.clone(), done.clone(), runtime.clone());
+            move || {
+                let _runtime = runtime.enter();
+                // Per generation, its layout.
+                let mut layouts = vec![pools.layout()];
+                for i in 0..300 {
+                    let ports: &[u16] = if i % 2 == 0 { &[1, 2, 3] } else { &[1, 2] };
+                    pools.replace_upstream(config.upstream.clone(), shards(ports));
+                    layouts.push(pools.layout());
+                }
+                done.store(true, Ordering::Release);
+                layouts
+            }
+        });
+        let sessions = std::thread::spawn(move || {
+            let _runtime = runtime.enter();
+            let mut pairs = Vec::new();
+            while !done.load(Ordering::Acquire) {
+                let (pool, generation) = pools.pool_now(&key).unwrap();
+                pairs.push((pool.layout().clone(), generation));
+            }
+            pairs
+        });
+        let layouts = reloads.join().unwrap();
+        let pairs = sessions.join().unwrap();
+        let stale = pairs
+            .iter()
+            .filter(|(layout, generation)| {
+                let of = layouts.iter().position(|l| Arc::ptr_eq(l, layout));
+                of.is_some_and(|of| of < *generation as usize)
+            })
+            .count();
+        assert_eq!(stale, 0, "of {} pairs", pairs.len());
+    }
 }

@@ -192,8 +192,7 @@ impl Session {
     /// Moves the session to the shared pool of its state and the pools' generation (nothing may
     /// be in flight). `Err(line)` when no pool can start.
     pub(super) fn fresh_pool(&mut self) -> Result<(), Bytes> {
-        self.pool = self.shared.pools.pool(&self.state.key())?;
-        self.pool_generation = self.shared.pools.generation();
+        (self.pool, self.pool_generation) = self.shared.pools.pool_now(&self.state.key())?;
         self.forget_conns();
         Ok(())
     }

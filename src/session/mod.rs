@@ -309,6 +309,9 @@ where
 {
     let (tx, rx) = reply::mailbox();
     let id = client.id();
+    // The generation first, as in `Pools::pool_now`: a reload in between makes the session move
+    // to the new pool, never keep the old one as if it were current.
+    let pool_generation = shared.pools.generation();
     let mut session = Session {
         id,
         client,
@@ -323,7 +326,7 @@ where
         lane: 0,
         deferred_multi: None,
         pool: shared.pools.default_pool(),
-        pool_generation: shared.pools.generation(),
+        pool_generation,
         lease: None,
         tap: None,
         tx,
