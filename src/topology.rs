@@ -81,21 +81,55 @@ pub struct Health {
     ejected: AtomicBool,
     /// An ejected server's return is scheduled (one timer per ejection).
     returning: AtomicBool,
-    changed: Arc<Notify>,
+    /// Who hears of the failure limit being reached.
+    tell: Tell,
+}
+
+/// Who a [`Health`] tells when its server reaches the failure limit.
+#[derive(Debug)]
+enum Tell {
+    /// The layout's task, which ejects the server (once per ejection).
+    Layout(Arc<Notify>),
+    /// The cluster, at every failure from the limit on: it refreshes its slot map when the lane is
+    /// a primary (its refreshes are coalesced and rate limited).
+    Cluster(Weak<Cluster>, Lane),
 }
 
 impl Health {
     /// A connection to the server failed (a connect attempt, or an established connection lost).
     pub fn failed(&self) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= self.limit && !self.ejected.swap(true, Ordering::AcqRel) {
-            self.changed.notify_one();
+        if failures < self.limit {
+            return;
+        }
+        match &self.tell {
+            Tell::Layout(changed) => {
+                if !self.ejected.swap(true, Ordering::AcqRel) {
+                    changed.notify_one();
+                }
+            }
+            Tell::Cluster(cluster, lane) => {
+                if let Some(cluster) = cluster.upgrade() {
+                    cluster.node_failing(*lane);
+                }
+            }
         }
     }
 
     /// A connection to the server was established.
     pub fn connected(&self) {
         self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The health of a cluster lane: `limit` failures in a row tell `cluster` (see [`Tell`]).
+    pub(crate) fn for_cluster_lane(cluster: Weak<Cluster>, lane: Lane, limit: u32) -> Health {
+        Health {
+            failures: AtomicU32::new(0),
+            limit: limit.max(1),
+            ejected: AtomicBool::new(false),
+            returning: AtomicBool::new(false),
+            tell: Tell::Cluster(cluster, lane),
+        }
     }
 
     fn is_ejected(&self) -> bool {
@@ -143,7 +177,7 @@ impl Layout {
                         limit: failure_limit.max(1),
                         ejected: AtomicBool::new(false),
                         returning: AtomicBool::new(false),
-                        changed: changed.clone(),
+                        tell: Tell::Layout(changed.clone()),
                     })
                 })
                 .collect(),
@@ -218,8 +252,12 @@ impl Layout {
         }
     }
 
-    /// The health a server's connections report to, when ejection is on.
+    /// The health a server's connections report to, when ejection is on; for a cluster, every
+    /// lane's (see [`Cluster::health`]).
     pub fn health(&self, lane: Lane) -> Option<Arc<Health>> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.health(lane);
+        }
         self.sharding
             .as_ref()
             .and_then(|s| s.health.get(usize::from(lane)).cloned())

@@ -89,8 +89,9 @@ pub struct UpstreamSettings {
     /// (its session may be in such a pool's state, and now has no connection Redis kept). Set
     /// for pools and leases, `None` for probes.
     pub user_events: Option<Arc<Notify>>,
-    /// The server's run of failures, for ejection from a sharded upstream (`auto_eject_hosts`);
-    /// `None` when ejection is off.
+    /// The server's run of failures, for ejection from a sharded upstream (`auto_eject_hosts`),
+    /// or for a cluster's slot map refresh (a primary whose connections keep failing); `None`
+    /// otherwise.
     pub health: Option<Arc<crate::topology::Health>>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,

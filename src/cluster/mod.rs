@@ -6,11 +6,18 @@
 //! the cluster lives, so a lane keeps meaning the same node connection (a node that moves to another
 //! address gets a new lane; its old one stays idle).
 //!
-//! The map is refreshed by a task the cluster owns ([`Cluster::new`]): at start, and whenever a
-//! trigger asks (`Cluster::refresh`: a `MOVED`, a connection failure, `CLUSTERDOWN`, an uncovered
-//! slot), at most once per [`MIN_REFRESH_INTERVAL`], plus every [`BACKGROUND_REFRESH`].
+//! The map is kept by a task the cluster owns ([`Cluster::new`]). Each refresh asks up to
+//! [`ASK_AT_ONCE`] nodes at once for `CLUSTER SLOTS` — the primaries of the current map first,
+//! then the other nodes it names, then the seeds — and installs the view most of the answers
+//! agree on, preferring one that covers every slot ([`view::choose`]). Nodes are known by node
+//! id: a node that restarts on another address is the same node, found at its new address (where
+//! it gets a new lane). A refresh runs at start (retried with backoff until a node answers), when
+//! a trigger asks ([`Cluster::refresh`]: a `MOVED`, [`CONNECT_FAILURES`] failed connections in a
+//! row to a primary, `CLUSTERDOWN`, an uncovered slot), at most once per [`MIN_REFRESH_INTERVAL`],
+//! and every [`BACKGROUND_REFRESH`] when nothing asks.
 
 mod slots;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -18,13 +25,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::{Endpoint, Upstream};
 use crate::reply::Lane;
+use crate::topology::Health;
 use crate::upstream::UpstreamSettings;
 
 pub use slots::{key_slot, parse_slots, SlotRange};
+pub use view::{Node, Shard};
+
+use view::View;
 
 /// Hash slots of a Redis Cluster.
 pub const SLOTS: usize = 16384;
@@ -34,6 +47,16 @@ pub const MAX_NODES: usize = 1024;
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// The slot map is checked this often even when nothing triggers it.
 pub const BACKGROUND_REFRESH: Duration = Duration::from_secs(30);
+/// While no node answers, or the map answered leaves slots uncovered, the next refresh follows
+/// after a delay that starts at [`MIN_REFRESH_INTERVAL`] and doubles up to this.
+pub const RETRY_MAX: Duration = Duration::from_secs(8);
+/// Nodes asked for the slot map at once, and answers a refresh waits for at most: a node that does
+/// not answer is replaced by the next candidate.
+pub const ASK_AT_ONCE: usize = 3;
+/// Connections to one node failing this many times in a row (connects refused or timed out,
+/// established connections lost) refresh the map if the node is a primary in it: it may have
+/// failed over, or moved.
+pub const CONNECT_FAILURES: u32 = 2;
 /// No owner (an uncovered slot) in [`SlotMap`].
 const NO_OWNER: Lane = Lane::MAX;
 
@@ -52,13 +75,13 @@ pub enum Source {
     Start,
     /// A node answered `-MOVED`.
     Moved,
-    /// Connections to a node kept failing.
+    /// Connections to a primary kept failing ([`CONNECT_FAILURES`] in a row).
     ConnectFailure,
     /// A node answered `-CLUSTERDOWN`.
     ClusterDown,
     /// A command's slot has no owner in the map.
     Uncovered,
-    /// The periodic check.
+    /// The periodic check, or the retry of a refresh that failed or left slots uncovered.
     Background,
 }
 
@@ -76,16 +99,23 @@ impl Source {
     }
 }
 
-/// Which lane owns every slot, at one moment.
+/// Which lane owns every slot, at one moment, and the shards the map was made from.
 #[derive(Debug, Clone)]
 pub struct SlotMap {
     owner: Box<[Lane]>,
+    /// Every lane owning a slot, ordered by the lowest slot it owns; follows `owner`.
+    primaries: Arc<[Lane]>,
+    /// The slot ranges with their primaries and replicas as the installed view had them (a
+    /// `MOVED` patch changes `owner` only).
+    shards: Arc<[Shard]>,
 }
 
 impl Default for SlotMap {
     fn default() -> Self {
         SlotMap {
             owner: vec![NO_OWNER; SLOTS].into_boxed_slice(),
+            primaries: Arc::new([]),
+            shards: Arc::new([]),
         }
     }
 }
@@ -103,13 +133,12 @@ impl SlotMap {
     /// Every primary owning at least one slot, ordered by the lowest slot it owns (the order
     /// `SCAN` visits them in).
     pub fn primaries(&self) -> Vec<Lane> {
-        let mut seen = Vec::new();
-        for &lane in self.owner.iter() {
-            if lane != NO_OWNER && !seen.contains(&lane) {
-                seen.push(lane);
-            }
-        }
-        seen
+        self.primaries.to_vec()
+    }
+
+    /// True when `lane` owns a slot.
+    pub fn is_primary(&self, lane: Lane) -> bool {
+        self.primaries.contains(&lane)
     }
 
     /// True when every slot has an owner.
@@ -117,11 +146,32 @@ impl SlotMap {
         !self.owner.contains(&NO_OWNER)
     }
 
+    /// The slot ranges, their primaries and replicas, as the last refresh found them (ordered by
+    /// slot; empty before the first).
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The map `owner` says, with `shards` recorded beside it.
+    fn new(owner: Box<[Lane]>, shards: Arc<[Shard]>) -> SlotMap {
+        let mut primaries = Vec::new();
+        for &lane in owner.iter() {
+            if lane != NO_OWNER && !primaries.contains(&lane) {
+                primaries.push(lane);
+            }
+        }
+        SlotMap {
+            owner,
+            primaries: primaries.into(),
+            shards,
+        }
+    }
+
     /// A copy with `slot` owned by `lane` (a `MOVED` patch).
     fn patched(&self, slot: u16, lane: Lane) -> SlotMap {
-        let mut map = self.clone();
-        map.owner[usize::from(slot) % SLOTS] = lane;
-        map
+        let mut owner = self.owner.clone();
+        owner[usize::from(slot) % SLOTS] = lane;
+        SlotMap::new(owner, self.shards.clone())
     }
 }
 
@@ -130,8 +180,12 @@ impl SlotMap {
 struct Nodes {
     /// By lane.
     endpoints: Vec<Upstream>,
+    /// By lane: the run of failed connections to the node (see [`CONNECT_FAILURES`]).
+    health: Vec<Arc<Health>>,
     /// Lane by `host:port`.
     lanes: HashMap<String, Lane>,
+    /// The last address known for each node id (the views' `"?"` endpoints are looked up here).
+    ids: HashMap<String, Endpoint>,
 }
 
 /// A Redis Cluster: its nodes, and the slot map kept current.
@@ -142,17 +196,20 @@ pub struct Cluster {
     probe: UpstreamSettings,
     nodes: Mutex<Nodes>,
     map: ArcSwap<SlotMap>,
-    /// Wakes the refresh task.
-    wake: Notify,
+    /// Wakes the refresh task; a [`Health`] of each lane holds this cluster weakly to call
+    /// [`Cluster::refresh`].
+    wake: Arc<Notify>,
     /// The first trigger since the last refresh (reported as its source).
     asked: Mutex<Option<Source>>,
+    /// This cluster, for the [`Health`] of lanes handed out later.
+    me: Weak<Cluster>,
 }
 
 impl Cluster {
     /// The cluster of `spec`, and its refresh task (it ends when the cluster is dropped). The
     /// map is empty until the first refresh answers.
     pub fn new(spec: &Spec, probe: &UpstreamSettings) -> Arc<Cluster> {
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|me| Cluster {
             spec: spec.clone(),
             probe: UpstreamSettings {
                 user: None,
@@ -163,14 +220,19 @@ impl Cluster {
             },
             nodes: Mutex::new(Nodes::default()),
             map: ArcSwap::from_pointee(SlotMap::default()),
-            wake: Notify::new(),
-            asked: Mutex::new(Some(Source::Start)),
+            wake: Arc::new(Notify::new()),
+            asked: Mutex::new(None),
+            me: me.clone(),
         });
         for seed in &spec.seeds {
             cluster.lane_of(seed.endpoint.clone());
         }
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(keep_map(Arc::downgrade(&cluster)));
+            tokio::spawn(keep_map(
+                Arc::downgrade(&cluster),
+                cluster.wake.clone(),
+                BACKGROUND_REFRESH,
+            ));
         }
         cluster
     }
@@ -183,6 +245,12 @@ impl Cluster {
     /// Where lane `lane` connects: the cluster's credentials and TLS at that node's address.
     pub fn endpoint(&self, lane: Lane) -> Option<Upstream> {
         lock(&self.nodes).endpoints.get(usize::from(lane)).cloned()
+    }
+
+    /// What lane `lane`'s connections report their failures to (a run of
+    /// [`CONNECT_FAILURES`] to a primary refreshes the map).
+    pub fn health(&self, lane: Lane) -> Option<Arc<Health>> {
+        lock(&self.nodes).health.get(usize::from(lane)).cloned()
     }
 
     /// How many lanes have been handed out.
@@ -203,12 +271,10 @@ impl Cluster {
             return None;
         }
         let lane = nodes.endpoints.len() as Lane;
-        let base = &self.spec.seeds[0];
-        nodes.endpoints.push(Upstream {
-            endpoint,
-            db: 0,
-            ..base.clone()
-        });
+        let upstream = self.upstream_at(endpoint);
+        nodes.endpoints.push(upstream);
+        let health = Health::for_cluster_lane(self.me.clone(), lane, CONNECT_FAILURES);
+        nodes.health.push(Arc::new(health));
         nodes.lanes.insert(name, lane);
         Some(lane)
     }
@@ -224,92 +290,221 @@ impl Cluster {
     }
 
     /// Asks the refresh task for a new map (coalesced: many asks make one refresh, at most one
-    /// per [`MIN_REFRESH_INTERVAL`]).
+    /// per [`MIN_REFRESH_INTERVAL`]; the first ask since the last refresh names its source).
+    /// Cheap: a short lock and a wake-up.
     pub fn refresh(&self, source: Source) {
         lock(&self.asked).get_or_insert(source);
         self.wake.notify_one();
     }
 
-    /// Asks the nodes for the slot map and installs the first full answer. `Err` says why none
-    /// could be had.
+    /// Connections to `lane` failed [`CONNECT_FAILURES`] times in a row (or more): if it is a
+    /// primary, its slots may have failed over or it may have moved, so the map is refreshed.
+    /// A lane no longer in the map (an old address) is left alone.
+    pub(crate) fn node_failing(&self, lane: Lane) {
+        if self.map.load().is_primary(lane) {
+            debug!(node = ?self.endpoint(lane).map(|u| u.endpoint.to_string()),
+                "connections to a cluster primary keep failing: refreshing the slot map");
+            self.refresh(Source::ConnectFailure);
+        }
+    }
+
+    /// Asks the nodes for the slot map and installs the view they agree on (see the module doc).
+    /// `Err` says why there was none: no node answered.
     async fn refresh_now(&self) -> Result<(), String> {
         let candidates = self.candidates();
-        let mut last = String::from("no node to ask");
-        for upstream in candidates {
-            match slots::fetch(&self.probe, &upstream).await {
-                Ok(ranges) => {
-                    let map = self.build(&upstream, &ranges);
-                    self.map.store(Arc::new(map));
-                    return Ok(());
-                }
-                Err(why) => {
-                    debug!(node = %upstream.endpoint, %why, "CLUSTER SLOTS failed");
-                    last = why;
-                }
+        let deadline = Instant::now() + self.probe.connect_timeout * 3;
+        let (answers, failure) = ask(&self.probe, candidates, deadline).await;
+        let views: Vec<View> = {
+            let nodes = lock(&self.nodes);
+            answers
+                .iter()
+                .map(|(asked, ranges)| View::resolve(ranges, asked, &nodes.ids))
+                .collect()
+        };
+        match view::choose(&views) {
+            Some(view) => {
+                self.install(view);
+                Ok(())
             }
+            None => Err(failure.unwrap_or_else(|| "no node to ask".into())),
         }
-        Err(last)
     }
 
-    /// Nodes to ask: the primaries of the current map, then the seeds.
+    /// Whom to ask for the slot map, in order: the primaries of the current map, the other nodes
+    /// its shards name (replicas), then the seeds.
     fn candidates(&self) -> Vec<Upstream> {
-        let mut lanes = self.map.load().primaries();
-        for seed in &self.spec.seeds {
-            if let Some(lane) = self.lane_of(seed.endpoint.clone()) {
-                if !lanes.contains(&lane) {
-                    lanes.push(lane);
-                }
+        let map = self.map.load();
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let primaries = map.primaries.iter().filter_map(|&l| self.endpoint(l));
+        let others = map.shards().iter().flat_map(|s| &s.replicas);
+        let seeds = self.spec.seeds.iter();
+        for endpoint in primaries
+            .map(|u| u.endpoint)
+            .chain(others.map(|n| n.endpoint.clone()))
+            .chain(seeds.map(|u| u.endpoint.clone()))
+        {
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
             }
         }
-        lanes.iter().filter_map(|&l| self.endpoint(l)).collect()
+        endpoints.into_iter().map(|e| self.upstream_at(e)).collect()
     }
 
-    /// The slot map `ranges` describe, as `asked` (the node that answered) reported them.
-    fn build(&self, asked: &Upstream, ranges: &[SlotRange]) -> SlotMap {
-        let mut map = SlotMap::default();
-        for range in ranges {
-            let endpoint = range.primary.endpoint(&asked.endpoint);
-            let Some(lane) = endpoint.and_then(|e| self.lane_of(e)) else {
+    /// Installs `view` as the slot map: each primary's address gets its lane, and each node id
+    /// its current address.
+    fn install(&self, view: View) {
+        let mut owner = vec![NO_OWNER; SLOTS].into_boxed_slice();
+        for shard in &view.shards {
+            let Some(lane) = self.lane_of(shard.primary.endpoint.clone()) else {
                 continue;
             };
-            for slot in range.start..=range.end.min(SLOTS as u16 - 1) {
-                map.owner[usize::from(slot)] = lane;
+            owner[usize::from(shard.start)..=usize::from(shard.end)].fill(lane);
+        }
+        {
+            let mut nodes = lock(&self.nodes);
+            if nodes.ids.len() > MAX_NODES {
+                nodes.ids.clear();
+            }
+            for node in view
+                .shards
+                .iter()
+                .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+            {
+                let Some(id) = &node.id else { continue };
+                let old = nodes.ids.insert(id.clone(), node.endpoint.clone());
+                if let Some(old) = old.filter(|old| *old != node.endpoint) {
+                    info!(node.id = %id, from = %old, to = %node.endpoint, "cluster node moved to another address");
+                }
             }
         }
-        map
+        let changed = self.map.load().owner != owner;
+        let map = SlotMap::new(owner, view.shards.into());
+        if changed {
+            info!(
+                primaries = map.primaries.len(),
+                covered = map.covered(),
+                "cluster slot map changed"
+            );
+        }
+        self.map.store(Arc::new(map));
+    }
+
+    /// The cluster's credentials and TLS at `endpoint`, db 0.
+    fn upstream_at(&self, endpoint: Endpoint) -> Upstream {
+        Upstream {
+            endpoint,
+            db: 0,
+            ..self.spec.seeds[0].clone()
+        }
     }
 }
 
-/// Keeps the slot map current until the cluster is dropped.
-async fn keep_map(cluster: Weak<Cluster>) {
+/// Asks `candidates` for `CLUSTER SLOTS` in their order, [`ASK_AT_ONCE`] at a time: each that
+/// fails is replaced by the next, until [`ASK_AT_ONCE`] have answered, none is left, or `deadline`
+/// (then the questions still open are dropped). Returns the answers in candidate order, each with
+/// the address asked, and the last failure.
+async fn ask(
+    probe: &UpstreamSettings,
+    candidates: Vec<Upstream>,
+    deadline: Instant,
+) -> (Vec<(Endpoint, Vec<SlotRange>)>, Option<String>) {
+    let mut asking = JoinSet::new();
+    let mut next = candidates.into_iter().enumerate();
+    let mut answers = Vec::new();
+    let mut failure = None;
+    loop {
+        while asking.len() + answers.len() < ASK_AT_ONCE {
+            let Some((i, upstream)) = next.next() else {
+                break;
+            };
+            let probe = probe.clone();
+            asking.spawn(async move {
+                let ranges = slots::fetch(&probe, &upstream).await;
+                (i, upstream.endpoint, ranges)
+            });
+        }
+        let Ok(Some(done)) = timeout_at(deadline, asking.join_next()).await else {
+            break;
+        };
+        match done {
+            Ok((i, asked, Ok(ranges))) => answers.push((i, asked, ranges)),
+            Ok((_, asked, Err(why))) => {
+                debug!(node = %asked, %why, "CLUSTER SLOTS failed");
+                failure = Some(format!("{asked}: {why}"));
+            }
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
+    if answers.is_empty() && failure.is_none() && !asking.is_empty() {
+        failure = Some("no node answered in time".into());
+    }
+    answers.sort_by_key(|(i, _, _)| *i);
+    let answers = answers.into_iter().map(|(_, e, r)| (e, r)).collect();
+    (answers, failure)
+}
+
+/// Keeps the slot map current until the cluster is dropped: refreshes at start, then when asked
+/// (at most once per [`MIN_REFRESH_INTERVAL`]) or after `interval` without an ask. A refresh that
+/// fails, or leaves slots uncovered, is retried after a backoff ([`RETRY_MAX`] at most; an ask
+/// comes sooner). Holds the cluster only while refreshing.
+async fn keep_map(cluster: Weak<Cluster>, wake: Arc<Notify>, interval: Duration) {
+    let mut source = Source::Start;
+    let mut retry = MIN_REFRESH_INTERVAL;
     loop {
         let Some(current) = cluster.upgrade() else {
             return;
         };
-        let source = lock(&current.asked).take().unwrap_or(Source::Background);
-        match current.refresh_now().await {
+        let outcome = current.refresh_now().await;
+        let map = current.map();
+        drop(current);
+        // A source whose refresh failed stays owed: the retry reports it.
+        let mut owed = None;
+        let wait = match outcome {
             Ok(()) => {
-                let map = current.map();
                 crate::metrics::cluster_refreshed(
                     source.label(),
                     map.covered(),
-                    map.primaries().len(),
+                    map.primaries.len(),
                 );
                 debug!(source = source.label(), "cluster slot map refreshed");
-            }
-            Err(why) => {
-                warn!(source = source.label(), %why, "cluster slot map refresh failed");
-                if current.map().primaries().is_empty() {
-                    info!("no cluster node answered yet: retrying");
+                if map.covered() {
+                    retry = MIN_REFRESH_INTERVAL;
+                    interval
+                } else {
+                    warn!(source = source.label(), retry_in = ?retry, "cluster slot map leaves slots uncovered");
+                    backoff(&mut retry)
                 }
             }
-        }
-        tokio::time::sleep(MIN_REFRESH_INTERVAL).await;
-        if lock(&current.asked).is_none() {
-            // A trigger during the refresh left a permit: this wait then ends at once.
-            let _ = tokio::time::timeout(BACKGROUND_REFRESH, current.wake.notified()).await;
-        }
+            Err(why) => {
+                warn!(source = source.label(), %why, retry_in = ?retry, "cluster slot map refresh failed");
+                owed = Some(source);
+                backoff(&mut retry)
+            }
+        };
+        drop(map);
+        sleep(MIN_REFRESH_INTERVAL).await;
+        let deadline = Instant::now() + wait.saturating_sub(MIN_REFRESH_INTERVAL);
+        source = loop {
+            let Some(current) = cluster.upgrade() else {
+                return;
+            };
+            if let Some(asked) = lock(&current.asked).take() {
+                break owed.unwrap_or(asked);
+            }
+            drop(current);
+            // A wake-up without an ask is a permit left by an ask already served: wait again.
+            if timeout_at(deadline, wake.notified()).await.is_err() {
+                break owed.unwrap_or(Source::Background);
+            }
+        };
     }
+}
+
+/// The delay before retrying: `retry` now, doubled for the next time up to [`RETRY_MAX`].
+fn backoff(retry: &mut Duration) -> Duration {
+    let now = *retry;
+    *retry = (now * 2).min(RETRY_MAX);
+    now
 }
 
 /// Locks a mutex only held for short updates; poisoning is ignored.

@@ -43,13 +43,19 @@ pub struct NodeAddr {
     pub port: u16,
     /// The node id, when the reply has one (Redis ≥ 4).
     pub id: Option<String>,
+    /// The node's IP from the networking metadata (Redis ≥ 7), when it is there.
+    pub ip: Option<String>,
 }
 
 impl NodeAddr {
-    /// Where to connect: `asked`'s host for an empty endpoint; `None` for an unknown one.
+    /// Where to connect: `asked`'s host for an empty (or NULL) endpoint; for an unknown one
+    /// (`"?"`: hostnames preferred but none set), the IP from the metadata, else `None`.
     pub fn endpoint(&self, asked: &Endpoint) -> Option<Endpoint> {
         match self.host.as_str() {
-            "?" => None,
+            "?" => self.ip.as_ref().map(|ip| Endpoint::Tcp {
+                host: ip.clone(),
+                port: self.port,
+            }),
             "" => match asked {
                 Endpoint::Tcp { host, .. } => Some(Endpoint::Tcp {
                     host: host.clone(),
@@ -100,25 +106,17 @@ fn value(buf: &[u8]) -> Option<(Value, usize)> {
             let text = buf.get(after..after + len)?.to_vec();
             Some((Value::Text(text), after + len + 2))
         }
-        b'*' | b'>' | b'~' => {
-            let n = resp::parse_int(line)?;
+        b'*' | b'>' | b'~' | b'%' => {
+            // A map (RESP3 metadata) is read as its keys and values in turn, as RESP2 sends it.
+            let n = resp::parse_int(line)?.max(0) * if buf[0] == b'%' { 2 } else { 1 };
             let mut at = after;
             let mut items = Vec::new();
-            for _ in 0..n.max(0) {
+            for _ in 0..n {
                 let (item, used) = value(&buf[at..])?;
                 items.push(item);
                 at += used;
             }
             Some((Value::Array(items), at))
-        }
-        b'%' => {
-            let n = resp::parse_int(line)?;
-            let mut at = after;
-            for _ in 0..n.max(0) * 2 {
-                let (_, used) = value(&buf[at..])?;
-                at += used;
-            }
-            Some((Value::Other, at))
         }
         b'_' => Some((Value::Other, after)),
         _ => None,
@@ -143,14 +141,23 @@ pub fn parse_slots(reply: &[u8]) -> Result<Vec<SlotRange>, String> {
         let Value::Int(port) = fields.get(1)? else {
             return None;
         };
-        let id = match fields.get(2) {
-            Some(Value::Text(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+        let text = |v: &Value| match v {
+            Value::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        };
+        let id = fields.get(2).and_then(text);
+        let ip = match fields.get(3) {
+            Some(Value::Array(meta)) => meta
+                .chunks(2)
+                .find(|kv| matches!(&kv[0], Value::Text(k) if k == b"ip"))
+                .and_then(|kv| kv.get(1).and_then(text)),
             _ => None,
         };
         Some(NodeAddr {
             host,
             port: u16::try_from(*port).ok()?,
             id,
+            ip,
         })
     };
     entries
@@ -220,5 +227,101 @@ mod tests {
         assert_eq!(ranges[0].primary.id.as_deref(), Some("abcd"));
         assert_eq!(ranges[0].replicas[0].host, "");
         assert!(parse_slots(b"-ERR This instance has cluster support disabled\r\n").is_err());
+    }
+
+    /// Redis 7.0.15's answer with `cluster-preferred-endpoint-type hostname`, one node with a
+    /// hostname, the others without (`"?"`), each with its IP in the metadata.
+    const HOSTNAMES_RESP2: &[u8] = b"*2\r\n\
+*4\r\n:0\r\n:5460\r\n\
+*4\r\n$14\r\nnode-1.example\r\n:24001\r\n$4\r\nid-1\r\n*2\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n\
+*4\r\n$1\r\n?\r\n:24005\r\n$4\r\nid-5\r\n*2\r\n$2\r\nip\r\n$9\r\n127.0.0.5\r\n\
+*3\r\n:5461\r\n:16383\r\n\
+*4\r\n$1\r\n?\r\n:24002\r\n$4\r\nid-2\r\n*0\r\n";
+    /// The same in RESP3 (`HELLO 3`): the metadata is a map.
+    const HOSTNAMES_RESP3: &[u8] = b"*2\r\n\
+*4\r\n:0\r\n:5460\r\n\
+*4\r\n$14\r\nnode-1.example\r\n:24001\r\n$4\r\nid-1\r\n%1\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n\
+*4\r\n$1\r\n?\r\n:24005\r\n$4\r\nid-5\r\n%1\r\n$2\r\nip\r\n$9\r\n127.0.0.5\r\n\
+*3\r\n:5461\r\n:16383\r\n\
+*4\r\n$1\r\n?\r\n:24002\r\n$4\r\nid-2\r\n%0\r\n";
+
+    #[test]
+    fn parses_hostnames_unknown_endpoints_and_metadata_in_resp2_and_resp3() {
+        let asked = Endpoint::Tcp {
+            host: "10.1.1.1".into(),
+            port: 1,
+        };
+        let at = |host: &str, port| {
+            Some(Endpoint::Tcp {
+                host: host.into(),
+                port,
+            })
+        };
+        for reply in [HOSTNAMES_RESP2, HOSTNAMES_RESP3] {
+            let ranges = parse_slots(reply).unwrap();
+            assert_eq!(ranges.len(), 2);
+            let (first, second) = (&ranges[0], &ranges[1]);
+            assert_eq!(
+                (first.start, first.end, second.start, second.end),
+                (0, 5460, 5461, 16383)
+            );
+            assert_eq!(first.primary.id.as_deref(), Some("id-1"));
+            assert_eq!(first.primary.endpoint(&asked), at("node-1.example", 24001));
+            assert_eq!(first.replicas.len(), 1);
+            assert_eq!(first.replicas[0].id.as_deref(), Some("id-5"));
+            assert_eq!(first.replicas[0].endpoint(&asked), at("127.0.0.5", 24005));
+            assert_eq!(second.primary.endpoint(&asked), None, "\"?\" without an ip");
+            assert!(second.replicas.is_empty());
+        }
+    }
+
+    #[test]
+    fn parses_null_and_empty_endpoints_and_replies_without_ids() {
+        let asked = Endpoint::Tcp {
+            host: "asked.example".into(),
+            port: 7000,
+        };
+        let here = |port| {
+            Some(Endpoint::Tcp {
+                host: "asked.example".into(),
+                port,
+            })
+        };
+        // RESP2 NULL bulk, RESP3 null, empty string; Redis 3 had no node ids.
+        let reply = b"*3\r\n\
+*3\r\n:0\r\n:99\r\n*2\r\n$-1\r\n:7001\r\n\
+*3\r\n:100\r\n:199\r\n*2\r\n_\r\n:7002\r\n\
+*4\r\n:200\r\n:16383\r\n*3\r\n$0\r\n\r\n:7003\r\n$1\r\nc\r\n*2\r\n+10.0.0.4\r\n:7004\r\n";
+        let ranges = parse_slots(reply).unwrap();
+        assert_eq!(ranges.len(), 3);
+        assert_eq!(ranges[0].primary.endpoint(&asked), here(7001));
+        assert_eq!(ranges[1].primary.endpoint(&asked), here(7002));
+        assert_eq!(ranges[2].primary.endpoint(&asked), here(7003));
+        assert_eq!(ranges[0].primary.id, None);
+        assert_eq!(ranges[2].primary.id.as_deref(), Some("c"));
+        assert_eq!(ranges[2].replicas[0].host, "10.0.0.4");
+        let unix = Endpoint::Unix("/tmp/redis.sock".into());
+        assert_eq!(ranges[0].primary.endpoint(&unix), None);
+        // An empty cluster (no slots assigned yet) is a valid, empty answer.
+        assert_eq!(parse_slots(b"*0\r\n").unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn refuses_malformed_replies() {
+        for bad in [
+            &b"+OK\r\n"[..],
+            b"*1\r\n:5\r\n",
+            b"*1\r\n*2\r\n:0\r\n:5\r\n",
+            b"*1\r\n*3\r\n:0\r\n:99999\r\n*2\r\n$1\r\na\r\n:1\r\n",
+            b"*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\na\r\n:70000\r\n",
+            b"*2\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\na\r\n:1\r\n",
+            b"*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$5\r\na\r\n",
+        ] {
+            assert!(
+                parse_slots(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
