@@ -54,7 +54,8 @@ pub const LEASE_REFUSALS: &str = "respipe_lease_refusals_total";
 pub const POOLS: &str = "respipe_pools";
 /// Servers of a sharded upstream ejected now (`auto_eject_hosts`): their keys go to the others.
 pub const SHARDS_EJECTED: &str = "respipe_shards_ejected";
-/// Cluster slot map refreshes, by what asked for them (`source`).
+/// Cluster slot map refreshes that installed a map (some node answered), by what asked for them
+/// (`source`); one no node answered is logged and retried, not counted.
 pub const CLUSTER_REFRESHES: &str = "respipe_cluster_refreshes_total";
 /// 1 while every hash slot of the cluster has a known owner, 0 otherwise.
 pub const CLUSTER_SLOTS_COVERED: &str = "respipe_cluster_slots_covered";
@@ -226,8 +227,8 @@ pub fn ejected(count: usize) {
     metrics::gauge!(SHARDS_EJECTED).set(count as f64);
 }
 
-/// Counts a cluster slot map refresh asked for by `source`, and publishes its coverage and
-/// primaries.
+/// Counts a cluster slot map refresh asked for by `source` that installed a map, and publishes
+/// the map's coverage and primaries.
 pub fn cluster_refreshed(source: &'static str, covered: bool, primaries: usize) {
     metrics::counter!(CLUSTER_REFRESHES, "source" => source).increment(1);
     metrics::gauge!(CLUSTER_SLOTS_COVERED).set(if covered { 1.0 } else { 0.0 });
@@ -376,7 +377,7 @@ fn describe() {
     );
     describe_counter!(
         CLUSTER_REFRESHES,
-        "Cluster slot map refreshes, by what asked for them (source)."
+        "Cluster slot map refreshes that installed a map (some node answered), by what asked for them (source)."
     );
     describe_gauge!(
         CLUSTER_SLOTS_COVERED,
