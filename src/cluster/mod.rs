@@ -484,19 +484,39 @@ async fn keep_map(cluster: Weak<Cluster>, wake: Arc<Notify>, interval: Duration)
         drop(map);
         sleep(MIN_REFRESH_INTERVAL).await;
         let deadline = Instant::now() + wait.saturating_sub(MIN_REFRESH_INTERVAL);
-        source = loop {
-            let Some(current) = cluster.upgrade() else {
-                return;
-            };
-            if let Some(asked) = lock(&current.asked).take() {
-                break owed.unwrap_or(asked);
-            }
-            drop(current);
-            // A wake-up without an ask is a permit left by an ask already served: wait again.
-            if timeout_at(deadline, wake.notified()).await.is_err() {
-                break owed.unwrap_or(Source::Background);
-            }
+        source = match next_ask(&cluster, &wake, deadline).await {
+            Wake::Asked(asked) => owed.unwrap_or(asked),
+            Wake::Due => owed.unwrap_or(Source::Background),
+            Wake::Gone => return,
         };
+    }
+}
+
+/// Why the refresh task woke up.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    /// A trigger asked for a refresh (the first since the last one).
+    Asked(Source),
+    /// The deadline passed without an ask.
+    Due,
+    /// The cluster was dropped.
+    Gone,
+}
+
+/// Waits for an ask (one already made counts) or `deadline`. Holds the cluster only to look.
+async fn next_ask(cluster: &Weak<Cluster>, wake: &Notify, deadline: Instant) -> Wake {
+    loop {
+        let Some(current) = cluster.upgrade() else {
+            return Wake::Gone;
+        };
+        if let Some(asked) = lock(&current.asked).take() {
+            return Wake::Asked(asked);
+        }
+        drop(current);
+        // A wake-up without an ask is a permit left by an ask already served: wait again.
+        if timeout_at(deadline, wake.notified()).await.is_err() {
+            return Wake::Due;
+        }
     }
 }
 
@@ -510,4 +530,119 @@ fn backoff(retry: &mut Duration) -> Duration {
 /// Locks a mutex only held for short updates; poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Tunables;
+
+    /// A short wait (real time: tokio's paused clock is not built in).
+    const SOON: Duration = Duration::from_millis(50);
+
+    /// A cluster without its refresh task (made outside a runtime), and a runtime to wait in.
+    fn quiet() -> (Arc<Cluster>, tokio::runtime::Runtime) {
+        let seed = Upstream::tcp("127.0.0.1", 1);
+        let config = crate::config::Config::default();
+        let probe = UpstreamSettings {
+            upstream: seed.clone(),
+            user: None,
+            user_refused: Arc::default(),
+            user_events: None,
+            health: None,
+            resp3: false,
+            tls: None,
+            tunables: Arc::new(crate::live::Live::new(Tunables::from_config(&config))),
+            connect_timeout: config.timeouts.connect_timeout,
+            backoff_max: config.timeouts.reconnect_backoff_max,
+            max_inflight: 1,
+            queue_capacity: 1,
+            dedicated: false,
+        };
+        let cluster = Cluster::new(&Spec { seeds: vec![seed] }, &probe);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        (cluster, runtime)
+    }
+
+    #[test]
+    fn asks_are_coalesced_and_the_first_names_the_source() {
+        let (cluster, runtime) = quiet();
+        let (weak, wake) = (Arc::downgrade(&cluster), cluster.wake.clone());
+        runtime.block_on(async {
+            let deadline = Instant::now() + SOON;
+            cluster.refresh(Source::Moved);
+            cluster.refresh(Source::Uncovered);
+            cluster.refresh(Source::ConnectFailure);
+            assert_eq!(
+                next_ask(&weak, &wake, deadline).await,
+                Wake::Asked(Source::Moved)
+            );
+            assert!(Instant::now() < deadline, "at once");
+            // The permit the asks left does not make a second refresh: the next one is due at the
+            // deadline.
+            assert_eq!(next_ask(&weak, &wake, deadline).await, Wake::Due);
+            assert!(Instant::now() >= deadline);
+        });
+    }
+
+    #[test]
+    fn an_ask_while_waiting_wakes_the_task_at_once() {
+        let (cluster, runtime) = quiet();
+        let (weak, wake) = (Arc::downgrade(&cluster), cluster.wake.clone());
+        runtime.block_on(async {
+            let start = Instant::now();
+            let asker = cluster.clone();
+            tokio::spawn(async move {
+                sleep(SOON).await;
+                asker.refresh(Source::ClusterDown);
+            });
+            let deadline = start + BACKGROUND_REFRESH;
+            let woke = next_ask(&weak, &wake, deadline).await;
+            assert_eq!(woke, Wake::Asked(Source::ClusterDown));
+            assert!(start.elapsed() >= SOON && Instant::now() < deadline);
+            drop(cluster);
+            assert_eq!(next_ask(&weak, &wake, deadline).await, Wake::Gone);
+        });
+    }
+
+    #[test]
+    fn retries_back_off_up_to_a_cap() {
+        let mut retry = MIN_REFRESH_INTERVAL;
+        let waits: Vec<u64> = (0..6).map(|_| backoff(&mut retry).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 8, 8]);
+    }
+
+    #[test]
+    fn connect_failures_refresh_only_for_a_primary_and_only_from_the_limit_on() {
+        let (cluster, _runtime) = quiet();
+        let lane = cluster.lane_of(Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 2,
+        });
+        let (seed, other) = (0, lane.unwrap());
+        let mut owner = vec![NO_OWNER; SLOTS].into_boxed_slice();
+        owner.fill(seed);
+        cluster
+            .map
+            .store(Arc::new(SlotMap::new(owner, Arc::new([]))));
+        let asked = || lock(&cluster.asked).take();
+        let health = cluster.health(seed).unwrap();
+        health.failed();
+        assert_eq!(asked(), None, "one failure is not enough");
+        health.failed();
+        assert_eq!(asked(), Some(Source::ConnectFailure));
+        health.failed();
+        assert_eq!(asked(), Some(Source::ConnectFailure), "nor is it the last");
+        health.connected();
+        health.failed();
+        assert_eq!(asked(), None, "a connection starts the count again");
+        let health = cluster.health(other).unwrap();
+        for _ in 0..3 {
+            health.failed();
+        }
+        assert_eq!(asked(), None, "not a primary");
+    }
 }
