@@ -9,7 +9,7 @@
 //! The map is kept by a task the cluster owns ([`Cluster::new`]). Each refresh asks up to
 //! [`ASK_AT_ONCE`] nodes at once for `CLUSTER SLOTS` — the primaries of the current map first,
 //! then the other nodes it names, then the seeds — and installs the view most of the answers
-//! agree on, preferring one that covers every slot ([`view::choose`]). Nodes are known by node
+//! agree on, preferring one that covers every slot (`view::choose`). Nodes are known by node
 //! id: a node that restarts on another address is the same node, found at its new address (where
 //! it gets a new lane). A refresh runs at start (retried with backoff until a node answers), when
 //! a trigger asks ([`Cluster::refresh`]: a `MOVED`, [`CONNECT_FAILURES`] failed connections in a
@@ -365,11 +365,7 @@ impl Cluster {
             if nodes.ids.len() > MAX_NODES {
                 nodes.ids.clear();
             }
-            for node in view
-                .shards
-                .iter()
-                .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
-            {
+            for node in view.nodes() {
                 let Some(id) = &node.id else { continue };
                 let old = nodes.ids.insert(id.clone(), node.endpoint.clone());
                 if let Some(old) = old.filter(|old| *old != node.endpoint) {

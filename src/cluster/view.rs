@@ -98,8 +98,8 @@ impl View {
             .collect()
     }
 
-    /// Every node of the view with its id.
-    fn nodes(&self) -> impl Iterator<Item = &Node> {
+    /// Every node of the view: each shard's primary, then its replicas.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.shards
             .iter()
             .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
