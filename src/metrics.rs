@@ -231,6 +231,12 @@ pub fn ejected(count: usize) {
 /// the map's coverage and primaries.
 pub fn cluster_refreshed(source: &'static str, covered: bool, primaries: usize) {
     metrics::counter!(CLUSTER_REFRESHES, "source" => source).increment(1);
+    cluster_map(covered, primaries);
+}
+
+/// Publishes the coverage and primaries of the cluster slot map in use (empty at start, then
+/// after every refresh and `MOVED` patch).
+pub fn cluster_map(covered: bool, primaries: usize) {
     metrics::gauge!(CLUSTER_SLOTS_COVERED).set(if covered { 1.0 } else { 0.0 });
     metrics::gauge!(CLUSTER_NODES).set(primaries as f64);
 }

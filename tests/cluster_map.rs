@@ -99,6 +99,7 @@ async fn starts_with_a_seed_down_and_serves_every_slot() {
 
         let lonely = BinProxy::spawn(&format!("redis-cluster://{down_addr}"), &[]);
         assert_eq!(lonely.status("/readyz").await, 503, "no node answered yet");
+        assert_eq!(lonely.metric("respipe_cluster_slots_covered").await, 0.0);
         let mut c = RawClient::connect(lonely.listen).await;
         let r = c.cmd(&["GET", "k"]).await;
         assert!(r.error_text().is_some(), "no slot map yet: {r:?}");

@@ -227,6 +227,8 @@ impl Cluster {
         for seed in &spec.seeds {
             cluster.lane_of(seed.endpoint.clone());
         }
+        // Served from the start, so dashboards and alerts see an unknown map as uncovered.
+        crate::metrics::cluster_map(false, 0);
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(keep_map(
                 Arc::downgrade(&cluster),
@@ -284,7 +286,9 @@ impl Cluster {
     pub fn moved(&self, slot: u16, lane: Lane) {
         let current = self.map.load();
         if current.owner(slot) != Some(lane) {
-            self.map.store(Arc::new(current.patched(slot, lane)));
+            let map = current.patched(slot, lane);
+            crate::metrics::cluster_map(map.covered(), map.primaries.len());
+            self.map.store(Arc::new(map));
         }
         self.refresh(Source::Moved);
     }
