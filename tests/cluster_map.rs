@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::{key_in_slot, Cluster, ClusterOptions};
 use common::{bounded, http_get, poll_until, BinProxy, RawClient, Reply};
-use respipe::cluster::SLOTS;
+use respipe::cluster::{BACKGROUND_REFRESH, SLOTS};
 
 /// Bound of one test: a cluster start (a few seconds) plus the test's own work.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -162,8 +162,10 @@ async fn finds_a_node_restarted_on_another_port() {
 /// A primary SIGKILLed and its replica promoted (`CLUSTER FAILOVER TAKEOVER`): no node answers
 /// `MOVED` for its slots (the old owner is gone), yet respipe learns the new owner from the failed
 /// connections to the old one, and serves the slots from the promoted replica within seconds.
+/// Then the old primary, back as a replica, takes over gracefully while no client talks: the
+/// periodic check finds it (this phase waits up to [`BACKGROUND_REFRESH`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn learns_a_failover_without_a_moved() {
+async fn learns_failovers_without_a_moved() {
     bounded(LIMIT, "failover", async {
         let mut cluster = Cluster::start(ClusterOptions::default()).await;
         let proxy = cluster.respipe(&[]).await;
@@ -189,6 +191,32 @@ async fn learns_a_failover_without_a_moved() {
         );
         cluster.wait_ok().await;
         serves_every_slot(&proxy, "failover").await;
+
+        // The old primary comes back as a replica and takes over gracefully while no client
+        // talks: nothing fails and nobody says MOVED, so only the periodic check can tell.
+        cluster.restart(p).await;
+        cluster.wait_ok().await;
+        cluster.failover(p, None).await;
+        cluster.wait_ok().await;
+        let background = "source=\"background\"";
+        let checks = metric_with(&proxy, "respipe_cluster_refreshes_total", background).await;
+        let due = BACKGROUND_REFRESH + Duration::from_secs(5);
+        poll_until(due, "a background refresh after the failover", || async {
+            let now = metric_with(&proxy, "respipe_cluster_refreshes_total", background).await;
+            (now > checks).then_some(())
+        })
+        .await;
+        let mut c = RawClient::connect(proxy.listen).await;
+        assert_eq!(
+            c.cmd(&["GET", &key]).await,
+            Reply::bulk("after"),
+            "from {p}"
+        );
+        assert_eq!(
+            metric_with(&proxy, "respipe_cluster_redirects_total", "kind=\"moved\"").await,
+            0.0,
+            "learnt without a MOVED"
+        );
     })
     .await
 }
