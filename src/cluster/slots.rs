@@ -89,8 +89,13 @@ enum Value {
     Other,
 }
 
-/// Parses one RESP2 or RESP3 value at the front of `buf`; returns it and the bytes it took.
-fn value(buf: &[u8]) -> Option<(Value, usize)> {
+/// Arrays nest this deep at most in a `CLUSTER SLOTS` reply (reply, range, node, metadata); a
+/// deeper reply is refused rather than followed.
+const MAX_DEPTH: usize = 4;
+
+/// Parses one RESP2 or RESP3 value at the front of `buf`, inside `depth` arrays; returns it and
+/// the bytes it took.
+fn value(buf: &[u8], depth: usize) -> Option<(Value, usize)> {
     let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
     let line = &buf[1..line_end];
     let after = line_end + 2;
@@ -106,13 +111,13 @@ fn value(buf: &[u8]) -> Option<(Value, usize)> {
             let text = buf.get(after..after + len)?.to_vec();
             Some((Value::Text(text), after + len + 2))
         }
-        b'*' | b'>' | b'~' | b'%' => {
+        b'*' | b'>' | b'~' | b'%' if depth < MAX_DEPTH => {
             // A map (RESP3 metadata) is read as its keys and values in turn, as RESP2 sends it.
             let n = resp::parse_int(line)?.max(0) * if buf[0] == b'%' { 2 } else { 1 };
             let mut at = after;
             let mut items = Vec::new();
             for _ in 0..n {
-                let (item, used) = value(&buf[at..])?;
+                let (item, used) = value(&buf[at..], depth + 1)?;
                 items.push(item);
                 at += used;
             }
@@ -128,7 +133,7 @@ pub fn parse_slots(reply: &[u8]) -> Result<Vec<SlotRange>, String> {
     if reply.first() == Some(&b'-') {
         return Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_owned());
     }
-    let Some((Value::Array(entries), _)) = value(reply) else {
+    let Some((Value::Array(entries), _)) = value(reply, 0) else {
         return Err("CLUSTER SLOTS: not an array".into());
     };
     let node = |v: &Value| -> Option<NodeAddr> {
@@ -316,6 +321,8 @@ mod tests {
             b"*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\na\r\n:70000\r\n",
             b"*2\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\na\r\n:1\r\n",
             b"*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$5\r\na\r\n",
+            // Nested deeper than CLUSTER SLOTS ever is.
+            b"*1\r\n*3\r\n:0\r\n:5\r\n*3\r\n$1\r\na\r\n:1\r\n*1\r\n*0\r\n",
         ] {
             assert!(
                 parse_slots(bad).is_err(),
