@@ -5,7 +5,8 @@
 //! A [`Layout`] is made per configuration (a reload that changes the servers makes a new one). With
 //! ejection on, every server has a [`Health`] its connections report to; a task owned by the layout
 //! rebuilds the placement when a server reaches its failure limit, and again when its retry timeout
-//! has passed, as twemproxy does.
+//! has passed, as twemproxy does. A cluster's lanes have a [`Health`] too: a primary whose
+//! connections keep failing refreshes the slot map instead.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};

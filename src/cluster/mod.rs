@@ -196,8 +196,8 @@ pub struct Cluster {
     probe: UpstreamSettings,
     nodes: Mutex<Nodes>,
     map: ArcSwap<SlotMap>,
-    /// Wakes the refresh task; a [`Health`] of each lane holds this cluster weakly to call
-    /// [`Cluster::refresh`].
+    /// Notified by [`Cluster::refresh`]; the refresh task holds the other clone (and the
+    /// cluster only weakly, so dropping the cluster ends it).
     wake: Arc<Notify>,
     /// The first trigger since the last refresh (reported as its source).
     asked: Mutex<Option<Source>>,
@@ -284,11 +284,14 @@ impl Cluster {
     /// A node said `MOVED slot addr`: the map says so at once, and a refresh is asked for (the
     /// whole map may have changed).
     pub fn moved(&self, slot: u16, lane: Lane) {
-        let current = self.map.load();
-        if current.owner(slot) != Some(lane) {
-            let map = current.patched(slot, lane);
+        if self.map.load().owner(slot) != Some(lane) {
+            // Read, copy, swap: retried if another patch or a refresh got in between.
+            self.map.rcu(|map| match map.owner(slot) {
+                Some(owner) if owner == lane => map.clone(),
+                _ => Arc::new(map.patched(slot, lane)),
+            });
+            let map = self.map.load();
             crate::metrics::cluster_map(map.covered(), map.primaries.len());
-            self.map.store(Arc::new(map));
         }
         self.refresh(Source::Moved);
     }
@@ -608,6 +611,31 @@ mod tests {
         });
     }
 
+    /// A map with every slot on `lane`.
+    fn owned_by(lane: Lane) -> SlotMap {
+        SlotMap::new(vec![lane; SLOTS].into_boxed_slice(), Arc::new([]))
+    }
+
+    #[test]
+    fn moved_patches_the_slot_and_asks_for_a_refresh() {
+        let (cluster, _runtime) = quiet();
+        let other = cluster.lane_of(Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 2,
+        });
+        let other = other.unwrap();
+        cluster.map.store(Arc::new(owned_by(0)));
+        cluster.moved(7, other);
+        let map = cluster.map();
+        assert_eq!(
+            (map.owner(6), map.owner(7), map.owner(8)),
+            (Some(0), Some(other), Some(0))
+        );
+        assert_eq!(map.primaries(), vec![0, other]);
+        assert!(map.is_primary(other) && map.covered());
+        assert_eq!(lock(&cluster.asked).take(), Some(Source::Moved));
+    }
+
     #[test]
     fn retries_back_off_up_to_a_cap() {
         let mut retry = MIN_REFRESH_INTERVAL;
@@ -623,11 +651,7 @@ mod tests {
             port: 2,
         });
         let (seed, other) = (0, lane.unwrap());
-        let mut owner = vec![NO_OWNER; SLOTS].into_boxed_slice();
-        owner.fill(seed);
-        cluster
-            .map
-            .store(Arc::new(SlotMap::new(owner, Arc::new([]))));
+        cluster.map.store(Arc::new(owned_by(seed)));
         let asked = || lock(&cluster.asked).take();
         let health = cluster.health(seed).unwrap();
         health.failed();
