@@ -611,6 +611,12 @@ mod tests {
         });
     }
 
+    /// A lane besides the seed's (lane 0).
+    fn second_lane(cluster: &Cluster) -> Lane {
+        let other = Upstream::tcp("127.0.0.1", 2).endpoint;
+        cluster.lane_of(other).unwrap()
+    }
+
     /// A map with every slot on `lane`.
     fn owned_by(lane: Lane) -> SlotMap {
         SlotMap::new(vec![lane; SLOTS].into_boxed_slice(), Arc::new([]))
@@ -619,11 +625,7 @@ mod tests {
     #[test]
     fn moved_patches_the_slot_and_asks_for_a_refresh() {
         let (cluster, _runtime) = quiet();
-        let other = cluster.lane_of(Endpoint::Tcp {
-            host: "127.0.0.1".into(),
-            port: 2,
-        });
-        let other = other.unwrap();
+        let other = second_lane(&cluster);
         cluster.map.store(Arc::new(owned_by(0)));
         cluster.moved(7, other);
         let map = cluster.map();
@@ -646,11 +648,7 @@ mod tests {
     #[test]
     fn connect_failures_refresh_only_for_a_primary_and_only_from_the_limit_on() {
         let (cluster, _runtime) = quiet();
-        let lane = cluster.lane_of(Endpoint::Tcp {
-            host: "127.0.0.1".into(),
-            port: 2,
-        });
-        let (seed, other) = (0, lane.unwrap());
+        let (seed, other) = (0, second_lane(&cluster));
         cluster.map.store(Arc::new(owned_by(seed)));
         let asked = || lock(&cluster.asked).take();
         let health = cluster.health(seed).unwrap();
