@@ -23,6 +23,8 @@
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
 //! - `clients`: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
 //! - [`shard`]: twemproxy-compatible placement of keys on independent servers.
+//! - [`cluster`]: Redis Cluster: hash slots, and the slot map (the view most of up to 3 nodes agree
+//!   on) kept current by its refresh task.
 //! - `session`: one client, by concern: the socket loop (`mod.rs`), input and dispatch (`input`),
 //!   client state (`state`), connections and leases (`conns`), reply order (`order`), the reorder
 //!   buffer and sharded commands (`lanes`), streams (`stream`), identity and tracking.
