@@ -88,19 +88,24 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv):
-    """The options of the module doc (which is the --help text) into a dict."""
+def count(v):
+    """argparse type: a number >= 0."""
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number: {v!r}")
+    return int(v)
 
-    def count(v):
-        if not v.isdigit():
-            raise argparse.ArgumentTypeError(f"not a number: {v!r}")
-        return int(v)
 
-    def positive(v):
-        n = count(v)
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1: {v!r}")
-        return n
+def positive(v):
+    """argparse type: a number >= 1."""
+    n = count(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {v!r}")
+    return n
+
+
+def arg_parser(doc, prog, **defaults):
+    """The options this benchmark shares with bench_cluster.py (each module doc lists them), with
+    `defaults` overriding; the caller adds its own, then calls parse()."""
 
     def counts(v):
         return [positive(x) for x in v.replace(",", " ").split()]
@@ -111,14 +116,11 @@ def parse_args(argv):
             raise argparse.ArgumentTypeError(f"wants NAME=CMD, got {v!r}")
         return name, cmd
 
-    usage = __doc__.split("\n")[2].removeprefix("Usage: ")
-    p = argparse.ArgumentParser(prog="bench_shards.py", add_help=False, usage=usage)
+    usage = doc.split("\n")[2].removeprefix("Usage: ")
+    p = argparse.ArgumentParser(prog=prog, add_help=False, usage=usage)
     p.add_argument("-h", "--help", action="store_true")
     p.add_argument("--proxy", dest="proxies", type=proxy, action="append", default=[])
-    p.add_argument("--no-nutcracker", dest="nutcracker", action="store_false")
-    p.add_argument("--nc-mbuf", type=positive, default=16384)
     p.add_argument("--ready-timeout", type=positive, default=30)
-    p.add_argument("--shards", type=positive, default=3)
     p.add_argument("--rounds", type=positive, default=3)
     p.add_argument("--clients", type=counts, default=[50, 200, 1000])
     p.add_argument("--tests", type=lambda v: v.replace(",", " ").split(), default=["set", "get"])
@@ -138,10 +140,26 @@ def parse_args(argv):
     p.add_argument("--out")
     p.add_argument("--label", default="")
     p.add_argument("--pool", nargs="+", metavar="DIR")
+    p.set_defaults(**defaults)
+    return p
+
+
+def parse(p, doc, argv):
+    """Options into a dict; --help prints `doc`."""
     o = p.parse_args(argv)
     if o.help:
-        print(__doc__)
+        print(doc)
         sys.exit(0)
+    return o
+
+
+def parse_args(argv):
+    """The options of the module doc (which is the --help text) into a dict."""
+    p = arg_parser(__doc__, "bench_shards.py")
+    p.add_argument("--no-nutcracker", dest="nutcracker", action="store_false")
+    p.add_argument("--nc-mbuf", type=positive, default=16384)
+    p.add_argument("--shards", type=positive, default=3)
+    o = parse(p, __doc__, argv)
     if not o.proxies and not o.nutcracker and not o.pool:
         p.error("nothing to measure: give --proxy NAME=CMD")
     return vars(o)
