@@ -205,7 +205,13 @@ if [[ $MODE != harness ]]; then
   log "output: $OUT"
   T0=$SECONDS
   rc=0
-  python3 "$ROOT/scripts/bench_$MODE.py" "${args[@]}" || rc=$?
+  # in the background, so that a TERM/INT/HUP to this script reaches it (it then stops all it started)
+  python3 "$ROOT/scripts/bench_$MODE.py" "${args[@]}" &
+  child=$!
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT HUP
+  wait "$child" || rc=$?
+  while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done  # a signal cut the wait short
+  trap - TERM INT HUP
   if [[ $rc == 0 ]]; then
     log "took $((SECONDS - T0)) s; wrote $OUT/report.md, $OUT/runs.tsv (logs and configs: $OUT)"
   else

@@ -303,7 +303,7 @@ def run_migration(o, rnd, target, nodes):
            "settle_s": settle}
     sh.log(f"  r{rnd} {name:<11} migration of {row['slots_moved']} slots in {row['migrate_s']} s under SET c={c}: "
            f"{len(chunks)} chunks, {len(errors)} ended by an error reply ({row['error_kinds']}), "
-           f"p99 median {row['p99_ms_median']} max {row['p99_ms_max']} ms, nodes sent {redirects} redirects, "
+           f"p99 median {fmt(row['p99_ms_median'])} max {fmt(row['p99_ms_max'])} ms, nodes sent {redirects} redirects, "
            f"every slot served again after {settle} s")
     return row
 
@@ -320,6 +320,10 @@ def settle_proxy(o, port):
     return None
 
 
+def fmt(v, f=".3f"):
+    return "–" if v is None or v == "" else format(float(v), f)
+
+
 def migration_report(mrows):
     """Markdown of the migration rows (one per round)."""
     if not mrows:
@@ -334,14 +338,11 @@ def migration_report(mrows):
            "p99 ms median / max | rps median | redirects sent | settle s |",
            "|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|"]
 
-    def num(v, f=".3f"):
-        return "–" if v is None or v == "" else format(float(v), f)
-
     for r in mrows:
         out.append(f"| {r['round']} | {r['target']} | {r['clients']} | {r['slots_moved']} | {r['migrate_s']} | "
-                   f"{r['chunks']} | {r['errors']} | {r['error_kinds']} | {num(r['p99_ms_median'])} / "
-                   f"{num(r['p99_ms_max'])} | {num(r['rps_median'], '.0f')} | {r['redirects_sent']} | "
-                   f"{num(r['settle_s'], '.1f')} |")
+                   f"{r['chunks']} | {r['errors']} | {r['error_kinds']} | {fmt(r['p99_ms_median'])} / "
+                   f"{fmt(r['p99_ms_max'])} | {fmt(r['rps_median'], '.0f')} | {r['redirects_sent']} | "
+                   f"{fmt(r['settle_s'], '.1f')} |")
     return "\n".join(out) + "\n"
 
 
@@ -477,11 +478,13 @@ def main():
         print(text)
         return 0 if all(r["rc"] == 0 for r in rows) and not problems else 1
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second ^C or TERM must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         for n in nodes:
             n.conn.close()
         procs.stop()
         if os.path.exists(os.path.join(state, "pids")):
-            cluster_script(o, "stop", "--state", state)
+            cluster_script(o, "stop", "--state", state, "--keep")  # the nodes' logs stay in OUT/cluster
 
 
 if __name__ == "__main__":
