@@ -343,6 +343,10 @@ def migration_report(mrows):
                    f"{r['chunks']} | {r['errors']} | {r['error_kinds']} | {fmt(r['p99_ms_median'])} / "
                    f"{fmt(r['p99_ms_max'])} | {fmt(r['rps_median'], '.0f')} | {r['redirects_sent']} | "
                    f"{fmt(r['settle_s'], '.1f')} |")
+    p99s = [float(r["p99_ms_median"]) for r in mrows if r["p99_ms_median"] not in (None, "")]
+    out += ["", f"Over {len(mrows)} round(s): {sum(int(r['errors']) for r in mrows)} client-visible error(s) in "
+                f"{sum(int(r['chunks']) for r in mrows)} chunks; p99 during the migration {fmt(sh.med(p99s))} ms "
+                "(median of the rounds')."]
     return "\n".join(out) + "\n"
 
 
