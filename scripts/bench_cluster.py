@@ -14,10 +14,13 @@ round, with the order of the targets rotated every round:
   3. a slot migration under load: SET at --migration-clients through the first proxy, while
      --migrations moves of --migration-slots slots each go from one primary to the next (CLUSTER
      SETSLOT IMPORTING/MIGRATING, GETKEYSINSLOT + MIGRATE, SETSLOT NODE) and then back again, so
-     every round starts from the same slot map; the moves are --migration-gap seconds apart. redis-benchmark stops at the first error reply
-     it reads: it runs in chunks of --migration-requests while the slots move, each chunk ended by
-     an error counting one client-visible error (a lower bound; exact when it is 0); p99 is over
-     the chunks that completed. Afterwards the proxy is probed until it serves every slot again.
+     every round starts from the same slot map; the moves are --migration-gap seconds apart.
+     redis-benchmark stops at the first error reply it reads: it runs in chunks of
+     --migration-requests while the slots move, each chunk ended by an error counting one
+     client-visible error (a lower bound; exact when it is 0); p99 is over the chunks that
+     completed. Afterwards the proxy is probed until it serves every slot again.
+Before the rounds, an MGET of the test's keys through each proxy must answer what the single Redis
+does (else the report says so and the exit status is 1).
 
 Targets:
   --proxy NAME=CMD      proxy under test, a command template (may be repeated). Placeholders:
@@ -56,6 +59,7 @@ Placement:
 Output:
   --out DIR             runs.tsv (one row per run, as bench_shards.py writes it: per node the
                         commands of the test and reads), migration.tsv, report.md, meta.txt, logs
+                        (the nodes' in DIR/cluster)
   --label TEXT          free text for the report heading
   --pool DIR [DIR ...]  run nothing: one report of several invocations' --out dirs (medians
                         over all their rounds); written to --out/report.md when --out is given
