@@ -78,7 +78,8 @@ import sys
 import threading
 import time
 
-import bench_shards as sh
+sys.dont_write_bytecode = True  # no scripts/__pycache__ from the import below
+import bench_shards as sh  # noqa: E402
 
 HOST = sh.HOST
 SLOTS = 16384
