@@ -48,7 +48,7 @@ Output:
                         pooled (rounds numbered on; ratios still pair runs of the same round);
                         written to --out/report.md when --out is given, always printed
 
-Per run: rps and p50 (redis-benchmark --csv); proxy CPU per 100k requests (utime+stime from
+Per run: rps, p50 and p99 (redis-benchmark --csv); proxy CPU per 100k requests (utime+stime from
 /proc/PID/stat); per shard the commands and reads Redis processed (INFO stats
 total_commands_processed / total_reads_processed deltas, minus our INFO) and Redis CPU
 (used_cpu_user + used_cpu_sys); redis-benchmark's CPU; the CPU everything else on the box used.
@@ -145,7 +145,7 @@ def arg_parser(doc, prog, **defaults):
 
 
 def parse(p, doc, argv):
-    """Options into a dict; --help prints `doc`."""
+    """The parsed options (a namespace); --help prints `doc` and exits."""
     o = p.parse_args(argv)
     if o.help:
         print(doc)
