@@ -3,7 +3,9 @@
 # harness (../shared/bench/run.sh: direct Redis vs twemproxy vs respipe, interleaved round by round),
 # then writes a Markdown report with respipe's ratios and an SVG chart of throughput and Redis CPU
 # against concurrency. With --shards N it runs scripts/bench_shards.py instead: N redis-server shards
-# behind respipe's sharded mode and behind twemproxy's equivalent ketama pool, side by side.
+# behind respipe's sharded mode and behind twemproxy's equivalent ketama pool, side by side. With
+# --cluster it runs scripts/bench_cluster.py: a 3-primary Redis Cluster, respipe in cluster mode beside
+# redis-benchmark --cluster straight at the primaries.
 #
 # Needs: redis-server, redis-cli, redis-benchmark (Debian: redis-server redis-tools), nutcracker
 # (twemproxy), python3, taskset for --pin (util-linux), cargo. As root with apt-get it installs the
@@ -16,10 +18,11 @@ usage() {
   cat <<'EOF'
 Usage: scripts/bench.sh [options] [-- extra run.sh options]
        scripts/bench.sh --shards N [options] [-- extra bench_shards.py options]
+       scripts/bench.sh --cluster [options] [-- extra bench_cluster.py options]
 
   --quick             short run: 2 rounds, clients "1 50 200", GET only, no -P 16 ceiling
                       (about 2 minutes); explicit options below still win
-  --rounds N          rounds (harness default 4)
+  --rounds N          rounds (harness default 4); --runs N is the same
   --clients "LIST"    concurrencies (harness default "1 50 200 1000")
   --tests "LIST"      redis-benchmark tests (harness default "set get")
   --pin               Redis on CPU 0, proxies + load generator on CPU 1 (proxy CPU efficiency)
@@ -30,6 +33,7 @@ Usage: scripts/bench.sh [options] [-- extra run.sh options]
   --respipe-args "A"  extra respipe flags, e.g. "--pool-size 2 --batch-window-us 0"
   --no-build          do not run cargo build --release (use the existing target/release/respipe)
   --shards N          the sharded comparison instead (see below)
+  --cluster           the Redis Cluster comparison instead (see below)
   -h, --help
 
 Anything after `--` goes to ../shared/bench/run.sh as is (see its --help), e.g. -- --requests 300000
@@ -55,6 +59,22 @@ apply (defaults: 3 rounds, clients "50 200 1000", tests "set get"; --quick: 2 ro
 Outputs in --out: report.md (rps, p50, proxy CPU per 100k, commands per Redis read per shard,
 ratios to twemproxy), runs.tsv, the configs and every process's log. One report of two
 invocations: scripts/bench_shards.py --pool DIR1 DIR2 [--out DIR]
+
+Cluster (--cluster): a Redis Cluster of 3 primaries on loopback (../shared/bench/cluster.sh; env
+BENCH_CLUSTER=PATH for another copy) and respipe in cluster mode (--upstream redis-cluster://the
+primaries), by scripts/bench_cluster.py. Per round: GET and SET with random keys over all slots
+(-r 1000000), non-pipelined, `redis-benchmark --cluster` straight at the primaries (the ceiling)
+vs plain redis-benchmark through respipe; MGET of 50 fixed keys spread over all slots, a single
+redis-server holding the same keys (the no-cluster ceiling) vs respipe; then SET at 200 clients
+through respipe while slots move between the primaries and back (p99, client-visible errors).
+--rounds, --clients, --tests, --pin, --out, --label and --respipe-args apply (defaults: 3 rounds,
+clients "50 200 1000", tests "set get"; --quick: 1 round, clients "50 200", GET only, one move).
+Anything after `--` goes to bench_cluster.py (see its --help), e.g.
+  scripts/bench.sh --cluster --runs 2 -- --mget-clients "50 200" --migrations 6
+Outputs in --out: report.md (rps, p50, p99, Redis CPU per 100k summed over the primaries, respipe
+CPU per 100k, commands per read per primary, ratios to the ceilings; the migration table),
+runs.tsv, migration.tsv and every process's log. One report of two invocations:
+scripts/bench_cluster.py --pool DIR1 DIR2 [--out DIR]
 EOF
 }
 
@@ -62,12 +82,12 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 need_arg() { [[ $# -ge 2 && -n $2 ]] || { echo "bench: $1 needs a value" >&2; usage >&2; exit 2; }; }
 
-ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1 SHARDS="" MAX_OTHER=""
+ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1 SHARDS="" CLUSTER=0 MAX_OTHER=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1; shift;;
-    --rounds) need_arg "$@"; ROUNDS=$2; shift 2;;
+    --rounds|--runs) need_arg "$@"; ROUNDS=$2; shift 2;;
     --clients) need_arg "$@"; CLIENTS=$2; shift 2;;
     --tests) need_arg "$@"; TESTS=$2; shift 2;;
     --pin) PIN=1; shift;;
@@ -77,12 +97,17 @@ while [[ $# -gt 0 ]]; do
     --respipe-args) need_arg "$@"; RESPIPE_ARGS=$2; shift 2;;
     --no-build) BUILD=0; shift;;
     --shards) need_arg "$@"; SHARDS=$2; shift 2;;
+    --cluster) CLUSTER=1; shift;;
     -h|--help) usage; exit 0;;
     --) shift; EXTRA=("$@"); break;;
     *) echo "bench: unknown option: $1" >&2; usage >&2; exit 2;;
   esac
 done
-if [[ $QUICK == 1 && -n $SHARDS ]]; then
+[[ -z $SHARDS || $CLUSTER == 0 ]] || die "--shards and --cluster are two different benchmarks: pick one"
+if [[ $QUICK == 1 && $CLUSTER == 1 ]]; then
+  ROUNDS=${ROUNDS:-1}; CLIENTS=${CLIENTS:-50 200}; TESTS=${TESTS:-get}
+  EXTRA=(--migrations 1 "${EXTRA[@]}")
+elif [[ $QUICK == 1 && -n $SHARDS ]]; then
   ROUNDS=${ROUNDS:-2}; CLIENTS=${CLIENTS:-50 200}; TESTS=${TESTS:-get}
   EXTRA=(--mget-clients 50 "${EXTRA[@]}")
 elif [[ $QUICK == 1 ]]; then
@@ -93,21 +118,29 @@ for v in $ROUNDS $CLIENTS $SHARDS; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || die "not a positive number: '$v'"
 done
 [[ -z $MAX_OTHER || $MAX_OTHER =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || die "--max-other: not a number: '$MAX_OTHER'"
-[[ -z $MAX_OTHER || -z $SHARDS ]] || die "--max-other is for the harness (--shards keeps every run, noise shown)"
+[[ -z $MAX_OTHER || ( -z $SHARDS && $CLUSTER == 0 ) ]] \
+  || die "--max-other is for the harness (--shards and --cluster keep every run, noise shown)"
+MODE=harness
+[[ -z $SHARDS ]] || MODE=shards
+[[ $CLUSTER == 0 ]] || MODE=cluster
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS=${BENCH_HARNESS:-$ROOT/../shared/bench/run.sh}
-[[ -n $SHARDS || -x $HARNESS ]] || die "the shared benchmark harness is not at $HARNESS (expected ../shared/bench/run.sh
+[[ $MODE != harness || -x $HARNESS ]] || die "the shared benchmark harness is not at $HARNESS (expected ../shared/bench/run.sh
        next to the repository; set BENCH_HARNESS=PATH to use another copy)"
-[[ -n $SHARDS ]] || HARNESS=$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")
+[[ $MODE != harness ]] || HARNESS=$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")
+CLUSTER_SH=${BENCH_CLUSTER:-$ROOT/../shared/bench/cluster.sh}
+[[ $MODE != cluster || -f $CLUSTER_SH ]] || die "the cluster starter is not at $CLUSTER_SH (expected
+       ../shared/bench/cluster.sh next to the repository; set BENCH_CLUSTER=PATH to use another copy)"
 
 # ------------------------------------------------------------------ tools
 # binary -> Debian package
 declare -A PKG=([redis-server]=redis-server [redis-cli]=redis-tools [redis-benchmark]=redis-tools
-  [nutcracker]=nutcracker [python3]=python3 [taskset]=util-linux)
+  [nutcracker]=nutcracker [python3]=python3 [taskset]=util-linux [setsid]=util-linux [ss]=iproute2)
 tools=("${REDIS_SERVER:-redis-server}" "${REDIS_CLI:-redis-cli}" "${REDIS_BENCHMARK:-redis-benchmark}"
   "${PYTHON:-python3}")
-[[ " ${EXTRA[*]} " == *" --no-nutcracker "* ]] || tools+=("${NUTCRACKER:-nutcracker}")
+if [[ $MODE == cluster ]]; then tools+=(ss setsid)
+elif [[ " ${EXTRA[*]} " != *" --no-nutcracker "* ]]; then tools+=("${NUTCRACKER:-nutcracker}"); fi
 [[ $PIN == 0 ]] || tools+=(taskset)
 missing=() pkgs=()
 for b in "${tools[@]}"; do
@@ -152,25 +185,37 @@ OUT=$(cd "$OUT" && pwd)
 label=${LABEL:-respipe $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')}
 [[ $PIN == 1 ]] && label+=", pinned"
 
-# ------------------------------------------------------------------ sharded: bench_shards.py
-if [[ -n $SHARDS ]]; then
-  printf -v proxy_cmd 'respipe=%q --config {config} --listen {listen}' "$BIN"
+# ------------------------------------------------------------------ sharded, cluster: bench_*.py
+if [[ $MODE != harness ]]; then
+  if [[ $MODE == cluster ]]; then
+    printf -v proxy_cmd 'respipe=%q --upstream {upstream} --listen {listen}' "$BIN"
+    args=(--cluster-script "$CLUSTER_SH"); what="cluster: 3 primaries"
+  else
+    printf -v proxy_cmd 'respipe=%q --config {config} --listen {listen}' "$BIN"
+    args=(--shards "$SHARDS"); what="sharded: $SHARDS shards"
+  fi
   [[ -z $RESPIPE_ARGS ]] || proxy_cmd+=" $RESPIPE_ARGS"
-  args=(--shards "$SHARDS" --proxy "$proxy_cmd" --out "$OUT" --label "$label")
+  args+=(--proxy "$proxy_cmd" --out "$OUT" --label "$label")
   [[ -z $ROUNDS ]] || args+=(--rounds "$ROUNDS")
   [[ -z $CLIENTS ]] || args+=(--clients "$CLIENTS")
   [[ -z $TESTS ]] || args+=(--tests "$TESTS")
   [[ $PIN == 0 ]] || args+=(--pin)
   args+=("${EXTRA[@]}")
-  log "sharded: $SHARDS shards, proxy under test: ${proxy_cmd#respipe=}"
+  log "$what, proxy under test: ${proxy_cmd#respipe=}"
   log "output: $OUT"
   T0=$SECONDS
   rc=0
-  python3 "$ROOT/scripts/bench_shards.py" "${args[@]}" || rc=$?
+  # in the background, so that a TERM/INT/HUP to this script reaches it (it then stops all it started)
+  python3 "$ROOT/scripts/bench_$MODE.py" "${args[@]}" &
+  child=$!
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT HUP
+  wait "$child" || rc=$?
+  while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done  # a signal cut the wait short
+  trap - TERM INT HUP
   if [[ $rc == 0 ]]; then
     log "took $((SECONDS - T0)) s; wrote $OUT/report.md, $OUT/runs.tsv (logs and configs: $OUT)"
   else
-    log "bench_shards.py exited with status $rc after $((SECONDS - T0)) s; see $OUT"
+    log "bench_$MODE.py exited with status $rc after $((SECONDS - T0)) s; see $OUT"
   fi
   exit "$rc"
 fi

@@ -48,7 +48,7 @@ Output:
                         pooled (rounds numbered on; ratios still pair runs of the same round);
                         written to --out/report.md when --out is given, always printed
 
-Per run: rps and p50 (redis-benchmark --csv); proxy CPU per 100k requests (utime+stime from
+Per run: rps, p50 and p99 (redis-benchmark --csv); proxy CPU per 100k requests (utime+stime from
 /proc/PID/stat); per shard the commands and reads Redis processed (INFO stats
 total_commands_processed / total_reads_processed deltas, minus our INFO) and Redis CPU
 (used_cpu_user + used_cpu_sys); redis-benchmark's CPU; the CPU everything else on the box used.
@@ -88,19 +88,24 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv):
-    """The options of the module doc (which is the --help text) into a dict."""
+def count(v):
+    """argparse type: a number >= 0."""
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number: {v!r}")
+    return int(v)
 
-    def count(v):
-        if not v.isdigit():
-            raise argparse.ArgumentTypeError(f"not a number: {v!r}")
-        return int(v)
 
-    def positive(v):
-        n = count(v)
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1: {v!r}")
-        return n
+def positive(v):
+    """argparse type: a number >= 1."""
+    n = count(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {v!r}")
+    return n
+
+
+def arg_parser(doc, prog, **defaults):
+    """The options this benchmark shares with bench_cluster.py (each module doc lists them), with
+    `defaults` overriding; the caller adds its own, then calls parse()."""
 
     def counts(v):
         return [positive(x) for x in v.replace(",", " ").split()]
@@ -111,14 +116,11 @@ def parse_args(argv):
             raise argparse.ArgumentTypeError(f"wants NAME=CMD, got {v!r}")
         return name, cmd
 
-    usage = __doc__.split("\n")[2].removeprefix("Usage: ")
-    p = argparse.ArgumentParser(prog="bench_shards.py", add_help=False, usage=usage)
+    usage = doc.split("\n")[2].removeprefix("Usage: ")
+    p = argparse.ArgumentParser(prog=prog, add_help=False, usage=usage)
     p.add_argument("-h", "--help", action="store_true")
     p.add_argument("--proxy", dest="proxies", type=proxy, action="append", default=[])
-    p.add_argument("--no-nutcracker", dest="nutcracker", action="store_false")
-    p.add_argument("--nc-mbuf", type=positive, default=16384)
     p.add_argument("--ready-timeout", type=positive, default=30)
-    p.add_argument("--shards", type=positive, default=3)
     p.add_argument("--rounds", type=positive, default=3)
     p.add_argument("--clients", type=counts, default=[50, 200, 1000])
     p.add_argument("--tests", type=lambda v: v.replace(",", " ").split(), default=["set", "get"])
@@ -138,10 +140,26 @@ def parse_args(argv):
     p.add_argument("--out")
     p.add_argument("--label", default="")
     p.add_argument("--pool", nargs="+", metavar="DIR")
+    p.set_defaults(**defaults)
+    return p
+
+
+def parse(p, doc, argv):
+    """The parsed options (a namespace); --help prints `doc` and exits."""
     o = p.parse_args(argv)
     if o.help:
-        print(__doc__)
+        print(doc)
         sys.exit(0)
+    return o
+
+
+def parse_args(argv):
+    """The options of the module doc (which is the --help text) into a dict."""
+    p = arg_parser(__doc__, "bench_shards.py")
+    p.add_argument("--no-nutcracker", dest="nutcracker", action="store_false")
+    p.add_argument("--nc-mbuf", type=positive, default=16384)
+    p.add_argument("--shards", type=positive, default=3)
+    o = parse(p, __doc__, argv)
     if not o.proxies and not o.nutcracker and not o.pool:
         p.error("nothing to measure: give --proxy NAME=CMD")
     return vars(o)
@@ -197,7 +215,8 @@ class Ports:
 
 
 class Resp:
-    """A minimal RESP connection for PING, INFO and SET (replies: simple, error, integer, bulk)."""
+    """A minimal RESP connection for PING, INFO, SET and the like (replies: simple, error, integer,
+    bulk, array; integers come back as strings)."""
 
     def __init__(self, port, timeout=5.0):
         self.sock = socket.create_connection((HOST, port), timeout=timeout)
@@ -212,6 +231,9 @@ class Resp:
             a = a if isinstance(a, bytes) else str(a).encode()
             req += b"$%d\r\n%s\r\n" % (len(a), a)
         self.sock.sendall(req)
+        return self._reply()
+
+    def _reply(self):
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"$":
@@ -222,6 +244,9 @@ class Resp:
                 self._fill()
             data, self.buf = self.buf[:n], self.buf[n + 2:]
             return data.decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
         if kind == b"-":
             raise RuntimeError(rest.decode())
         if kind in (b"+", b":"):
@@ -336,34 +361,39 @@ def bench_argv(o, port, test, clients, requests, mget_keys):
     return argv + ["-t", test, "-r", str(o["keyspace"]), "-d", str(o["datasize"])]
 
 
-def run_one(o, rnd, target, test, clients, requests, shard_conns, mget_keys):
-    name, port, proc = target
-    noise = quiet_gate(o["quiet_pct"], o["quiet_wait"])
-    if proc.poll() is not None:
-        fail(f"{name} exited ({proc.returncode}) before round {rnd}; see its log in {o['out']}")
-    s0 = [info_stats(c) for c in shard_conns]
-    p0 = proc_cpu(proc.pid)
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    b0, t0 = box_busy(), time.monotonic()
-    rc = 0
+def run_bench(argv, timeout):
+    """One redis-benchmark run: (rc, rps, p50 ms, p99 ms, stderr) from its --csv output (the last
+    row: one test per run); rc is 124 on timeout and non-zero when no figures came."""
     try:
-        res = subprocess.run(bench_argv(o, port, test, clients, requests, mget_keys), capture_output=True,
-                             text=True, timeout=o["run_timeout"])
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         rc, stdout, stderr = res.returncode, res.stdout, res.stderr
     except subprocess.TimeoutExpired as e:  # its output comes as bytes even with text=True
         rc, stdout, stderr = 124, (e.stdout or b"").decode(errors="replace"), f"timed out after {e.timeout} s"
+    rows = [r for r in csv.reader(stdout.splitlines()) if r and r[0] != "test"]
+    if rc == 0 and rows and len(rows[-1]) >= 7:
+        return 0, float(rows[-1][1]), float(rows[-1][4]), float(rows[-1][6]), stderr
+    return rc or 1, None, None, None, stderr
+
+
+def measure(o, rnd, name, test, clients, requests, argv, proc, sample):
+    """Run `argv` (redis-benchmark) once against target `name` and measure it: a runs.tsv row.
+    `proc`: the proxy's process (its CPU is counted; None for a direct run). `sample()`: per Redis
+    node (commands, reads, CPU seconds); each sample is an INFO, so the node's second sample counts
+    one more read and one more command than the load made: both are taken off."""
+    noise = quiet_gate(o["quiet_pct"], o["quiet_wait"])
+    if proc is not None and proc.poll() is not None:
+        fail(f"{name} exited ({proc.returncode}) before round {rnd}; see its log in {o['out']}")
+    s0 = sample()
+    p0 = proc_cpu(proc.pid) if proc else 0.0
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    b0, t0 = box_busy(), time.monotonic()
+    rc, rps, p50, p99, stderr = run_bench(argv, o["run_timeout"])
     wall, b1 = time.monotonic() - t0, box_busy()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    p1 = proc_cpu(proc.pid)
-    s1 = [info_stats(c) for c in shard_conns]
-    rows = [r for r in csv.reader(stdout.splitlines()) if r and r[0] != "test"]
-    rps = p50 = p99 = None
-    if rc == 0 and rows and len(rows[-1]) >= 7:
-        rps, p50, p99 = float(rows[-1][1]), float(rows[-1][4]), float(rows[-1][6])
-    else:
-        rc = rc or 1
+    p1 = proc_cpu(proc.pid) if proc else 0.0
+    s1 = sample()
+    if rc != 0:
         log(f"  run failed (rc {rc}): {stderr.strip()[-300:]}")
-    # minus 1: our own INFO before the run is counted in the second sample
     cmds = [b[0] - a[0] - 1 for a, b in zip(s0, s1)]
     reads = [b[1] - a[1] - 1 for a, b in zip(s0, s1)]
     redis_cpu = sum(b[2] - a[2] for a, b in zip(s0, s1))
@@ -372,13 +402,20 @@ def run_one(o, rnd, target, test, clients, requests, shard_conns, mget_keys):
     other_cpu = (b1 - b0) - proxy_cpu - bench_cpu - redis_cpu
     row = {"round": rnd, "target": name, "test": test, "clients": clients, "requests": requests, "rc": rc,
            "rps": rps, "p50_ms": p50, "p99_ms": p99, "wall_s": round(wall, 3),
-           "proxy_cpu_s": round(proxy_cpu, 3), "bench_cpu_s": round(bench_cpu, 3),
+           "proxy_cpu_s": round(proxy_cpu, 3) if proc else None, "bench_cpu_s": round(bench_cpu, 3),
            "other_cpu_s": round(other_cpu, 3), "redis_cpu_s": round(redis_cpu, 4), "shard_cmds": cmds,
            "shard_reads": reads, "pre_noise_pct": round(noise)}
     per_read = "/".join(f"{c / r:.0f}" if r > 0 else "-" for c, r in zip(cmds, reads))
-    log(f"  r{rnd} {name:<11} {test:<4} c={clients:<5} rps={rps} p50={p50} "
-        f"proxy_cpu/100k={proxy_cpu / requests * 1e5:.3f} cmds/read={per_read} noise={noise:.0f}%")
+    cpu = f"{proxy_cpu / requests * 1e5:.3f}" if proc else "-"
+    log(f"  r{rnd} {name:<11} {test:<4} c={clients:<5} rps={rps} p50={p50} p99={p99} "
+        f"proxy_cpu/100k={cpu} cmds/read={per_read} noise={noise:.0f}%")
     return row
+
+
+def run_one(o, rnd, target, test, clients, requests, shard_conns, mget_keys):
+    name, port, proc = target
+    return measure(o, rnd, name, test, clients, requests, bench_argv(o, port, test, clients, requests, mget_keys),
+                   proc, lambda: [info_stats(c) for c in shard_conns])
 
 
 def prefill(o, port):
@@ -429,62 +466,72 @@ def fmt_ratio(xs):
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
 
 
-def report(rows, meta, label):
-    """Markdown: one row per test, clients and target; ratios pair runs of the same round. `meta`:
-    (key, value) pairs for the heading, one list per invocation pooled."""
+def report(rows, meta, label, title=None, unit=("shard", "shards")):
+    """Markdown: one row per test, clients and target; ratios pair runs of the same round, to the base
+    of each test and clients: the first target that ran it. `meta`: (key, value) pairs for the
+    heading, one list per invocation pooled. `unit`: what a Redis is called, singular and plural."""
     ok = [r for r in rows if r["rc"] == 0]
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    base = targets[0]
+    bases = {}
+    for r in rows:  # round 1 runs the targets in their given order: the first is the base
+        bases.setdefault((r["test"], r["clients"]), r["target"])
+    named = list(dict.fromkeys(bases.values()))
+    over = named[0] if len(named) == 1 else "base"
     by = {}
     for r in ok:
         by.setdefault((r["test"], r["clients"], r["target"]), {})[r["round"]] = r
-    confs = list(dict.fromkeys((r["test"], r["clients"]) for r in rows))
+    confs = list(bases)
 
-    def per100k(r):
-        return r["proxy_cpu_s"] / r["requests"] * 1e5
+    def per100k(key):
+        return lambda r: r[key] / r["requests"] * 1e5 if r[key] is not None else None
 
-    shards = len(rows[0]["shard_cmds"])
-    out = [f"# Sharded benchmark: {shards} shards, {' vs '.join(targets)}", ""]
+    def num(v, f):
+        return "–" if v is None else format(v, f)
+
+    title = title or f"# Sharded benchmark: {len(rows[0]['shard_cmds'])} shards, {' vs '.join(targets)}"
+    out = [title, ""]
     if label:
         out += [label, ""]
     for i, m in enumerate(meta):
         if len(meta) > 1:
             out += [f"Invocation {i + 1} of {len(meta)} (its rounds are numbered on from the last one's):"]
         out += [f"- {k}: {v}" for k, v in m] + [""]
-    out += [f"Medians over rounds; `÷ {base}`: median (range) over rounds of the ratio to {base} in the same round. "
-            "Proxy CPU: utime+stime per 100k requests. Cmds per read: each shard's commands per read syscall "
-            "(INFO total_commands_processed / total_reads_processed). Redis cmds per request: over all shards "
-            "(1 for GET/SET; an MGET split per shard counts once per shard it touches).", "",
-            f"| test | clients | target | rps | rps ÷ {base} | p50 ms | p50 ÷ {base} | proxy CPU s/100k | "
-            f"proxy CPU ÷ {base} | cmds per Redis read, per shard | Redis cmds per request | "
-            "Redis CPU s/100k (all shards) | other CPU (cores) |",
-            "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    out += [f"Medians over rounds; `÷ {over}`: median (range) over rounds of the ratio to "
+            f"{' / '.join(named)} in the same round. Proxy CPU: utime+stime per 100k requests. "
+            f"Cmds per read: each {unit[0]}'s commands per read syscall (INFO, deltas per run). Redis cmds "
+            f"per request: over all {unit[1]} (1 for GET/SET; an MGET split counts once per part).", "",
+            f"| test | clients | target | rps | rps ÷ {over} | p50 ms | p50 ÷ {over} | p99 ms | proxy CPU s/100k | "
+            f"proxy CPU ÷ {over} | cmds per Redis read, per {unit[0]} | Redis cmds per request | "
+            f"Redis CPU s/100k (all {unit[1]}) | Redis CPU ÷ {over} | other CPU (cores) |",
+            "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for test, c in confs:
-        for t in targets:
+        for t in dict.fromkeys(r["target"] for r in rows if (r["test"], r["clients"]) == (test, c)):
             g = by.get((test, c, t), {})
             name = test.upper()
             if not g:
-                out.append(f"| {name} | {c} | {t} | failed | | | | | | | | | |")
+                out.append(f"| {name} | {c} | {t} | failed | | | | | | | | | | | |")
                 continue
-            b = by.get((test, c, base), {})
+            b = by.get((test, c, bases[(test, c)]), {})
             rs = list(g.values())
 
             def ratio(f):
-                if t == base:
+                if t == bases[(test, c)]:
                     return "–"
-                return fmt_ratio([f(g[k]) / f(b[k]) if f(b[k]) else None for k in g if k in b])
+                return fmt_ratio([f(g[k]) / f(b[k]) if f(g[k]) is not None and f(b[k]) else None
+                                  for k in g if k in b])
 
             per_read = " / ".join(
                 f"{med([r['shard_cmds'][i] / r['shard_reads'][i] for r in rs if r['shard_reads'][i] > 0]) or 0:.0f}"
-                for i in range(shards))
+                for i in range(len(rs[0]["shard_cmds"])))
             cmds_per_req = med([sum(r["shard_cmds"]) / r["requests"] for r in rs])
-            redis100k = med([r["redis_cpu_s"] / r["requests"] * 1e5 for r in rs])
             other = med([max(0.0, r["other_cpu_s"]) / r["wall_s"] for r in rs])
-            cpu = med([per100k(r) for r in rs])
+            proxy100k, redis100k = per100k("proxy_cpu_s"), per100k("redis_cpu_s")
             out.append(f"| {name} | {c} | {t} | {med([r['rps'] for r in rs]) / 1000:.1f}k | "
                        f"{ratio(lambda r: r['rps'])} | {med([r['p50_ms'] for r in rs]):.3f} | "
-                       f"{ratio(lambda r: r['p50_ms'])} | {cpu:.3f} | {ratio(per100k)} | {per_read} | "
-                       f"{cmds_per_req:.2f} | {redis100k:.3f} | {other:.2f} |")
+                       f"{ratio(lambda r: r['p50_ms'])} | {med([r['p99_ms'] for r in rs]):.3f} | "
+                       f"{num(med([proxy100k(r) for r in rs]), '.3f')} | {ratio(proxy100k)} | {per_read} | "
+                       f"{cmds_per_req:.2f} | {med([redis100k(r) for r in rs]):.3f} | {ratio(redis100k)} | "
+                       f"{other:.2f} |")
     failed = len(rows) - len(ok)
     if failed:
         out += ["", f"{failed} run(s) failed: see runs.tsv (rc) and the logs."]
@@ -513,8 +560,9 @@ def load_runs(d, offset):
     return rows
 
 
-def pool(o):
-    """--pool: one report of several invocations' runs."""
+def pool(o, render=None):
+    """--pool: one report of several invocations' runs. `render(rows, meta, label, dirs)`: the report
+    (default: report())."""
     rows, meta = [], []
     for d in o["pool"]:
         runs = load_runs(d, max((r["round"] for r in rows), default=0))
@@ -523,7 +571,7 @@ def pool(o):
         rows += runs
         with open(os.path.join(d, "meta.txt")) as f:
             meta.append([tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line])
-    text = report(rows, meta, o["label"])
+    text = (render or (lambda r, m, label, _: report(r, m, label)))(rows, meta, o["label"], o["pool"])
     if o["out"]:
         os.makedirs(o["out"], exist_ok=True)
         with open(os.path.join(o["out"], "report.md"), "w") as f:
