@@ -564,7 +564,8 @@ impl Pools {
         key: &PoolKey,
         commands: &[Bytes],
     ) -> Result<Vec<Bytes>, UpstreamError> {
-        let settings = self.settings_for(key, 0);
+        // A cluster's seed may be a replica, or down: a primary answers.
+        let settings = self.settings_for(key, crate::route::keyless_lane(&self.layout()));
         upstream::probe(&settings, commands).await
     }
 

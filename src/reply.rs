@@ -276,6 +276,14 @@ pub enum ErrorReply<'a> {
     /// respipe's sharding.
     #[error("CROSSSLOT Keys in request don't hash to the same shard (respipe sharding: use hash tags to keep them together)")]
     CrossShard,
+    /// A cluster's `SCAN` cursor given out before the cluster's primaries changed (a failover,
+    /// a primary gaining or losing its lowest slot): where it points is no longer known.
+    #[error("ERR respipe: the cluster's primaries changed since this SCAN cursor was given (failover or resharding); start the scan again from cursor 0")]
+    ScanTopologyChanged,
+    /// `CLUSTER <subcommand>` Redis does not know, in Redis's words (a non-cluster Redis's
+    /// answer, which respipe gives for a cluster upstream).
+    #[error("ERR unknown subcommand '{}'. Try CLUSTER HELP.", Truncated(.0))]
+    UnknownClusterSubcommand(&'a [u8]),
     /// `CLIENT LIST` with a filter respipe cannot read (Redis's wording).
     #[error("ERR {0}")]
     ClientList(crate::clients::FilterError),
@@ -315,6 +323,19 @@ pub enum RedisError {
     /// `SCAN` with a cursor that is not one.
     #[error("ERR invalid cursor")]
     InvalidCursor,
+    /// Redis Cluster's answer to a command whose keys are in several hash slots.
+    #[error("CROSSSLOT Keys in request don't hash to the same slot")]
+    CrossSlot,
+    /// Redis Cluster's answer to a command whose hash slot no node serves.
+    #[error("CLUSTERDOWN Hash slot not served")]
+    SlotNotServed,
+    /// A non-cluster Redis's answer to `CLUSTER ...`, `READONLY`, `READWRITE` and `ASKING`
+    /// (respipe gives it for a cluster upstream: its clients see one Redis).
+    #[error("ERR This instance has cluster support disabled")]
+    ClusterDisabled,
+    /// A command (or `container|subcommand`) with the wrong number of arguments.
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    Arity(&'static str),
     /// HELLO without AUTH on a connection that must authenticate first.
     #[error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")]
     HelloNoAuth,
@@ -357,6 +378,15 @@ struct Lower<'a>(&'a [u8]);
 impl fmt::Display for Lower<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(self.0).to_lowercase())
+    }
+}
+
+/// A client's argument quoted in an error as Redis quotes it (`%.128s`: at most 128 bytes).
+struct Truncated<'a>(&'a [u8]);
+
+impl fmt::Display for Truncated<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0[..self.0.len().min(128)]))
     }
 }
 

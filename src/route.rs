@@ -4,7 +4,10 @@
 //!
 //! [`plan`] is pure: (command, layout) → a [`Plan`]. The session carries it out (one lane, parts
 //! on several lanes, a local answer, a refusal) and hands the parts' replies to [`Merge::merge`].
-//! With one server nothing here runs: every command goes to lane 0 as it came.
+//! With one server nothing here runs: every command goes to lane 0 as it came. What a Redis
+//! Cluster changes is in [`cluster`].
+
+mod cluster;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -13,15 +16,23 @@ use crate::reply::{self, ErrorReply, Lane, RedisError};
 use crate::resp::{self, ReplyScanner};
 use crate::topology::{Layout, Placer};
 
+pub use cluster::keyless_lane;
+
 /// Bits of a `SCAN` cursor that say which server it is at: up to 1024 servers.
 const SCAN_SHARD_BITS: u32 = 10;
+/// Bits of a `SCAN` cursor, above the server's, that name the servers it was given for (a hash
+/// of [`Layout::primaries`]): a cursor is only followed while they are the same.
+const SCAN_TAG_BITS: u32 = 16;
+/// Where a server's own cursor starts in respipe's.
+const SCAN_SERVER_SHIFT: u32 = SCAN_SHARD_BITS + SCAN_TAG_BITS;
 
 /// Where a command runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// One server, the command unchanged.
     Lane(Lane),
-    /// No key: the first server, or the dedicated connection the session holds.
+    /// No key: the first server (a cluster's first primary, see [`keyless_lane`]), or the
+    /// dedicated connection the session holds.
     Keyless,
     /// Parts of the command on several servers (one request each), their replies merged.
     Split {
@@ -38,6 +49,10 @@ pub enum Plan {
     },
     /// respipe answers (`PING`, `ECHO`).
     Local(Bytes),
+    /// respipe answers whatever the command's kind and the session's state, for an upstream that
+    /// would answer otherwise (a cluster's `CLUSTER`, `READONLY`...): it never reaches a server.
+    /// Inside a transaction it is refused (`EXEC` aborts), as its answer has no place in `EXEC`'s.
+    Answer(Bytes),
     /// The command's keys are on several servers and it cannot be split.
     CrossShard,
     /// The command is refused with this error line.
@@ -66,9 +81,12 @@ pub enum Merge {
     /// `RANDOMKEY` from every server: the first key found, starting at part `start` (picked at
     /// random); nil only when every server is empty.
     AnyKey { start: usize },
-    /// `SCAN` on server `lane` (an index into [`Layout::primaries`]) of `lanes`: its cursor rewritten so the next call goes on there, or
-    /// on the next server once this one is done.
-    Scan { lane: Lane, lanes: Lane },
+    /// `SCAN` on server `lane` (an index into [`Layout::primaries`]) of `lanes`, given for the
+    /// servers `tag` names: its cursor rewritten so the next call goes on there, or on the next
+    /// server once this one is done.
+    Scan { lane: Lane, lanes: Lane, tag: u16 },
+    /// `INFO` from every primary of a cluster, as one Redis without cluster would answer it.
+    Info,
 }
 
 /// Where a command's keys are.
@@ -108,7 +126,12 @@ fn keyed(placer: &Placer, keys: &command::Keys<'_>) -> Keyed {
 pub fn lane(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Lane> {
     match keyed(&layout.placer(), &command::keys(name, args)) {
         Keyed::One(lane) => Some(lane),
-        Keyed::None if !KEYLESS.iter().any(|k| name.eq_ignore_ascii_case(k)) => Some(0),
+        Keyed::None
+            if !KEYLESS.iter().any(|k| name.eq_ignore_ascii_case(k))
+                && !(layout.cluster().is_some() && cluster::owns(name)) =>
+        {
+            Some(keyless_lane(layout))
+        }
         _ => None,
     }
 }
@@ -119,13 +142,34 @@ pub fn plan(layout: &Layout, name: &[u8], args: Args<'_>) -> Plan {
     let placer = layout.placer();
     let keys = command::keys(name, args);
     match keyed(&placer, &keys) {
-        Keyed::None => keyless(layout, name, args).unwrap_or(Plan::Keyless),
+        Keyed::None => layout
+            .cluster()
+            .and_then(|_| cluster::plan(&placer, name, args))
+            .or_else(|| keyless(layout, name, args))
+            .unwrap_or(Plan::Keyless),
         Keyed::One(lane) => Plan::Lane(lane),
-        Keyed::NoLive => Plan::Refuse(ErrorReply::NoLiveShard.line()),
+        Keyed::NoLive => Plan::Refuse(no_live(layout)),
         Keyed::Spread => match keys.split() {
             Some(how) => split(&placer, name, args, how).unwrap_or(Plan::CrossShard),
             None => Plan::CrossShard,
         },
+    }
+}
+
+/// The error for a key no server takes: every shard ejected, or a cluster slot without owner.
+fn no_live(layout: &Layout) -> Bytes {
+    match layout.cluster() {
+        Some(_) => RedisError::SlotNotServed.line(),
+        None => ErrorReply::NoLiveShard.line(),
+    }
+}
+
+/// The error for a command whose keys are in several groups and that cannot be split: Redis
+/// Cluster's own for a cluster, one naming respipe's sharding for shards.
+pub fn cross_shard(layout: &Layout) -> Bytes {
+    match layout.cluster() {
+        Some(_) => RedisError::CrossSlot.line(),
+        None => ErrorReply::CrossShard.line(),
     }
 }
 
@@ -240,24 +284,33 @@ fn keyless(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Plan> {
     Some(plan)
 }
 
-/// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 10 |
-/// server`, the server an index into [`Layout::primaries`]); the request goes there with the
-/// server's own cursor.
+/// `SCAN cursor ...`: the cursor says which server and where on it (`server_cursor << 26 | tag
+/// << 10 | server`, the server an index into [`Layout::primaries`], the tag naming those
+/// primaries); the request goes there with the server's own cursor. A cursor given for other
+/// primaries (a cluster's failover or resharding changed them, or their order) is refused: where
+/// it points is no longer known, and going on could skip a whole server's keys.
 fn scan(layout: &Layout, args: Args<'_>) -> Plan {
-    let invalid = || Plan::Refuse(RedisError::InvalidCursor.line());
     let argv: Vec<&[u8]> = args.iter().collect();
     let Some(cursor) = std::str::from_utf8(argv[1])
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     else {
-        return invalid();
+        return Plan::Refuse(RedisError::InvalidCursor.line());
     };
-    let index = cursor & ((1 << SCAN_SHARD_BITS) - 1);
     let primaries = layout.primaries();
+    let tag = scan_tag(&primaries);
+    let index = cursor & ((1 << SCAN_SHARD_BITS) - 1);
+    if cursor != 0 && (cursor >> SCAN_SHARD_BITS) & ((1 << SCAN_TAG_BITS) - 1) != u64::from(tag) {
+        return Plan::Refuse(ErrorReply::ScanTopologyChanged.line());
+    }
     let Some(&lane) = primaries.get(index as usize) else {
-        return invalid();
+        return Plan::Refuse(if primaries.is_empty() {
+            no_live(layout)
+        } else {
+            RedisError::InvalidCursor.line()
+        });
     };
-    let server_cursor = (cursor >> SCAN_SHARD_BITS).to_string();
+    let server_cursor = (cursor >> SCAN_SERVER_SHIFT).to_string();
     let mut rewritten = argv;
     rewritten[1] = server_cursor.as_bytes();
     Plan::Rewrite {
@@ -266,8 +319,20 @@ fn scan(layout: &Layout, args: Args<'_>) -> Plan {
         merge: Merge::Scan {
             lane: index as Lane,
             lanes: primaries.len() as Lane,
+            tag,
         },
     }
+}
+
+/// A hash of the servers a `SCAN` visits, in order (FNV-1a folded to 16 bits).
+fn scan_tag(primaries: &[Lane]) -> u16 {
+    let hash = primaries
+        .iter()
+        .flat_map(|lane| lane.to_le_bytes())
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    (hash ^ (hash >> 16)) as u16
 }
 
 impl Merge {
@@ -296,7 +361,10 @@ impl Merge {
                     .find(|p| !matches!(p.as_ref(), b"$-1\r\n" | b"_\r\n"));
                 Some(found.unwrap_or(&parts[0]).clone())
             }
-            Merge::Scan { lane, lanes } => parts.first().and_then(|p| scan_reply(p, *lane, *lanes)),
+            Merge::Scan { lane, lanes, tag } => parts
+                .first()
+                .and_then(|p| scan_reply(p, *lane, *lanes, *tag)),
+            Merge::Info => cluster::info(parts),
         };
         merged.unwrap_or_else(|| ErrorReply::UnexpectedShardReply.line())
     }
@@ -396,8 +464,9 @@ fn and(parts: &[Bytes]) -> Option<Bytes> {
     Some(array(&flags))
 }
 
-/// A server's `SCAN` reply with respipe's cursor in place of the server's.
-fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane) -> Option<Bytes> {
+/// A server's `SCAN` reply with respipe's cursor in place of the server's. respipe's cursors stay
+/// below 2^63 (clients may read them as signed integers).
+fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane, tag: u16) -> Option<Bytes> {
     let parts = elements(frame)?;
     let [cursor, keys] = parts.as_slice() else {
         return None;
@@ -405,16 +474,16 @@ fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane) -> Option<Bytes> {
     let (_, rest) = line(cursor)?;
     let (value, _) = line(rest)?;
     let server: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
-    let next = if server == 0 {
+    let at = |server: u64, lane: Lane| {
+        (server < 1 << (63 - SCAN_SERVER_SHIFT)).then(|| {
+            server << SCAN_SERVER_SHIFT | u64::from(tag) << SCAN_SHARD_BITS | u64::from(lane)
+        })
+    };
+    let next = match server {
         // This server is done: the next one from its start, or the end.
-        if lane + 1 < lanes {
-            u64::from(lane + 1)
-        } else {
-            0
-        }
-    } else {
-        let shifted = server.checked_shl(SCAN_SHARD_BITS)?;
-        (shifted >> SCAN_SHARD_BITS == server).then_some(shifted | u64::from(lane))?
+        0 if lane + 1 < lanes => at(0, lane + 1)?,
+        0 => 0,
+        _ => at(server, lane)?,
     };
     Some(array(&[
         &reply::bulk(next.to_string().as_bytes())[..],
@@ -461,14 +530,40 @@ mod tests {
     }
 
     #[test]
-    fn scan_cursor_names_the_server() {
+    fn scan_cursor_names_the_server_and_the_servers() {
+        let scan = |lane, lanes| Merge::Scan {
+            lane,
+            lanes,
+            tag: 5,
+        };
         let reply = b("*2\r\n$2\r\n17\r\n*1\r\n$1\r\nk\r\n");
-        let merged = Merge::Scan { lane: 1, lanes: 3 }.merge(&[reply]);
-        assert_eq!(merged, b("*2\r\n$5\r\n17409\r\n*1\r\n$1\r\nk\r\n"));
+        let merged = scan(1, 3).merge(&[reply]);
+        let cursor = (17u64 << 26 | 5 << 10 | 1).to_string();
+        let want = format!("*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n", cursor.len());
+        assert_eq!(merged, b(&want));
         let done = b("*2\r\n$1\r\n0\r\n*0\r\n");
-        let merged = Merge::Scan { lane: 1, lanes: 3 }.merge(std::slice::from_ref(&done));
-        assert_eq!(merged, b("*2\r\n$1\r\n2\r\n*0\r\n"));
-        let merged = Merge::Scan { lane: 2, lanes: 3 }.merge(&[done]);
+        let merged = scan(1, 3).merge(std::slice::from_ref(&done));
+        assert_eq!(merged, b("*2\r\n$4\r\n5122\r\n*0\r\n"));
+        let merged = scan(2, 3).merge(&[done]);
         assert_eq!(merged, b("*2\r\n$1\r\n0\r\n*0\r\n"));
+        // A server cursor that would not fit below 2^63: an error, never a wrong cursor.
+        let huge = b("*2\r\n$19\r\n1000000000000000000\r\n*0\r\n");
+        assert_eq!(
+            scan(0, 3).merge(&[huge]),
+            ErrorReply::UnexpectedShardReply.line()
+        );
+    }
+
+    #[test]
+    fn scan_tags_differ_when_the_servers_or_their_order_do() {
+        let tags = [
+            scan_tag(&[0, 1, 2]),
+            scan_tag(&[0, 2, 1]),
+            scan_tag(&[0, 1, 6]),
+            scan_tag(&[0, 1]),
+        ];
+        for (i, a) in tags.iter().enumerate() {
+            assert!(tags[i + 1..].iter().all(|b| a != b), "{tags:?}");
+        }
     }
 }

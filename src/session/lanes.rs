@@ -244,7 +244,7 @@ impl Session {
             }
         }
         let layout = self.pool.layout().clone();
-        if let Some(why) = unsharded(kind) {
+        if let Some(why) = unsharded(kind, layout.cluster().is_some()) {
             self.refuse(ErrorReply::Unsupported { name, why }.line())
                 .await?;
             return Ok(Placed::Done);
@@ -255,6 +255,17 @@ impl Session {
         if self.state.streaming.is_some() {
             // Everything goes into the stream, on its dedicated connection.
             self.lane = self.lease.as_ref().map_or(0, |lease| lease.lane());
+            if *kind == Kind::Subscribe && layout.cluster().is_some() {
+                if let Plan::Lane(lane) = route::plan(&layout, name, args) {
+                    if lane != self.lane {
+                        // `SSUBSCRIBE` to a shard channel of another node than the stream's.
+                        let why = "to shard channels of two cluster nodes on one connection";
+                        self.refuse(ErrorReply::Unsupported { name, why }.line())
+                            .await?;
+                        return Ok(Placed::Done);
+                    }
+                }
+            }
             return Ok(Placed::Forward(bytes));
         }
         let plan = route::plan(&layout, name, args);
@@ -279,6 +290,7 @@ impl Session {
             return match plan {
                 Plan::Lane(lane) if lane != on => self.cross_shard().await,
                 Plan::Split { .. } | Plan::CrossShard => self.cross_shard().await,
+                Plan::Answer(line) => self.answered(line).await,
                 _ => {
                     self.lane = on;
                     Ok(Placed::Forward(bytes))
@@ -288,7 +300,7 @@ impl Session {
         let plain = *kind == Kind::Plain;
         match plan {
             Plan::Lane(lane) => self.lane = lane,
-            Plan::Keyless => self.lane = 0,
+            Plan::Keyless => self.lane = route::keyless_lane(&layout),
             Plan::Split { parts, merge } if plain => {
                 self.send_parts(parts, merge).await?;
                 return Ok(Placed::Done);
@@ -314,9 +326,12 @@ impl Session {
                 self.refuse(line).await?;
                 return Ok(Placed::Done);
             }
+            Plan::Answer(line) => return self.answered(line).await,
             Plan::CrossShard | Plan::Split { .. } => return self.cross_shard().await,
             // Stateful commands that would fan out or be answered locally go to the first server.
-            Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => self.lane = 0,
+            Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => {
+                self.lane = route::keyless_lane(&layout);
+            }
         }
         Ok(Placed::Forward(bytes))
     }
@@ -345,8 +360,10 @@ impl Session {
         }
         let lane = match plan {
             Plan::Lane(lane) => lane,
-            Plan::Keyless | Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => 0,
-            Plan::Refuse(line) => {
+            Plan::Keyless | Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => {
+                route::keyless_lane(self.pool.layout())
+            }
+            Plan::Refuse(line) | Plan::Answer(line) => {
                 if let Some(deferred) = &mut self.deferred_multi {
                     deferred.aborted = true;
                 }
@@ -357,7 +374,7 @@ impl Session {
                 if let Some(deferred) = &mut self.deferred_multi {
                     deferred.aborted = true;
                 }
-                self.answer(ErrorReply::CrossShard.line())?;
+                self.answer(route::cross_shard(self.pool.layout()))?;
                 return Ok(Placed::Done);
             }
         };
@@ -394,7 +411,18 @@ impl Session {
 
     /// Refuses a command whose keys are on several servers (aborting a transaction it is in).
     async fn cross_shard(&mut self) -> Result<Placed, Close> {
-        self.refuse(ErrorReply::CrossShard.line()).await?;
+        self.refuse(route::cross_shard(self.pool.layout())).await?;
+        Ok(Placed::Done)
+    }
+
+    /// Answers a command respipe answers for the upstream ([`Plan::Answer`]); inside `MULTI` it is
+    /// refused (the transaction aborts), its answer having no place in `EXEC`'s.
+    async fn answered(&mut self, line: Bytes) -> Result<Placed, Close> {
+        if self.state.in_multi {
+            self.refuse(line).await?;
+        } else {
+            self.answer(line)?;
+        }
         Ok(Placed::Done)
     }
 
@@ -418,17 +446,26 @@ impl Session {
     }
 }
 
-/// Why a command cannot work on a sharded upstream, if it cannot.
-fn unsharded(kind: &Kind) -> Option<&'static str> {
-    match kind {
-        Kind::Monitor => Some("with a sharded upstream (it would show one server only)"),
-        Kind::Replicate => {
-            Some("with a sharded upstream (each server has its own replication stream)")
-        }
-        Kind::Tracking(true) => {
-            Some("with a sharded upstream (tracking would see one server only)")
-        }
-        Kind::Wait => Some("with a sharded upstream (it counts one server's replicas)"),
-        _ => None,
-    }
+/// Why a command cannot work on a sharded upstream (`cluster`: a Redis Cluster), if it cannot.
+fn unsharded(kind: &Kind, cluster: bool) -> Option<&'static str> {
+    let [sharded, cluster_why] = match kind {
+        Kind::Monitor => [
+            "with a sharded upstream (it would show one server only)",
+            "with a Redis Cluster upstream (it would show one node only)",
+        ],
+        Kind::Replicate => [
+            "with a sharded upstream (each server has its own replication stream)",
+            "with a Redis Cluster upstream (each node has its own replication stream)",
+        ],
+        Kind::Tracking(true) => [
+            "with a sharded upstream (tracking would see one server only)",
+            "with a Redis Cluster upstream (tracking would see one node only)",
+        ],
+        Kind::Wait => [
+            "with a sharded upstream (it counts one server's replicas)",
+            "with a Redis Cluster upstream (it counts one node's replicas)",
+        ],
+        _ => return None,
+    };
+    Some(if cluster { cluster_why } else { sharded })
 }
