@@ -126,14 +126,15 @@ fn keyed(placer: &Placer, keys: &command::Keys<'_>) -> Keyed {
 pub fn lane(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Lane> {
     match keyed(&layout.placer(), &command::keys(name, args)) {
         Keyed::One(lane) => Some(lane),
-        Keyed::None
-            if !KEYLESS.iter().any(|k| name.eq_ignore_ascii_case(k))
-                && !(layout.cluster().is_some() && cluster::owns(name)) =>
-        {
-            Some(keyless_lane(layout))
-        }
+        Keyed::None if !planned(layout, name) => Some(keyless_lane(layout)),
         _ => None,
     }
+}
+
+/// True for the keyless commands [`plan`] places otherwise than on [`keyless_lane`].
+fn planned(layout: &Layout, name: &[u8]) -> bool {
+    KEYLESS.iter().any(|k| name.eq_ignore_ascii_case(k))
+        || (layout.cluster().is_some() && cluster::owns(name))
 }
 
 /// Where a command runs on `layout` (several servers). `name` is the command name as sent;

@@ -39,6 +39,17 @@ async fn proxy_seeded(cluster: &Cluster, ports: &[u16]) -> Proxy {
     proxy
 }
 
+/// 3 primaries without replicas (these tests need no failover), and respipe in front of them.
+async fn primaries_behind_respipe() -> (Cluster, Proxy) {
+    let cluster = Cluster::start(ClusterOptions {
+        replicas: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let proxy = cluster.proxy(|_| {}).await;
+    (cluster, proxy)
+}
+
 fn keys() -> Vec<String> {
     (0..KEYS).map(|i| format!("k:{i}")).collect()
 }
@@ -121,12 +132,7 @@ fn once_each(got: &[String], want: &BTreeSet<String>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_fan_out_answer_as_one_big_redis() {
     bounded(LIMIT, "differential", async {
-        let cluster = Cluster::start(ClusterOptions {
-            replicas: 0,
-            ..ClusterOptions::default()
-        })
-        .await;
-        let proxy = cluster.proxy(|_| {}).await;
+        let (cluster, proxy) = primaries_behind_respipe().await;
         let single = RedisServer::start().await;
         let mut one = single.direct().await;
         let mut via = RawClient::connect(proxy.addr()).await;
@@ -271,12 +277,7 @@ async fn split_and_fan_out_answer_as_one_big_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_commands_answer_as_a_redis_without_cluster() {
     bounded(LIMIT, "cluster commands", async {
-        let cluster = Cluster::start(ClusterOptions {
-            replicas: 0,
-            ..ClusterOptions::default()
-        })
-        .await;
-        let proxy = cluster.proxy(|_| {}).await;
+        let (cluster, proxy) = primaries_behind_respipe().await;
         let plain = RedisServer::start().await;
         let mut plain = plain.direct().await;
         let mut via = RawClient::connect(proxy.addr()).await;
@@ -479,12 +480,7 @@ async fn keyless_commands_and_subscriptions_run_on_a_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_watch_and_blocking_on_the_slot_owner() {
     bounded(LIMIT, "leases", async {
-        let cluster = Cluster::start(ClusterOptions {
-            replicas: 0,
-            ..ClusterOptions::default()
-        })
-        .await;
-        let proxy = cluster.proxy(|_| {}).await;
+        let (cluster, proxy) = primaries_behind_respipe().await;
         let primaries = cluster.primaries().await;
         let last = *primaries.last().unwrap();
         let k = cluster.key_on(last, "tx").await;
@@ -558,12 +554,7 @@ async fn transactions_watch_and_blocking_on_the_slot_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_cursor_is_refused_once_the_primaries_change() {
     bounded(LIMIT, "scan topology", async {
-        let cluster = Cluster::start(ClusterOptions {
-            replicas: 0,
-            ..ClusterOptions::default()
-        })
-        .await;
-        let proxy = cluster.proxy(|_| {}).await;
+        let (cluster, proxy) = primaries_behind_respipe().await;
         let mut via = RawClient::connect(proxy.addr()).await;
         let mut mset = vec!["MSET".to_owned()];
         for k in keys() {

@@ -50,10 +50,10 @@ const SUBCOMMANDS: &[(&str, i8)] = &[
 /// (the first of [`Layout::primaries`]), or lane 0 (the first seed) while no slot has an owner;
 /// for shards, the first server.
 pub fn keyless_lane(layout: &Layout) -> Lane {
-    match layout.placer() {
-        Placer::Cluster(map) => (0..SLOTS as u16).find_map(|s| map.owner(s)).unwrap_or(0),
-        _ => 0,
-    }
+    layout.cluster().map_or(0, |cluster| {
+        let map = cluster.map();
+        (0..SLOTS as u16).find_map(|s| map.owner(s)).unwrap_or(0)
+    })
 }
 
 /// True when a cluster upstream plans the keyless command `name` itself.
@@ -133,7 +133,7 @@ fn shard_channels<'a>(placer: &Placer, mut channels: impl Iterator<Item = &'a [u
 pub(super) fn info(parts: &[Bytes]) -> Option<Bytes> {
     let texts: Vec<(&[u8], &[u8])> = parts.iter().map(|p| text(p)).collect::<Option<_>>()?;
     let (head, first) = *texts.first()?;
-    let mut dbs: Vec<(&[u8], Vec<(&[u8], i64)>, i64)> = Vec::new();
+    let mut dbs: Vec<Db<'_>> = Vec::new();
     for (_, text) in &texts {
         for db_line in lines(text).filter(|l| is_db_line(l)) {
             keyspace_add(&mut dbs, db_line)?;
@@ -153,10 +153,10 @@ pub(super) fn info(parts: &[Bytes]) -> Option<Bytes> {
         }
         out.put_slice(&piece[text_line.len()..]);
         if text_line == b"# Keyspace" {
-            for (db, fields, _) in &dbs {
-                out.put_slice(db);
+            for db in &dbs {
+                out.put_slice(db.name);
                 out.put_u8(b':');
-                for (i, (field, value)) in fields.iter().enumerate() {
+                for (i, (field, value)) in db.fields.iter().enumerate() {
                     if i > 0 {
                         out.put_u8(b',');
                     }
@@ -205,16 +205,21 @@ fn is_db_line(text_line: &[u8]) -> bool {
     text_line.starts_with(b"db") && text_line.contains(&b':')
 }
 
-/// Adds one primary's `db0:keys=1,expires=0,avg_ttl=0` to the totals so far: per db, its fields
-/// in order and their sums (`avg_ttl` as the sum of `avg_ttl × expires`, divided when written),
-/// and the expiring keys the weights add up to.
-#[allow(clippy::type_complexity)]
-fn keyspace_add<'a>(
-    dbs: &mut Vec<(&'a [u8], Vec<(&'a [u8], i64)>, i64)>,
-    db_line: &'a [u8],
-) -> Option<()> {
+/// A db of the keyspace section, summed over the primaries.
+struct Db<'a> {
+    /// `db0`.
+    name: &'a [u8],
+    /// Its fields in order and their sums; `avg_ttl` is the mean of the primaries' weighted by
+    /// their expiring keys.
+    fields: Vec<(&'a [u8], i64)>,
+    /// The expiring keys counted so far (the weight of `avg_ttl`).
+    expires: i64,
+}
+
+/// Adds one primary's `db0:keys=1,expires=0,avg_ttl=0` to the totals so far.
+fn keyspace_add<'a>(dbs: &mut Vec<Db<'a>>, db_line: &'a [u8]) -> Option<()> {
     let colon = db_line.iter().position(|&b| b == b':')?;
-    let (db, fields) = (&db_line[..colon], &db_line[colon + 1..]);
+    let (name, fields) = (&db_line[..colon], &db_line[colon + 1..]);
     let parsed: Vec<(&[u8], i64)> = fields
         .split(|&b| b == b',')
         .map(|field| {
@@ -226,26 +231,28 @@ fn keyspace_add<'a>(
         .iter()
         .find(|(f, _)| *f == b"expires")
         .map_or(0, |(_, v)| *v);
-    let at = match dbs.iter().position(|(d, _, _)| *d == db) {
+    let at = match dbs.iter().position(|db| db.name == name) {
         Some(at) => at,
         None => {
-            let zeroed = parsed.iter().map(|(f, _)| (*f, 0)).collect();
-            dbs.push((db, zeroed, 0));
+            dbs.push(Db {
+                name,
+                fields: parsed.iter().map(|(f, _)| (*f, 0)).collect(),
+                expires: 0,
+            });
             dbs.len() - 1
         }
     };
-    let (_, totals, weight) = &mut dbs[at];
-    let before = *weight;
-    *weight += expires;
+    let db = &mut dbs[at];
+    let before = db.expires;
+    db.expires = db.expires.checked_add(expires)?;
     for (field, value) in parsed {
-        let Some(total) = totals.iter_mut().find(|(f, _)| *f == field) else {
+        let Some(total) = db.fields.iter_mut().find(|(f, _)| *f == field) else {
             continue;
         };
         total.1 = if field == b"avg_ttl" {
-            // The weighted mean of the means so far and this one.
             let sum =
                 i128::from(total.1) * i128::from(before) + i128::from(value) * i128::from(expires);
-            i64::try_from(sum / i128::from((*weight).max(1))).ok()?
+            i64::try_from(sum / i128::from(db.expires.max(1))).ok()?
         } else {
             total.1.checked_add(value)?
         };
