@@ -494,7 +494,138 @@ fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane, tag: u16) -> Option<Bytes>
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::cluster::{key_slot, Spec};
+    use crate::config::{Config, Topology, Upstream};
+    use crate::live::Live;
+    use crate::upstream::{Tunables, UpstreamSettings};
+
+    /// A cluster of three seeds (lanes 0, 1, 2) whose map has only these slots owned. Outside a
+    /// runtime nothing refreshes it.
+    fn cluster_layout(owners: &[(u16, Lane)]) -> Arc<Layout> {
+        let seeds: Vec<Upstream> = (0..3)
+            .map(|i| Upstream::tcp("127.0.0.1", 7000 + i))
+            .collect();
+        let probe = UpstreamSettings {
+            upstream: seeds[0].clone(),
+            user: None,
+            user_refused: Arc::default(),
+            user_events: None,
+            health: None,
+            resp3: false,
+            tls: None,
+            tunables: Arc::new(Live::new(Tunables::from_config(&Config::default()))),
+            connect_timeout: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(1),
+            max_inflight: 1,
+            queue_capacity: 1,
+            dedicated: false,
+        };
+        let first = seeds[0].clone();
+        let layout = Layout::new(&first, &Topology::Cluster(Spec { seeds }), &probe);
+        for &(slot, lane) in owners {
+            layout.cluster().unwrap().moved(slot, lane);
+        }
+        layout
+    }
+
+    fn planned(layout: &Layout, words: &[&str]) -> Plan {
+        let inline: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        plan(layout, &inline[0], Args::Inline(&inline))
+    }
+
+    fn lane_of(layout: &Layout, words: &[&str]) -> Option<Lane> {
+        let inline: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        lane(layout, &inline[0], Args::Inline(&inline))
+    }
+
+    #[test]
+    fn a_cluster_places_keyless_commands_on_its_first_primary() {
+        assert_eq!(
+            keyless_lane(&cluster_layout(&[])),
+            0,
+            "no map yet: the first seed"
+        );
+        let layout = cluster_layout(&[(100, 2), (200, 1)]);
+        assert_eq!(keyless_lane(&layout), 2);
+        assert_eq!(lane_of(&layout, &["TIME"]), Some(2));
+        assert_eq!(lane_of(&layout, &["PUBLISH", "ch", "m"]), Some(2));
+        // Answered, merged or routed by channel: never in a run.
+        for words in [
+            &["CLUSTER", "SLOTS"][..],
+            &["INFO"],
+            &["READONLY"],
+            &["SPUBLISH", "ch", "m"],
+        ] {
+            assert_eq!(lane_of(&layout, words), None, "{words:?}");
+        }
+        assert_eq!(
+            planned(&layout, &["INFO", "keyspace"]),
+            Plan::All(Merge::Info)
+        );
+        assert_eq!(
+            planned(&layout, &["cluster", "nodes"]),
+            Plan::Answer(RedisError::ClusterDisabled.line())
+        );
+    }
+
+    #[test]
+    fn a_cluster_routes_shard_channels_by_slot_and_speaks_its_errors() {
+        let (a, b) = (key_slot(b"a"), key_slot(b"b"));
+        let layout = cluster_layout(&[(a, 1), (b, 2)]);
+        assert_eq!(planned(&layout, &["SPUBLISH", "a", "m"]), Plan::Lane(1));
+        assert_eq!(planned(&layout, &["SSUBSCRIBE", "b"]), Plan::Lane(2));
+        assert_eq!(
+            planned(&layout, &["SUNSUBSCRIBE", "a", "{a}x"]),
+            Plan::Lane(1)
+        );
+        assert_eq!(
+            planned(&layout, &["SSUBSCRIBE", "a", "b"]),
+            Plan::CrossShard
+        );
+        assert_eq!(planned(&layout, &["SUNSUBSCRIBE"]), Plan::Keyless);
+        let unserved = Plan::Refuse(RedisError::SlotNotServed.line());
+        assert_eq!(planned(&layout, &["SPUBLISH", "c", "m"]), unserved);
+        assert_eq!(planned(&layout, &["GET", "c"]), unserved);
+        assert_eq!(
+            planned(&layout, &["MSETNX", "a", "1", "b", "2"]),
+            Plan::CrossShard
+        );
+        assert_eq!(
+            &cross_shard(&layout)[..],
+            b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        );
+    }
+
+    #[test]
+    fn a_scan_cursor_holds_only_while_the_primaries_do() {
+        let layout = cluster_layout(&[(0, 0), (100, 1), (200, 2)]);
+        let Plan::Rewrite { lane: 0, merge, .. } = planned(&layout, &["SCAN", "0"]) else {
+            panic!("SCAN 0 starts on the first primary");
+        };
+        let Merge::Scan { tag, .. } = merge else {
+            panic!("{merge:?}");
+        };
+        let cursor = (5u64 << 26 | u64::from(tag) << 10 | 1).to_string();
+        let Plan::Rewrite { lane, bytes, .. } = planned(&layout, &["SCAN", &cursor]) else {
+            panic!("SCAN {cursor}");
+        };
+        assert_eq!(lane, 1);
+        assert_eq!(&bytes[..], b"*2\r\n$4\r\nSCAN\r\n$1\r\n5\r\n");
+        // Slot 0 moves to lane 2: the primaries by lowest slot are now 2, 1.
+        layout.cluster().unwrap().moved(0, 2);
+        assert_eq!(
+            planned(&layout, &["SCAN", &cursor]),
+            Plan::Refuse(ErrorReply::ScanTopologyChanged.line())
+        );
+        assert!(matches!(
+            planned(&layout, &["SCAN", "0"]),
+            Plan::Rewrite { lane: 2, .. }
+        ));
+    }
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
