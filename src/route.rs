@@ -16,7 +16,7 @@ use crate::reply::{self, ErrorReply, Lane, RedisError};
 use crate::resp::{self, ReplyScanner};
 use crate::topology::{Layout, Placer};
 
-pub use cluster::keyless_lane;
+pub use cluster::{hello_reply, keyless_lane};
 
 /// Bits of a `SCAN` cursor that say which server it is at: up to 1024 servers.
 const SCAN_SHARD_BITS: u32 = 10;
@@ -566,6 +566,13 @@ mod tests {
             planned(&layout, &["INFO", "keyspace"]),
             Plan::All(Merge::Info)
         );
+        let hello = |mode: &str| {
+            Bytes::from(format!(
+                "%2\r\n$5\r\nproto\r\n:3\r\n$4\r\nmode\r\n${}\r\n{mode}\r\n",
+                mode.len()
+            ))
+        };
+        assert_eq!(hello_reply(&layout, hello("cluster")), hello("standalone"));
         assert_eq!(
             planned(&layout, &["cluster", "nodes"]),
             Plan::Answer(RedisError::ClusterDisabled.line())

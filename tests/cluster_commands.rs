@@ -336,6 +336,21 @@ async fn cluster_commands_answer_as_a_redis_without_cluster() {
         }
         assert!(!info.contains("cluster_enabled:1") && !info.contains("redis_mode:cluster"));
 
+        // HELLO, in either protocol: a standalone Redis.
+        for proto in ["2", "3"] {
+            let mut c = RawClient::connect(proxy.addr()).await;
+            let pairs = match c.cmd(&["HELLO", proto]).await {
+                Reply::Map(pairs) => pairs,
+                Reply::Array(Some(flat)) => flat
+                    .chunks(2)
+                    .map(|p| (p[0].clone(), p[1].clone()))
+                    .collect(),
+                other => panic!("HELLO {proto}: {other:?}"),
+            };
+            let mode = pairs.iter().find(|(k, _)| *k == Reply::bulk("mode"));
+            assert_eq!(mode.map(|(_, v)| text(v)).as_deref(), Some("standalone"));
+        }
+
         // SELECT: db 0 only, as Redis Cluster answers.
         let node = cluster.primaries().await[0];
         for select in [&["SELECT", "1"][..], &["SELECT", "x"], &["SELECT", "0"]] {

@@ -56,6 +56,22 @@ pub fn keyless_lane(layout: &Layout) -> Lane {
     })
 }
 
+/// `HELLO`'s answer from a node as a Redis without cluster gives it: `mode` is `standalone`
+/// (RESP2 and RESP3 encode the pair alike). Unchanged for other upstreams.
+pub fn hello_reply(layout: &Layout, reply: Bytes) -> Bytes {
+    const CLUSTER: &[u8] = b"$4\r\nmode\r\n$7\r\ncluster\r\n";
+    const STANDALONE: &[u8] = b"$4\r\nmode\r\n$10\r\nstandalone\r\n";
+    let at = layout
+        .cluster()
+        .and_then(|_| reply.windows(CLUSTER.len()).position(|w| w == CLUSTER));
+    match at {
+        Some(at) => [&reply[..at], STANDALONE, &reply[at + CLUSTER.len()..]]
+            .concat()
+            .into(),
+        None => reply,
+    }
+}
+
 /// True when a cluster upstream plans the keyless command `name` itself.
 pub(super) fn owns(name: &[u8]) -> bool {
     OWN.iter().any(|n| name.eq_ignore_ascii_case(n))

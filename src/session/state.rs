@@ -13,6 +13,7 @@ use crate::follow::{self, Change, Follow};
 use crate::pool::PoolKey;
 use crate::reply::{self, ErrorReply, RedisError};
 use crate::resp;
+use crate::route;
 
 use super::{Close, Route, Session, Shared, State};
 
@@ -208,6 +209,7 @@ impl Session {
         let Some(line) = self.probe(&resp::encode_request(&probe_args)).await? else {
             return Ok(());
         };
+        let line = route::hello_reply(self.pool.layout(), line);
         if !follow::is_error(&line) {
             let mut changes = hello.changes();
             if self.limits.requirepass.is_some() && hello.auth.is_some() {
