@@ -438,6 +438,19 @@ async fn keyless_commands_and_subscriptions_run_on_a_primary() {
         assert_eq!(via.cmd(&["PUBLISH", "news", "m2"]).await, Reply::Int(1));
         assert_eq!(strings(&sub.read_reply().await)[2], "m2");
 
+        // RESP3 runs commands in subscribe mode: CLUSTER still answers as without cluster.
+        let mut sub3 = RawClient::connect(proxy.addr()).await;
+        assert!(matches!(sub3.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+        assert!(matches!(
+            sub3.cmd(&["SUBSCRIBE", "news3"]).await,
+            Reply::Push(_)
+        ));
+        assert_eq!(
+            sub3.cmd(&["CLUSTER", "NODES"]).await.error_text(),
+            Some("ERR This instance has cluster support disabled")
+        );
+        assert_eq!(sub3.cmd(&["PING", "x"]).await, Reply::bulk("x"));
+
         // Shard channels: on their slot's owner, from SSUBSCRIBE to SPUBLISH.
         let channel = cluster.key_on(last, "shard").await;
         let mut ssub = RawClient::connect(proxy.addr()).await;

@@ -255,15 +255,21 @@ impl Session {
         if self.state.streaming.is_some() {
             // Everything goes into the stream, on its dedicated connection.
             self.lane = self.lease.as_ref().map_or(0, |lease| lease.lane());
-            if *kind == Kind::Subscribe && layout.cluster().is_some() {
-                if let Plan::Lane(lane) = route::plan(&layout, name, args) {
-                    if lane != self.lane {
+            if layout.cluster().is_some() {
+                match route::plan(&layout, name, args) {
+                    // RESP3 runs any command in subscribe mode (RESP2: Redis's own refusal).
+                    Plan::Answer(line) if self.state.resp3 => {
+                        self.local(line);
+                        return Ok(Placed::Done);
+                    }
+                    Plan::Lane(lane) if *kind == Kind::Subscribe && lane != self.lane => {
                         // `SSUBSCRIBE` to a shard channel of another node than the stream's.
                         let why = "to shard channels of two cluster nodes on one connection";
                         self.refuse(ErrorReply::Unsupported { name, why }.line())
                             .await?;
                         return Ok(Placed::Done);
                     }
+                    _ => {}
                 }
             }
             return Ok(Placed::Forward(bytes));
