@@ -334,7 +334,7 @@ impl Session {
             }
             Plan::Answer(line) => return self.answered(line).await,
             Plan::CrossShard | Plan::Split { .. } => return self.cross_shard().await,
-            // Stateful commands that would fan out or be answered locally go to the first server.
+            // Stateful commands that would fan out or be answered locally go where keyless ones do.
             Plan::All(_) | Plan::Rewrite { .. } | Plan::Local(_) => {
                 self.lane = route::keyless_lane(&layout);
             }
