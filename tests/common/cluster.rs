@@ -19,8 +19,8 @@ use respipe::config::{Topology, Upstream};
 use respipe::Config;
 
 use super::{
-    encode, poll_until, wait_child, BinProxy, Proxy, RawClient, Reply, ReplyReader, POLL,
-    START_DEADLINE,
+    encode, poll_until, wait_child, BinProxy, Proxy, RawClient, Reply, ReplyReader, CMD_UNTIL,
+    POLL, START_DEADLINE,
 };
 
 /// How long the cluster may take to agree (`cluster_state:ok` everywhere, one slot map, replicas
@@ -482,7 +482,7 @@ impl Cluster {
     }
 
     /// Waits (bounded) until a `SET` of a key on every primary through the proxy at `addr` answers
-    /// `+OK`.
+    /// `+OK`, then deletes those keys.
     pub async fn wait_serving(&self, addr: SocketAddr) {
         let mut keys = Vec::new();
         for p in self.primaries().await {
@@ -504,6 +504,20 @@ impl Cluster {
                 Some(())
             },
         )
+        .await;
+        let mut c = RawClient::connect(addr).await;
+        for k in keys {
+            assert_eq!(c.cmd(&["DEL", k]).await, Reply::Int(1), "DEL {k}");
+        }
+    }
+
+    /// Waits (bounded by [`CMD_UNTIL`]) until node `i` reports `n` blocked clients.
+    pub async fn wait_blocked(&self, i: usize, n: usize) {
+        let want = n.to_string();
+        poll_until(CMD_UNTIL, "blocked clients on the node", || async {
+            let info = self.try_info(i, "clients").await?;
+            (info_field(&info, "blocked_clients") == Some(want.as_str())).then_some(())
+        })
         .await
     }
 
@@ -530,27 +544,8 @@ impl Cluster {
         if let Some(pw) = &self.options.password {
             cmd.args(["-a", pw, "--no-auth-warning"]);
         }
-        let log = self.dir.path().join("create.log");
-        let out = std::fs::File::create(&log).expect("create.log");
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let mut child = cmd.spawn().expect("spawn redis-cli (is it installed?)");
-        let status = tokio::task::spawn_blocking(move || {
-            let status = wait_child(&mut child, CLUSTER_DEADLINE);
-            if status.is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            status
-        })
-        .await
-        .expect("join redis-cli");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        match status {
-            Some(s) if s.success() => {}
-            other => panic!("redis-cli --cluster create: {other:?}\n{text}"),
-        }
+        let out = run_tool(cmd, CLUSTER_DEADLINE).await;
+        assert!(out.status == Some(0), "redis-cli --cluster create: {out:?}");
     }
 
     /// Spawns `node` on a fresh free port (retrying another port if the one probed is taken by the
@@ -787,6 +782,48 @@ impl Drop for Cluster {
             node.kill();
         }
     }
+}
+
+/// What a command-line tool run by [`run_tool`] did.
+#[derive(Debug)]
+pub struct ToolOutput {
+    /// The exit code (`None`: killed by a signal).
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (a tool such as `redis-cli`) to completion with no stdin, its output in files (so
+/// a chatty tool never blocks on a full pipe); fails the test if it runs longer than `limit`.
+pub async fn run_tool(mut cmd: Command, limit: Duration) -> ToolOutput {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"));
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_child(&mut child, limit);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    })
+    .await
+    .expect("join the tool's waiter");
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let output = ToolOutput {
+        status: status.and_then(|s| s.code()),
+        stdout: read(&out),
+        stderr: read(&err),
+    };
+    assert!(
+        status.is_some(),
+        "{what} ran longer than {limit:?}: {output:?}"
+    );
+    output
 }
 
 /// `{TAG}name` with the smallest numeric `TAG` whose slot is `slot`.
