@@ -193,19 +193,26 @@ impl Cluster {
 
     /// The running nodes' `HOST:PORT`s, comma-separated: the seed list of `redis-cluster://`.
     pub fn seeds(&self) -> String {
-        self.running()
-            .map(|i| self.nodes[i].addr().to_string())
+        self.seeds_of(&self.running().collect::<Vec<_>>())
+    }
+
+    /// Nodes `nodes`' `HOST:PORT`s (running or not), comma-separated, in that order.
+    pub fn seeds_of(&self, nodes: &[usize]) -> String {
+        nodes
+            .iter()
+            .map(|&i| self.nodes[i].addr().to_string())
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// `redis-cluster://[:PASSWORD@]SEEDS`: respipe's `--upstream` for this cluster.
-    pub fn upstream_url(&self) -> String {
+    /// `redis-cluster://[:PASSWORD@]SEEDS`: respipe's `--upstream` for this cluster, with `seeds`
+    /// (a [`Cluster::seeds`] or [`Cluster::seeds_of`] list).
+    pub fn upstream_url(&self, seeds: &str) -> String {
         let auth = match &self.options.password {
             Some(pw) => format!(":{pw}@"),
             None => String::new(),
         };
-        format!("redis-cluster://{auth}{}", self.seeds())
+        format!("redis-cluster://{auth}{seeds}")
     }
 
     /// Indices of the running nodes.
@@ -307,6 +314,25 @@ impl Cluster {
     /// SIGKILLs node `i` (and reaps it).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
+    }
+
+    /// Stops node `i` with `SHUTDOWN SAVE` (its dataset written to `dump.rdb` in its directory,
+    /// which a restart loads) and reaps it.
+    pub async fn shutdown_saving(&mut self, i: usize) {
+        let mut c = self.direct(i).await;
+        c.send(&encode(&["SHUTDOWN", "SAVE"])).await;
+        // Redis answers nothing: it closes the connection when it exits.
+        let closed = tokio::time::timeout(CLUSTER_DEADLINE, c.try_read_reply()).await;
+        assert!(
+            matches!(closed, Ok(Ok(None)) | Ok(Err(_))),
+            "SHUTDOWN SAVE on {i}: {closed:?}"
+        );
+        let child = self.nodes[i].child.take().expect("node is running");
+        let status = wait_or_kill(child, START_DEADLINE).await;
+        assert!(
+            status.is_some(),
+            "node {i} did not exit after SHUTDOWN SAVE"
+        );
     }
 
     /// Sends `sig` to node `i` (SIGSTOP, SIGCONT, ...).
@@ -451,11 +477,15 @@ impl Cluster {
         self.finish_migration(m).await;
     }
 
-    /// respipe's binary in front of the cluster (`--upstream redis-cluster://SEEDS` plus `extra`),
-    /// once `/readyz` says 200 (every slot covered, a primary up).
+    /// respipe's binary in front of the cluster (`--upstream redis-cluster://SEEDS`, the running
+    /// nodes, plus `extra`), once `/readyz` says 200 (every slot covered, a primary up).
     pub async fn respipe(&self, extra: &[&str]) -> BinProxy {
-        let upstream = self.upstream_url();
-        let proxy = BinProxy::spawn(&upstream, extra);
+        self.respipe_seeded(&self.seeds(), extra).await
+    }
+
+    /// [`Cluster::respipe`] with these `seeds` (say, a dead node first).
+    pub async fn respipe_seeded(&self, seeds: &str, extra: &[&str]) -> BinProxy {
+        let proxy = BinProxy::spawn(&self.upstream_url(seeds), extra);
         proxy.wait_status("/readyz", 200, START_DEADLINE).await;
         proxy
     }
@@ -802,17 +832,8 @@ pub async fn run_tool(mut cmd: Command, limit: Duration) -> ToolOutput {
         .stdout(std::fs::File::create(&out).expect("stdout file"))
         .stderr(std::fs::File::create(&err).expect("stderr file"));
     let what = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let status = tokio::task::spawn_blocking(move || {
-        let status = wait_child(&mut child, limit);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        status
-    })
-    .await
-    .expect("join the tool's waiter");
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let status = wait_or_kill(child, limit).await;
     let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
     let output = ToolOutput {
         status: status.and_then(|s| s.code()),
@@ -824,6 +845,21 @@ pub async fn run_tool(mut cmd: Command, limit: Duration) -> ToolOutput {
         "{what} ran longer than {limit:?}: {output:?}"
     );
     output
+}
+
+/// Waits (off the runtime's threads) for `child` to exit: its status, or `None` after `limit`,
+/// when it is killed and reaped.
+async fn wait_or_kill(mut child: Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    tokio::task::spawn_blocking(move || {
+        let status = wait_child(&mut child, limit);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    })
+    .await
+    .expect("join the waiter")
 }
 
 /// `{TAG}name` with the smallest numeric `TAG` whose slot is `slot`.
