@@ -13,7 +13,6 @@ mod drill;
 // `drill` reads replies with the harness's reader.
 use common::wire;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -52,10 +51,8 @@ impl drill::Restart for Failover<'_> {
     fn kill(&mut self) {
         self.cluster.kill(self.victim);
     }
-    fn restart(&mut self) -> impl Future<Output = ()> {
-        async move {
-            self.promoted = Some(self.cluster.wait_primary(self.replica).await);
-        }
+    async fn restart(&mut self) {
+        self.promoted = Some(self.cluster.wait_primary(self.replica).await);
     }
 }
 
