@@ -205,9 +205,14 @@ impl Cluster {
             .join(",")
     }
 
-    /// `redis-cluster://[:PASSWORD@]SEEDS`: respipe's `--upstream` for this cluster, with `seeds`
-    /// (a [`Cluster::seeds`] or [`Cluster::seeds_of`] list).
-    pub fn upstream_url(&self, seeds: &str) -> String {
+    /// `redis-cluster://[:PASSWORD@]SEEDS`: respipe's `--upstream` for this cluster (its seeds: the
+    /// running nodes).
+    pub fn upstream_url(&self) -> String {
+        self.upstream_url_with(&self.seeds())
+    }
+
+    /// [`Cluster::upstream_url`] with these `seeds` (a [`Cluster::seeds_of`] list).
+    pub fn upstream_url_with(&self, seeds: &str) -> String {
         let auth = match &self.options.password {
             Some(pw) => format!(":{pw}@"),
             None => String::new(),
@@ -485,7 +490,7 @@ impl Cluster {
 
     /// [`Cluster::respipe`] with these `seeds` (say, a dead node first).
     pub async fn respipe_seeded(&self, seeds: &str, extra: &[&str]) -> BinProxy {
-        let proxy = BinProxy::spawn(&self.upstream_url(seeds), extra);
+        let proxy = BinProxy::spawn(&self.upstream_url_with(seeds), extra);
         proxy.wait_status("/readyz", 200, START_DEADLINE).await;
         proxy
     }
