@@ -869,11 +869,24 @@ async fn wait_or_kill(mut child: Child, limit: Duration) -> Option<std::process:
 
 /// `{TAG}name` with the smallest numeric `TAG` whose slot is `slot`.
 pub fn key_in_slot(slot: u16, name: &str) -> String {
-    let tag = (0u32..)
-        .map(|n| n.to_string())
-        .find(|t| key_slot(t.as_bytes()) == slot)
-        .expect("every slot has a numeric tag");
-    format!("{{{tag}}}{name}")
+    // The smallest numeric tag of every slot, found once (about 170,000 tags cover all 16384).
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut missing = SLOTS;
+        for n in 0u32.. {
+            let s = usize::from(key_slot(n.to_string().as_bytes()));
+            if tags[s] == u32::MAX {
+                tags[s] = n;
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+        tags
+    });
+    format!("{{{}}}{name}", tags[usize::from(slot) % SLOTS])
 }
 
 /// The value of `field:` in an `INFO`-style text.
