@@ -7,6 +7,20 @@
 //!
 //! Nodes are indexed in start order and keep their index for life; roles change (a failover), so
 //! roles and owners are always asked of the running nodes, never remembered. Every wait is bounded.
+//!
+//! In a test:
+//! ```text
+//! let mut cluster = Cluster::start(ClusterOptions::default()).await; // 3 + 3, node timeout 5 s
+//! let proxy = cluster.respipe(&[]).await;           // the binary, once /readyz says 200
+//! let p = cluster.primaries().await[0];
+//! let key = cluster.key_on(p, "name").await;        // `{TAG}name`, a key p owns
+//! let m = cluster.begin_migration(slot, to).await;  // IMPORTING + MIGRATING: -ASK from now on
+//! cluster.migrate_keys(m, 10).await;                // some keys moved, the slot half-migrated
+//! cluster.finish_migration(m).await;                // the rest, then SETSLOT NODE everywhere
+//! cluster.kill(p);                                  // SIGKILL; its replica r takes over:
+//! let promoted_at = cluster.wait_primary(r).await;
+//! cluster.wait_ok().await;                          // ok, agreed and linked everywhere again
+//! ```
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
