@@ -93,7 +93,6 @@ impl drill::Restart for Failover<'_> {
 /// misrouted, 0 hung, 0 dropped clients; the victim's keys fail explicitly; the other primaries'
 /// keys never fail; its slots are served again within 2 s of the promotion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs: slot map refresh on connection failures to a primary (today respipe keeps the dead address until the 30 s background refresh)"]
 async fn a_killed_primary_fails_over_under_load() {
     bounded(LIMIT, "a primary killed under load", async {
         // 2 s: short enough for a quick promotion, long enough that a busy machine does not fail
@@ -180,7 +179,6 @@ async fn starts_with_nodes_down() {
 /// same node id, same slots, new address. respipe follows it: its keys, written before the move,
 /// are read through respipe within 2 s of the cluster agreeing on the new address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs: slot map refresh on connection failures to a primary (today respipe keeps the old address until the 30 s background refresh)"]
 async fn a_primary_that_moves_to_another_port_is_followed() {
     bounded(LIMIT, "a primary moves", async {
         // A node timeout longer than the move, so its replica is not promoted meanwhile.
