@@ -361,8 +361,8 @@ impl Cluster {
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
-    /// Starts node `i` again on its port with its `nodes.conf` (same id, empty dataset) and waits
-    /// until it answers PING. The cluster may not be ok yet: see [`Cluster::wait_ok`].
+    /// Starts node `i` again on its port with its `nodes.conf` (same id; empty, or the dataset its
+    /// last [`Cluster::shutdown_saving`] wrote) and waits until it answers PING. The cluster may not be ok yet: see [`Cluster::wait_ok`].
     pub async fn restart(&mut self, i: usize) {
         let mut node = self.take_killed(i);
         let deadline = Instant::now() + START_DEADLINE;
@@ -378,8 +378,8 @@ impl Cluster {
         self.nodes[i] = node;
     }
 
-    /// Starts node `i` again on ANOTHER free port with its `nodes.conf` (same id, new address) and
-    /// returns the new address; the other nodes learn it from the node's gossip.
+    /// Starts node `i` again on ANOTHER free port with its `nodes.conf` (same id, new address; the
+    /// dataset as for [`Cluster::restart`]) and returns the new address; the other nodes learn it from the node's gossip.
     pub async fn restart_elsewhere(&mut self, i: usize) -> SocketAddr {
         let mut node = self.take_killed(i);
         let old = node.port;
