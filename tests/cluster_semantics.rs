@@ -327,8 +327,8 @@ async fn blpop_is_served_by_a_push_from_another_client() {
 }
 
 /// SUBSCRIBE (channels whose names hash to every primary) and PSUBSCRIBE on one client; PUBLISH
-/// from another client, whose last command went to another node: every message arrives (Redis
-/// Cluster forwards PUBLISH to every node).
+/// from another client, whose last command went to another node, and on every node directly:
+/// every message arrives (Redis Cluster forwards PUBLISH to every node).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_gets_messages_published_from_any_node() {
     bounded(LIMIT, "pubsub", async {
@@ -357,16 +357,28 @@ async fn subscribe_gets_messages_published_from_any_node() {
             assert_eq!(p.cmd(&["SET", k, "1"]).await, Reply::ok());
             let published = p.cmd(&["PUBLISH", ch, "hello"]).await;
             assert!(matches!(published, Reply::Int(_)), "{published:?}");
-            let message = bulks(&["message", ch, "hello"]);
-            let pmessage = bulks(&["pmessage", "*ch", ch, "hello"]);
-            let mut got = vec![s.read_reply().await, s.read_reply().await];
-            got.sort_by_key(|r| format!("{r:?}"));
-            let mut want = vec![message, pmessage];
-            want.sort_by_key(|r| format!("{r:?}"));
-            assert_eq!(got, want, "{ch}");
+            expect_message(&mut s, ch, "hello").await;
+        }
+        // Published on each node directly: whichever node respipe subscribed on, all arrive.
+        for i in cluster.running().collect::<Vec<_>>() {
+            let text = format!("direct from node {i}");
+            cluster.cmd(i, &["PUBLISH", &channels[0], &text]).await;
+            expect_message(&mut s, &channels[0], &text).await;
         }
     })
     .await
+}
+
+/// Reads the `message` and the `pmessage` (pattern `*ch`) of one publication of `text` on `ch`.
+async fn expect_message(s: &mut RawClient, ch: &str, text: &str) {
+    let mut got = vec![s.read_reply().await, s.read_reply().await];
+    got.sort_by_key(|r| format!("{r:?}"));
+    let mut want = vec![
+        bulks(&["message", ch, text]),
+        bulks(&["pmessage", "*ch", ch, text]),
+    ];
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(got, want, "{ch}");
 }
 
 /// SSUBSCRIBE to a shard channel on every primary; SPUBLISH from another client reaches the
