@@ -24,8 +24,9 @@ fn spread_keys() -> Vec<String> {
 }
 
 /// 3 primaries + 3 replicas and the respipe binary: 1000 keys over all slots written and read
-/// back through respipe (half with the `redis` crate, half pipelined raw), and each found on its
-/// slot's owner when that node is asked directly, with nothing anywhere else.
+/// back through respipe (half with the `redis` crate, half pipelined raw; read again through
+/// respipe in-process), and each found on its slot's owner when that node is asked directly,
+/// with nothing anywhere else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_over_all_slots_land_on_their_owner() {
     bounded(LIMIT, "smoke", async {
@@ -67,6 +68,17 @@ async fn keys_over_all_slots_land_on_their_owner() {
                 .await
                 .unwrap();
             assert_eq!(got, Some(value(k)), "GET {k} (redis crate)");
+        }
+
+        // respipe in-process (the harness's other front) reads the same values.
+        let inproc = cluster.proxy(|_| {}).await;
+        let mut c = inproc.raw().await;
+        let gets: Vec<[&str; 2]> = keys.iter().map(|k| ["GET", k.as_str()]).collect();
+        let got = c
+            .send_all(&gets.iter().map(|g| &g[..]).collect::<Vec<_>>())
+            .await;
+        for (k, r) in keys.iter().zip(got) {
+            assert_eq!(r, Reply::bulk(value(k)), "GET {k} in-process");
         }
 
         // Directly on the owners: each key where its slot lives, and nothing else anywhere.

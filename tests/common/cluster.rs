@@ -7,6 +7,20 @@
 //!
 //! Nodes are indexed in start order and keep their index for life; roles change (a failover), so
 //! roles and owners are always asked of the running nodes, never remembered. Every wait is bounded.
+//!
+//! In a test:
+//! ```text
+//! let mut cluster = Cluster::start(ClusterOptions::default()).await; // 3 + 3, node timeout 5 s
+//! let proxy = cluster.respipe(&[]).await;           // the binary, once /readyz says 200
+//! let p = cluster.primaries().await[0];
+//! let key = cluster.key_on(p, "name").await;        // `{TAG}name`, a key p owns
+//! let m = cluster.begin_migration(slot, to).await;  // IMPORTING + MIGRATING: -ASK from now on
+//! cluster.migrate_keys(m, 10).await;                // some keys moved, the slot half-migrated
+//! cluster.finish_migration(m).await;                // the rest, then SETSLOT NODE everywhere
+//! cluster.kill(p);                                  // SIGKILL; its replica r takes over:
+//! let promoted_at = cluster.wait_primary(r).await;
+//! cluster.wait_ok().await;                          // ok, agreed and linked everywhere again
+//! ```
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -19,8 +33,8 @@ use respipe::config::{Topology, Upstream};
 use respipe::Config;
 
 use super::{
-    encode, poll_until, wait_child, BinProxy, Proxy, RawClient, Reply, ReplyReader, POLL,
-    START_DEADLINE,
+    encode, poll_until, wait_child, BinProxy, Proxy, RawClient, Reply, ReplyReader, CMD_UNTIL,
+    POLL, START_DEADLINE,
 };
 
 /// How long the cluster may take to agree (`cluster_state:ok` everywhere, one slot map, replicas
@@ -193,19 +207,31 @@ impl Cluster {
 
     /// The running nodes' `HOST:PORT`s, comma-separated: the seed list of `redis-cluster://`.
     pub fn seeds(&self) -> String {
-        self.running()
-            .map(|i| self.nodes[i].addr().to_string())
+        self.seeds_of(&self.running().collect::<Vec<_>>())
+    }
+
+    /// Nodes `nodes`' `HOST:PORT`s (running or not), comma-separated, in that order.
+    pub fn seeds_of(&self, nodes: &[usize]) -> String {
+        nodes
+            .iter()
+            .map(|&i| self.nodes[i].addr().to_string())
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// `redis-cluster://[:PASSWORD@]SEEDS`: respipe's `--upstream` for this cluster.
+    /// `redis-cluster://[:PASSWORD@]SEEDS`: respipe's `--upstream` for this cluster (its seeds: the
+    /// running nodes).
     pub fn upstream_url(&self) -> String {
+        self.upstream_url_with(&self.seeds())
+    }
+
+    /// [`Cluster::upstream_url`] with these `seeds` (a [`Cluster::seeds_of`] list).
+    pub fn upstream_url_with(&self, seeds: &str) -> String {
         let auth = match &self.options.password {
             Some(pw) => format!(":{pw}@"),
             None => String::new(),
         };
-        format!("redis-cluster://{auth}{}", self.seeds())
+        format!("redis-cluster://{auth}{seeds}")
     }
 
     /// Indices of the running nodes.
@@ -309,6 +335,25 @@ impl Cluster {
         self.nodes[i].kill();
     }
 
+    /// Stops node `i` with `SHUTDOWN SAVE` (its dataset written to `dump.rdb` in its directory,
+    /// which a restart loads) and reaps it.
+    pub async fn shutdown_saving(&mut self, i: usize) {
+        let mut c = self.direct(i).await;
+        c.send(&encode(&["SHUTDOWN", "SAVE"])).await;
+        // Redis answers nothing: it closes the connection when it exits.
+        let closed = tokio::time::timeout(CLUSTER_DEADLINE, c.try_read_reply()).await;
+        assert!(
+            matches!(closed, Ok(Ok(None)) | Ok(Err(_))),
+            "SHUTDOWN SAVE on {i}: {closed:?}"
+        );
+        let child = self.nodes[i].child.take().expect("node is running");
+        let status = wait_or_kill(child, START_DEADLINE).await;
+        assert!(
+            status.is_some(),
+            "node {i} did not exit after SHUTDOWN SAVE"
+        );
+    }
+
     /// Sends `sig` to node `i` (SIGSTOP, SIGCONT, ...).
     pub fn signal(&self, i: usize, sig: i32) {
         let pid = self.nodes[i].pid().expect("node is running");
@@ -316,8 +361,8 @@ impl Cluster {
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
-    /// Starts node `i` again on its port with its `nodes.conf` (same id, empty dataset) and waits
-    /// until it answers PING. The cluster may not be ok yet: see [`Cluster::wait_ok`].
+    /// Starts node `i` again on its port with its `nodes.conf` (same id; empty, or the dataset its
+    /// last [`Cluster::shutdown_saving`] wrote) and waits until it answers PING. The cluster may not be ok yet: see [`Cluster::wait_ok`].
     pub async fn restart(&mut self, i: usize) {
         let mut node = self.take_killed(i);
         let deadline = Instant::now() + START_DEADLINE;
@@ -333,8 +378,8 @@ impl Cluster {
         self.nodes[i] = node;
     }
 
-    /// Starts node `i` again on ANOTHER free port with its `nodes.conf` (same id, new address) and
-    /// returns the new address; the other nodes learn it from the node's gossip.
+    /// Starts node `i` again on ANOTHER free port with its `nodes.conf` (same id, new address; the
+    /// dataset as for [`Cluster::restart`]) and returns the new address; the other nodes learn it from the node's gossip.
     pub async fn restart_elsewhere(&mut self, i: usize) -> SocketAddr {
         let mut node = self.take_killed(i);
         let old = node.port;
@@ -451,11 +496,15 @@ impl Cluster {
         self.finish_migration(m).await;
     }
 
-    /// respipe's binary in front of the cluster (`--upstream redis-cluster://SEEDS` plus `extra`),
-    /// once `/readyz` says 200 (every slot covered, a primary up).
+    /// respipe's binary in front of the cluster (`--upstream redis-cluster://SEEDS`, the running
+    /// nodes, plus `extra`), once `/readyz` says 200 (every slot covered, a primary up).
     pub async fn respipe(&self, extra: &[&str]) -> BinProxy {
-        let upstream = self.upstream_url();
-        let proxy = BinProxy::spawn(&upstream, extra);
+        self.respipe_seeded(&self.seeds(), extra).await
+    }
+
+    /// [`Cluster::respipe`] with these `seeds` (say, a dead node first).
+    pub async fn respipe_seeded(&self, seeds: &str, extra: &[&str]) -> BinProxy {
+        let proxy = BinProxy::spawn(&self.upstream_url_with(seeds), extra);
         proxy.wait_status("/readyz", 200, START_DEADLINE).await;
         proxy
     }
@@ -482,7 +531,7 @@ impl Cluster {
     }
 
     /// Waits (bounded) until a `SET` of a key on every primary through the proxy at `addr` answers
-    /// `+OK`.
+    /// `+OK`, then deletes those keys.
     pub async fn wait_serving(&self, addr: SocketAddr) {
         let mut keys = Vec::new();
         for p in self.primaries().await {
@@ -504,6 +553,20 @@ impl Cluster {
                 Some(())
             },
         )
+        .await;
+        let mut c = RawClient::connect(addr).await;
+        for k in keys {
+            assert_eq!(c.cmd(&["DEL", k]).await, Reply::Int(1), "DEL {k}");
+        }
+    }
+
+    /// Waits (bounded by [`CMD_UNTIL`]) until node `i` reports `n` blocked clients.
+    pub async fn wait_blocked(&self, i: usize, n: usize) {
+        let want = n.to_string();
+        poll_until(CMD_UNTIL, "blocked clients on the node", || async {
+            let info = self.try_info(i, "clients").await?;
+            (info_field(&info, "blocked_clients") == Some(want.as_str())).then_some(())
+        })
         .await
     }
 
@@ -530,27 +593,8 @@ impl Cluster {
         if let Some(pw) = &self.options.password {
             cmd.args(["-a", pw, "--no-auth-warning"]);
         }
-        let log = self.dir.path().join("create.log");
-        let out = std::fs::File::create(&log).expect("create.log");
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let mut child = cmd.spawn().expect("spawn redis-cli (is it installed?)");
-        let status = tokio::task::spawn_blocking(move || {
-            let status = wait_child(&mut child, CLUSTER_DEADLINE);
-            if status.is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            status
-        })
-        .await
-        .expect("join redis-cli");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        match status {
-            Some(s) if s.success() => {}
-            other => panic!("redis-cli --cluster create: {other:?}\n{text}"),
-        }
+        let out = run_tool(cmd, CLUSTER_DEADLINE).await;
+        assert!(out.status == Some(0), "redis-cli --cluster create: {out:?}");
     }
 
     /// Spawns `node` on a fresh free port (retrying another port if the one probed is taken by the
@@ -789,13 +833,74 @@ impl Drop for Cluster {
     }
 }
 
+/// What a command-line tool run by [`run_tool`] did.
+#[derive(Debug)]
+pub struct ToolOutput {
+    /// The exit code (`None`: killed by a signal).
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (a tool such as `redis-cli`) to completion with no stdin, its output in files (so
+/// a chatty tool never blocks on a full pipe); fails the test if it runs longer than `limit`.
+pub async fn run_tool(mut cmd: Command, limit: Duration) -> ToolOutput {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"));
+    let what = format!("{cmd:?}");
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let status = wait_or_kill(child, limit).await;
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let output = ToolOutput {
+        status: status.and_then(|s| s.code()),
+        stdout: read(&out),
+        stderr: read(&err),
+    };
+    assert!(
+        status.is_some(),
+        "{what} ran longer than {limit:?}: {output:?}"
+    );
+    output
+}
+
+/// Waits (off the runtime's threads) for `child` to exit: its status, or `None` after `limit`,
+/// when it is killed and reaped.
+async fn wait_or_kill(mut child: Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    tokio::task::spawn_blocking(move || {
+        let status = wait_child(&mut child, limit);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    })
+    .await
+    .expect("join the waiter")
+}
+
 /// `{TAG}name` with the smallest numeric `TAG` whose slot is `slot`.
 pub fn key_in_slot(slot: u16, name: &str) -> String {
-    let tag = (0u32..)
-        .map(|n| n.to_string())
-        .find(|t| key_slot(t.as_bytes()) == slot)
-        .expect("every slot has a numeric tag");
-    format!("{{{tag}}}{name}")
+    // The smallest numeric tag of every slot, found once (about 170,000 tags cover all 16384).
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut missing = SLOTS;
+        for n in 0u32.. {
+            let s = usize::from(key_slot(n.to_string().as_bytes()));
+            if tags[s] == u32::MAX {
+                tags[s] = n;
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+        tags
+    });
+    format!("{{{}}}{name}", tags[usize::from(slot) % SLOTS])
 }
 
 /// The value of `field:` in an `INFO`-style text.
