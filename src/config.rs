@@ -2266,6 +2266,7 @@ mod tests {
             }
         }
         for name in [
+            "cluster.toml",
             "minimal.toml",
             "respipe.toml",
             "shards.toml",
@@ -2298,6 +2299,11 @@ mod tests {
         };
         assert_eq!(spec.servers.len(), 3);
         assert_eq!(seen["shards.toml"].upstream, spec.servers[0].upstream);
+        let Topology::Cluster(spec) = &seen["cluster.toml"].topology else {
+            panic!("cluster.toml is not a cluster");
+        };
+        assert_eq!(spec.seeds.len(), 3);
+        assert_eq!(seen["cluster.toml"].upstream, spec.seeds[0]);
         let sidecar = &seen["sidecar.toml"];
         assert_eq!(sidecar.listen.addresses.len(), 2);
         assert_eq!(sidecar.upstream, Upstream::tcp("redis", 6379));
