@@ -495,13 +495,11 @@ fn scan_reply(frame: &Bytes, lane: Lane, lanes: Lane, tag: u16) -> Option<Bytes>
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
     use crate::cluster::{key_slot, Spec};
-    use crate::config::{Config, Topology, Upstream};
-    use crate::live::Live;
-    use crate::upstream::{Tunables, UpstreamSettings};
+    use crate::config::{Topology, Upstream};
+    use crate::upstream::UpstreamSettings;
 
     /// A cluster of three seeds (lanes 0, 1, 2) whose map has only these slots owned. Outside a
     /// runtime nothing refreshes it.
@@ -509,21 +507,7 @@ mod tests {
         let seeds: Vec<Upstream> = (0..3)
             .map(|i| Upstream::tcp("127.0.0.1", 7000 + i))
             .collect();
-        let probe = UpstreamSettings {
-            upstream: seeds[0].clone(),
-            user: None,
-            user_refused: Arc::default(),
-            user_events: None,
-            health: None,
-            resp3: false,
-            tls: None,
-            tunables: Arc::new(Live::new(Tunables::from_config(&Config::default()))),
-            connect_timeout: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(1),
-            max_inflight: 1,
-            queue_capacity: 1,
-            dedicated: false,
-        };
+        let probe = UpstreamSettings::for_tests(seeds[0].clone());
         let first = seeds[0].clone();
         let layout = Layout::new(&first, &Topology::Cluster(Spec { seeds }), &probe);
         for &(slot, lane) in owners {

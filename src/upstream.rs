@@ -113,6 +113,30 @@ pub struct UpstreamSettings {
     pub dedicated: bool,
 }
 
+#[cfg(test)]
+impl UpstreamSettings {
+    /// Settings for `upstream` with the default configuration's timeouts, one command in flight
+    /// and a queue of one (unit tests that never connect, or barely).
+    pub(crate) fn for_tests(upstream: Upstream) -> Self {
+        let config = crate::config::Config::default();
+        UpstreamSettings {
+            upstream,
+            user: None,
+            user_refused: Arc::default(),
+            user_events: None,
+            health: None,
+            resp3: false,
+            tls: None,
+            tunables: Arc::new(Live::new(Tunables::from_config(&config))),
+            connect_timeout: config.timeouts.connect_timeout,
+            backoff_max: config.timeouts.reconnect_backoff_max,
+            max_inflight: 1,
+            queue_capacity: 1,
+            dedicated: false,
+        }
+    }
+}
+
 /// What a running driver takes from a configuration reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunables {

@@ -47,18 +47,7 @@ async fn drill_config(cluster: &Cluster, duration: Duration, kills: usize) -> dr
         let key = cluster.key_on(p, "").await;
         tags.push(key.trim_matches(['{', '}']).to_owned());
     }
-    drill::DrillConfig {
-        clients: 200,
-        pipelined: 60,
-        duration,
-        kills,
-        shape: drill::ClientShape {
-            hang: Duration::from_secs(8),
-            value_pad: 16,
-            tags,
-            failure: drill::RESPIPE_FAILURE.to_owned(),
-        },
-    }
+    drill::DrillConfig::spread(duration, kills, tags, drill::RESPIPE_FAILURE)
 }
 
 /// 0 wrong, 0 misrouted, 0 hung, 0 dropped clients, and a real load.

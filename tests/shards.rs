@@ -52,18 +52,8 @@ impl drill::Restart for RedisServer {
 /// 200 clients (60 pipelining 10 to 50 deep) whose keys take the three shards' hash tags in turn,
 /// so every pipeline spans every shard, for `duration` with `kills` kills of shard 0.
 fn drill_config(shards: &Shards, duration: Duration, kills: usize) -> drill::DrillConfig {
-    drill::DrillConfig {
-        clients: 200,
-        pipelined: 60,
-        duration,
-        kills,
-        shape: drill::ClientShape {
-            hang: Duration::from_secs(8),
-            value_pad: 16,
-            tags: (0..SHARDS).map(|i| shards.tag(i).to_owned()).collect(),
-            failure: shards.failure().to_owned(),
-        },
-    }
+    let tags = (0..SHARDS).map(|i| shards.tag(i).to_owned()).collect();
+    drill::DrillConfig::spread(duration, kills, tags, shards.failure())
 }
 
 fn count(a: &std::sync::atomic::AtomicU64) -> u64 {

@@ -538,7 +538,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Tunables;
 
     /// A short wait (real time: tokio's paused clock is not built in).
     const SOON: Duration = Duration::from_millis(50);
@@ -546,22 +545,7 @@ mod tests {
     /// A cluster without its refresh task (made outside a runtime), and a runtime to wait in.
     fn quiet() -> (Arc<Cluster>, tokio::runtime::Runtime) {
         let seed = Upstream::tcp("127.0.0.1", 1);
-        let config = crate::config::Config::default();
-        let probe = UpstreamSettings {
-            upstream: seed.clone(),
-            user: None,
-            user_refused: Arc::default(),
-            user_events: None,
-            health: None,
-            resp3: false,
-            tls: None,
-            tunables: Arc::new(crate::live::Live::new(Tunables::from_config(&config))),
-            connect_timeout: config.timeouts.connect_timeout,
-            backoff_max: config.timeouts.reconnect_backoff_max,
-            max_inflight: 1,
-            queue_capacity: 1,
-            dedicated: false,
-        };
+        let probe = UpstreamSettings::for_tests(seed.clone());
         let cluster = Cluster::new(&Spec { seeds: vec![seed] }, &probe);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()

@@ -147,6 +147,26 @@ pub struct DrillConfig {
     pub shape: ClientShape,
 }
 
+impl DrillConfig {
+    /// The integrity load of the sharded and cluster drills: 200 clients (60 pipelining 10 to 50
+    /// deep) whose keys take `tags` in turn, so every pipeline spans every shard; `failure` starts
+    /// the explicit failures.
+    pub fn spread(duration: Duration, kills: usize, tags: Vec<String>, failure: &str) -> Self {
+        DrillConfig {
+            clients: 200,
+            pipelined: 60,
+            duration,
+            kills,
+            shape: ClientShape {
+                hang: Duration::from_secs(8),
+                value_pad: 16,
+                tags,
+                failure: failure.to_owned(),
+            },
+        }
+    }
+}
+
 /// What a drill client writes and which replies count as explicit failures.
 #[derive(Debug, Clone)]
 pub struct ClientShape {
