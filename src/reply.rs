@@ -169,6 +169,10 @@ pub const WAIT_NOOP: Bytes =
     Bytes::from_static(b"*3\r\n$8\r\nSPUBLISH\r\n$15\r\n__respipe__wait\r\n$0\r\n\r\n");
 /// `RESET` as a request, for respipe to end a leased connection's stream in order.
 pub const RESET_COMMAND: Bytes = Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n");
+/// A command whose hash slot no node of the cluster's map serves (Redis's words for it, and why).
+pub const SLOT_UNSERVED: Bytes = Bytes::from_static(
+    b"-CLUSTERDOWN Hash slot not served (respipe: no cluster node serves it now; the slot map is being refreshed)\r\n",
+);
 /// RESP3 null.
 pub const NULL: Bytes = Bytes::from_static(b"_\r\n");
 /// RESP2 null bulk string.
@@ -284,6 +288,10 @@ pub enum ErrorReply<'a> {
     /// answer, which respipe gives for a cluster upstream).
     #[error("ERR unknown subcommand '{}'. Try CLUSTER HELP.", Truncated(.0))]
     UnknownClusterSubcommand(&'a [u8]),
+    /// A cluster node redirected (`MOVED`/`ASK`) a command on a dedicated connection (a
+    /// transaction, a blocking command), where respipe cannot follow: the command did not run.
+    #[error("TRYAGAIN respipe: the key's hash slot moved to another cluster node while this client held a dedicated connection (transaction or blocking command); the command did not run, retry it")]
+    RedirectOnLease,
     /// `CLIENT LIST` with a filter respipe cannot read (Redis's wording).
     #[error("ERR {0}")]
     ClientList(crate::clients::FilterError),
@@ -352,6 +360,12 @@ impl ErrorReply<'_> {
         line.0.put_slice(b"\r\n");
         line.0.freeze()
     }
+}
+
+/// True for the error line of a command that never reached the upstream because it could not be
+/// reached ([`ErrorReply::UpstreamUnavailable`]): sending it again cannot run it twice.
+pub fn never_sent(line: &[u8]) -> bool {
+    line.starts_with(b"-ERR respipe: upstream unavailable")
 }
 
 impl RedisError {

@@ -11,6 +11,7 @@ use crate::reply::{ErrorReply, Lane, Response};
 use crate::resp;
 use crate::upstream::{Request, UpstreamHandle};
 
+use super::redirect::Again;
 use super::{identity, Close, Pending, Route, Session};
 
 impl Session {
@@ -73,6 +74,11 @@ impl Session {
         shown: bool,
         check: Option<Box<identity::Check>>,
     ) -> Result<(), Close> {
+        let plain = !stream && shape == Shape::One && check.is_none();
+        let slot = self.resendable(&bytes, count, route, plain);
+        if let Some(slot) = slot {
+            self.fence(&[(self.lane, slot)]).await?;
+        }
         let handle = match self.route(route).await? {
             Ok(handle) => handle,
             Err(line) => {
@@ -87,6 +93,12 @@ impl Session {
             Some(check) if owed => self.owe_as(Pending::Check(check, self.lane), count),
             _ if owed => self.owe(count, shown),
             _ => {}
+        }
+        if let Some(slot) = slot.filter(|_| owed) {
+            self.keep(Again {
+                slot,
+                bytes: bytes.clone(),
+            });
         }
         let request = self.request(bytes, count, stream, shape);
         match self.deliver(&handle, request).await {

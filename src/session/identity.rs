@@ -174,6 +174,7 @@ impl Session {
             shown,
             follow: None,
             lane,
+            again: None,
         });
         match response {
             Response::Replies { bytes, count: 1 } => Response::Replies {

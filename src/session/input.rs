@@ -67,6 +67,9 @@ impl Session {
             // A reload may have changed the servers: `on_input` moves to them first.
             return Ok(false);
         }
+        if self.clustered() {
+            return self.forward_plain_cluster();
+        }
         if sharded {
             // The first complete request says which server the run goes to. A complete frame
             // leaves the scanner idle, so the loop below scans it again from the start.
@@ -185,6 +188,12 @@ impl Session {
                         run_lane = lane;
                         run += frame.len;
                         run_count += 1;
+                        if self.clustered() {
+                            // A redirect sends one command again: each is a request of its own.
+                            self.send_run(run, run_count, run_lane).await?;
+                            run = 0;
+                            run_count = 0;
+                        }
                         continue;
                     }
                     self.send_run(run, run_count, run_lane).await?;
@@ -228,7 +237,7 @@ impl Session {
 
     /// The server of a plain command at `at` in the read buffer that can join a run; `None` for
     /// anything else.
-    fn run_lane(&self, at: usize, frame: &RequestFrame) -> Option<Lane> {
+    pub(super) fn run_lane(&self, at: usize, frame: &RequestFrame) -> Option<Lane> {
         let bytes = &self.inbuf[at..at + frame.len];
         let plain = frame.argc > 0
             && frame.kind == RequestKind::Resp

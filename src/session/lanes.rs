@@ -19,11 +19,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::cluster::Source;
 use crate::command::{Args, Kind, Shape};
 use crate::reply::{self, ErrorReply, Lane, RedisError, Response};
 use crate::route::{self, Merge, Plan};
 use crate::upstream::UpstreamHandle;
 
+use super::redirect::{self, Again};
 use super::{Close, Pending, Route, Session};
 
 /// The session on one upstream server.
@@ -34,13 +36,16 @@ pub(super) struct LaneState {
     /// Commands in flight on this server.
     pub(super) inflight: usize,
     /// Replies that arrived before their slot reached the front of the reorder buffer.
-    early: VecDeque<Response>,
+    pub(super) early: VecDeque<Response>,
 }
 
 /// A slot waiting for one reply from each of several servers.
 pub(super) struct Gathering {
-    /// Per part: its server, and its reply if it never left (a refusal, a full queue).
-    parts: Vec<(Lane, Option<Bytes>)>,
+    /// Per part: its server (a ticket's number once sent again), and its reply if it never left
+    /// (a refusal, a full queue).
+    pub(super) parts: Vec<(Lane, Option<Bytes>)>,
+    /// Per part of a cluster command split by slot: what it needs to be sent again.
+    pub(super) again: Vec<Option<Again>>,
     merge: Merge,
     shown: bool,
 }
@@ -75,7 +80,19 @@ impl Session {
     /// Takes a response from `lane`: at once when its slot is at the front of the reorder buffer,
     /// else when the slots before it are complete.
     pub(super) fn receive(&mut self, lane: Lane, response: Response) -> Result<(), Close> {
-        if self.lanes.len() <= 1 {
+        if redirect::is_ticket(lane) {
+            return self.ticket_response(lane, response);
+        }
+        let mut response = response;
+        let error = match &response {
+            Response::Replies { bytes, count: 1 } => bytes.first() == Some(&b'-'),
+            Response::Failed { .. } => true,
+            _ => false,
+        };
+        if error && self.clustered() && self.absorbed(lane, &mut response) {
+            return self.settle();
+        }
+        if self.lanes.len() <= 1 && !self.clustered() {
             // One server: replies arrive in command order.
             return self.on_response(response);
         }
@@ -96,13 +113,16 @@ impl Session {
     }
 
     /// Completes the front slots whose replies have arrived.
-    fn settle(&mut self) -> Result<(), Close> {
+    pub(super) fn settle(&mut self) -> Result<(), Close> {
         loop {
             let lane = match self.pending.front() {
                 Some(Pending::Upstream { lane, .. } | Pending::Check(_, lane)) => *lane,
                 Some(Pending::Merge(gathering)) => {
                     // A lane may carry several parts (a cluster splits by slot): each needs a reply.
                     let ready = gathering.parts.iter().enumerate().all(|(i, (lane, sent))| {
+                        if redirect::is_ticket(*lane) {
+                            return sent.is_some() || self.ticket_ready(*lane);
+                        }
                         let before = gathering.parts[..i]
                             .iter()
                             .filter(|(l, s)| l == lane && s.is_none())
@@ -125,7 +145,12 @@ impl Session {
                     return Ok(());
                 }
             };
-            let Some(response) = self.lanes[usize::from(lane)].early.pop_front() else {
+            let next = if redirect::is_ticket(lane) {
+                self.take_ticket(lane)
+            } else {
+                self.lanes[usize::from(lane)].early.pop_front()
+            };
+            let Some(response) = next else {
                 return Ok(());
             };
             self.on_response(response)?;
@@ -141,6 +166,14 @@ impl Session {
         for (lane, sent) in gathering.parts {
             let reply = match sent {
                 Some(reply) => reply,
+                None if redirect::is_ticket(lane) => {
+                    self.inflight -= 1;
+                    match self.take_ticket(lane) {
+                        Some(Response::Replies { bytes, .. }) => bytes,
+                        Some(Response::Failed { error, .. }) => error,
+                        _ => ErrorReply::UnexpectedShardReply.line(),
+                    }
+                }
                 None => {
                     self.inflight -= 1;
                     let state = self.lane_state(lane);
@@ -171,6 +204,22 @@ impl Session {
     /// client their merged reply.
     async fn send_parts(&mut self, parts: Vec<(Lane, Bytes)>, merge: Merge) -> Result<(), Close> {
         let shown = self.state.take_shown();
+        // A cluster command split by slot: each part can be sent again, behind the fence.
+        let again: Vec<Option<Again>> = match self.clustered() {
+            true => parts
+                .iter()
+                .map(|(_, bytes)| {
+                    let slot = redirect::slot_of(bytes)?;
+                    let bytes = bytes.clone();
+                    Some(Again { slot, bytes })
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let fences: Vec<(Lane, u16)> = (parts.iter().zip(&again))
+            .filter_map(|((lane, _), again)| Some((*lane, again.as_ref()?.slot)))
+            .collect();
+        self.fence(&fences).await?;
         // Connections first: picking one may wait for replies in flight (a retired connection),
         // which must not wait for this command's own parts.
         let placed_on = self.pool.layout().clone();
@@ -204,6 +253,7 @@ impl Session {
         }
         self.owed(Pending::Merge(Box::new(Gathering {
             parts: slots,
+            again,
             merge,
             shown,
         })));
@@ -329,6 +379,9 @@ impl Session {
                 return Ok(Placed::Done);
             }
             Plan::Refuse(line) => {
+                if let Some(cluster) = layout.cluster().filter(|_| line == reply::SLOT_UNSERVED) {
+                    cluster.refresh(Source::Uncovered);
+                }
                 self.refuse(line).await?;
                 return Ok(Placed::Done);
             }

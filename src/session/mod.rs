@@ -45,6 +45,7 @@ mod identity;
 mod input;
 mod lanes;
 mod order;
+mod redirect;
 mod refused;
 mod state;
 mod stream;
@@ -131,8 +132,10 @@ enum Pending {
         count: u32,
         shown: bool,
         follow: Option<Box<Follow>>,
-        /// The server they come from.
+        /// The server they come from (a ticket's number once sent again, see `redirect.rs`).
         lane: Lane,
+        /// A cluster command that can be sent again (redirects, retries): its slot and bytes.
+        again: Option<redirect::Again>,
     },
     /// An answer respipe gives itself, held back until the upstream replies before it are written.
     Local(Bytes),
@@ -229,6 +232,8 @@ struct Session {
     lanes: Vec<lanes::LaneState>,
     /// The server the command being sent goes to (always 0 with one server).
     lane: Lane,
+    /// Cluster commands sent again after a redirect or a retryable error (`redirect.rs`).
+    tickets: redirect::Tickets,
     /// A sharded upstream: `MULTI` answered but not sent yet, until a command says which server
     /// the transaction runs on (`lanes.rs`).
     deferred_multi: Option<lanes::Deferred>,
@@ -324,6 +329,7 @@ where
         inflight: 0,
         lanes: Vec::new(),
         lane: 0,
+        tickets: redirect::Tickets::default(),
         deferred_multi: None,
         pool: shared.pools.default_pool(),
         pool_generation,

@@ -8,7 +8,7 @@ use crate::outflow::{Breach, READ_PAUSE_OWED_BYTES};
 use crate::reply::Response;
 use crate::spare;
 
-use super::{Close, Pending, Session, Streaming};
+use super::{redirect, Close, Pending, Session, Streaming};
 
 impl Session {
     /// True when the replies owed (unsent ones, and those of the commands in flight plus `more`
@@ -52,6 +52,7 @@ impl Session {
                 shown,
                 follow,
                 lane: self.lane,
+                again: None,
             },
             count,
         );
@@ -97,6 +98,7 @@ impl Session {
             shown,
             ref mut follow,
             lane,
+            ..
         }) = self.pending.front_mut()
         else {
             // A reply nobody asked for would break every later reply's routing: close.
@@ -150,10 +152,13 @@ impl Session {
             self.release_locals();
         }
         self.inflight -= count as usize;
-        let on_lane = self.lane_state(lane);
-        on_lane.inflight -= count as usize;
-        if on_lane.inflight == 0 {
-            on_lane.conn = None;
+        if !redirect::is_ticket(lane) {
+            // A ticket left its node lane when its reply came (`redirect.rs`).
+            let on_lane = self.lane_state(lane);
+            on_lane.inflight -= count as usize;
+            if on_lane.inflight == 0 {
+                on_lane.conn = None;
+            }
         }
         if self.inflight == 0 && !self.lease_needed() {
             // A blocking command's lease, or a transaction's after EXEC/DISCARD: give it back
