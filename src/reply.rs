@@ -292,6 +292,13 @@ pub enum ErrorReply<'a> {
     /// transaction, a blocking command), where respipe cannot follow: the command did not run.
     #[error("TRYAGAIN respipe: the key's hash slot moved to another cluster node while this client held a dedicated connection (transaction or blocking command); the command did not run, retry it")]
     RedirectOnLease,
+    /// A cluster command redirected more often than respipe follows (a multi-key command whose
+    /// keys a migration has split bounces between `ASK` and `TRYAGAIN` until the slot has moved).
+    #[error("TRYAGAIN respipe: the cluster redirected the command too many times (hash slot {slot} is moving); the command did not run, retry it")]
+    TooManyRedirects {
+        /// The slot of the last redirect.
+        slot: u16,
+    },
     /// `CLIENT LIST` with a filter respipe cannot read (Redis's wording).
     #[error("ERR {0}")]
     ClientList(crate::clients::FilterError),

@@ -13,7 +13,9 @@
 //! * `MOVED`: sent at once to the node named, the slot patched in the map (which refreshes).
 //! * `ASK`: `ASKING` and the command as one request on one connection (ASKING is a one-shot
 //!   connection flag: nothing may come between); the map stays.
-//! * At most [`MAX_REDIRECTS`], then the client gets the last one.
+//! * At most [`MAX_REDIRECTS`], then the client gets the last one as a `-TRYAGAIN` of respipe's
+//!   (never node addresses): e.g. a multi-key command whose keys are split by a migration
+//!   bounces between `ASK` and `TRYAGAIN` until the slot has moved.
 //! * `TRYAGAIN`, `CLUSTERDOWN` (the map refreshed), `LOADING`, `READONLY` (a primary demoted: the
 //!   map refreshed), and a node respipe could not reach (the command was never written): sent
 //!   again after a pause, to the slot's owner then, within `command_timeout`; past it the client
@@ -25,7 +27,8 @@
 //! has in flight is on X, nothing is looked at.
 //!
 //! A `MOVED`/`ASK` on a dedicated connection (a transaction, a blocking command) is not followed:
-//! the client gets a `-TRYAGAIN` saying why, never node addresses.
+//! the client gets a `-TRYAGAIN` saying why, never node addresses (in a transaction Redis then
+//! aborts it at `EXEC`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -383,6 +386,7 @@ impl Session {
             }
         };
         if redirects >= MAX_REDIRECTS {
+            let error = ErrorReply::TooManyRedirects { slot }.line();
             return self.answer_ticket(id, error);
         }
         if let Some(ticket) = self.ticket_mut(id) {

@@ -1,0 +1,296 @@
+//! Redis Cluster redirects and retries absorbed by respipe (issue 12, TOPOLOGY.md section 3): slots
+//! migrate between primaries under clients that pipeline, and the clients see no `MOVED`/`ASK`,
+//! only their own values, and read their own writes (the per-session redirect fence).
+
+mod common;
+#[path = "common/drill.rs"]
+mod drill;
+// `drill` reads replies with the harness's reader.
+use common::wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::{key_in_slot, Cluster, ClusterOptions};
+use common::{bounded, encode, BinProxy, RawClient, Reply};
+
+/// Bound of one test: a cluster start plus the test's own work.
+const LIMIT: Duration = Duration::from_secs(150);
+/// Keys of one slot in the single-client tests.
+const KEYS: usize = 20;
+/// respipe's metrics of absorbed redirects.
+const MOVED: &str = "respipe_cluster_redirects_total{kind=\"moved\"}";
+const ASK: &str = "respipe_cluster_redirects_total{kind=\"ask\"}";
+
+/// 3 primaries, no replicas (nothing here fails over), and the respipe binary in front.
+async fn cluster() -> (Cluster, BinProxy) {
+    let cluster = Cluster::start(ClusterOptions {
+        replicas: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let proxy = cluster.respipe(&["--command-timeout", "5s"]).await;
+    (cluster, proxy)
+}
+
+/// The primary that owns `slot` now and another one to move it to.
+async fn from_and_to(cluster: &Cluster, slot: u16) -> (usize, usize) {
+    let from = cluster.primary_of(slot).await;
+    let primaries = cluster.primaries().await;
+    (from, *primaries.iter().find(|&&p| p != from).unwrap())
+}
+
+/// `KEYS` keys in `slot`.
+fn keys_in(slot: u16) -> Vec<String> {
+    (0..KEYS)
+        .map(|i| key_in_slot(slot, &format!("k{i}")))
+        .collect()
+}
+
+/// The hash tag whose slot is `slot` (the drill's keys are `{TAG}...`).
+fn tag_of(slot: u16) -> String {
+    key_in_slot(slot, "")
+        .trim_matches(|c| c == '{' || c == '}')
+        .to_owned()
+}
+
+/// Writes `value(key)` to every key and reads each back through respipe, pipelined: every reply
+/// must be right (a `MOVED`/`ASK` reaching the client fails here).
+async fn round(c: &mut RawClient, keys: &[String], value: &str) {
+    let sets: Vec<[&str; 3]> = keys.iter().map(|k| ["SET", k, value]).collect();
+    let gets: Vec<[&str; 2]> = keys.iter().map(|k| ["GET", k]).collect();
+    let mut cmds: Vec<&[&str]> = sets.iter().map(|c| &c[..]).collect();
+    cmds.extend(gets.iter().map(|c| &c[..]));
+    let replies = c.send_all(&cmds).await;
+    let (set, get) = replies.split_at(keys.len());
+    assert!(set.iter().all(|r| *r == Reply::ok()), "SET: {set:?}");
+    assert!(get.iter().all(|r| *r == Reply::bulk(value)), "GET: {get:?}");
+}
+
+/// MOVED absorbed: a slot migrates key by key (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT
+/// NODE everywhere) while a client writes and reads its keys through respipe between the steps,
+/// and then once the slot has moved (respipe's map still names the old owner): the client sees
+/// no error and its values, and respipe counts the redirects it followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_is_absorbed_while_a_slot_migrates() {
+    bounded(LIMIT, "moved", async {
+        let (cluster, proxy) = cluster().await;
+        let slot = 100;
+        let (_, to) = from_and_to(&cluster, slot).await;
+        let keys = keys_in(slot);
+        let mut c = RawClient::connect(proxy.listen).await;
+        round(&mut c, &keys, "before").await;
+        let m = cluster.begin_migration(slot, to).await;
+        let mut step = 0;
+        while cluster.migrate_keys(m, 3).await > 0 {
+            step += 1;
+            round(&mut c, &keys, &format!("step{step}")).await;
+        }
+        cluster.finish_migration(m).await;
+        round(&mut c, &keys, "moved").await;
+        round(&mut c, &keys, "again").await;
+        assert_eq!(cluster.primary_of(slot).await, to);
+        assert_eq!(cluster.get_on_owner(&keys[0]).await, Reply::bulk("again"));
+        assert!(proxy.metric(MOVED).await >= 1.0, "no MOVED followed");
+    })
+    .await
+}
+
+/// ASK absorbed: a slot held half-migrated (MIGRATING on the source, IMPORTING on the target, half
+/// its keys moved): reads and writes of moved and unmoved keys, a key created in the slot, and an
+/// `MGET` whose per-slot parts include the slot — all right through respipe, which follows `ASK`
+/// without patching its map (no `MOVED` seen). Then a transaction on the slot's old owner: the
+/// redirect Redis answers inside it is never shown with node addresses, and `EXEC` aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_is_absorbed_in_a_half_migrated_slot() {
+    bounded(LIMIT, "ask", async {
+        let (cluster, proxy) = cluster().await;
+        let slot = 200;
+        let (from, to) = from_and_to(&cluster, slot).await;
+        let keys = keys_in(slot);
+        let mut c = RawClient::connect(proxy.listen).await;
+        round(&mut c, &keys, "v0").await;
+        let m = cluster.begin_migration(slot, to).await;
+        assert_eq!(cluster.migrate_keys(m, KEYS / 2).await, KEYS / 2);
+        for k in &keys {
+            assert_eq!(c.cmd(&["GET", k]).await, Reply::bulk("v0"), "{k}");
+        }
+        round(&mut c, &keys, "v1").await;
+        let fresh = key_in_slot(slot, "fresh");
+        assert_eq!(c.cmd(&["SET", &fresh, "new"]).await, Reply::ok());
+        assert_eq!(c.cmd(&["GET", &fresh]).await, Reply::bulk("new"));
+        let elsewhere = key_in_slot(slot + 6000, "other");
+        assert_eq!(c.cmd(&["SET", &elsewhere, "o"]).await, Reply::ok());
+        // Which keys moved: the source answers ASK for them.
+        let mut moved = None;
+        let mut stayed = None;
+        for k in &keys {
+            match cluster.cmd(from, &["EXISTS", k]).await {
+                Reply::Int(1) => stayed = Some(k.clone()),
+                _ => moved = Some(k.clone()),
+            }
+        }
+        let (moved, stayed) = (moved.unwrap(), stayed.unwrap());
+        // One key of the migrating slot per part (keys split by the migration in one part get
+        // Redis's TRYAGAIN until the slot has moved): each part is redirected on its own.
+        for (k, v) in [(&moved, "v1"), (&stayed, "v1"), (&fresh, "new")] {
+            let mget = c.cmd(&["MGET", k, &elsewhere]).await;
+            let want = Reply::Array(Some(vec![Reply::bulk(v), Reply::bulk("o")]));
+            assert_eq!(mget, want, "{k}");
+        }
+        assert!(proxy.metric(ASK).await >= 1.0, "no ASK followed");
+        assert_eq!(proxy.metric(MOVED).await, 0.0, "ASK must not patch the map");
+
+        cluster.finish_migration(m).await;
+        // respipe's map still names the old owner: the transaction is leased there.
+        let mut t = RawClient::connect(proxy.listen).await;
+        assert_eq!(t.cmd(&["MULTI"]).await, Reply::ok());
+        let refused = t.cmd(&["SET", &moved, "in-multi"]).await;
+        let text = refused.error_text().unwrap_or_default().to_owned();
+        assert!(text.starts_with("TRYAGAIN respipe:"), "{refused:?}");
+        assert!(!text.contains("127.0.0.1"), "{text}");
+        let exec = t.cmd(&["EXEC"]).await;
+        assert!(
+            exec.error_text()
+                .is_some_and(|e| e.starts_with("EXECABORT")),
+            "{exec:?}"
+        );
+        assert_eq!(c.cmd(&["GET", &moved]).await, Reply::bulk("v1"));
+    })
+    .await
+}
+
+/// Read-your-writes for pipelining clients across a migration: each client writes `SET k n; GET
+/// k` pipelined 20 to 50 commands deep over a few keys of one slot while the slot moves key by key
+/// and then to its new owner: every `GET` returns that client's latest `SET` of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_clients_read_their_writes_across_a_migration() {
+    bounded(LIMIT, "read-your-writes", async {
+        let (cluster, proxy) = cluster().await;
+        let slot = 300;
+        let (_, to) = from_and_to(&cluster, slot).await;
+        let done = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for id in 0..4usize {
+            let mut c = RawClient::connect(proxy.listen).await;
+            let done = done.clone();
+            let keys: Vec<String> = (0..5)
+                .map(|i| key_in_slot(slot, &format!("ryw{id}:{i}")))
+                .collect();
+            clients.push(tokio::spawn(async move {
+                let depth = 10 + id * 5;
+                let (mut n, mut rounds_after) = (0u64, 0);
+                while rounds_after < 3 {
+                    if done.load(Ordering::Relaxed) {
+                        rounds_after += 1;
+                    }
+                    let mut req = Vec::new();
+                    let mut want = Vec::new();
+                    for i in 0..depth {
+                        n += 1;
+                        let k = &keys[i % keys.len()];
+                        req.extend(encode(&["SET", k, &n.to_string()]));
+                        req.extend(encode(&["GET", k]));
+                        want.push(Reply::ok());
+                        want.push(Reply::bulk(n.to_string()));
+                    }
+                    c.send(&req).await;
+                    let got = c.read_replies(want.len()).await;
+                    assert_eq!(got, want, "client {id}");
+                }
+                n
+            }));
+        }
+        let m = cluster.begin_migration(slot, to).await;
+        let mut moved = 0;
+        while cluster.migrate_keys(m, 2).await > 0 {
+            moved += 1;
+        }
+        cluster.finish_migration(m).await;
+        done.store(true, Ordering::Relaxed);
+        for c in clients {
+            assert!(c.await.expect("client") > 0);
+        }
+        assert!(moved > 0);
+        let followed = proxy.metric(MOVED).await + proxy.metric(ASK).await;
+        assert!(followed >= 1.0, "no redirect followed");
+    })
+    .await
+}
+
+/// No chaos besides the migrations: the drill's Redis is never killed.
+struct NoKills;
+
+impl drill::Restart for NoKills {
+    fn kill(&mut self) {}
+    async fn restart(&mut self) {}
+}
+
+/// The integrity drill under resharding: 200 clients (66 pipelining 10 to 50 deep) write values
+/// carrying their own id to keys over six slots, two per primary, for 10 s while one slot after
+/// another migrates key by key to the next primary: 0 misrouted, 0 wrong (a `MOVED`/`ASK` reaching
+/// a client counts as wrong), 0 hung, 0 dropped clients, 0 errors, and every `GET` after its
+/// `SET` in a client's pipeline finds the value (read-your-writes: no nil).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_under_resharding() {
+    bounded(LIMIT, "resharding drill", async {
+        drill::raise_nofile();
+        let (cluster, proxy) = cluster().await;
+        let primaries = cluster.primaries().await;
+        // Per primary: a slot that moves and one that stays.
+        let mut moving = Vec::new();
+        let mut slots = Vec::new();
+        for (i, &p) in primaries.iter().enumerate() {
+            // `redis-cli --cluster create` gives primary i the i-th third of the slots.
+            let first = (i * 5461 + 1000) as u16;
+            let next = primaries[(i + 1) % primaries.len()];
+            moving.push((first, next));
+            slots.extend([first, first + 1000]);
+            assert_eq!(cluster.primary_of(first).await, p);
+        }
+        let cfg = drill::DrillConfig {
+            clients: 200,
+            pipelined: 66,
+            duration: Duration::from_secs(10),
+            kills: 0,
+            shape: drill::ClientShape {
+                tags: slots.iter().map(|&s| tag_of(s)).collect(),
+                ..drill::ClientShape::plain(Duration::from_secs(10), 8)
+            },
+        };
+        let reshard = async {
+            let mut migrations = 0;
+            for &(slot, to) in moving.iter().cycle() {
+                if cluster.primary_of(slot).await == to {
+                    continue;
+                }
+                let m = cluster.begin_migration(slot, to).await;
+                while cluster.migrate_keys(m, 20).await > 0 {}
+                cluster.finish_migration(m).await;
+                migrations += 1;
+                if migrations == moving.len() {
+                    return migrations;
+                }
+            }
+            migrations
+        };
+        let mut no_kills = NoKills;
+        let (report, migrations) =
+            tokio::join!(drill::run(proxy.listen, &mut no_kills, &cfg), reshard);
+        let summary = report.summary();
+        eprintln!("{summary}, migrations={migrations}");
+        let counts = &report.counts;
+        assert!(report.clean(), "{summary}");
+        assert_eq!(counts.err.load(Ordering::Relaxed), 0, "{summary}");
+        assert_eq!(counts.nil.load(Ordering::Relaxed), 0, "{summary}");
+        assert!(
+            counts.commands.load(Ordering::Relaxed) > 10_000,
+            "{summary}"
+        );
+        assert_eq!(migrations, moving.len());
+        let followed = proxy.metric(MOVED).await + proxy.metric(ASK).await;
+        assert!(followed >= 1.0, "no redirect followed: {summary}");
+    })
+    .await
+}
