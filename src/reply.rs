@@ -42,6 +42,9 @@ pub enum Response {
         /// The dedicated connection is gone (`bytes` says why).
         lost: bool,
     },
+    /// A timer of the session ran out (a cluster command's pause before a retry): counted against
+    /// no request, sent on the lane of the command it is for.
+    Wake,
 }
 
 /// The sending side of a session's reply mailbox. Each reply slot in an upstream FIFO holds a clone;

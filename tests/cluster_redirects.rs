@@ -22,6 +22,8 @@ const KEYS: usize = 20;
 /// respipe's metrics of absorbed redirects.
 const MOVED: &str = "respipe_cluster_redirects_total{kind=\"moved\"}";
 const ASK: &str = "respipe_cluster_redirects_total{kind=\"ask\"}";
+/// respipe's metric of commands retried after `TRYAGAIN`.
+const TRYAGAIN: &str = "respipe_cluster_retries_total{reason=\"tryagain\"}";
 
 /// 3 primaries, no replicas (nothing here fails over), and the respipe binary in front.
 async fn cluster() -> (Cluster, BinProxy) {
@@ -161,60 +163,96 @@ async fn ask_is_absorbed_in_a_half_migrated_slot() {
     .await
 }
 
-/// Read-your-writes for pipelining clients across a migration: each client writes `SET k n; GET
-/// k` pipelined 20 to 50 commands deep over a few keys of one slot while the slot moves key by key
-/// and then to its new owner: every `GET` returns that client's latest `SET` of the key.
+/// Read-your-writes for pipelining clients across migrations: 8 clients each pipeline `SET k n;
+/// GET k` 20 to 48 commands deep over a few keys of one slot, a write per pair (so respipe reads a
+/// pipeline in pieces, some placed before the slot's owner changes in its map and some after),
+/// while the slot moves key by key to another primary and back, three times: every `GET` returns
+/// that client's latest `SET` of the key (the redirect fence keeps a command behind an earlier one
+/// of its slot still in flight on the old owner).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelining_clients_read_their_writes_across_a_migration() {
+async fn pipelining_clients_read_their_writes_across_migrations() {
     bounded(LIMIT, "read-your-writes", async {
         let (cluster, proxy) = cluster().await;
         let slot = 300;
-        let (_, to) = from_and_to(&cluster, slot).await;
+        let (from, to) = from_and_to(&cluster, slot).await;
         let done = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
-        for id in 0..4usize {
+        for id in 0..8usize {
             let mut c = RawClient::connect(proxy.listen).await;
             let done = done.clone();
-            let keys: Vec<String> = (0..5)
+            let keys: Vec<String> = (0..3)
                 .map(|i| key_in_slot(slot, &format!("ryw{id}:{i}")))
                 .collect();
             clients.push(tokio::spawn(async move {
-                let depth = 10 + id * 5;
+                let pairs = 10 + id * 2;
                 let (mut n, mut rounds_after) = (0u64, 0);
                 while rounds_after < 3 {
                     if done.load(Ordering::Relaxed) {
                         rounds_after += 1;
                     }
-                    let mut req = Vec::new();
                     let mut want = Vec::new();
-                    for i in 0..depth {
+                    for i in 0..pairs {
                         n += 1;
                         let k = &keys[i % keys.len()];
-                        req.extend(encode(&["SET", k, &n.to_string()]));
-                        req.extend(encode(&["GET", k]));
+                        let mut pair = encode(&["SET", k, &n.to_string()]);
+                        pair.extend(encode(&["GET", k]));
+                        c.send(&pair).await;
                         want.push(Reply::ok());
                         want.push(Reply::bulk(n.to_string()));
                     }
-                    c.send(&req).await;
                     let got = c.read_replies(want.len()).await;
                     assert_eq!(got, want, "client {id}");
                 }
                 n
             }));
         }
-        let m = cluster.begin_migration(slot, to).await;
-        let mut moved = 0;
-        while cluster.migrate_keys(m, 2).await > 0 {
-            moved += 1;
+        for (a, b) in [(from, to), (to, from), (from, to)] {
+            assert_eq!(cluster.primary_of(slot).await, a);
+            let m = cluster.begin_migration(slot, b).await;
+            while cluster.migrate_keys(m, 2).await > 0 {}
+            cluster.finish_migration(m).await;
         }
-        cluster.finish_migration(m).await;
         done.store(true, Ordering::Relaxed);
         for c in clients {
             assert!(c.await.expect("client") > 0);
         }
-        assert!(moved > 0);
         let followed = proxy.metric(MOVED).await + proxy.metric(ASK).await;
         assert!(followed >= 1.0, "no redirect followed");
+    })
+    .await
+}
+
+/// The redirect fence, deterministically: `MSET a 1 b 1` in a slot whose migration has split `a`
+/// and `b` gets `TRYAGAIN` and is retried after pauses; `GET a`, `GET b` and `SET a 2; GET a`,
+/// pipelined behind it once respipe is retrying it, wait for it instead of overtaking it (Redis
+/// would answer them at once with the old values). Then the test finishes the migration: the
+/// `MSET` goes through (following the `MOVED`), and the commands behind it see its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_wait_behind_an_earlier_one_of_their_slot_being_retried() {
+    bounded(LIMIT, "fence", async {
+        let (cluster, proxy) = cluster().await;
+        let slot = 400;
+        let (from, to) = from_and_to(&cluster, slot).await;
+        let (a, b) = (key_in_slot(slot, "a"), key_in_slot(slot, "b"));
+        let mut c = RawClient::connect(proxy.listen).await;
+        assert_eq!(c.cmd(&["MSET", &a, "0", &b, "0"]).await, Reply::ok());
+        let m = cluster.begin_migration(slot, to).await;
+        let port = cluster.node(to).port().to_string();
+        let migrate = ["MIGRATE", "127.0.0.1", &port, b.as_str(), "0", "5000"];
+        assert_eq!(cluster.cmd(from, &migrate).await, Reply::ok());
+        c.send(&encode(&["MSET", &a, "1", &b, "1"])).await;
+        proxy
+            .wait_metric(TRYAGAIN, Duration::from_secs(5), |n| n >= 1.0)
+            .await;
+        let mut behind = encode(&["GET", &a]);
+        for cmd in [&["GET", &b][..], &["SET", &a, "2"], &["GET", &a]] {
+            behind.extend(encode(cmd));
+        }
+        c.send(&behind).await;
+        cluster.finish_migration(m).await;
+        let want = ["1", "1", "1", "2"].map(Reply::bulk);
+        let want = [&[Reply::ok()], &want[..2], &[Reply::ok()], &want[3..]].concat();
+        assert_eq!(c.read_replies(5).await, want);
     })
     .await
 }

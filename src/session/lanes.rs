@@ -112,8 +112,22 @@ impl Session {
         self.settle()
     }
 
-    /// Completes the front slots whose replies have arrived.
+    /// Completes the front slots whose replies have arrived, and sends the cluster commands to
+    /// send again whose turn has come (an answer may be the one a command to send again waited
+    /// for; one sent again may have been answered at once).
     pub(super) fn settle(&mut self) -> Result<(), Close> {
+        loop {
+            let released = self.release();
+            let owed = self.pending.len();
+            self.settle_front()?;
+            if !released && self.pending.len() == owed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Completes the front slots whose replies have arrived.
+    fn settle_front(&mut self) -> Result<(), Close> {
         loop {
             let lane = match self.pending.front() {
                 Some(Pending::Upstream { lane, .. } | Pending::Check(_, lane)) => *lane,

@@ -136,7 +136,7 @@ impl Session {
                 }
                 count
             }
-            Response::Stream { .. } => 0,
+            Response::Stream { .. } | Response::Wake => 0,
         };
         if *owed < count {
             // A reply nobody asked for would break every later reply's routing: close.

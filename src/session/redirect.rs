@@ -30,7 +30,6 @@
 //! the client gets a `-TRYAGAIN` saying why, never node addresses (in a transaction Redis then
 //! aborts it at `EXEC`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -40,8 +39,7 @@ use crate::cluster::{self, Source};
 use crate::command::{self, Args, Shape};
 use crate::config::Endpoint;
 use crate::metrics;
-use crate::pool::Pool;
-use crate::reply::{self, ErrorReply, Lane, ReplyTx, Response};
+use crate::reply::{self, ErrorReply, Lane, Response};
 use crate::resp::ReplyScanner;
 use crate::upstream::{Request, UpstreamHandle};
 
@@ -73,17 +71,27 @@ pub(super) struct Again {
 struct Ticket {
     id: Lane,
     again: Again,
-    /// The node lane it is in flight on (counted in that lane's `inflight`); `None` while it waits
-    /// out a pause (then a task sends it) and once its reply is here.
-    node: Option<Lane>,
+    stage: Stage,
     /// Reply frames to drop before the command's own (`ASKING`'s `+OK`).
     skip: u32,
-    /// The reply, once here and final.
-    reply: Option<Response>,
     redirects: u8,
     retries: u8,
     /// The first redirect or retry: retries stay within `command_timeout` of it.
     since: Instant,
+}
+
+/// Where a ticket's command is.
+enum Stage {
+    /// Waiting out a pause before a retry; a timer's [`Response::Wake`] ends it.
+    Paused,
+    /// To be sent, in command order behind the session's earlier commands for its slot: to `to`
+    /// (after `ASKING` for an `ask`), or to the slot's owner then (`None`).
+    Ready { to: Option<Lane>, ask: bool },
+    /// In flight on this node lane's connection (counted in the lane's `inflight`); `None`: a task
+    /// waits for room in the connection's full queue.
+    Sent(Option<Lane>),
+    /// Its reply is here.
+    Done(Response),
 }
 
 /// The session's tickets.
@@ -216,35 +224,49 @@ impl Session {
     /// True when a command for `slot` is in flight elsewhere than `lane`.
     pub(super) fn fenced(&self, slot: u16, lane: Lane) -> bool {
         let here = self.lanes.get(usize::from(lane)).map_or(0, |l| l.inflight);
-        if here == self.inflight {
-            return false;
-        }
+        here != self.inflight && self.unresolved(self.pending.len(), None, slot, lane)
+    }
+
+    /// True when an entry before `index` (and before part `part` of entry `index`) is a command
+    /// for `slot` not answered yet anywhere but on `lane`'s connection.
+    fn unresolved(&self, index: usize, part: Option<usize>, slot: u16, lane: Lane) -> bool {
         let elsewhere = |on: Lane| {
             if !is_ticket(on) {
                 return on != lane;
             }
-            self.ticket(on)
-                .is_some_and(|t| t.reply.is_none() && t.node != Some(lane))
+            self.ticket(on).is_some_and(|t| match t.stage {
+                Stage::Sent(node) => node != Some(lane),
+                Stage::Done(_) => false,
+                Stage::Paused | Stage::Ready { .. } => true,
+            })
         };
-        self.pending.iter().any(|pending| match pending {
-            Pending::Upstream {
-                lane: on,
-                again: Some(again),
-                ..
-            } => again.slot == slot && elsewhere(*on),
-            Pending::Merge(gathering) => {
-                gathering
-                    .parts
-                    .iter()
-                    .zip(&gathering.again)
-                    .any(|((on, sent), again)| {
-                        sent.is_none()
-                            && again.as_ref().is_some_and(|a| a.slot == slot)
-                            && elsewhere(*on)
-                    })
-            }
-            _ => false,
-        })
+        let parts_before = part.map_or(0, |p| p);
+        self.pending
+            .iter()
+            .take(index + usize::from(part.is_some()))
+            .enumerate()
+            .any(|(i, pending)| match pending {
+                Pending::Upstream {
+                    lane: on,
+                    again: Some(again),
+                    ..
+                } => i < index && again.slot == slot && elsewhere(*on),
+                Pending::Merge(gathering) => {
+                    let parts = if i < index {
+                        gathering.parts.len()
+                    } else {
+                        parts_before
+                    };
+                    (gathering.parts.iter().zip(&gathering.again))
+                        .take(parts)
+                        .any(|((on, sent), again)| {
+                            sent.is_none()
+                                && again.as_ref().is_some_and(|a| a.slot == slot)
+                                && elsewhere(*on)
+                        })
+                }
+                _ => false,
+            })
     }
 
     /// A one-frame error on node lane `lane` in cluster mode: a redirect or retryable error for a
@@ -255,7 +277,7 @@ impl Session {
             return false;
         };
         let at = self.answered_on(lane);
-        let Some(again) = at.and_then(|at| self.again_at(at)) else {
+        let (Some(at), Some(again)) = (at, at.and_then(|at| self.again_at(at))) else {
             if !matches!(verdict, Verdict::Retry(_)) {
                 *response = Response::Replies {
                     bytes: ErrorReply::RedirectOnLease.line(),
@@ -264,24 +286,14 @@ impl Session {
             }
             return false;
         };
-        let Some(at) = at else {
-            return false;
-        };
         let Some(error) = error_line(response).map(Bytes::copy_from_slice) else {
             return false;
         };
         let id = self.new_ticket(again);
-        match at.part {
-            None => {
-                if let Some(Pending::Upstream { lane: on, .. }) = self.pending.get_mut(at.index) {
-                    *on = id;
-                }
-            }
-            Some(part) => {
-                if let Some(Pending::Merge(gathering)) = self.pending.get_mut(at.index) {
-                    gathering.parts[part].0 = id;
-                }
-            }
+        match (self.pending.get_mut(at.index), at.part) {
+            (Some(Pending::Upstream { lane: on, .. }), None) => *on = id,
+            (Some(Pending::Merge(gathering)), Some(part)) => gathering.parts[part].0 = id,
+            _ => {}
         }
         self.off_lane(lane);
         self.follow(id, verdict, error, lane);
@@ -295,6 +307,15 @@ impl Session {
             return Ok(());
         };
         let response = match response {
+            Response::Wake => {
+                if matches!(ticket.stage, Stage::Paused) {
+                    ticket.stage = Stage::Ready {
+                        to: None,
+                        ask: false,
+                    };
+                }
+                return self.settle();
+            }
             Response::Replies { bytes, count } if ticket.skip > 0 => {
                 let skipped = ticket.skip.min(count);
                 ticket.skip -= skipped;
@@ -310,38 +331,88 @@ impl Session {
             Response::Stream { .. } => return Ok(()),
             response => response,
         };
-        let node = ticket.node.take();
+        let node = match ticket.stage {
+            Stage::Sent(node) => node,
+            _ => None,
+        };
         if let Some(node) = node {
             self.off_lane(node);
         }
         let verdict = error_line(&response).and_then(verdict);
         match (verdict, error_line(&response).map(Bytes::copy_from_slice)) {
-            (Some(verdict), Some(error)) => {
-                let from = node.unwrap_or(0);
-                self.follow(id, verdict, error, from);
-            }
-            _ => {
-                if let Some(ticket) = self.ticket_mut(id) {
-                    ticket.reply = Some(response);
-                }
-            }
+            (Some(verdict), Some(error)) => self.follow(id, verdict, error, node.unwrap_or(0)),
+            _ => self.set_stage(id, Stage::Done(response)),
         }
         self.settle()
     }
 
     /// The reply of ticket `id` if it is here: the ticket is done.
     pub(super) fn take_ticket(&mut self, id: Lane) -> Option<Response> {
-        let i = self
-            .tickets
-            .list
-            .iter()
-            .position(|t| t.id == id && t.reply.is_some())?;
-        self.tickets.list.swap_remove(i).reply
+        let i = self.tickets.list.iter().position(|t| t.id == id)?;
+        if !matches!(self.tickets.list[i].stage, Stage::Done(_)) {
+            return None;
+        }
+        match self.tickets.list.swap_remove(i).stage {
+            Stage::Done(response) => Some(response),
+            _ => None,
+        }
     }
 
     /// True when ticket `id`'s reply is here.
     pub(super) fn ticket_ready(&self, id: Lane) -> bool {
-        self.ticket(id).is_some_and(|t| t.reply.is_some())
+        self.ticket(id)
+            .is_some_and(|t| matches!(t.stage, Stage::Done(_)))
+    }
+
+    /// Sends the tickets whose turn has come: each once no earlier command of the session for its
+    /// slot is unanswered anywhere but where it goes (so they leave in command order). True when
+    /// one was sent or answered.
+    pub(super) fn release(&mut self) -> bool {
+        if !self
+            .tickets
+            .list
+            .iter()
+            .any(|t| matches!(t.stage, Stage::Ready { .. }))
+        {
+            return false;
+        }
+        let mut released = false;
+        for index in 0..self.pending.len() {
+            let ids: Vec<(Option<usize>, Lane)> = match &self.pending[index] {
+                Pending::Upstream { lane, .. } => vec![(None, *lane)],
+                Pending::Merge(gathering) => (gathering.parts.iter().enumerate())
+                    .map(|(part, (lane, _))| (Some(part), *lane))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (part, id) in ids.into_iter().filter(|(_, id)| is_ticket(*id)) {
+                let Some(ticket) = self.ticket(id) else {
+                    continue;
+                };
+                let Stage::Ready { to, ask } = ticket.stage else {
+                    continue;
+                };
+                let slot = ticket.again.slot;
+                let owner = || {
+                    let cluster = self.pool.layout().cluster()?;
+                    let owner = cluster.map().owner(slot);
+                    if owner.is_none() {
+                        cluster.refresh(Source::Uncovered);
+                    }
+                    owner
+                };
+                let Some(lane) = to.or_else(owner) else {
+                    self.set_stage(id, Stage::Done(unserved()));
+                    released = true;
+                    continue;
+                };
+                if !self.unresolved(index, part, slot, lane) {
+                    self.send_ticket(id, lane, ask);
+                    released = true;
+                }
+            }
+        }
+        released
     }
 
     /// Acts on a redirect or retryable `error` for ticket `id` (its command's node answered on
@@ -353,7 +424,6 @@ impl Session {
             return self.answer_ticket(id, error);
         };
         let (redirects, retries, since) = (ticket.redirects, ticket.retries, ticket.since);
-        let again = ticket.again.clone();
         let (slot, node, ask) = match verdict {
             Verdict::Moved { slot, node } => (slot, node, false),
             Verdict::Ask { slot, node } => (slot, node, true),
@@ -367,30 +437,23 @@ impl Session {
                 }
                 if let Some(ticket) = self.ticket_mut(id) {
                     ticket.retries += 1;
+                    ticket.stage = Stage::Paused;
                 }
                 metrics::cluster_retry(reason);
                 if matches!(reason, "clusterdown" | "readonly") {
                     cluster.refresh(Source::ClusterDown);
                 }
-                let retry = Retry {
-                    pool: self.pool.clone(),
-                    session: self.id,
-                    pause,
-                    timeout: self.limits.command_timeout,
-                    since,
-                    again,
-                    reply: self.tx.on_lane(id),
-                };
-                tokio::spawn(retry.run());
+                let wake = self.tx.on_lane(id);
+                tokio::spawn(async move {
+                    tokio::time::sleep(pause).await;
+                    let _ = wake.send(Response::Wake);
+                });
                 return;
             }
         };
         if redirects >= MAX_REDIRECTS {
             let error = ErrorReply::TooManyRedirects { slot }.line();
             return self.answer_ticket(id, error);
-        }
-        if let Some(ticket) = self.ticket_mut(id) {
-            ticket.redirects += 1;
         }
         metrics::cluster_redirect(if ask { "ask" } else { "moved" });
         let host = match node.host.as_str() {
@@ -407,7 +470,13 @@ impl Session {
         if !ask {
             cluster.moved(slot, lane);
         }
-        self.send_ticket(id, lane, ask);
+        if let Some(ticket) = self.ticket_mut(id) {
+            ticket.redirects += 1;
+            ticket.stage = Stage::Ready {
+                to: Some(lane),
+                ask,
+            };
+        }
     }
 
     /// Sends ticket `id`'s command to `lane` now (after `ASKING` for an `ask`); when the
@@ -457,18 +526,20 @@ impl Session {
             }
         };
         if let Some(ticket) = self.ticket_mut(id) {
-            ticket.node = node;
+            ticket.stage = Stage::Sent(node);
             ticket.skip = u32::from(ask);
         }
     }
 
     /// Ticket `id`'s command gets `error` as its reply.
     fn answer_ticket(&mut self, id: Lane, error: Bytes) {
+        let bytes = error;
+        self.set_stage(id, Stage::Done(Response::Replies { bytes, count: 1 }));
+    }
+
+    fn set_stage(&mut self, id: Lane, stage: Stage) {
         if let Some(ticket) = self.ticket_mut(id) {
-            ticket.reply = Some(Response::Replies {
-                bytes: error,
-                count: 1,
-            });
+            ticket.stage = stage;
         }
     }
 
@@ -542,9 +613,8 @@ impl Session {
         tickets.list.push(Ticket {
             id,
             again,
-            node: None,
+            stage: Stage::Paused,
             skip: 0,
-            reply: None,
             redirects: 0,
             retries: 0,
             since: Instant::now(),
@@ -558,44 +628,6 @@ impl Session {
 
     fn ticket_mut(&mut self, id: Lane) -> Option<&mut Ticket> {
         self.tickets.list.iter_mut().find(|t| t.id == id)
-    }
-}
-
-/// A command sent again after a pause, by a task of its own: to its slot's owner then (the map
-/// may have changed); its reply, or the error that it could not be sent, comes back on `reply`.
-struct Retry {
-    pool: Arc<Pool>,
-    session: u64,
-    pause: Duration,
-    /// The command timeout, and when the first redirect or retry happened: the command is not
-    /// queued past the end of that time.
-    timeout: Option<Duration>,
-    since: Instant,
-    again: Again,
-    reply: ReplyTx,
-}
-
-impl Retry {
-    async fn run(self) {
-        tokio::time::sleep(self.pause).await;
-        let Some(cluster) = self.pool.layout().cluster() else {
-            return;
-        };
-        let Some(lane) = cluster.map().owner(self.again.slot) else {
-            cluster.refresh(Source::Uncovered);
-            let error = reply::SLOT_UNSERVED;
-            let _ = self.reply.send(Response::Failed { count: 1, error });
-            return;
-        };
-        let handle = self.pool.route(lane, self.session);
-        let request = Request {
-            bytes: self.again.bytes,
-            count: 1,
-            shape: Shape::One,
-            reply: self.reply,
-            stream: false,
-        };
-        send_within(handle, request, self.timeout, self.since).await;
     }
 }
 
@@ -622,6 +654,12 @@ async fn send_within(
         .line(),
     };
     let _ = reply.send(Response::Failed { count: 1, error });
+}
+
+/// The answer for a command whose slot no node serves now.
+fn unserved() -> Response {
+    let error = reply::SLOT_UNSERVED;
+    Response::Failed { count: 1, error }
 }
 
 /// A one-frame error reply's line, or a failure's.
@@ -766,7 +804,7 @@ mod tests {
     fn only_never_sent_failures_are_retried() {
         let err = crate::error::UpstreamError::Io {
             addr: "h:1".into(),
-            source: Arc::new(std::io::Error::other("x")),
+            source: std::sync::Arc::new(std::io::Error::other("x")),
         };
         assert_eq!(
             verdict(&ErrorReply::UpstreamUnavailable(&err).line()),

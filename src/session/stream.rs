@@ -193,6 +193,8 @@ impl Session {
                 }
                 .line(),
                 Response::Failed { error, .. } | Response::Stream { bytes: error, .. } => error,
+                // No timer wakes this mailbox of one request.
+                Response::Wake => ErrorReply::ShuttingDown.line(),
             },
         };
         if !self.lease_needed() {
