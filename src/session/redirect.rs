@@ -7,10 +7,10 @@
 //! came before their turn wait in its `early` queue). When that reply is a redirect or a retryable
 //! error, the command is sent again under a *ticket*: a lane number of its own (`TICKET | n`, above
 //! every node lane) carried by the reply tag, so its reply is matched to it alone, not by the new
-//! node's order (where it lands behind commands already in flight). The ticket remembers the node
-//! lane it is in flight on: that lane's in-flight count and connection cover it as for any command.
+//! node's order (where it lands behind commands already in flight). A ticket sent on a node lane's
+//! connection counts in that lane's in-flight commands, which keep the connection, as any command.
 //!
-//! * `MOVED`: sent at once to the node named, the slot patched in the map (which refreshes).
+//! * `MOVED`: sent to the node named, the slot patched in the map (which refreshes).
 //! * `ASK`: `ASKING` and the command as one request on one connection (ASKING is a one-shot
 //!   connection flag: nothing may come between); the map stays.
 //! * At most [`MAX_REDIRECTS`], then the client gets the last one as a `-TRYAGAIN` of respipe's
@@ -18,13 +18,19 @@
 //!   bounces between `ASK` and `TRYAGAIN` until the slot has moved.
 //! * `TRYAGAIN`, `CLUSTERDOWN` (the map refreshed), `LOADING`, `READONLY` (a primary demoted: the
 //!   map refreshed), and a node respipe could not reach (the command was never written): sent
-//!   again after a pause, to the slot's owner then, within `command_timeout`; past it the client
-//!   gets the last error. A command lost with its connection may have run: never sent again.
+//!   again after a pause (25 ms doubling to 100 ms; a timer wakes the session with
+//!   [`Response::Wake`]), to the slot's owner then, within `command_timeout` of the first redirect
+//!   or retry and at most [`MAX_RETRIES`] times; past it the client gets the last error. A command
+//!   lost with its connection may have run: never sent again.
 //!
-//! The **redirect fence**: before a command for slot s goes to lane X, the session waits while one
-//! of its commands for slot s is in flight anywhere but X (another lane, a ticket waiting for its
-//! pause): a pipelining client reads its own writes while slots move. When everything the session
-//! has in flight is on X, nothing is looked at.
+//! Order: a ticket leaves (`release`) only once no earlier command of the session for its slot is
+//! unanswered anywhere but where it goes, so commands sent again keep command order. The
+//! **redirect fence** does the same for new commands: before a command for slot s goes to lane X,
+//! the session waits while one of its commands for slot s is unanswered anywhere but on X (another
+//! lane, a ticket waiting out a pause): a pipelining client reads its own writes while slots move.
+//! When everything the session has in flight is on X, nothing is looked at. What no proxy can undo:
+//! commands already on a node behind one that node refuses for a moment (`TRYAGAIN`, `LOADING`)
+//! run there before the refused one is retried.
 //!
 //! A `MOVED`/`ASK` on a dedicated connection (a transaction, a blocking command) is not followed:
 //! the client gets a `-TRYAGAIN` saying why, never node addresses (in a transaction Redis then
