@@ -736,35 +736,33 @@ mod tests {
 
     #[test]
     fn moved_and_ask_name_the_slot_and_the_node() {
-        assert_eq!(
-            verdict(b"-MOVED 3999 127.0.0.1:6381\r\n"),
-            Some(Verdict::Moved {
-                slot: 3999,
-                node: node("127.0.0.1", 6381)
-            })
-        );
-        assert_eq!(
-            verdict(b"-ASK 16383 redis-2.example:7000\r\n"),
-            Some(Verdict::Ask {
-                slot: 16383,
-                node: node("redis-2.example", 7000)
-            })
-        );
         // An empty host is the node that answered; an IPv6 address keeps its colons.
-        assert_eq!(
-            verdict(b"-MOVED 1 :6380\r\n"),
-            Some(Verdict::Moved {
-                slot: 1,
-                node: node("", 6380)
-            })
-        );
-        assert_eq!(
-            verdict(b"-ASK 2 ::1:6380\r\n"),
-            Some(Verdict::Ask {
-                slot: 2,
-                node: node("::1", 6380)
-            })
-        );
+        let cases: [(&[u8], bool, u16, &str, u16); 4] = [
+            (
+                b"-MOVED 3999 127.0.0.1:6381\r\n",
+                true,
+                3999,
+                "127.0.0.1",
+                6381,
+            ),
+            (
+                b"-ASK 16383 redis-2.example:7000\r\n",
+                false,
+                16383,
+                "redis-2.example",
+                7000,
+            ),
+            (b"-MOVED 1 :6380\r\n", true, 1, "", 6380),
+            (b"-ASK 2 ::1:6380\r\n", false, 2, "::1", 6380),
+        ];
+        for (line, moved, slot, host, port) in cases {
+            let node = node(host, port);
+            let want = match moved {
+                true => Verdict::Moved { slot, node },
+                false => Verdict::Ask { slot, node },
+            };
+            assert_eq!(verdict(line), Some(want));
+        }
     }
 
     #[test]
