@@ -172,10 +172,6 @@ pub const WAIT_NOOP: Bytes =
     Bytes::from_static(b"*3\r\n$8\r\nSPUBLISH\r\n$15\r\n__respipe__wait\r\n$0\r\n\r\n");
 /// `RESET` as a request, for respipe to end a leased connection's stream in order.
 pub const RESET_COMMAND: Bytes = Bytes::from_static(b"*1\r\n$5\r\nRESET\r\n");
-/// A command whose hash slot no node of the cluster's map serves (Redis's words for it, and why).
-pub const SLOT_UNSERVED: Bytes = Bytes::from_static(
-    b"-CLUSTERDOWN Hash slot not served (respipe: no cluster node serves it now; the slot map is being refreshed)\r\n",
-);
 /// RESP3 null.
 pub const NULL: Bytes = Bytes::from_static(b"_\r\n");
 /// RESP2 null bulk string.

@@ -393,7 +393,8 @@ impl Session {
                 return Ok(Placed::Done);
             }
             Plan::Refuse(line) => {
-                if let Some(cluster) = layout.cluster().filter(|_| line == reply::SLOT_UNSERVED) {
+                let unserved = || line == RedisError::SlotNotServed.line();
+                if let Some(cluster) = layout.cluster().filter(|_| unserved()) {
                     cluster.refresh(Source::Uncovered);
                 }
                 self.refuse(line).await?;

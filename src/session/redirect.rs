@@ -45,7 +45,7 @@ use crate::cluster::{self, Source};
 use crate::command::{self, Args, Shape};
 use crate::config::Endpoint;
 use crate::metrics;
-use crate::reply::{self, ErrorReply, Lane, Response};
+use crate::reply::{self, ErrorReply, Lane, RedisError, Response};
 use crate::resp::ReplyScanner;
 use crate::upstream::{Request, UpstreamHandle};
 
@@ -664,7 +664,7 @@ async fn send_within(
 
 /// The answer for a command whose slot no node serves now.
 fn unserved() -> Response {
-    let error = reply::SLOT_UNSERVED;
+    let error = RedisError::SlotNotServed.line();
     Response::Failed { count: 1, error }
 }
 
