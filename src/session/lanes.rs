@@ -96,7 +96,8 @@ impl Session {
             // One server: replies arrive in command order.
             return self.on_response(response);
         }
-        let early = &self.lanes[usize::from(lane)].early;
+        // A cluster's lanes grow as nodes are seen (a lease's stream may be the first on one).
+        let early = &self.lane_state(lane).early;
         let its_turn = early.is_empty()
             && match self.pending.front() {
                 Some(Pending::Upstream { lane: l, .. } | Pending::Check(_, l)) => *l == lane,
