@@ -219,7 +219,6 @@ impl drill::Restart for NoKill {
 /// answers `-MOVED` from then on) under the same load: no client sees any error, nothing is lost,
 /// every reply right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs: MOVED handling in the session (today the old primary's -MOVED reaches the clients)"]
 async fn a_manual_failover_under_load_is_invisible() {
     bounded(LIMIT, "a manual failover under load", async {
         let cluster = Cluster::start(options(5000)).await;
