@@ -207,14 +207,6 @@ async fn a_primary_that_moves_to_another_port_is_followed() {
     .await
 }
 
-/// The drill without kills: the test changes the cluster itself while the drill runs.
-struct NoKill;
-
-impl drill::Restart for NoKill {
-    fn kill(&mut self) {}
-    async fn restart(&mut self) {}
-}
-
 /// A graceful `CLUSTER FAILOVER` (the replica catches up, then takes over; the old primary
 /// answers `-MOVED` from then on) under the same load: no client sees any error, nothing is lost,
 /// every reply right.
@@ -231,7 +223,7 @@ async fn a_manual_failover_under_load_is_invisible() {
             tokio::time::sleep(Duration::from_secs(3)).await;
             cluster.failover(replica, None).await
         };
-        let mut no_kill = NoKill;
+        let mut no_kill = drill::NoKill;
         let load = drill::run(proxy.listen, &mut no_kill, &cfg);
         let (report, _) = tokio::join!(load, failover);
         assert_clean(&report);

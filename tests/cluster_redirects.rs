@@ -257,14 +257,6 @@ async fn commands_wait_behind_an_earlier_one_of_their_slot_being_retried() {
     .await
 }
 
-/// No chaos besides the migrations: the drill's Redis is never killed.
-struct NoKills;
-
-impl drill::Restart for NoKills {
-    fn kill(&mut self) {}
-    async fn restart(&mut self) {}
-}
-
 /// The integrity drill under resharding: 200 clients (66 pipelining 10 to 50 deep) write values
 /// carrying their own id to keys over six slots, two per primary, for 10 s while one slot after
 /// another migrates key by key to the next primary: 0 misrouted, 0 wrong (a `MOVED`/`ASK` reaching
@@ -313,9 +305,9 @@ async fn integrity_under_resharding() {
             }
             migrations
         };
-        let mut no_kills = NoKills;
+        let mut no_kill = drill::NoKill;
         let (report, migrations) =
-            tokio::join!(drill::run(proxy.listen, &mut no_kills, &cfg), reshard);
+            tokio::join!(drill::run(proxy.listen, &mut no_kill, &cfg), reshard);
         let summary = report.summary();
         eprintln!("{summary}, migrations={migrations}");
         let counts = &report.counts;

@@ -113,6 +113,15 @@ impl Restart for RedisProc {
     }
 }
 
+/// For a drill whose chaos is something else (a failover, slots migrating): nothing is killed
+/// (run it with `kills: 0`).
+pub struct NoKill;
+
+impl Restart for NoKill {
+    fn kill(&mut self) {}
+    async fn restart(&mut self) {}
+}
+
 impl Drop for RedisProc {
     fn drop(&mut self) {
         self.kill();
