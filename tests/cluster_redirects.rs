@@ -102,8 +102,9 @@ async fn moved_is_absorbed_while_a_slot_migrates() {
 /// ASK absorbed: a slot held half-migrated (MIGRATING on the source, IMPORTING on the target, half
 /// its keys moved): reads and writes of moved and unmoved keys, a key created in the slot, and an
 /// `MGET` whose per-slot parts include the slot — all right through respipe, which follows `ASK`
-/// without patching its map (no `MOVED` seen). Then a transaction on the slot's old owner: the
-/// redirect Redis answers inside it is never shown with node addresses, and `EXEC` aborts.
+/// without patching its map (no `MOVED` seen). Then, once the slot has moved, a transaction and a
+/// blocking command leased on its old owner: the redirect Redis answers there is shown as a
+/// `-TRYAGAIN` without node addresses (`EXEC` aborts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_is_absorbed_in_a_half_migrated_slot() {
     bounded(LIMIT, "ask", async {
@@ -158,6 +159,12 @@ async fn ask_is_absorbed_in_a_half_migrated_slot() {
                 .is_some_and(|e| e.starts_with("EXECABORT")),
             "{exec:?}"
         );
+        // A blocking command, leased on the old owner too: a clear error, no node address.
+        let list = key_in_slot(slot, "list");
+        let blocked = t.cmd(&["BLPOP", &list, "1"]).await;
+        let text = blocked.error_text().unwrap_or_default().to_owned();
+        assert!(text.starts_with("TRYAGAIN respipe:"), "{blocked:?}");
+        assert!(!text.contains("127.0.0.1"), "{text}");
         assert_eq!(c.cmd(&["GET", &moved]).await, Reply::bulk("v1"));
     })
     .await
