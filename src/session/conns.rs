@@ -150,8 +150,26 @@ impl Session {
 
     /// A request that never reached the upstream: answered here, in order, as if the upstream had.
     fn unsent(&mut self, owed: bool, count: u32, error: Bytes) -> Result<(), Close> {
+        let lane = self.lane;
+        if owed
+            && self.lane_state(lane).inflight > count as usize
+            && matches!(self.pending.back(), Some(Pending::Upstream { .. }))
+        {
+            // Earlier commands are in flight on this lane: the error is not the next reply to
+            // come there, so it answers this request in its own place (the slot just owed).
+            if let Some(Pending::Upstream { shown, follow, .. }) = self.pending.pop_back() {
+                self.undecided -= usize::from(follow.is_some());
+                self.inflight -= count as usize;
+                self.lane_state(lane).inflight -= count as usize;
+                self.shared.metrics.failed.increment(u64::from(count));
+                if shown {
+                    self.local(error.repeat(count as usize).into());
+                }
+                return Ok(());
+            }
+        }
         if owed {
-            self.receive(self.lane, Response::Failed { count, error })
+            self.receive(lane, Response::Failed { count, error })
         } else {
             if self.state.streaming.is_some() {
                 // A stream the dedicated connection cannot take is over, as if it were lost.
