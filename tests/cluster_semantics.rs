@@ -13,8 +13,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::{run_tool, Cluster, ClusterOptions};
-use common::{bounded, encode, BinProxy, RawClient, Reply};
+use common::cluster::{key_in_slot, run_tool, Cluster, ClusterOptions};
+use common::{bounded, cmd_until, encode, poll_until, BinProxy, RawClient, Reply, CMD_UNTIL};
 
 /// Bound of one test: a cluster start plus the test's own work.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -400,6 +400,78 @@ async fn ssubscribe_gets_spublish() {
         }
     })
     .await
+}
+
+/// A shard channel's slot migrates to another primary while a client is subscribed to two of its
+/// channels through respipe (RESP2, then RESP3): the old owner unsubscribes them (`sunsubscribe`),
+/// respipe subscribes them again on the new owner, and the client never sees it: the first frame
+/// it gets after the move is the first message the new owner delivers (SPUBLISH there directly,
+/// polled until a subscriber gets it), then one published through respipe. Its own SUNSUBSCRIBE
+/// is confirmed as usual afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssubscribe_follows_its_slot_to_another_primary() {
+    bounded(LIMIT, "ssubscribe across a migration", async {
+        let (cluster, proxy) = start().await;
+        let mut p = RawClient::connect(proxy.listen).await;
+        for (resp3, slot) in [(false, 100), (true, 9000)] {
+            let from = cluster.primary_of(slot).await;
+            let primaries = cluster.primaries().await;
+            let to = *primaries.iter().find(|&&n| n != from).unwrap();
+            let channels = [key_in_slot(slot, "moving"), key_in_slot(slot, "moving:2")];
+            let mut s = RawClient::connect(proxy.listen).await;
+            if resp3 {
+                assert!(matches!(s.cmd(&["HELLO", "3"]).await, Reply::Map(_)));
+            }
+            s.send(&encode(&["SSUBSCRIBE", &channels[0], &channels[1]]))
+                .await;
+            for (n, ch) in channels.iter().enumerate() {
+                let want = shard_frame(resp3, "ssubscribe", ch, Reply::Int(n as i64 + 1));
+                assert_eq!(s.read_reply().await, want);
+            }
+            assert_eq!(
+                p.cmd(&["SPUBLISH", &channels[0], "before"]).await,
+                Reply::Int(1)
+            );
+            let before = shard_frame(resp3, "smessage", &channels[0], Reply::bulk("before"));
+            assert_eq!(s.read_reply().await, before);
+
+            cluster.migrate_slot(slot, to).await;
+            for ch in &channels {
+                let args = ["SPUBLISH", ch.as_str(), "direct"];
+                poll_until(CMD_UNTIL, "a subscriber on the new owner", || async {
+                    (cluster.cmd(to, &args).await == Reply::Int(1)).then_some(())
+                })
+                .await;
+                let direct = shard_frame(resp3, "smessage", ch, Reply::bulk("direct"));
+                assert_eq!(s.read_reply().await, direct, "resp3: {resp3}");
+                let args = ["SPUBLISH", ch.as_str(), "through respipe"];
+                cmd_until(&mut p, &args, "SPUBLISH after the move", |r| {
+                    *r == Reply::Int(1)
+                })
+                .await;
+                let through = shard_frame(resp3, "smessage", ch, Reply::bulk("through respipe"));
+                assert_eq!(s.read_reply().await, through, "resp3: {resp3}");
+            }
+            s.send(&encode(&["SUNSUBSCRIBE", &channels[0], &channels[1]]))
+                .await;
+            for (n, ch) in channels.iter().enumerate() {
+                let want = shard_frame(resp3, "sunsubscribe", ch, Reply::Int(1 - n as i64));
+                assert_eq!(s.read_reply().await, want);
+            }
+            assert_eq!(s.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+        }
+    })
+    .await
+}
+
+/// A frame of a shard channel's subscription stream: an array in RESP2, a push in RESP3.
+fn shard_frame(resp3: bool, kind: &str, channel: &str, last: Reply) -> Reply {
+    let items = vec![Reply::bulk(kind), Reply::bulk(channel), last];
+    if resp3 {
+        Reply::Push(items)
+    } else {
+        Reply::Array(Some(items))
+    }
 }
 
 /// MONITOR is refused with an error that names it (one node's stream would not be the whole

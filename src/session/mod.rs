@@ -210,6 +210,8 @@ struct State {
     tracking: bool,
     /// The respipe client a tracking client's invalidations are redirected to.
     redirect: Option<u64>,
+    /// A Redis Cluster subscriber's shard channels, so they follow their slot (`stream.rs`).
+    shards: stream::ShardChannels,
 }
 
 /// One client connection's state.
@@ -445,6 +447,7 @@ impl Session {
                     while let Some((lane, response)) = self.rx.try_recv() {
                         self.receive(lane, response)?;
                     }
+                    self.follow_moved_channels().await?;
                     self.release_if_idle();
                     if leased {
                         // A lease given back or a stream left: CLIENT LIST shows it.

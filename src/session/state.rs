@@ -35,6 +35,7 @@ impl State {
             exec_frames: 0,
             tracking: false,
             redirect: None,
+            shards: Default::default(),
         }
     }
 

@@ -1,20 +1,82 @@
 //! The lease's streams: pub/sub and `MONITOR` frames passed to the client, commands sent while
-//! streaming, leaving a stream (last unsubscribe, `RESET`), and replication (`SYNC` spliced to the
-//! upstream, `WAIT`).
+//! streaming, leaving a stream (last unsubscribe, `RESET`), shard channels following their slot
+//! to a new Redis Cluster node, and replication (`SYNC` spliced to the upstream, `WAIT`).
+//!
+//! **Shard channels after a slot migration.** A Redis Cluster node that loses a slot unsubscribes
+//! its subscribers from the slot's shard channels with a `sunsubscribe` they did not ask for. The
+//! client of respipe, which sees one Redis, would stop getting messages without knowing why; so
+//! respipe follows the session's shard channels from Redis's confirmations ([`ShardChannels`]),
+//! holds back such a `sunsubscribe`, and once the lease holds nothing else it subscribes the
+//! channels again on the slot's new owner, on a new lease (the old one is closed), swallowing the
+//! confirmations. Messages published while the slot moves may be lost (Redis promises nothing
+//! more). The client gets the `sunsubscribe` after all, as Redis Cluster gives it, when the
+//! channel cannot follow: the lease still holds other channels of the old node, or
+//! `SUBSCRIBE`/`PSUBSCRIBE` channels, or no new owner accepts the channels within
+//! `command_timeout`.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tracing::debug;
 
+use crate::clients::{integer_reply, Client};
+use crate::cluster::{key_slot, Cluster, Source};
 use crate::command::{Args, Kind, Shape};
 use crate::follow;
 use crate::outflow::OutputLimit;
 use crate::pool::Tap;
-use crate::reply::{self, ErrorReply, Response};
-use crate::resp;
+use crate::reply::{self, ErrorReply, Lane, Response};
+use crate::resp::{self, ReplyScanner};
 use crate::upstream::Request;
 
 use super::{ClientRead, Close, Route, Session, State, Streaming};
+
+/// Sent into a subscription stream before moving its channels: every frame the old connection owes
+/// the client comes before the answer (one of [`MARK_ANSWERS`]). A client's own `PING` of the same
+/// text would end the wait early.
+const MARK: &[u8] = b"*2\r\n$4\r\nPING\r\n$19\r\nrespipe:resubscribe\r\n";
+/// [`MARK`]'s answer outside RESP2 subscribe mode, and in it.
+const MARK_ANSWERS: [&[u8]; 2] = [
+    b"$19\r\nrespipe:resubscribe\r\n",
+    b"*2\r\n$4\r\npong\r\n$19\r\nrespipe:resubscribe\r\n",
+];
+/// How long moved shard channels look for their new owner when there is no `command_timeout`.
+const FOLLOW_LIMIT: Duration = Duration::from_secs(10);
+/// How often the slot map is looked at while a moved slot's new owner is not in it yet.
+const OWNER_POLL: Duration = Duration::from_millis(20);
+
+/// A Redis Cluster subscriber's shard channels on its lease, followed from Redis's confirmations,
+/// so that a `sunsubscribe` the client did not ask for (the channel's slot left the node) is told
+/// apart from one it did. Every list is bounded by the channels the lease holds.
+#[derive(Debug, Default)]
+pub(super) struct ShardChannels {
+    /// Subscribed on the lease, as Redis confirmed.
+    held: Vec<Bytes>,
+    /// Held channels the client named in a `SUNSUBSCRIBE` whose confirmation has not come.
+    asked: Vec<Bytes>,
+    /// `SUNSUBSCRIBE`s without channels sent and not over yet (their last confirmation counts 0).
+    asked_all: u32,
+    /// Channels Redis unsubscribed unasked, each with its `sunsubscribe`, held back from the client
+    /// while they move to their slot's new owner.
+    moved: Vec<(Bytes, Bytes)>,
+    /// Moved channels subscribed again on the new owner whose confirmations have not come.
+    following: Vec<Bytes>,
+}
+
+/// What becomes of a frame of a subscription stream ([`ShardChannels::on_frame`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The client gets it.
+    Pass,
+    /// Held back: a `sunsubscribe` Redis sent unasked, whose channel follows its slot, or the
+    /// confirmation of a channel subscribed again on the new owner.
+    Hold,
+    /// A `sunsubscribe` Redis sent unasked whose channel cannot follow (the lease keeps other
+    /// subscriptions): the client gets the ones held back, then this one.
+    Release,
+}
 
 impl Session {
     /// A command while the lease streams (subscribed, MONITOR): Redis answers it in the stream
@@ -46,6 +108,15 @@ impl Session {
             }
             kind => {
                 self.state.unsubscribing = kind == Kind::Unsubscribe;
+                if kind == Kind::Unsubscribe
+                    && name.eq_ignore_ascii_case(b"sunsubscribe")
+                    && self.pool.layout().cluster().is_some()
+                {
+                    self.state.shards.asked(resp::request_args(&bytes).skip(1));
+                    // Held back channels do not follow their slot now: the client hears of them
+                    // before its own unsubscribe's confirmations, as Redis sent them.
+                    self.release_held_back();
+                }
                 self.forward(bytes, Route::Lease, true).await
             }
         }
@@ -149,12 +220,34 @@ impl Session {
     /// is itself `+RESET` (only a script's status reply can be) would end the wait early.
     async fn end_stream(&mut self, reset: Bytes) -> Result<bool, Close> {
         self.state.unsubscribing = false;
-        self.send(reset, 1, Route::Lease, true, Shape::One, true, None)
+        let ended = self.stream_until(reset, &[&reply::RESET[..]], None).await?;
+        if ended {
+            self.leave_stream();
+        }
+        Ok(ended)
+    }
+
+    /// Sends `command` into the lease's stream and passes every frame before its answer (one of
+    /// `answers`) to the client. False when the stream ended otherwise (the lease was lost: the
+    /// client has been told and the session is closing), or no answer came by `deadline`.
+    async fn stream_until(
+        &mut self,
+        command: Bytes,
+        answers: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<bool, Close> {
+        self.send(command, 1, Route::Lease, true, Shape::One, true, None)
             .await?;
         while self.state.streaming.is_some() {
-            match self.rx.recv().await {
-                (_, Response::Stream { bytes, lost: false }) if bytes == reply::RESET => {
-                    self.leave_stream();
+            let next = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => return Ok(false),
+                },
+                None => self.rx.recv().await,
+            };
+            match next {
+                (_, Response::Stream { bytes, lost: false }) if answers.contains(&&bytes[..]) => {
                     return Ok(true);
                 }
                 (lane, response) => self.receive(lane, response)?,
@@ -209,6 +302,7 @@ impl Session {
     fn leave_stream(&mut self) {
         debug_assert_eq!(self.inflight, 0);
         self.state.streaming = None;
+        self.state.shards = ShardChannels::default();
         self.lease = None;
         (self.tx, self.rx) = reply::mailbox();
     }
@@ -231,6 +325,18 @@ impl Session {
         }
         if streaming == Streaming::Subscribe {
             self.client.count_subscriptions(&bytes);
+            if self.pool.layout().cluster().is_some() {
+                let client = &self.client;
+                match self
+                    .state
+                    .shards
+                    .on_frame(&bytes, || other_subscriptions(client))
+                {
+                    Verdict::Pass => {}
+                    Verdict::Hold => return Ok(()),
+                    Verdict::Release => self.release_held_back(),
+                }
+            }
         }
         if streaming == Streaming::Subscribe
             && self.state.unsubscribing
@@ -266,5 +372,403 @@ impl Session {
                     .unwrap_or(OutputLimit::PUBSUB_DEFAULT))
             })
             .await
+    }
+}
+
+impl Session {
+    /// Moves the shard channels Redis unsubscribed unasked (their slot left the lease's node) to
+    /// the slot's new owner once the lease holds nothing else (see the module doc); called after
+    /// stream frames are taken. Cheap when there is nothing to move.
+    pub(super) async fn follow_moved_channels(&mut self) -> Result<(), Close> {
+        if !self.state.shards.move_due() {
+            return Ok(());
+        }
+        // Boxed: rare, and every session's future would otherwise be sized for it.
+        Box::pin(self.move_channels()).await
+    }
+
+    /// First every frame the old connection still owes the client, then the slot's new owner
+    /// (fresh slot maps asked for until one names it), then the channels on a new lease there,
+    /// all within `command_timeout`. Whatever fails, the client gets the `sunsubscribe`s.
+    async fn move_channels(&mut self) -> Result<(), Close> {
+        let Some(cluster) = self.pool.layout().cluster().cloned() else {
+            return Ok(());
+        };
+        let limit = self.limits.command_timeout.unwrap_or(FOLLOW_LIMIT);
+        let deadline = Instant::now() + limit;
+        let mark = Bytes::from_static(MARK);
+        let settled = self
+            .stream_until(mark, &MARK_ANSWERS, Some(deadline))
+            .await?;
+        if self.state.streaming.is_none() {
+            // The lease was lost: the client has been told, and is closing.
+            return Ok(());
+        }
+        let slot = self.state.shards.moved_slot();
+        let (true, true, Some(slot)) = (
+            settled && self.state.shards.move_due(),
+            !other_subscriptions(&self.client),
+            slot,
+        ) else {
+            self.release_held_back();
+            if settled && self.state.shards.held.is_empty() && !other_subscriptions(&self.client) {
+                // Nothing left on the lease, nothing owed: Redis took it out of subscribe mode.
+                self.leave_stream();
+            }
+            return self.check_reply_limit();
+        };
+        let moved = std::mem::take(&mut self.state.shards.moved);
+        let channels: Vec<Bytes> = moved.iter().map(|(channel, _)| channel.clone()).collect();
+        let mut tried = vec![self.lease.as_ref().map_or(self.lane, |lease| lease.lane())];
+        // The old lease holds nothing and owes nothing: it closes.
+        self.leave_stream();
+        while let Some(lane) = new_owner(&cluster, slot, &tried, deadline).await {
+            match self.subscribe_on(lane, &channels, deadline).await? {
+                Attempt::Subscribed => {
+                    debug!(
+                        session = self.id,
+                        slot, "shard channels followed their slot to another node"
+                    );
+                    return Ok(());
+                }
+                Attempt::Redirected => tried.push(lane),
+                Attempt::Failed => break,
+            }
+        }
+        if !self.closing {
+            for (_, frame) in moved {
+                self.out.push(frame);
+            }
+        }
+        self.check_reply_limit()
+    }
+
+    /// Subscribes `channels` (of one slot) on a new lease on `lane`, their confirmations held
+    /// back. Unless that worked, the session is left out of any stream.
+    async fn subscribe_on(
+        &mut self,
+        lane: Lane,
+        channels: &[Bytes],
+        deadline: Instant,
+    ) -> Result<Attempt, Close> {
+        self.lane = lane;
+        let handle = match self.route(Route::Lease).await? {
+            Ok(handle) => handle,
+            Err(_) => return Ok(Attempt::Failed),
+        };
+        self.state.streaming = Some(Streaming::Subscribe);
+        self.state.shards.following = channels.to_vec();
+        let mut args: Vec<&[u8]> = vec![b"SSUBSCRIBE"];
+        args.extend(channels.iter().map(|channel| &channel[..]));
+        let request = self.request(resp::encode_request(&args), 1, true, Shape::One);
+        let mut attempt = Attempt::Failed;
+        if self.deliver(&handle, request).await.is_ok() {
+            attempt = loop {
+                if self.state.shards.following.is_empty() {
+                    break Attempt::Subscribed;
+                }
+                let Ok((from, response)) = tokio::time::timeout_at(deadline, self.rx.recv()).await
+                else {
+                    break Attempt::Failed;
+                };
+                match response {
+                    Response::Stream { bytes, lost: false }
+                        if matches!(bytes.first(), Some(b'-' | b'!')) =>
+                    {
+                        // Nothing but the SSUBSCRIBE was sent on this lease: its refusal.
+                        let redirected =
+                            bytes.starts_with(b"-MOVED ") || bytes.starts_with(b"-ASK ");
+                        break if redirected {
+                            Attempt::Redirected
+                        } else {
+                            Attempt::Failed
+                        };
+                    }
+                    response => self.receive(from, response)?,
+                }
+                if self.state.streaming.is_none() {
+                    // Lost: the client has been told, and is closing.
+                    return Ok(Attempt::Failed);
+                }
+            };
+        }
+        if attempt != Attempt::Subscribed {
+            self.leave_stream();
+        }
+        Ok(attempt)
+    }
+
+    /// The client gets the `sunsubscribe`s held back for channels that were to follow their slot.
+    fn release_held_back(&mut self) {
+        for (_, frame) in std::mem::take(&mut self.state.shards.moved) {
+            self.out.push(frame);
+        }
+    }
+}
+
+/// How subscribing moved channels on a new owner went.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    Subscribed,
+    /// The node answered `-MOVED` or `-ASK`: the slot map is behind; another node may take them.
+    Redirected,
+    Failed,
+}
+
+impl ShardChannels {
+    /// The client sent `SUNSUBSCRIBE channels...` into the stream (all of them when none named).
+    fn asked<'a>(&mut self, channels: impl Iterator<Item = &'a [u8]>) {
+        let mut named = false;
+        for channel in channels {
+            named = true;
+            if self.held.iter().any(|c| c == channel) && !self.asked.iter().any(|c| c == channel) {
+                self.asked.push(Bytes::copy_from_slice(channel));
+            }
+        }
+        if !named {
+            self.asked_all += 1;
+        }
+    }
+
+    /// Follows a frame of the subscription stream and says whether the client gets it; `others`
+    /// tells whether the lease also holds `SUBSCRIBE` or `PSUBSCRIBE` channels.
+    fn on_frame(&mut self, frame: &Bytes, others: impl FnOnce() -> bool) -> Verdict {
+        let Some((subscribe, channel, count)) = shard_confirmation(frame) else {
+            return Verdict::Pass;
+        };
+        let Some(channel) = channel else {
+            // `SUNSUBSCRIBE` with nothing subscribed.
+            if !subscribe && count == 0 {
+                self.asked_all = self.asked_all.saturating_sub(1);
+            }
+            return Verdict::Pass;
+        };
+        if subscribe {
+            let following = take(&mut self.following, channel);
+            if !self.held.iter().any(|c| c == channel) {
+                self.held.push(Bytes::copy_from_slice(channel));
+            }
+            return if following {
+                Verdict::Hold
+            } else {
+                Verdict::Pass
+            };
+        }
+        let held = take(&mut self.held, channel);
+        let asked = take(&mut self.asked, channel);
+        if self.asked_all > 0 {
+            if count == 0 {
+                self.asked_all -= 1;
+            }
+            return Verdict::Pass;
+        }
+        if asked || !held {
+            return Verdict::Pass;
+        }
+        // Unasked: the channel's slot left the node, with every channel of that slot.
+        let slot = key_slot(channel);
+        if self.held.iter().any(|c| key_slot(c) != slot) || others() {
+            return Verdict::Release;
+        }
+        self.moved
+            .push((Bytes::copy_from_slice(channel), frame.clone()));
+        Verdict::Hold
+    }
+
+    /// True when channels were unsubscribed unasked and the lease holds no other shard channel.
+    fn move_due(&self) -> bool {
+        !self.moved.is_empty() && self.held.is_empty() && self.following.is_empty()
+    }
+
+    /// The slot of the channels held back, if they share one.
+    fn moved_slot(&self) -> Option<u16> {
+        let mut slots = self.moved.iter().map(|(channel, _)| key_slot(channel));
+        let first = slots.next()?;
+        slots.all(|slot| slot == first).then_some(first)
+    }
+}
+
+/// True when the client's lease also holds `SUBSCRIBE` or `PSUBSCRIBE` channels.
+fn other_subscriptions(client: &Client) -> bool {
+    client.snapshot().subscriptions[..2] != [0, 0]
+}
+
+/// The owner of `slot` in the cluster's map once it is none of `tried`, asking for a fresh map
+/// meanwhile (the cluster coalesces and rate-limits the asks); `None` at `deadline`.
+async fn new_owner(
+    cluster: &Cluster,
+    slot: u16,
+    tried: &[Lane],
+    deadline: Instant,
+) -> Option<Lane> {
+    loop {
+        if let Some(lane) = cluster.map().owner(slot).filter(|l| !tried.contains(l)) {
+            return Some(lane);
+        }
+        // A node that lost a slot says `-MOVED` to its commands: the same news.
+        cluster.refresh(Source::Moved);
+        if Instant::now() + OWNER_POLL > deadline {
+            return None;
+        }
+        tokio::time::sleep(OWNER_POLL).await;
+    }
+}
+
+/// Removes `channel` from `list`; true if it was there.
+fn take(list: &mut Vec<Bytes>, channel: &[u8]) -> bool {
+    match list.iter().position(|c| c == channel) {
+        Some(at) => {
+            list.swap_remove(at);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A shard channel's confirmation (`ssubscribe` or `sunsubscribe`, RESP2 array or RESP3 push):
+/// whether it subscribes, the channel (`None`: nil, a `SUNSUBSCRIBE` with nothing subscribed) and
+/// the count of shard channels left.
+fn shard_confirmation(frame: &[u8]) -> Option<(bool, Option<&[u8]>, u64)> {
+    let rest = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
+    let (subscribe, rest) = match rest.strip_prefix(b"$10\r\nssubscribe\r\n") {
+        Some(rest) => (true, rest),
+        None => (false, rest.strip_prefix(b"$12\r\nsunsubscribe\r\n")?),
+    };
+    let len = ReplyScanner::default().scan(rest).ok()??.len;
+    let channel = match &rest[..len] {
+        b"$-1\r\n" | b"_\r\n" => None,
+        bulk => {
+            let body = bulk.strip_prefix(b"$")?.strip_suffix(b"\r\n")?;
+            let start = body.iter().position(|&b| b == b'\n')? + 1;
+            Some(&body[start..])
+        }
+    };
+    let count = integer_reply(&rest[len..])?;
+    Some((subscribe, channel, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: &str, channel: Option<&str>, count: u64, resp3: bool) -> Bytes {
+        let head = if resp3 { ">3" } else { "*3" };
+        let channel = match channel {
+            Some(c) => format!("${}\r\n{c}\r\n", c.len()),
+            None if resp3 => "_\r\n".into(),
+            None => "$-1\r\n".into(),
+        };
+        let text = format!(
+            "{head}\r\n${}\r\n{kind}\r\n{channel}:{count}\r\n",
+            kind.len()
+        );
+        Bytes::from(text)
+    }
+
+    fn held(shards: &mut ShardChannels, channels: &[&str]) {
+        for (n, c) in channels.iter().enumerate() {
+            let f = frame("ssubscribe", Some(c), n as u64 + 1, false);
+            assert_eq!(shards.on_frame(&f, || false), Verdict::Pass);
+        }
+    }
+
+    #[test]
+    fn confirmations_are_read_in_both_protocols() {
+        for resp3 in [false, true] {
+            let f = frame("ssubscribe", Some("{a}x"), 2, resp3);
+            assert_eq!(shard_confirmation(&f), Some((true, Some(&b"{a}x"[..]), 2)));
+            let f = frame("sunsubscribe", None, 0, resp3);
+            assert_eq!(shard_confirmation(&f), Some((false, None, 0)));
+            let f = frame("subscribe", Some("c"), 1, resp3);
+            assert_eq!(shard_confirmation(&f), None);
+        }
+        let message = b"*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n";
+        assert_eq!(shard_confirmation(message), None);
+        assert_eq!(
+            shard_confirmation(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nc"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_mark_is_a_ping_whose_answers_are_known() {
+        let ping = resp::encode_request(&[&b"PING"[..], b"respipe:resubscribe"]);
+        assert_eq!(&ping[..], MARK);
+        let bulk = reply::bulk(b"respipe:resubscribe");
+        assert_eq!(&bulk[..], MARK_ANSWERS[0]);
+        assert_eq!(
+            MARK_ANSWERS[1],
+            [&b"*2\r\n$4\r\npong\r\n"[..], &bulk].concat()
+        );
+    }
+
+    #[test]
+    fn asked_unsubscribes_pass_and_unasked_ones_of_a_slot_are_held_back() {
+        let mut shards = ShardChannels::default();
+        held(&mut shards, &["{s}a", "{s}b", "{t}c"]);
+        shards.asked([&b"{t}c"[..]].into_iter());
+        let f = frame("sunsubscribe", Some("{t}c"), 2, false);
+        assert_eq!(shards.on_frame(&f, || false), Verdict::Pass);
+        // Slot `{s}` moves: both of its channels, the last with count 0.
+        let a = frame("sunsubscribe", Some("{s}a"), 1, false);
+        assert_eq!(shards.on_frame(&a, || false), Verdict::Hold);
+        assert!(!shards.move_due(), "{{s}}b is still held");
+        let b = frame("sunsubscribe", Some("{s}b"), 0, true);
+        assert_eq!(shards.on_frame(&b, || false), Verdict::Hold);
+        assert!(shards.move_due());
+        assert_eq!(shards.moved_slot(), Some(key_slot(b"{s}a")));
+        let held_back: Vec<_> = shards.moved.iter().map(|(_, f)| f.clone()).collect();
+        assert_eq!(held_back, [a, b]);
+    }
+
+    #[test]
+    fn the_confirmations_of_followed_channels_are_held_back() {
+        let mut shards = ShardChannels::default();
+        shards.following = vec![Bytes::from_static(b"{s}a")];
+        let f = frame("ssubscribe", Some("{s}a"), 1, true);
+        assert_eq!(shards.on_frame(&f, || false), Verdict::Hold);
+        assert!(shards.following.is_empty());
+        assert_eq!(shards.held, [Bytes::from_static(b"{s}a")]);
+        // The client's own SSUBSCRIBE of it again is confirmed to the client.
+        assert_eq!(shards.on_frame(&f, || false), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_channel_cannot_follow_while_the_lease_keeps_other_subscriptions() {
+        let mut shards = ShardChannels::default();
+        held(&mut shards, &["{s}a", "{t}c"]);
+        let f = frame("sunsubscribe", Some("{s}a"), 1, false);
+        assert_eq!(shards.on_frame(&f, || false), Verdict::Release);
+        let mut shards = ShardChannels::default();
+        held(&mut shards, &["{s}a"]);
+        let f = frame("sunsubscribe", Some("{s}a"), 0, false);
+        assert_eq!(shards.on_frame(&f, || true), Verdict::Release);
+    }
+
+    #[test]
+    fn unsubscribing_from_all_passes_every_confirmation_until_the_count_is_0() {
+        let mut shards = ShardChannels::default();
+        held(&mut shards, &["{s}a", "{s}b"]);
+        shards.asked(std::iter::empty());
+        let a = frame("sunsubscribe", Some("{s}a"), 1, false);
+        assert_eq!(shards.on_frame(&a, || false), Verdict::Pass);
+        let b = frame("sunsubscribe", Some("{s}b"), 0, false);
+        assert_eq!(shards.on_frame(&b, || false), Verdict::Pass);
+        assert_eq!(shards.asked_all, 0);
+        shards.asked(std::iter::empty());
+        let none = frame("sunsubscribe", None, 0, false);
+        assert_eq!(shards.on_frame(&none, || false), Verdict::Pass);
+        assert_eq!(shards.asked_all, 0);
+        assert!(!shards.move_due());
+    }
+
+    #[test]
+    fn an_unsubscribe_of_a_channel_not_held_passes() {
+        let mut shards = ShardChannels::default();
+        let f = frame("sunsubscribe", Some("{s}a"), 0, false);
+        assert_eq!(shards.on_frame(&f, || false), Verdict::Pass);
+        assert!(shards.asked.is_empty() && shards.moved.is_empty());
     }
 }
