@@ -464,6 +464,38 @@ async fn ssubscribe_follows_its_slot_to_another_primary() {
     .await
 }
 
+/// One connection holds shard channels of one node only, so a channel whose slot migrates while the
+/// lease keeps a channel of another slot of the node cannot follow it: the client gets the old
+/// owner's `sunsubscribe` (count 1), as Redis Cluster gives it, and keeps the other channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssubscribe_gets_the_sunsubscribe_when_the_node_keeps_another_channel() {
+    bounded(LIMIT, "ssubscribe, one of two slots migrates", async {
+        let (cluster, proxy) = start().await;
+        let (moving, staying) = (key_in_slot(100, "moving"), key_in_slot(101, "staying"));
+        let from = cluster.primary_of(100).await;
+        assert_eq!(
+            cluster.primary_of(101).await,
+            from,
+            "one node owns both slots"
+        );
+        let primaries = cluster.primaries().await;
+        let to = *primaries.iter().find(|&&n| n != from).unwrap();
+        let mut s = RawClient::connect(proxy.listen).await;
+        for (n, ch) in [&moving, &staying].into_iter().enumerate() {
+            let want = shard_frame(false, "ssubscribe", ch, Reply::Int(n as i64 + 1));
+            assert_eq!(s.cmd(&["SSUBSCRIBE", ch]).await, want);
+        }
+        cluster.migrate_slot(100, to).await;
+        let gone = shard_frame(false, "sunsubscribe", &moving, Reply::Int(1));
+        assert_eq!(s.read_reply().await, gone);
+        let mut p = RawClient::connect(proxy.listen).await;
+        assert_eq!(p.cmd(&["SPUBLISH", &staying, "hi"]).await, Reply::Int(1));
+        let hi = shard_frame(false, "smessage", &staying, Reply::bulk("hi"));
+        assert_eq!(s.read_reply().await, hi);
+    })
+    .await
+}
+
 /// A frame of a shard channel's subscription stream: an array in RESP2, a push in RESP3.
 fn shard_frame(resp3: bool, kind: &str, channel: &str, last: Reply) -> Reply {
     let items = vec![Reply::bulk(kind), Reply::bulk(channel), last];

@@ -404,12 +404,8 @@ impl Session {
             // The lease was lost: the client has been told, and is closing.
             return Ok(());
         }
-        let slot = self.state.shards.moved_slot();
-        let (true, true, Some(slot)) = (
-            settled && self.state.shards.move_due(),
-            !other_subscriptions(&self.client),
-            slot,
-        ) else {
+        let movable = settled && self.state.shards.move_due() && !other_subscriptions(&self.client);
+        let Some(slot) = self.state.shards.moved_slot().filter(|_| movable) else {
             self.release_held_back();
             if settled && self.state.shards.held.is_empty() && !other_subscriptions(&self.client) {
                 // Nothing left on the lease, nothing owed: Redis took it out of subscribe mode.
