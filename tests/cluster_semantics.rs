@@ -496,6 +496,33 @@ async fn ssubscribe_gets_the_sunsubscribe_when_the_node_keeps_another_channel() 
     .await
 }
 
+/// Redis counts shard channels apart from channels and patterns: a subscriber of both on one node
+/// whose SUNSUBSCRIBE answers count 0 is still subscribed to its channel (Redis keeps the
+/// connection in subscribe mode), and respipe keeps the lease that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssubscribe_then_sunsubscribe_keeps_the_subscribe_channels() {
+    bounded(LIMIT, "sunsubscribe with channels left", async {
+        let (cluster, proxy) = start().await;
+        // Keyless commands, SUBSCRIBE among them, go to the owner of slot 0.
+        let node = cluster.primary_of(0).await;
+        let shard = key_in_slot(1, "shard");
+        assert_eq!(cluster.primary_of(1).await, node);
+        let mut s = RawClient::connect(proxy.listen).await;
+        let want = shard_frame(false, "subscribe", "news", Reply::Int(1));
+        assert_eq!(s.cmd(&["SUBSCRIBE", "news"]).await, want);
+        let want = shard_frame(false, "ssubscribe", &shard, Reply::Int(1));
+        assert_eq!(s.cmd(&["SSUBSCRIBE", &shard]).await, want);
+        let want = shard_frame(false, "sunsubscribe", &shard, Reply::Int(0));
+        assert_eq!(s.cmd(&["SUNSUBSCRIBE", &shard]).await, want);
+        // Still in subscribe mode, and the node still has the subscriber.
+        assert_eq!(s.cmd(&["PING"]).await, bulks(&["pong", ""]));
+        let published = cluster.cmd(node, &["PUBLISH", "news", "hi"]).await;
+        assert_eq!(published, Reply::Int(1));
+        assert_eq!(s.read_reply().await, bulks(&["message", "news", "hi"]));
+    })
+    .await
+}
+
 /// A frame of a shard channel's subscription stream: an array in RESP2, a push in RESP3.
 fn shard_frame(resp3: bool, kind: &str, channel: &str, last: Reply) -> Reply {
     let items = vec![Reply::bulk(kind), Reply::bulk(channel), last];

@@ -342,9 +342,12 @@ impl Session {
             && self.state.unsubscribing
             && !self.state.tracking
             && resp::is_last_unsubscribe(&bytes)
+            && self.client.snapshot().subscriptions == [0, 0, 0]
         {
-            // Redis left subscribe mode and nothing else was sent into the stream. (A tracking
-            // client stays in the stream: its connection, which Redis tracks it on, stays too.)
+            // Redis left subscribe mode and nothing else was sent into the stream (the count
+            // says what is left of the frame's own kind: shard channels are counted apart). (A
+            // tracking client stays in the stream: its connection, which Redis tracks it on,
+            // stays too.)
             self.leave_stream();
         }
         self.out.push(bytes);
