@@ -724,8 +724,10 @@ mod tests {
 
     #[test]
     fn the_confirmations_of_followed_channels_are_held_back() {
-        let mut shards = ShardChannels::default();
-        shards.following = vec![Bytes::from_static(b"{s}a")];
+        let mut shards = ShardChannels {
+            following: vec![Bytes::from_static(b"{s}a")],
+            ..ShardChannels::default()
+        };
         let f = frame("ssubscribe", Some("{s}a"), 1, true);
         assert_eq!(shards.on_frame(&f, || false), Verdict::Hold);
         assert!(shards.following.is_empty());
