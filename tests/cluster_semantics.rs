@@ -496,6 +496,40 @@ async fn ssubscribe_gets_the_sunsubscribe_when_the_node_keeps_another_channel() 
     .await
 }
 
+/// A slot no node takes over (`CLUSTER DELSLOTS` on its owner, which unsubscribes its shard
+/// channels): respipe looks for a new owner for `command_timeout`, then gives the client the
+/// `sunsubscribe` after all, and the client is out of subscribe mode, as with Redis itself: its
+/// commands run on every node again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssubscribe_gets_the_sunsubscribe_when_no_node_takes_the_slot() {
+    bounded(LIMIT, "ssubscribe, slot deleted", async {
+        let cluster = Cluster::start(ClusterOptions {
+            replicas: 0,
+            ..ClusterOptions::default()
+        })
+        .await;
+        let proxy = cluster.respipe(&["--command-timeout", "1s"]).await;
+        let ch = key_in_slot(100, "orphan");
+        let mut s = RawClient::connect(proxy.listen).await;
+        let want = shard_frame(false, "ssubscribe", &ch, Reply::Int(1));
+        assert_eq!(s.cmd(&["SSUBSCRIBE", &ch]).await, want);
+        let owner = cluster.primary_of(100).await;
+        let delslots = cluster.cmd(owner, &["CLUSTER", "DELSLOTS", "100"]).await;
+        assert_eq!(delslots, Reply::ok());
+        let gone = shard_frame(false, "sunsubscribe", &ch, Reply::Int(0));
+        assert_eq!(s.read_reply().await, gone);
+        assert_eq!(s.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
+        // Out of the stream: commands go where their keys live again (once the slot is back).
+        let addslots = cluster.cmd(owner, &["CLUSTER", "ADDSLOTS", "100"]).await;
+        assert_eq!(addslots, Reply::ok());
+        cluster.wait_ok().await;
+        for k in keys_on_every_primary(&cluster, "after").await {
+            assert_eq!(s.cmd(&["SET", &k, "v"]).await, Reply::ok(), "{k}");
+        }
+    })
+    .await
+}
+
 /// Redis counts shard channels apart from channels and patterns: a subscriber of both on one node
 /// whose SUNSUBSCRIBE answers count 0 is still subscribed to its channel (Redis keeps the
 /// connection in subscribe mode), and respipe keeps the lease that holds it.
