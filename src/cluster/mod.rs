@@ -73,7 +73,7 @@ pub struct Spec {
 pub enum Source {
     /// respipe started (or the cluster configuration was reloaded).
     Start,
-    /// A node answered `-MOVED`.
+    /// A node answered `-MOVED`, or unsubscribed a client's shard channels from a slot it lost.
     Moved,
     /// Connections to a primary kept failing ([`CONNECT_FAILURES`] in a row).
     ConnectFailure,

@@ -434,6 +434,10 @@ impl Session {
                 Attempt::Failed => break,
             }
         }
+        debug!(
+            session = self.id,
+            slot, "shard channels could not follow their slot: the client gets the sunsubscribe"
+        );
         if !self.closing {
             for (_, frame) in moved {
                 self.out.push(frame);
