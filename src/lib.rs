@@ -2,8 +2,10 @@
 //!
 //! Many ordinary client connections come in; their commands are coalesced into pipelined batches on
 //! a few shared upstream connections; every reply goes back to the client that sent the command, by
-//! FIFO order. The upstream is one Redis, or several independent servers sharded by key as twemproxy
-//! shards them: then each client's replies pass through a reorder buffer (`session::lanes`).
+//! FIFO order. The upstream is one Redis, several independent servers sharded by key as twemproxy
+//! shards them, or a Redis Cluster presented as one Redis: with several servers each client's
+//! replies pass through a reorder buffer (`session::lanes`), and a cluster's redirects and retries
+//! are absorbed (`session::redirect`).
 //!
 //! ```text
 //!  client A ──┐                                  ┌── upstream conn 1 ──┐
@@ -27,9 +29,11 @@
 //!   on) kept current by its refresh task.
 //! - `session`: one client, by concern: the socket loop (`mod.rs`), input and dispatch (`input`),
 //!   client state (`state`), connections and leases (`conns`), reply order (`order`), the reorder
-//!   buffer and sharded commands (`lanes`), streams (`stream`), identity and tracking.
+//!   buffer and sharded commands (`lanes`), cluster redirects, retries and the redirect fence
+//!   (`redirect`), streams (`stream`, shard channels following their slot), identity and tracking.
 //! - `route`: the routing step for several servers: one server, a split with its merge, every
-//!   server, a local answer or a refusal.
+//!   server, a local answer or a refusal; `route::cluster` the answers a cluster needs (`CLUSTER`
+//!   as a non-cluster Redis, `INFO` merged, keyless commands on a primary).
 //! - `topology`: the servers of the upstream and the placement of keys now (ejection).
 //! - `outflow`: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - `follow`: connection state that changes only when Redis accepts the command (now or at EXEC).
