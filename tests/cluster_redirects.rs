@@ -271,7 +271,19 @@ async fn commands_wait_behind_an_earlier_one_of_their_slot_being_retried() {
 /// `SET` in a client's pipeline finds the value (read-your-writes: no nil).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrity_under_resharding() {
-    bounded(LIMIT, "resharding drill", async {
+    // `scripts/drill.sh --cluster` runs the long drill: more load and more rounds of migrations.
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (seconds, rounds) = (
+        env("RESPIPE_RESHARD_SECONDS", 10),
+        env("RESPIPE_RESHARD_ROUNDS", 1),
+    );
+    let limit = LIMIT + Duration::from_secs(seconds + 30 * rounds);
+    bounded(limit, "resharding drill", async {
         drill::raise_nofile();
         let (cluster, proxy) = cluster().await;
         let primaries = cluster.primaries().await;
@@ -281,31 +293,32 @@ async fn integrity_under_resharding() {
         for (i, &p) in primaries.iter().enumerate() {
             // `redis-cli --cluster create` gives primary i the i-th third of the slots.
             let first = (i * 5461 + 1000) as u16;
-            let next = primaries[(i + 1) % primaries.len()];
-            moving.push((first, next));
+            moving.push(first);
             slots.extend([first, first + 1000]);
             assert_eq!(cluster.primary_of(first).await, p);
         }
         let tags = slots.iter().map(|&s| tag_of(s)).collect();
-        let spread =
-            drill::DrillConfig::spread(Duration::from_secs(10), 0, tags, drill::RESPIPE_FAILURE);
+        let spread = drill::DrillConfig::spread(
+            Duration::from_secs(seconds),
+            0,
+            tags,
+            drill::RESPIPE_FAILURE,
+        );
         // A third of the clients pipeline, as issue 12 asks.
         let cfg = drill::DrillConfig {
             pipelined: 66,
             ..spread
         };
+        // Round r moves each slot on to the primary r + 1 places after its first owner.
         let reshard = async {
             let mut migrations = 0;
-            for &(slot, to) in moving.iter().cycle() {
-                if cluster.primary_of(slot).await == to {
-                    continue;
-                }
-                let m = cluster.begin_migration(slot, to).await;
-                while cluster.migrate_keys(m, 20).await > 0 {}
-                cluster.finish_migration(m).await;
-                migrations += 1;
-                if migrations == moving.len() {
-                    return migrations;
+            for round in 0..rounds as usize {
+                for (i, &slot) in moving.iter().enumerate() {
+                    let to = primaries[(i + 1 + round) % primaries.len()];
+                    let m = cluster.begin_migration(slot, to).await;
+                    while cluster.migrate_keys(m, 20).await > 0 {}
+                    cluster.finish_migration(m).await;
+                    migrations += 1;
                 }
             }
             migrations
@@ -323,7 +336,7 @@ async fn integrity_under_resharding() {
             counts.commands.load(Ordering::Relaxed) > 10_000,
             "{summary}"
         );
-        assert_eq!(migrations, moving.len());
+        assert_eq!(migrations, moving.len() * rounds as usize);
         let followed = proxy.metric(MOVED).await + proxy.metric(ASK).await;
         assert!(followed >= 1.0, "no redirect followed: {summary}");
     })
