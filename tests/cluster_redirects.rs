@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use common::cluster::{key_in_slot, Cluster, ClusterOptions};
 use common::{bounded, encode, BinProxy, RawClient, Reply};
 
@@ -100,11 +102,12 @@ async fn moved_is_absorbed_while_a_slot_migrates() {
 }
 
 /// ASK absorbed: a slot held half-migrated (MIGRATING on the source, IMPORTING on the target, half
-/// its keys moved): reads and writes of moved and unmoved keys, a key created in the slot, and an
-/// `MGET` whose per-slot parts include the slot — all right through respipe, which follows `ASK`
-/// without patching its map (no `MOVED` seen). Then, once the slot has moved, a transaction and a
-/// blocking command leased on its old owner: the redirect Redis answers there is shown as a
-/// `-TRYAGAIN` without node addresses (`EXEC` aborts).
+/// its keys moved): reads and writes of moved and unmoved keys, a key created in the slot, an
+/// `MGET` whose per-slot parts include the slot, and a `BLPOP` on a key the target gets — all
+/// right through respipe, which follows `ASK` without patching its map (no `MOVED` seen). Then,
+/// once the slot has moved, a transaction leased on its old owner: the redirect Redis answers
+/// there is shown as a `-TRYAGAIN` without node addresses (`EXEC` aborts); a blocking command
+/// leased there follows the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_is_absorbed_in_a_half_migrated_slot() {
     bounded(LIMIT, "ask", async {
@@ -142,6 +145,15 @@ async fn ask_is_absorbed_in_a_half_migrated_slot() {
             let want = Reply::Array(Some(vec![Reply::bulk(v), Reply::bulk("o")]));
             assert_eq!(mget, want, "{k}");
         }
+        // A blocking command on a key the source does not have: `ASK`, so sent again after
+        // `ASKING` on the target, where it blocks until a push (`ASK`-ed there too) reaches it.
+        let waiting = key_in_slot(slot, "waiting");
+        let mut b = RawClient::connect(proxy.listen).await;
+        b.send(&encode(&["BLPOP", &waiting, "0"])).await;
+        cluster.wait_blocked(to, 1).await;
+        assert_eq!(c.cmd(&["LPUSH", &waiting, "w"]).await, Reply::Int(1));
+        let popped = Reply::Array(Some(vec![Reply::bulk(&waiting), Reply::bulk("w")]));
+        assert_eq!(b.read_reply().await, popped);
         assert!(proxy.metric(ASK).await >= 1.0, "no ASK followed");
         assert_eq!(proxy.metric(MOVED).await, 0.0, "ASK must not patch the map");
 
@@ -159,13 +171,57 @@ async fn ask_is_absorbed_in_a_half_migrated_slot() {
                 .is_some_and(|e| e.starts_with("EXECABORT")),
             "{exec:?}"
         );
-        // A blocking command, leased on the old owner too: a clear error, no node address.
+        // A blocking command, leased on the old owner too: it follows the slot (see
+        // `a_blocked_command_follows_its_slot`) and times out there as Redis would.
         let list = key_in_slot(slot, "list");
-        let blocked = t.cmd(&["BLPOP", &list, "1"]).await;
-        let text = blocked.error_text().unwrap_or_default().to_owned();
-        assert!(text.starts_with("TRYAGAIN respipe:"), "{blocked:?}");
-        assert!(!text.contains("127.0.0.1"), "{text}");
+        assert_eq!(t.cmd(&["BLPOP", &list, "1"]).await, Reply::Array(None));
         assert_eq!(c.cmd(&["GET", &moved]).await, Reply::bulk("v1"));
+    })
+    .await
+}
+
+/// A blocked command follows its slot: a client blocked in `BLPOP` through respipe (timeout 0,
+/// then 5 s) while its slot moves to another primary is blocked again there (Redis unblocked it
+/// with `MOVED`), and an `LPUSH` from another client after the move reaches it: it gets the
+/// element, never an error. With a 2 s timeout, the slot moving 1 s into it, and no push, the
+/// client gets Redis's timeout answer 2 s after it sent `BLPOP`, not 2 s after the move: respipe
+/// sent it again with what remained of its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_command_follows_its_slot() {
+    bounded(LIMIT, "blocked", async {
+        let (cluster, proxy) = cluster().await;
+        let mut pusher = RawClient::connect(proxy.listen).await;
+        for (slot, timeout) in [(500, "0"), (600, "5")] {
+            let (from, to) = from_and_to(&cluster, slot).await;
+            let list = key_in_slot(slot, "list");
+            let mut blocked = RawClient::connect(proxy.listen).await;
+            blocked.send(&encode(&["BLPOP", &list, timeout])).await;
+            cluster.wait_blocked(from, 1).await;
+            cluster.migrate_slot(slot, to).await;
+            // Blocked again on the new owner before anything is pushed there.
+            cluster.wait_blocked(to, 1).await;
+            assert_eq!(pusher.cmd(&["LPUSH", &list, "x"]).await, Reply::Int(1));
+            let popped = Reply::Array(Some(vec![Reply::bulk(&list), Reply::bulk("x")]));
+            assert_eq!(blocked.read_reply().await, popped, "timeout {timeout}");
+        }
+        let slot = 700;
+        let (from, to) = from_and_to(&cluster, slot).await;
+        let list = key_in_slot(slot, "list");
+        let mut blocked = RawClient::connect(proxy.listen).await;
+        let start = Instant::now();
+        blocked.send(&encode(&["BLPOP", &list, "2"])).await;
+        cluster.wait_blocked(from, 1).await;
+        // Not a synchronisation: the time spent blocked before the move is what is tested.
+        tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+        cluster.migrate_slot(slot, to).await;
+        assert_eq!(blocked.read_reply().await, Reply::Array(None));
+        let took = start.elapsed();
+        // Sent again with its full timeout, it would answer after 3 s at least.
+        assert!(
+            (Duration::from_millis(1500)..Duration::from_millis(2800)).contains(&took),
+            "{took:?}"
+        );
+        assert!(proxy.metric(MOVED).await >= 3.0, "no MOVED followed");
     })
     .await
 }

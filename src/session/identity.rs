@@ -144,7 +144,9 @@ impl Session {
                     Some((lease.handle().downgrade(), None, lease.lane()));
             }
         }
-        self.forward(bytes, Route::Lease, false).await
+        self.forward(bytes.clone(), Route::Lease, false).await?;
+        self.note_blocked(bytes);
+        Ok(())
     }
 
     /// Before a subscription to `__redis__:invalidate` starts: a `CLIENT ID` in the same write,

@@ -40,6 +40,7 @@ use crate::reply::{self, Lane, ReplyRx, ReplyTx, Response};
 use crate::resp::{RequestLimits, RequestScanner};
 use crate::spare;
 
+mod blocked;
 mod conns;
 mod identity;
 mod input;
@@ -134,7 +135,8 @@ enum Pending {
         follow: Option<Box<Follow>>,
         /// The server they come from (a ticket's number once sent again, see `redirect.rs`).
         lane: Lane,
-        /// A cluster command that can be sent again (redirects, retries): its slot and bytes.
+        /// A cluster command that can be sent again (redirects, retries; a blocking command on a
+        /// lease, `blocked.rs`): its slot and bytes.
         again: Option<redirect::Again>,
     },
     /// An answer respipe gives itself, held back until the upstream replies before it are written.
@@ -236,6 +238,8 @@ struct Session {
     lane: Lane,
     /// Cluster commands sent again after a redirect or a retryable error (`redirect.rs`).
     tickets: redirect::Tickets,
+    /// A cluster session's last blocking command on a lease, which follows its slot (`blocked.rs`).
+    blocked: Option<blocked::Blocked>,
     /// A sharded upstream: `MULTI` answered but not sent yet, until a command says which server
     /// the transaction runs on (`lanes.rs`).
     deferred_multi: Option<lanes::Deferred>,
@@ -332,6 +336,7 @@ where
         lanes: Vec::new(),
         lane: 0,
         tickets: redirect::Tickets::default(),
+        blocked: None,
         deferred_multi: None,
         pool: shared.pools.default_pool(),
         pool_generation,

@@ -32,9 +32,9 @@
 //! commands already on a node behind one that node refuses for a moment (`TRYAGAIN`, `LOADING`)
 //! run there before the refused one is retried.
 //!
-//! A `MOVED`/`ASK` on a dedicated connection (a transaction, a blocking command) is not followed:
-//! the client gets a `-TRYAGAIN` saying why, never node addresses (in a transaction Redis then
-//! aborts it at `EXEC`).
+//! A `MOVED`/`ASK` on a dedicated connection (a transaction) is not followed: the client gets a
+//! `-TRYAGAIN` saying why, never node addresses (in a transaction Redis then aborts it at `EXEC`).
+//! A blocking command alone on its lease follows its slot to the new node (`blocked.rs`).
 
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ use super::{Close, Pending, Route, Session};
 /// Set in a ticket's lane number: node lanes are below [`cluster::MAX_NODES`].
 pub(super) const TICKET: Lane = 0x8000;
 /// Redirects one command follows; the next one reaches the client.
-const MAX_REDIRECTS: u8 = 5;
+pub(super) const MAX_REDIRECTS: u8 = 5;
 /// Retries of one command at most (each also within `command_timeout`).
 const MAX_RETRIES: u8 = 30;
 /// The first pause before a retry; doubled per retry up to [`BACKOFF_MAX`].
@@ -62,7 +62,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(25);
 /// The longest pause before a retry.
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// `ASKING` as a request.
-const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+pub(super) const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 /// What a cluster command needs to be sent again.
 #[derive(Debug, Clone)]
@@ -283,7 +283,25 @@ impl Session {
             return false;
         };
         let at = self.answered_on(lane);
-        let (Some(at), Some(again)) = (at, at.and_then(|at| self.again_at(at))) else {
+        let leased = self
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.lane() == lane);
+        let again = at.filter(|_| !leased).and_then(|at| self.again_at(at));
+        let (Some(at), Some(again)) = (at, again) else {
+            if let (Some(at), Verdict::Moved { slot, node } | Verdict::Ask { slot, node }) =
+                (at.filter(|_| leased), &verdict)
+            {
+                // A blocking command may follow its slot (`blocked.rs`).
+                let ask = matches!(verdict, Verdict::Ask { .. });
+                let cluster = self.pool.layout().cluster().cloned();
+                let to = cluster.and_then(|cluster| node_lane(&cluster, node, lane));
+                if let Some(taken) = to
+                    .and_then(|to| self.follow_blocked(at.index, *slot, (to, ask), lane, response))
+                {
+                    return taken;
+                }
+            }
             if !matches!(verdict, Verdict::Retry(_)) {
                 *response = Response::Replies {
                     bytes: ErrorReply::RedirectOnLease.line(),
@@ -462,15 +480,7 @@ impl Session {
             return self.answer_ticket(id, error);
         }
         metrics::cluster_redirect(if ask { "ask" } else { "moved" });
-        let host = match node.host.as_str() {
-            "" => match cluster.endpoint(from).map(|u| u.endpoint) {
-                Some(Endpoint::Tcp { host, .. }) => host,
-                _ => return self.answer_ticket(id, error),
-            },
-            host => host.to_owned(),
-        };
-        let port = node.port;
-        let Some(lane) = cluster.lane_of(Endpoint::Tcp { host, port }) else {
+        let Some(lane) = node_lane(&cluster, &node, from) else {
             return self.answer_ticket(id, error);
         };
         if !ask {
@@ -550,7 +560,7 @@ impl Session {
     }
 
     /// A command on node lane `lane` left it (its reply came, it is sent elsewhere now).
-    fn off_lane(&mut self, lane: Lane) {
+    pub(super) fn off_lane(&mut self, lane: Lane) {
         let state = self.lane_state(lane);
         state.inflight = state.inflight.saturating_sub(1);
         if state.inflight == 0 {
@@ -639,7 +649,7 @@ impl Session {
 
 /// Puts a request in a connection's queue, waiting for room until `timeout` after `since`; a
 /// request that cannot go is answered with the reason.
-async fn send_within(
+pub(super) async fn send_within(
     handle: UpstreamHandle,
     request: Request,
     timeout: Option<Duration>,
@@ -660,6 +670,19 @@ async fn send_within(
         .line(),
     };
     let _ = reply.send(Response::Failed { count: 1, error });
+}
+
+/// The node lane of a redirect's `node` (`from`: the lane of the node that answered).
+fn node_lane(cluster: &cluster::Cluster, node: &Node, from: Lane) -> Option<Lane> {
+    let host = match node.host.as_str() {
+        "" => match cluster.endpoint(from)?.endpoint {
+            Endpoint::Tcp { host, .. } => host,
+            _ => return None,
+        },
+        host => host.to_owned(),
+    };
+    let port = node.port;
+    cluster.lane_of(Endpoint::Tcp { host, port })
 }
 
 /// The answer for a command whose slot no node serves now.
