@@ -181,29 +181,31 @@ async fn ask_is_absorbed_in_a_half_migrated_slot() {
 }
 
 /// A blocked command follows its slot: a client blocked in `BLPOP` through respipe (timeout 0,
-/// then 5 s) while its slot moves to another primary is blocked again there (Redis unblocked it
-/// with `MOVED`), and an `LPUSH` from another client after the move reaches it: it gets the
-/// element, never an error. With a 2 s timeout, the slot moving 1 s into it, and no push, the
+/// then 5 s; and in `XREAD BLOCK`) while its slot moves to another primary is blocked again
+/// there (Redis unblocked it with `MOVED`), and a push from another client after the move
+/// reaches it: it gets the element, never an error. With a 2 s timeout, the slot moving 1 s into it, and no push, the
 /// client gets Redis's timeout answer 2 s after it sent `BLPOP`, not 2 s after the move: respipe
 /// sent it again with what remained of its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_command_follows_its_slot() {
     bounded(LIMIT, "blocked", async {
         let (cluster, proxy) = cluster().await;
-        let mut pusher = RawClient::connect(proxy.listen).await;
         for (slot, timeout) in [(500, "0"), (600, "5")] {
-            let (from, to) = from_and_to(&cluster, slot).await;
             let list = key_in_slot(slot, "list");
-            let mut blocked = RawClient::connect(proxy.listen).await;
-            blocked.send(&encode(&["BLPOP", &list, timeout])).await;
-            cluster.wait_blocked(from, 1).await;
-            cluster.migrate_slot(slot, to).await;
-            // Blocked again on the new owner before anything is pushed there.
-            cluster.wait_blocked(to, 1).await;
-            assert_eq!(pusher.cmd(&["LPUSH", &list, "x"]).await, Reply::Int(1));
             let popped = Reply::Array(Some(vec![Reply::bulk(&list), Reply::bulk("x")]));
-            assert_eq!(blocked.read_reply().await, popped, "timeout {timeout}");
+            let blpop = ["BLPOP", &list, timeout];
+            let push = ["LPUSH", &list, "x"];
+            moved_while_blocked(&cluster, &proxy, slot, &blpop, &push, popped).await;
         }
+        // A stream read, its timeout in milliseconds.
+        let stream = key_in_slot(800, "stream");
+        let xread = ["XREAD", "BLOCK", "5000", "STREAMS", &stream, "$"];
+        let array = |items: Vec<Reply>| Reply::Array(Some(items));
+        let fields = array(vec![Reply::bulk("f"), Reply::bulk("v")]);
+        let entry = array(vec![Reply::bulk("1-1"), fields]);
+        let read = array(vec![array(vec![Reply::bulk(&stream), array(vec![entry])])]);
+        let xadd = ["XADD", &stream, "1-1", "f", "v"];
+        moved_while_blocked(&cluster, &proxy, 800, &xread, &xadd, read).await;
         let slot = 700;
         let (from, to) = from_and_to(&cluster, slot).await;
         let list = key_in_slot(slot, "list");
@@ -224,6 +226,30 @@ async fn a_blocked_command_follows_its_slot() {
         assert!(proxy.metric(MOVED).await >= 3.0, "no MOVED followed");
     })
     .await
+}
+
+/// A client sends `blocking` (a command on a key of `slot`) through respipe; once it blocks, the
+/// slot moves to another primary; once it blocks there too, another client sends `push` through
+/// respipe: the blocked client gets `want`.
+async fn moved_while_blocked(
+    cluster: &Cluster,
+    proxy: &BinProxy,
+    slot: u16,
+    blocking: &[&str],
+    push: &[&str],
+    want: Reply,
+) {
+    let (from, to) = from_and_to(cluster, slot).await;
+    let mut blocked = RawClient::connect(proxy.listen).await;
+    blocked.send(&encode(blocking)).await;
+    cluster.wait_blocked(from, 1).await;
+    cluster.migrate_slot(slot, to).await;
+    // Blocked again on the new owner before anything is pushed there.
+    cluster.wait_blocked(to, 1).await;
+    let mut pusher = RawClient::connect(proxy.listen).await;
+    let pushed = pusher.cmd(push).await;
+    assert!(pushed.error_text().is_none(), "{pushed:?}");
+    assert_eq!(blocked.read_reply().await, want, "{blocking:?}");
 }
 
 /// Read-your-writes for pipelining clients across migrations: 8 clients each pipeline `SET k n;
