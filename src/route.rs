@@ -35,10 +35,7 @@ pub enum Plan {
     /// dedicated connection the session holds.
     Keyless,
     /// Parts of the command on several servers (one request each), their replies merged.
-    Split {
-        parts: Vec<(Lane, Bytes)>,
-        merge: Merge,
-    },
+    Split { parts: Vec<Part>, merge: Merge },
     /// The command as it came on every server, the replies merged.
     All(Merge),
     /// The command rewritten for one server, its reply transformed (`SCAN`).
@@ -57,6 +54,17 @@ pub enum Plan {
     CrossShard,
     /// The command is refused with this error line.
     Refuse(Bytes),
+}
+
+/// One request of a command carried out on several servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The server it goes to.
+    pub lane: Lane,
+    /// The request.
+    pub bytes: Bytes,
+    /// On a cluster, the hash slot of its keys (it can be redirected); `None` without keys.
+    pub slot: Option<u16>,
 }
 
 /// How replies from several servers become one.
@@ -93,8 +101,9 @@ pub enum Merge {
 enum Keyed {
     /// No key (or malformed arguments Redis will refuse).
     None,
-    /// Every key on this server.
-    One(Lane),
+    /// Every key on this server, in this group (the server for shards, the hash slot for a
+    /// cluster).
+    One(Lane, u16),
     /// Keys on several servers.
     Spread,
     /// Every server is ejected.
@@ -118,15 +127,19 @@ fn keyed(placer: &Placer, keys: &command::Keys<'_>) -> Keyed {
             None => return Keyed::NoLive,
         }
     }
-    Keyed::One(lane)
+    Keyed::One(lane, group)
 }
 
 /// The server a command goes to unchanged, when that is all it needs: its keys are on one
-/// server, or it has none and no server in particular answers it. `None` when [`plan`] must say.
-pub fn lane(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<Lane> {
-    match keyed(&layout.placer(), &command::keys(name, args)) {
-        Keyed::One(lane) => Some(lane),
-        Keyed::None if !planned(layout, name) => Some(keyless_lane(layout)),
+/// server, or it has none and no server in particular answers it; with, on a cluster, the hash
+/// slot of its keys (`None` without keys). `None` when [`plan`] must say.
+pub fn lane(layout: &Layout, name: &[u8], args: Args<'_>) -> Option<(Lane, Option<u16>)> {
+    let placer = layout.placer();
+    match keyed(&placer, &command::keys(name, args)) {
+        Keyed::One(lane, group) => {
+            Some((lane, matches!(placer, Placer::Cluster(_)).then_some(group)))
+        }
+        Keyed::None if !planned(layout, name) => Some((keyless_lane(layout), None)),
         _ => None,
     }
 }
@@ -148,7 +161,7 @@ pub fn plan(layout: &Layout, name: &[u8], args: Args<'_>) -> Plan {
             .and_then(|_| cluster::plan(&placer, name, args))
             .or_else(|| keyless(layout, name, args))
             .unwrap_or(Plan::Keyless),
-        Keyed::One(lane) => Plan::Lane(lane),
+        Keyed::One(lane, _) => Plan::Lane(lane),
         Keyed::NoLive => Plan::Refuse(no_live(layout)),
         Keyed::Spread => match keys.split() {
             Some(how) => split(&placer, name, args, how).unwrap_or(Plan::CrossShard),
@@ -198,15 +211,20 @@ fn split(placer: &Placer, name: &[u8], args: Args<'_>, how: Split) -> Option<Pla
         at.push((index as u16, parts[index].2.len() as u32));
         parts[index].2.push(pos);
     }
+    let cluster = matches!(placer, Placer::Cluster(_));
     let parts = parts
         .into_iter()
-        .map(|(lane, _, positions)| {
+        .map(|(lane, group, positions)| {
             let mut part: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * step);
             part.push(argv[0]);
             for pos in positions {
                 part.extend_from_slice(argv.get(pos..pos + step)?);
             }
-            Some((lane, resp::encode_request(&part)))
+            Some(Part {
+                lane,
+                bytes: resp::encode_request(&part),
+                slot: cluster.then_some(group),
+            })
         })
         .collect::<Option<_>>()?;
     let merge = if name.eq_ignore_ascii_case(b"mget") {
@@ -523,7 +541,7 @@ mod tests {
 
     fn lane_of(layout: &Layout, words: &[&str]) -> Option<Lane> {
         let inline: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
-        lane(layout, &inline[0], Args::Inline(&inline))
+        lane(layout, &inline[0], Args::Inline(&inline)).map(|(lane, _)| lane)
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Session {
                 Err(_) => return Ok(false),
             };
             match self.run_lane(0, &frame) {
-                Some(lane) => self.lane = lane,
+                Some((lane, _)) => self.lane = lane,
                 None => return Ok(false),
             }
         }
@@ -109,7 +109,7 @@ impl Session {
             };
             let plain = if sharded {
                 // The first frame's server was found above.
-                count == 0 || self.run_lane(run, &frame) == Some(self.lane)
+                count == 0 || self.run_lane(run, &frame).map(|(lane, _)| lane) == Some(self.lane)
             } else {
                 frame.argc > 0
                     && frame.kind == RequestKind::Resp
@@ -179,7 +179,7 @@ impl Session {
                     let lane = (kind == Kind::Plain && self.batchable())
                         .then(|| self.plain_lane(&bytes[frame.name.clone()], Args::Resp(bytes)))
                         .flatten();
-                    if let Some(lane) = lane {
+                    if let Some((lane, _)) = lane {
                         if run_count > 0 && lane != run_lane {
                             self.send_run(run, run_count, run_lane).await?;
                             run = 0;
@@ -235,9 +235,10 @@ impl Session {
         Ok(())
     }
 
-    /// The server of a plain command at `at` in the read buffer that can join a run; `None` for
-    /// anything else.
-    pub(super) fn run_lane(&self, at: usize, frame: &RequestFrame) -> Option<Lane> {
+    /// The server of a plain command at `at` in the read buffer that can join a run (on a
+    /// cluster, with the hash slot of its keys: see [`crate::route::lane`]); `None` for anything
+    /// else.
+    pub(super) fn run_lane(&self, at: usize, frame: &RequestFrame) -> Option<(Lane, Option<u16>)> {
         let bytes = &self.inbuf[at..at + frame.len];
         let plain = frame.argc > 0
             && frame.kind == RequestKind::Resp

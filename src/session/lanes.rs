@@ -22,7 +22,7 @@ use bytes::Bytes;
 use crate::cluster::Source;
 use crate::command::{Args, Kind, Shape};
 use crate::reply::{self, ErrorReply, Lane, RedisError, Response};
-use crate::route::{self, Merge, Plan};
+use crate::route::{self, Merge, Part, Plan};
 use crate::upstream::UpstreamHandle;
 
 use super::redirect::{self, Again};
@@ -79,11 +79,10 @@ impl Session {
 
     /// Takes a response from `lane`: at once when its slot is at the front of the reorder buffer,
     /// else when the slots before it are complete.
-    pub(super) fn receive(&mut self, lane: Lane, response: Response) -> Result<(), Close> {
+    pub(super) fn receive(&mut self, lane: Lane, mut response: Response) -> Result<(), Close> {
         if redirect::is_ticket(lane) {
             return self.ticket_response(lane, response);
         }
-        let mut response = response;
         let error = match &response {
             Response::Replies { bytes, count: 1 } => bytes.first() == Some(&b'-'),
             Response::Failed { .. } => true,
@@ -217,29 +216,28 @@ impl Session {
 
     /// Sends the parts of a split command (or the same command to several servers) and owes the
     /// client their merged reply.
-    async fn send_parts(&mut self, parts: Vec<(Lane, Bytes)>, merge: Merge) -> Result<(), Close> {
+    async fn send_parts(&mut self, parts: Vec<Part>, merge: Merge) -> Result<(), Close> {
         let shown = self.state.take_shown();
         // A cluster command split by slot: each part can be sent again, behind the fence.
         let again: Vec<Option<Again>> = match self.clustered() {
             true => parts
                 .iter()
-                .map(|(_, bytes)| {
-                    let slot = redirect::slot_of(bytes)?;
-                    let bytes = bytes.clone();
+                .map(|part| {
+                    let (slot, bytes) = (part.slot?, part.bytes.clone());
                     Some(Again { slot, bytes })
                 })
                 .collect(),
             false => Vec::new(),
         };
         let fences: Vec<(Lane, u16)> = (parts.iter().zip(&again))
-            .filter_map(|((lane, _), again)| Some((*lane, again.as_ref()?.slot)))
+            .filter_map(|(part, again)| Some((part.lane, again.as_ref()?.slot)))
             .collect();
         self.fence(&fences).await?;
         // Connections first: picking one may wait for replies in flight (a retired connection),
         // which must not wait for this command's own parts.
         let placed_on = self.pool.layout().clone();
         let mut routed = Vec::with_capacity(parts.len());
-        for (lane, bytes) in parts {
+        for Part { lane, bytes, .. } in parts {
             self.lane = lane;
             let handle = if Arc::ptr_eq(&placed_on, self.pool.layout()) {
                 self.route(Route::Current).await?
@@ -380,13 +378,22 @@ impl Session {
                 let parts = layout
                     .primaries()
                     .into_iter()
-                    .map(|lane| (lane, bytes.clone()))
+                    .map(|lane| Part {
+                        lane,
+                        bytes: bytes.clone(),
+                        slot: None,
+                    })
                     .collect();
                 self.send_parts(parts, merge).await?;
                 return Ok(Placed::Done);
             }
             Plan::Rewrite { lane, bytes, merge } if plain => {
-                self.send_parts(vec![(lane, bytes)], merge).await?;
+                let part = Part {
+                    lane,
+                    bytes,
+                    slot: None,
+                };
+                self.send_parts(vec![part], merge).await?;
                 return Ok(Placed::Done);
             }
             Plan::Local(answer) if plain => {
@@ -501,13 +508,13 @@ impl Session {
         Ok(Placed::Done)
     }
 
-    /// The lane of plain commands in a run, for a sharded session: `None` when the command
-    /// needs more than one server, a local answer or a refusal (it then goes alone, through
-    /// `place`).
-    pub(super) fn plain_lane(&self, name: &[u8], args: Args<'_>) -> Option<Lane> {
+    /// The lane of plain commands in a run, for a sharded session (and a cluster command's slot,
+    /// as [`crate::route::lane`] gives it): `None` when the command needs more than one server, a
+    /// local answer or a refusal (it then goes alone, through `place`).
+    pub(super) fn plain_lane(&self, name: &[u8], args: Args<'_>) -> Option<(Lane, Option<u16>)> {
         let layout = self.pool.layout();
         if !layout.is_sharded() {
-            return Some(0);
+            return Some((0, None));
         }
         if self.lease.is_some() || self.deferred_multi.is_some() {
             return None;

@@ -184,11 +184,10 @@ impl Session {
                 Ok(None) => return Ok(true),
                 Err(_) => return Ok(false),
             };
-            let Some(lane) = self.run_lane(0, &frame) else {
+            let Some((lane, slot)) = self.run_lane(0, &frame) else {
                 return Ok(false);
             };
             self.lane = lane;
-            let slot = slot_of(&self.inbuf[..frame.len]);
             if slot.is_some_and(|slot| self.fenced(slot, lane)) {
                 return Ok(false);
             }
