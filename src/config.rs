@@ -283,6 +283,12 @@ pub enum Topology {
     /// A Redis Cluster found from its seed nodes (`redis-cluster://h1:p1,h2:p2` or
     /// `[upstream] kind = "cluster"`). [`Config::upstream`] is the first seed.
     Cluster(crate::cluster::Spec),
+    /// A primary and its replicas watched by Redis Sentinel
+    /// (`redis-sentinel://[user:password@]s1:p1,s2:p2/master[/db]` or `[upstream] kind =
+    /// "sentinel"`). [`Config::upstream`] holds the data nodes' db, credentials and TLS; its
+    /// address is the first sentinel's, never connected to as a data node (the primary's address
+    /// is what the sentinels say).
+    Sentinel(crate::sentinel::Spec),
 }
 
 /// Where an upstream lives.
@@ -385,11 +391,15 @@ pub const SETTINGS: &[Setting] = &[
     setting("listen", "--listen", "RESPIPE_LISTEN", "ADDR", "127.0.0.1:6380",
         "Accept clients on HOST:PORT or unix:/path; repeat the flag, or comma-separate in the env, for several"),
     setting("upstream", "--upstream", "RESPIPE_UPSTREAM", "URL", "127.0.0.1:6379",
-        "Redis to forward to: HOST:PORT, redis://[[user]:password@]host[:port][/db], rediss://..., unix:/path[?db=N], or a Redis Cluster: redis-cluster://[user:password@]host:port,host:port (rediss-cluster:// for TLS)"),
+        "Redis to forward to: HOST:PORT, redis://[[user]:password@]host[:port][/db], rediss://..., unix:/path[?db=N], a Redis Cluster: redis-cluster://[user:password@]host:port,host:port (rediss-cluster:// for TLS), or a primary found by Sentinel: redis-sentinel://[user:password@]host:port,host:port/MASTER[/db] (the user is the sentinels'; rediss-sentinel:// for TLS)"),
     setting("upstream_user", "--upstream-user", "RESPIPE_UPSTREAM_USER", "USER", "",
         "ACL user for AUTH; overrides the URL's user"),
     setting("upstream_password", "--upstream-password", "RESPIPE_UPSTREAM_PASSWORD", "PASSWORD", "",
         "Password for AUTH; overrides the URL's password (prefer the env var or file to keep it out of ps)"),
+    setting("sentinel_user", "--sentinel-user", "RESPIPE_SENTINEL_USER", "USER", "",
+        "Sentinel mode: ACL user for AUTH to the sentinels (not the data nodes); overrides the URL's user"),
+    setting("sentinel_password", "--sentinel-password", "RESPIPE_SENTINEL_PASSWORD", "PASSWORD", "",
+        "Sentinel mode: password for AUTH to the sentinels; overrides the URL's password"),
     setting("twemproxy", "--twemproxy", "RESPIPE_TWEMPROXY", "FILE", "",
         "Take the upstream servers (and listen, timeout, server_connections...) from a twemproxy YAML pool; anything else that sets them wins"),
     setting("twemproxy_pool", "--twemproxy-pool", "RESPIPE_TWEMPROXY_POOL", "NAME", "",
@@ -901,6 +911,25 @@ impl Values {
                 }
                 (spec.seeds[0].clone(), Topology::Cluster(spec))
             }
+            Topology::Sentinel(spec) => {
+                if let Some((_, origin)) = self.given.get("upstream") {
+                    let reason = "a single server's address; with kind = \"sentinel\" the sentinels are in upstream.sentinels".to_owned();
+                    return Err(invalid("upstream", reason, origin.clone()));
+                }
+                let data = match self.topology_table() {
+                    Some((table, origin)) => {
+                        shards::sentinel_data(table, &spec).map_err(|(key, reason)| {
+                            ConfigError::InvalidKey {
+                                key,
+                                reason,
+                                origin: origin.clone(),
+                            }
+                        })?
+                    }
+                    None => unreachable!("a sentinel topology comes from its table"),
+                };
+                (data, Topology::Sentinel(spec))
+            }
             Topology::Single => self
                 .get("upstream", |raw| parse_upstream(text(raw)?))?
                 .unwrap_or_default(),
@@ -911,10 +940,43 @@ impl Values {
         let password = self.get("upstream_password", |raw| {
             text(raw).map(|s| non_empty(s.to_owned()))
         })?;
+        if !matches!(topology, Topology::Sentinel(_)) {
+            if let Some(key) = ["sentinel_user", "sentinel_password"]
+                .into_iter()
+                .find(|k| self.given.contains_key(*k))
+            {
+                let reason = "it applies to an upstream watched by Sentinel only".to_owned();
+                return Err(invalid(key, reason, self.origin(key)));
+            }
+        }
+        if let Topology::Sentinel(spec) = &mut topology {
+            let user = self.get("sentinel_user", |raw| {
+                text(raw).map(|s| non_empty(s.to_owned()))
+            })?;
+            let password = self.get("sentinel_password", |raw| {
+                text(raw).map(|s| non_empty(s.to_owned()))
+            })?;
+            for sentinel in &mut spec.sentinels {
+                if let Some(user) = &user {
+                    sentinel.username.clone_from(user);
+                }
+                if let Some(password) = &password {
+                    sentinel.password.clone_from(password);
+                }
+            }
+            if spec.sentinels[0].username.is_some() && spec.sentinels[0].password.is_none() {
+                let reason = "a sentinel user needs a password; set sentinel_password".to_owned();
+                return Err(invalid(
+                    "sentinel_user",
+                    reason,
+                    self.origin("sentinel_user"),
+                ));
+            }
+        }
         let servers = match &mut topology {
             Topology::Shards(spec) => spec.servers.iter_mut().map(|s| &mut s.upstream).collect(),
             Topology::Cluster(spec) => spec.seeds.iter_mut().collect(),
-            Topology::Single => Vec::new(),
+            Topology::Single | Topology::Sentinel(_) => Vec::new(),
         };
         for target in std::iter::once(&mut upstream).chain(servers) {
             if let Some(user) = &user {
@@ -1456,6 +1518,14 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
 /// `redis-cluster://[user:password@]host:port,host:port` (`rediss-cluster://` for TLS).
 fn parse_upstream(s: &str) -> Result<(Upstream, Topology), String> {
     let s = s.trim();
+    if let Some((scheme, rest)) = s.split_once("://").filter(|(scheme, _)| {
+        matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "redis-sentinel" | "rediss-sentinel"
+        )
+    }) {
+        return parse_sentinel_url(scheme.eq_ignore_ascii_case("rediss-sentinel"), rest);
+    }
     let Some((scheme, rest)) = s.split_once("://").filter(|(scheme, _)| {
         matches!(
             scheme.to_ascii_lowercase().as_str(),
@@ -1485,6 +1555,92 @@ fn parse_upstream(s: &str) -> Result<(Upstream, Topology), String> {
         return Err("redis-cluster:// needs at least one HOST:PORT".into());
     };
     Ok((first, Topology::Cluster(crate::cluster::Spec { seeds })))
+}
+
+#[cfg(test)]
+mod sentinel_url_tests {
+    use super::*;
+
+    #[test]
+    fn a_sentinel_url_names_the_sentinels_the_master_and_the_data_db() {
+        let (data, topology) =
+            parse_upstream("redis-sentinel://u:p@a:1,b:2/my%20master/3").unwrap();
+        let Topology::Sentinel(spec) = topology else {
+            panic!("not a sentinel topology");
+        };
+        assert_eq!(spec.master, "my master");
+        assert_eq!(spec.sentinels.len(), 2);
+        assert!(spec
+            .sentinels
+            .iter()
+            .all(|s| s.username.as_deref() == Some("u")
+                && s.password.as_deref() == Some("p")
+                && s.db == 0
+                && !s.tls));
+        assert_eq!(
+            (data.db, data.username, data.password, data.tls),
+            (3, None, None, false)
+        );
+        let (data, _) = parse_upstream("rediss-sentinel://a:1/m").unwrap();
+        assert!(data.tls);
+        for bad in [
+            "redis-sentinel://a:1",
+            "redis-sentinel://a:1/",
+            "redis-sentinel:///m",
+            "redis-sentinel://a:1/m/x",
+            "redis-sentinel://a:1/m?x=1",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// `redis-sentinel://[user:password@]host:port,host:port/MASTER[/db]` (after the scheme): the
+/// sentinels (with the URL's credentials and `tls`), the master name, and the data nodes' db and
+/// TLS. The data nodes' credentials are `upstream_user` / `upstream_password`.
+fn parse_sentinel_url(tls: bool, rest: &str) -> Result<(Upstream, Topology), String> {
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (format!("{userinfo}@"), rest),
+        None => (String::new(), rest),
+    };
+    let (hosts, path) = rest.split_once('/').ok_or(
+        "redis-sentinel:// needs the master name: redis-sentinel://host:port,host:port/MASTER",
+    )?;
+    if path.contains(['?', '#']) {
+        return Err("a sentinel URL has no query or fragment".into());
+    }
+    let (master, db) = match path.split_once('/') {
+        Some((master, db)) => (
+            master,
+            db.parse::<u32>()
+                .map_err(|_| format!("db {db:?} is not a number"))?,
+        ),
+        None => (path, 0),
+    };
+    if master.is_empty() {
+        return Err(
+            "redis-sentinel:// needs the master name after the sentinels' addresses".into(),
+        );
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
+    let sentinels = hosts
+        .split(',')
+        .filter(|host| !host.trim().is_empty())
+        .map(|host| Upstream::parse(&format!("{scheme}://{userinfo}{}", host.trim())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = sentinels.first() else {
+        return Err("redis-sentinel:// needs at least one sentinel HOST:PORT".into());
+    };
+    let data = Upstream {
+        endpoint: first.endpoint.clone(),
+        tls,
+        username: None,
+        password: None,
+        db,
+    };
+    let master = percent_decode(master).map_err(|e| format!("master name: {e}"))?;
+    let spec = crate::sentinel::Spec { sentinels, master };
+    Ok((data, Topology::Sentinel(spec)))
 }
 
 fn split_host_port(s: &str) -> Result<Option<(String, u16)>, String> {
@@ -2269,6 +2425,7 @@ mod tests {
             "cluster.toml",
             "minimal.toml",
             "respipe.toml",
+            "sentinel.toml",
             "shards.toml",
             "sidecar.toml",
         ] {
@@ -2304,6 +2461,13 @@ mod tests {
         };
         assert_eq!(spec.seeds.len(), 3);
         assert_eq!(seen["cluster.toml"].upstream, spec.seeds[0]);
+        let Topology::Sentinel(spec) = &seen["sentinel.toml"].topology else {
+            panic!("sentinel.toml is not watched by Sentinel");
+        };
+        assert_eq!(
+            (spec.sentinels.len(), spec.master.as_str()),
+            (3, "mymaster")
+        );
         let sidecar = &seen["sidecar.toml"];
         assert_eq!(sidecar.listen.addresses.len(), 2);
         assert_eq!(sidecar.upstream, Upstream::tcp("redis", 6379));

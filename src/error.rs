@@ -50,6 +50,12 @@ pub enum UpstreamError {
         /// What was wrong.
         source: crate::resp::ProtocolError,
     },
+    /// Sentinel mode, while no primary is known: nothing to connect to.
+    #[error("no primary known for master {master:?} yet: no sentinel has named one that says it is (ROLE)")]
+    NoPrimary {
+        /// The master name the sentinels monitor.
+        master: String,
+    },
     /// Redis closed the connection.
     #[error("upstream {addr}: connection closed by peer")]
     Closed {
@@ -88,6 +94,7 @@ impl UpstreamError {
             UpstreamError::Handshake { .. } => "handshake",
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::Closed { .. } => "closed",
+            UpstreamError::NoPrimary { .. } => "no_primary",
         }
     }
 

@@ -46,6 +46,8 @@
 //! - `live`: settings that change while running (hot reload), cached by readers.
 //! - `reload`: applying a reloaded configuration; what needs a restart.
 //! - [`tls`]: rustls acceptor for clients and connector for `rediss://` upstreams.
+//! - `value`: whole replies read into values, for the few respipe reads itself (`CLUSTER SLOTS`,
+//!   Sentinel's answers, `ROLE`).
 //! - [`reply`]: replies travelling back to sessions and respipe's own `-ERR` texts.
 //! - [`error`]: typed errors recording which side failed.
 //! - [`metrics`]: metric names, the Prometheus recorder, handles.
@@ -68,6 +70,7 @@ pub(crate) mod reload;
 pub mod reply;
 pub mod resp;
 pub(crate) mod route;
+pub mod sentinel;
 pub mod server;
 pub(crate) mod session;
 pub mod shard;
@@ -75,6 +78,7 @@ pub(crate) mod spare;
 pub mod tls;
 pub(crate) mod topology;
 pub mod upstream;
+pub(crate) mod value;
 pub(crate) mod warm;
 
 pub use admin::Admin;

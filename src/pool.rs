@@ -31,6 +31,7 @@ use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply::ErrorReply;
 use crate::reply::Lane;
+use crate::sentinel::Watch;
 use crate::tls::UpstreamTls;
 use crate::topology::Layout;
 use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
@@ -211,6 +212,7 @@ impl Pool {
             let settings = Arc::new(UpstreamSettings {
                 upstream,
                 health: self.layout.health(lane),
+                role: self.layout.role(lane),
                 ..self.template.clone()
             });
             let members = (0..self.size)
@@ -335,6 +337,7 @@ impl Pools {
             user_refused: Arc::default(),
             user_events: None,
             health: None,
+            role: None,
         };
         let default_key = PoolKey {
             db: config.upstream.db,
@@ -388,17 +391,45 @@ impl Pools {
     /// they have nothing in flight, and the old pools' connections close when the last session
     /// leaves them. Leases in use keep their connection.
     pub fn replace_upstream(&self, upstream: Upstream, topology: Topology) {
-        let key = PoolKey {
-            db: upstream.db,
-            resp3: false,
-            auth: None,
-        };
         let base = {
             let mut base = lock(&self.base);
             base.upstream = upstream.clone();
             base.clone()
         };
-        *lock(&self.layout) = Layout::new(&upstream, &topology, &base);
+        let layout = match (&topology, self.layout().sentinel_watch()) {
+            // The same sentinels: what they said stays known while the new watch asks them again.
+            (Topology::Sentinel(spec), Some(old)) if old.spec() == spec => {
+                Layout::sentinel(&upstream, Watch::start(spec, &base, old.found()))
+            }
+            _ => Layout::new(&upstream, &topology, &base),
+        };
+        self.install(layout, upstream.db);
+    }
+
+    /// For an upstream watched by Sentinel: when the watch has found another primary (or other
+    /// replicas) than the pools were made for, new pools start there, as [`Pools::replace_upstream`]
+    /// starts them. Nothing happens otherwise.
+    pub fn follow_sentinel(&self) {
+        let layout = self.layout();
+        let Some(watch) = layout
+            .sentinel_watch()
+            .filter(|_| layout.sentinel_outdated())
+        else {
+            return;
+        };
+        let upstream = lock(&self.base).upstream.clone();
+        self.install(Layout::sentinel(&upstream, watch.clone()), upstream.db);
+    }
+
+    /// Replaces the layout, the pools (the default one started in `db`) and what was learnt of
+    /// the old servers, and bumps the generation.
+    fn install(&self, layout: Arc<Layout>, db: u32) {
+        let key = PoolKey {
+            db,
+            resp3: false,
+            auth: None,
+        };
+        *lock(&self.layout) = layout;
         self.warm.clear();
         lock(&self.pools).clear();
         lock(&self.known_dbs).clear();
@@ -692,6 +723,7 @@ impl Pools {
             user: key.auth.clone(),
             user_refused: Arc::default(),
             health: layout.health(lane),
+            role: layout.role(lane),
             ..base.clone()
         }
     }

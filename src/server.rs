@@ -82,15 +82,36 @@ pub async fn run_with_updates(
         clients: Registry::new(),
     });
     {
-        let shared = Arc::downgrade(&shared);
         let mut running = config.clone();
+        // Changes of what Sentinel says, for an upstream it watches.
+        let changes =
+            |shared: &Shared| (shared.pools.layout().sentinel_watch()).map(|watch| watch.changes());
+        let mut found = changes(&shared);
+        let shared = Arc::downgrade(&shared);
         tokio::spawn(async move {
-            while updates.changed().await.is_ok() {
-                let new = updates.borrow_and_update().clone();
-                let Some(shared) = shared.upgrade() else {
-                    return;
+            loop {
+                let sentinel = async {
+                    match &mut found {
+                        Some(found) => found.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
                 };
-                running = reload::apply(&running, &new, &shared);
+                tokio::select! {
+                    update = updates.changed() => {
+                        let Some(shared) = shared.upgrade().filter(|_| update.is_ok()) else {
+                            return;
+                        };
+                        let new = updates.borrow_and_update().clone();
+                        running = reload::apply(&running, &new, &shared);
+                        found = changes(&shared);
+                    }
+                    true = sentinel => {
+                        let Some(shared) = shared.upgrade() else {
+                            return;
+                        };
+                        shared.pools.follow_sentinel();
+                    }
+                }
             }
         });
     }

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::cluster::{self, Cluster, SlotMap};
 use crate::config::{Topology, Upstream};
 use crate::reply::Lane;
+use crate::sentinel::{Found, Role, Watch};
 use crate::shard::{Eject, Placement, Spec};
 use crate::upstream::UpstreamSettings;
 
@@ -29,6 +30,16 @@ pub struct Layout {
     pub servers: Vec<Upstream>,
     sharding: Option<Sharding>,
     cluster: Option<Arc<Cluster>>,
+    sentinel: Option<Watched>,
+}
+
+/// A primary watched by Sentinel, as the layout was made for: lane 0 is the primary, the other
+/// lanes its replicas.
+#[derive(Debug)]
+struct Watched {
+    watch: Arc<Watch>,
+    /// What the watch had found when the layout was made; `None`: no primary known yet.
+    found: Option<Found>,
 }
 
 /// How keys are placed on the servers of a sharded upstream.
@@ -151,6 +162,7 @@ impl Layout {
                     servers: vec![upstream.clone()],
                     sharding: None,
                     cluster: None,
+                    sentinel: None,
                 })
             }
             Topology::Cluster(spec) => {
@@ -158,7 +170,11 @@ impl Layout {
                     servers: spec.seeds.clone(),
                     sharding: None,
                     cluster: Some(Cluster::new(spec, probe)),
+                    sentinel: None,
                 })
+            }
+            Topology::Sentinel(spec) => {
+                return Layout::sentinel(upstream, Watch::start(spec, probe, None));
             }
         };
         let servers: Vec<Upstream> = spec
@@ -193,11 +209,61 @@ impl Layout {
                 health,
             }),
             cluster: None,
+            sentinel: None,
         });
         if let Some(eject) = spec.eject {
             tokio::spawn(keep_placement(Arc::downgrade(&layout), changed, eject));
         }
         layout
+    }
+
+    /// The layout of a primary watched by `watch`, as it knows it now: lane 0 is the primary
+    /// (`upstream`'s db, credentials and TLS at the address found), the other lanes the replicas.
+    /// While no primary is known, lane 0's connections fail at once ([`Role::NotFound`]).
+    pub fn sentinel(upstream: &Upstream, watch: Arc<Watch>) -> Arc<Layout> {
+        let found = watch.found();
+        let at = |endpoint: &crate::config::Endpoint| Upstream {
+            endpoint: endpoint.clone(),
+            ..upstream.clone()
+        };
+        let servers = match &found {
+            Some(found) => std::iter::once(&found.primary)
+                .chain(&found.replicas)
+                .map(at)
+                .collect(),
+            None => vec![upstream.clone()],
+        };
+        Arc::new(Layout {
+            servers,
+            sharding: None,
+            cluster: None,
+            sentinel: Some(Watched { watch, found }),
+        })
+    }
+
+    /// The Sentinel watch, for an upstream watched by Sentinel.
+    pub fn sentinel_watch(&self) -> Option<&Arc<Watch>> {
+        self.sentinel.as_ref().map(|s| &s.watch)
+    }
+
+    /// True when the watch has found something else than this layout was made with (the pools
+    /// must be replaced).
+    pub fn sentinel_outdated(&self) -> bool {
+        self.sentinel
+            .as_ref()
+            .is_some_and(|s| s.watch.found() != s.found)
+    }
+
+    /// The role lane `lane`'s server must say it has, for an upstream watched by Sentinel.
+    pub fn role(&self, lane: Lane) -> Option<Role> {
+        let watched = self.sentinel.as_ref()?;
+        Some(match (&watched.found, lane) {
+            (None, _) => Role::NotFound {
+                master: watched.watch.spec().master.clone(),
+            },
+            (Some(_), 0) => Role::Primary,
+            (Some(_), _) => Role::Replica,
+        })
     }
 
     /// How many servers (lanes) there are; for a cluster, the node addresses seen so far.

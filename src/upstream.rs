@@ -93,6 +93,9 @@ pub struct UpstreamSettings {
     /// or for a cluster's slot map refresh (a primary whose connections keep failing); `None`
     /// otherwise.
     pub health: Option<Arc<crate::topology::Health>>,
+    /// For an upstream watched by Sentinel, the role the server must say it has (`ROLE`) once
+    /// connected; `None` otherwise.
+    pub role: Option<crate::sentinel::Role>,
     /// Speak RESP3 (`HELLO 3` in the handshake).
     pub resp3: bool,
     /// TLS to the upstream (`rediss://`).
@@ -125,6 +128,7 @@ impl UpstreamSettings {
             user_refused: Arc::default(),
             user_events: None,
             health: None,
+            role: None,
             resp3: false,
             tls: None,
             tunables: Arc::new(Live::new(Tunables::from_config(&config))),
@@ -934,6 +938,10 @@ enum Stream {
 /// HELLO 3, SELECT), all within the connect timeout.
 async fn open(settings: &UpstreamSettings) -> Result<Stream, UpstreamError> {
     let upstream = &settings.upstream;
+    if let Some(crate::sentinel::Role::NotFound { master }) = &settings.role {
+        let master = master.clone();
+        return Err(UpstreamError::NoPrimary { master });
+    }
     let limit = settings.connect_timeout;
     let addr = upstream.endpoint.to_string();
     let attempt = async {

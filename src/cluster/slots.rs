@@ -5,6 +5,7 @@ use bytes::Bytes;
 use crate::config::{Endpoint, Upstream};
 use crate::resp;
 use crate::upstream::UpstreamSettings;
+use crate::value::{self, Value};
 
 /// The hash slot of `key`: CRC16 (XMODEM) of the key, or of its hash tag — the bytes between the
 /// first `{` and the first `}` after it, when there are any — modulo 16384, as Redis Cluster does.
@@ -72,60 +73,12 @@ pub struct SlotRange {
     pub replicas: Vec<NodeAddr>,
 }
 
-/// A RESP value, as far as `CLUSTER SLOTS` needs one.
-#[derive(Debug)]
-enum Value {
-    Int(i64),
-    Text(Vec<u8>),
-    Array(Vec<Value>),
-    Other,
-}
-
-/// Arrays nest this deep at most in a `CLUSTER SLOTS` reply (reply, range, node, metadata); a
-/// deeper reply is refused rather than followed.
-const MAX_DEPTH: usize = 4;
-
-/// Parses one RESP2 or RESP3 value at the front of `buf`, inside `depth` arrays; returns it and
-/// the bytes it took.
-fn value(buf: &[u8], depth: usize) -> Option<(Value, usize)> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
-    let line = &buf[1..line_end];
-    let after = line_end + 2;
-    match buf.first()? {
-        b':' => Some((Value::Int(resp::parse_int(line)?), after)),
-        b'+' => Some((Value::Text(line.to_vec()), after)),
-        b'$' => {
-            let len = resp::parse_int(line)?;
-            if len < 0 {
-                return Some((Value::Other, after));
-            }
-            let len = usize::try_from(len).ok()?;
-            let text = buf.get(after..after + len)?.to_vec();
-            Some((Value::Text(text), after + len + 2))
-        }
-        b'*' | b'>' | b'~' | b'%' if depth < MAX_DEPTH => {
-            // A map (RESP3 metadata) is read as its keys and values in turn, as RESP2 sends it.
-            let n = resp::parse_int(line)?.max(0) * if buf[0] == b'%' { 2 } else { 1 };
-            let mut at = after;
-            let mut items = Vec::new();
-            for _ in 0..n {
-                let (item, used) = value(&buf[at..], depth + 1)?;
-                items.push(item);
-                at += used;
-            }
-            Some((Value::Array(items), at))
-        }
-        b'_' => Some((Value::Other, after)),
-        _ => None,
-    }
-}
-
 /// Parses a `CLUSTER SLOTS` reply (RESP2 or RESP3). `Err` says what was wrong with it.
 pub fn parse_slots(reply: &[u8]) -> Result<Vec<SlotRange>, String> {
     if reply.first() == Some(&b'-') {
         return Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_owned());
     }
-    let Some((Value::Array(entries), _)) = value(reply, 0) else {
+    let Some(Value::Array(entries)) = value::parse(reply, 4) else {
         return Err("CLUSTER SLOTS: not an array".into());
     };
     let node = |v: &Value| -> Option<NodeAddr> {

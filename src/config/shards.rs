@@ -18,6 +18,10 @@ pub(super) const KEYS: &[&str] = &[
     "server_retry_timeout",
     "servers",
     "seeds",
+    "sentinels",
+    "master",
+    "db",
+    "tls",
 ];
 
 /// Keys of one `[[upstream.servers]]` entry.
@@ -66,15 +70,30 @@ pub(super) fn parse(table: &toml::Table) -> Result<Topology, KeyError> {
             {
                 Some(key) => Err(key_error(key, "not for kind = \"cluster\"")),
                 None => Ok(Topology::Cluster(crate::cluster::Spec {
-                    seeds: seeds(table.get("seeds"))?,
+                    seeds: addresses(
+                        table,
+                        "seeds",
+                        "kind = \"cluster\" needs seeds = [\"HOST:PORT\", ...] (at least one node)",
+                    )?,
                 })),
             };
         }
         "sentinel" => {
-            return Err(key_error(
-                "kind",
-                &format!("{kind:?} is not yet supported (\"single\", \"shards\" or \"cluster\")"),
-            ))
+            return match KEYS.iter().find(|k| {
+                !matches!(**k, "kind" | "sentinels" | "master" | "db" | "tls") && table.contains_key(**k)
+            }) {
+                Some(key) => Err(key_error(key, "not for kind = \"sentinel\"")),
+                None => Ok(Topology::Sentinel(crate::sentinel::Spec {
+                    sentinels: addresses(table, "sentinels", "kind = \"sentinel\" needs sentinels = [\"HOST:PORT\", ...] (at least one)")?,
+                    master: field(table, "master", "master", |raw| {
+                        Ok(text(raw)?.trim().to_owned())
+                    })?
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| {
+                        key_error("master", "kind = \"sentinel\" needs master = \"NAME\" (the name the sentinels monitor)")
+                    })?,
+                })),
+            };
         }
         other => {
             return Err(key_error(
@@ -123,27 +142,48 @@ pub(super) fn parse(table: &toml::Table) -> Result<Topology, KeyError> {
     }))
 }
 
-/// The `seeds` of a cluster: at least one address, every one with the first one's credentials
-/// and TLS, db 0.
-fn seeds(value: Option<&toml::Value>) -> Result<Vec<Upstream>, KeyError> {
-    let Some(toml::Value::Array(entries)) =
-        value.filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+/// The data nodes of a sentinel `table` (parsed as `spec`): the first sentinel's address (never
+/// connected to as a data node), `db` (default 0) and `tls` (default: as the sentinels). Their
+/// credentials are `upstream_user` / `upstream_password`.
+pub(super) fn sentinel_data(
+    table: &toml::Table,
+    spec: &crate::sentinel::Spec,
+) -> Result<Upstream, KeyError> {
+    let first = &spec.sentinels[0];
+    let db = field(table, "db", "db", |raw| {
+        u32::try_from(integer(raw)?).map_err(|_| "expected a db number".to_owned())
+    })?;
+    Ok(Upstream {
+        endpoint: first.endpoint.clone(),
+        tls: field(table, "tls", "tls", boolean)?.unwrap_or(first.tls),
+        username: None,
+        password: None,
+        db: db.unwrap_or(0),
+    })
+}
+
+/// The addresses under `key` (a cluster's `seeds`, the `sentinels`): at least one (else
+/// `missing`), every one with the first one's credentials and TLS, db 0.
+fn addresses(table: &toml::Table, key: &str, missing: &str) -> Result<Vec<Upstream>, KeyError> {
+    let Some(toml::Value::Array(entries)) = table
+        .get(key)
+        .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
     else {
-        return Err(key_error(
-            "seeds",
-            "kind = \"cluster\" needs seeds = [\"HOST:PORT\", ...] (at least one node)",
-        ));
+        return Err(key_error(key, missing));
     };
     let mut seeds: Vec<Upstream> = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
-        let at = format!("seeds[{i}]");
+        let at = format!("{key}[{i}]");
         let seed = entry
             .as_str()
             .ok_or_else(|| "expected a string HOST:PORT".to_owned())
             .and_then(Upstream::parse)
             .map_err(|reason| key_error(&at, &reason))?;
         if seed.db != 0 {
-            return Err(key_error(&at, "a cluster has only db 0"));
+            return Err(key_error(
+                &at,
+                "no db here (a cluster has only db 0; a sentinel has none)",
+            ));
         }
         if let Some(first) = seeds.first() {
             if (&seed.username, &seed.password, seed.tls)
@@ -151,7 +191,7 @@ fn seeds(value: Option<&toml::Value>) -> Result<Vec<Upstream>, KeyError> {
             {
                 return Err(key_error(
                     &at,
-                    "every seed needs the same credentials and TLS as seeds[0]",
+                    &format!("every address needs the same credentials and TLS as {key}[0]"),
                 ));
             }
         }
@@ -432,8 +472,18 @@ weight = 3
             ),
             (
                 format!("kind = \"sentinel\"\n{one}"),
-                "upstream.kind",
-                "\"sentinel\" is not yet supported",
+                "upstream.servers",
+                "not for kind = \"sentinel\"",
+            ),
+            (
+                "kind = \"sentinel\"\nmaster = \"m\"".into(),
+                "upstream.sentinels",
+                "needs sentinels",
+            ),
+            (
+                "kind = \"sentinel\"\nsentinels = [\"h:1\"]".into(),
+                "upstream.master",
+                "needs master",
             ),
             (
                 "kind = \"ring\"".into(),
