@@ -27,6 +27,8 @@
 //! - [`shard`]: twemproxy-compatible placement of keys on independent servers.
 //! - [`cluster`]: Redis Cluster: hash slots, and the slot map (the view most of up to 3 nodes agree
 //!   on) kept current by its refresh task.
+//! - [`sentinel`]: a primary watched by Redis Sentinel: which server is the primary (and its
+//!   replicas) as the sentinels say and `ROLE` confirms; a change replaces the pools.
 //! - `session`: one client, by concern: the socket loop (`mod.rs`), input and dispatch (`input`),
 //!   client state (`state`), connections and leases (`conns`), reply order (`order`), the reorder
 //!   buffer and sharded commands (`lanes`), cluster redirects, retries and the redirect fence
