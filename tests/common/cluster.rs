@@ -23,7 +23,7 @@
 //! ```
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -637,28 +637,8 @@ impl Cluster {
             .spawn()
             .expect("spawn redis-server (is it installed?)");
         node.child = Some(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = node.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                eprintln!(
-                    "cluster node on port {} exited early ({status}): {tail:?}",
-                    node.port
-                );
-                node.child = None;
-                return false;
-            }
-            if self.pong(node.addr()).await {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster node on port {} did not answer PING within {START_DEADLINE:?}",
-                node.port
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        let (what, addr) = (format!("cluster node on port {}", node.port), node.addr());
+        wait_started(&mut node.child, &what, &log, || self.pong(addr)).await
     }
 
     /// True if `addr` answers (AUTH and) PING with PONG within a second.
@@ -722,26 +702,7 @@ impl Cluster {
     /// One command to node `i` on a fresh connection; `None` if it cannot be reached or does not
     /// answer within 2 s.
     async fn try_cmd(&self, i: usize, args: &[&str]) -> Option<Reply> {
-        let addr = self.nodes[i].addr();
-        let attempt = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let mut req = Vec::new();
-            if let Some(pw) = &self.options.password {
-                req.extend(encode(&["AUTH", pw]));
-            }
-            req.extend(encode(args));
-            tokio::io::AsyncWriteExt::write_all(&mut s, &req)
-                .await
-                .ok()?;
-            let mut reader = ReplyReader::default();
-            if self.options.password.is_some() {
-                reader.read(&mut s).await?;
-            }
-            reader.read(&mut s).await
-        };
-        tokio::time::timeout(Duration::from_secs(2), attempt)
-            .await
-            .ok()?
+        ask(self.nodes[i].addr(), self.options.password.as_deref(), args).await
     }
 
     /// Node `i`'s slot map (`CLUSTER SLOTS`), sorted by first slot.
@@ -833,6 +794,39 @@ impl Drop for Cluster {
     }
 }
 
+/// Waits until the server just spawned as `child` (`what`, logging to `log`) is `up` (polled,
+/// bounded by [`START_DEADLINE`]): true once it is; false, with `child` cleared and the log's
+/// tail printed, if it exited first (its port taken).
+pub async fn wait_started<F, Fut>(child: &mut Option<Child>, what: &str, log: &Path, up: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if let Some(status) = child
+            .as_mut()
+            .expect("spawned")
+            .try_wait()
+            .expect("try_wait")
+        {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            eprintln!("{what} exited early ({status}): {tail:?}");
+            *child = None;
+            return false;
+        }
+        if up().await {
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer PING within {START_DEADLINE:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// What a command-line tool run by [`run_tool`] did.
 #[derive(Debug)]
 pub struct ToolOutput {
@@ -903,8 +897,32 @@ pub fn key_in_slot(slot: u16, name: &str) -> String {
     format!("{{{}}}{name}", tags[usize::from(slot) % SLOTS])
 }
 
+/// One command to the server at `addr` on a fresh connection (after `AUTH password` if given);
+/// `None` if it cannot be reached or does not answer within 2 s.
+pub async fn ask(addr: SocketAddr, password: Option<&str>, args: &[&str]) -> Option<Reply> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut req = Vec::new();
+        if let Some(pw) = password {
+            req.extend(encode(&["AUTH", pw]));
+        }
+        req.extend(encode(args));
+        tokio::io::AsyncWriteExt::write_all(&mut s, &req)
+            .await
+            .ok()?;
+        let mut reader = ReplyReader::default();
+        if password.is_some() {
+            reader.read(&mut s).await?;
+        }
+        reader.read(&mut s).await
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()?
+}
+
 /// The value of `field:` in an `INFO`-style text.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(str::trim)

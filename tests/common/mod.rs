@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod cluster;
 pub mod nutcracker;
+pub mod sentinel;
 pub mod shards;
 pub mod wire;
 // Each test binary uses its own part of the harness.
