@@ -56,6 +56,30 @@ pub enum UpstreamError {
         /// The master name the sentinels monitor.
         master: String,
     },
+    /// Sentinel mode: the server says it has another role than its lane needs (`ROLE`): a
+    /// primary demoted to a replica, a replica promoted.
+    #[error(
+        "upstream {addr} is a {} now (ROLE {reported}), not the {} the sentinels named",
+        role_name(reported),
+        role_name(wanted)
+    )]
+    WrongRole {
+        /// The upstream endpoint.
+        addr: String,
+        /// What `ROLE` said (`master`, `slave`...).
+        reported: String,
+        /// What the lane needs.
+        wanted: &'static str,
+    },
+    /// Sentinel mode: the primary's address changed since the pool was made (a failover); its
+    /// connections are not made again, so an old primary that comes back is never written to.
+    #[error("upstream {addr} is no longer the primary: the sentinels name {primary} now")]
+    Superseded {
+        /// The old primary's endpoint.
+        addr: String,
+        /// The primary now.
+        primary: String,
+    },
     /// Redis closed the connection.
     #[error("upstream {addr}: connection closed by peer")]
     Closed {
@@ -95,6 +119,8 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::Closed { .. } => "closed",
             UpstreamError::NoPrimary { .. } => "no_primary",
+            UpstreamError::WrongRole { .. } => "wrong_role",
+            UpstreamError::Superseded { .. } => "superseded",
         }
     }
 
@@ -103,6 +129,15 @@ impl UpstreamError {
             addr: addr.to_owned(),
             source: Arc::new(source),
         }
+    }
+}
+
+/// A server's role (as `ROLE` says it) in words.
+fn role_name(role: &str) -> &str {
+    match role {
+        "master" => "primary",
+        "slave" => "replica",
+        other => other,
     }
 }
 

@@ -66,6 +66,17 @@ pub const CLUSTER_REDIRECTS: &str = "respipe_cluster_redirects_total";
 /// Commands re-sent to a cluster node, by `reason` (tryagain, clusterdown, loading, readonly,
 /// connection).
 pub const CLUSTER_RETRIES: &str = "respipe_cluster_retries_total";
+/// Sentinel mode: 1 for the primary in use (`address`), 0 for those it replaced.
+pub const SENTINEL_PRIMARY: &str = "respipe_sentinel_primary";
+/// Sentinel mode: primary changes seen after the first discovery.
+pub const SENTINEL_FAILOVERS: &str = "respipe_sentinel_failovers_total";
+/// Sentinel mode: discoveries that confirmed no primary (no sentinel answered, none knows the
+/// master, or the primary named did not say `ROLE master`): the last known one stays.
+pub const SENTINEL_DISCOVERY_ERRORS: &str = "respipe_sentinel_discovery_errors_total";
+/// Sentinel mode: discoveries run, by `trigger` (start, event, poll, connect_failure, readonly).
+pub const SENTINEL_DISCOVERIES: &str = "respipe_sentinel_discoveries_total";
+/// Sentinel mode: sentinels that answered the last discovery.
+pub const SENTINEL_REACHABLE: &str = "respipe_sentinel_sentinels_reachable";
 
 /// Every metric respipe exports (the README and the Grafana dashboard are checked against it).
 pub const ALL: &[&str] = &[
@@ -93,6 +104,11 @@ pub const ALL: &[&str] = &[
     CLUSTER_NODES,
     CLUSTER_REDIRECTS,
     CLUSTER_RETRIES,
+    SENTINEL_PRIMARY,
+    SENTINEL_FAILOVERS,
+    SENTINEL_DISCOVERY_ERRORS,
+    SENTINEL_DISCOVERIES,
+    SENTINEL_REACHABLE,
 ];
 
 /// The metrics of `ALL` only a cluster upstream serves.
@@ -102,6 +118,15 @@ pub const CLUSTER_ONLY: &[&str] = &[
     CLUSTER_NODES,
     CLUSTER_REDIRECTS,
     CLUSTER_RETRIES,
+];
+
+/// The metrics of `ALL` only an upstream watched by Sentinel serves.
+pub const SENTINEL_ONLY: &[&str] = &[
+    SENTINEL_PRIMARY,
+    SENTINEL_FAILOVERS,
+    SENTINEL_DISCOVERY_ERRORS,
+    SENTINEL_DISCOVERIES,
+    SENTINEL_REACHABLE,
 ];
 
 /// The metrics of `ALL` that are histograms (`_bucket`, `_sum`, `_count` series).
@@ -249,6 +274,37 @@ pub fn cluster_redirect(kind: &'static str) {
 /// Counts a command re-sent to a cluster node for `reason`.
 pub fn cluster_retry(reason: &'static str) {
     metrics::counter!(CLUSTER_RETRIES, "reason" => reason).increment(1);
+}
+
+/// Serves the Sentinel counters from the start of a watch, so dashboards and alerts see zeros.
+pub fn sentinel_watched() {
+    metrics::counter!(SENTINEL_FAILOVERS).increment(0);
+    metrics::counter!(SENTINEL_DISCOVERY_ERRORS).increment(0);
+}
+
+/// Counts a Sentinel discovery asked for by `trigger`.
+pub fn sentinel_discovery(trigger: &'static str) {
+    metrics::counter!(SENTINEL_DISCOVERIES, "trigger" => trigger).increment(1);
+}
+
+/// Counts a Sentinel discovery that confirmed no primary.
+pub fn sentinel_discovery_error() {
+    metrics::counter!(SENTINEL_DISCOVERY_ERRORS).increment(1);
+}
+
+/// Sets how many sentinels answered the last discovery.
+pub fn sentinels_reachable(count: usize) {
+    metrics::gauge!(SENTINEL_REACHABLE).set(count as f64);
+}
+
+/// Publishes `primary` as the primary in use; when it replaced `old`, that one goes to 0 and a
+/// failover is counted.
+pub fn sentinel_primary(primary: &str, old: Option<&str>) {
+    if let Some(old) = old {
+        metrics::gauge!(SENTINEL_PRIMARY, "address" => old.to_owned()).set(0.0);
+        metrics::counter!(SENTINEL_FAILOVERS).increment(1);
+    }
+    metrics::gauge!(SENTINEL_PRIMARY, "address" => primary.to_owned()).set(1.0);
 }
 
 /// Counts one upstream connection failure of `kind` (see `UpstreamError::kind`).
@@ -400,6 +456,26 @@ fn describe() {
     describe_counter!(
         CLUSTER_RETRIES,
         "Commands re-sent to a cluster node, by reason (tryagain, clusterdown, loading, readonly, connection)."
+    );
+    describe_gauge!(
+        SENTINEL_PRIMARY,
+        "Sentinel mode: 1 for the primary in use (address), 0 for those it replaced."
+    );
+    describe_counter!(
+        SENTINEL_FAILOVERS,
+        "Sentinel mode: primary changes seen after the first discovery."
+    );
+    describe_counter!(
+        SENTINEL_DISCOVERY_ERRORS,
+        "Sentinel mode: discoveries that confirmed no primary (the last known one stays)."
+    );
+    describe_counter!(
+        SENTINEL_DISCOVERIES,
+        "Sentinel mode: discoveries run, by trigger (start, event, poll, connect_failure, readonly)."
+    );
+    describe_gauge!(
+        SENTINEL_REACHABLE,
+        "Sentinel mode: sentinels that answered the last discovery."
     );
     describe_counter!(
         COMMAND_TIMEOUTS,

@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::warn;
 
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, Topology};
 
 /// A TLS setting that could not be turned into a working TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +98,15 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, TlsError> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
-/// The upstream connector, when the upstream is `rediss://`.
+/// The upstream connector, when the upstream is `rediss://` (or, watched by Sentinel, when the
+/// sentinels are): one for every TLS upstream, each connection using it only when its own
+/// address says TLS.
 pub fn connector(config: &Config) -> Result<Option<UpstreamTls>, TlsError> {
-    if !config.upstream.tls {
+    let sentinels = match &config.topology {
+        Topology::Sentinel(spec) => spec.sentinels.iter().any(|s| s.tls),
+        _ => false,
+    };
+    if !config.upstream.tls && !sentinels {
         return Ok(None);
     }
     let builder = ClientConfig::builder_with_provider(provider())

@@ -6,7 +6,9 @@
 //! ejection on, every server has a [`Health`] its connections report to; a task owned by the layout
 //! rebuilds the placement when a server reaches its failure limit, and again when its retry timeout
 //! has passed, as twemproxy does. A cluster's lanes have a [`Health`] too: a primary whose
-//! connections keep failing refreshes the slot map instead.
+//! connections keep failing refreshes the slot map instead. So does the primary lane of an
+//! upstream watched by Sentinel: a failed connection (or one that found another role), or a
+//! `-READONLY` from it, asks the sentinels again.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -16,9 +18,9 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::cluster::{self, Cluster, SlotMap};
-use crate::config::{Topology, Upstream};
+use crate::config::{Endpoint, Topology, Upstream};
 use crate::reply::Lane;
-use crate::sentinel::{Found, Role, Watch};
+use crate::sentinel::{Found, Role, Trigger, Watch};
 use crate::shard::{Eject, Placement, Spec};
 use crate::upstream::UpstreamSettings;
 
@@ -40,6 +42,8 @@ struct Watched {
     watch: Arc<Watch>,
     /// What the watch had found when the layout was made; `None`: no primary known yet.
     found: Option<Found>,
+    /// The primary lane's, when a primary is known.
+    health: Option<Arc<Health>>,
 }
 
 /// How keys are placed on the servers of a sharded upstream.
@@ -105,6 +109,10 @@ enum Tell {
     /// The cluster, at every failure from the limit on: it refreshes its slot map when the lane is
     /// a primary (its refreshes are coalesced and rate limited).
     Cluster(Weak<Cluster>, Lane),
+    /// The Sentinel watch, at every failure: it asks the sentinels again (coalesced and rate
+    /// limited) while the primary it knows is still this lane's address; an old layout's lane
+    /// (the primary has changed since) tells nothing.
+    Sentinel(Weak<Watch>, Endpoint),
 }
 
 impl Health {
@@ -125,6 +133,37 @@ impl Health {
                     cluster.node_failing(*lane);
                 }
             }
+            Tell::Sentinel(..) => self.tell_sentinel(Trigger::ConnectFailure),
+        }
+    }
+
+    /// The server answered `-READONLY` on a connection that needs a primary: for the primary
+    /// lane of an upstream watched by Sentinel, the sentinels are asked again at once (it was
+    /// demoted). Nothing for other lanes.
+    pub fn readonly(&self) {
+        self.tell_sentinel(Trigger::Readonly);
+    }
+
+    /// For the primary lane of an upstream watched by Sentinel: the primary the watch knows
+    /// now, when it is no longer this lane's address (a failover since the layout was made).
+    /// Its connections must not be made again: the old primary may be back, still saying it
+    /// is one until the sentinels reconfigure it.
+    pub fn superseded(&self) -> Option<Endpoint> {
+        let Tell::Sentinel(watch, at) = &self.tell else {
+            return None;
+        };
+        let primary = watch.upgrade()?.found()?.primary;
+        (primary != *at).then_some(primary)
+    }
+
+    /// Tells the Sentinel watch, if this is the health of its current primary's lane.
+    fn tell_sentinel(&self, trigger: Trigger) {
+        if let Tell::Sentinel(watch, at) = &self.tell {
+            if let Some(watch) = watch.upgrade() {
+                if watch.found().is_some_and(|f| f.primary == *at) {
+                    watch.rediscover(trigger);
+                }
+            }
         }
     }
 
@@ -135,12 +174,23 @@ impl Health {
 
     /// The health of a cluster lane: `limit` failures in a row tell `cluster` (see [`Tell`]).
     pub(crate) fn for_cluster_lane(cluster: Weak<Cluster>, lane: Lane, limit: u32) -> Health {
+        Health::new(limit, Tell::Cluster(cluster, lane))
+    }
+
+    /// The health of the primary lane of a layout watched by Sentinel, made for the primary at
+    /// `primary`: every failure tells `watch` (see [`Tell::Sentinel`]).
+    fn for_sentinel_primary(watch: Weak<Watch>, primary: Endpoint) -> Health {
+        Health::new(1, Tell::Sentinel(watch, primary))
+    }
+
+    /// A server without failures yet: `limit` in a row tell `tell`.
+    fn new(limit: u32, tell: Tell) -> Health {
         Health {
             failures: AtomicU32::new(0),
             limit: limit.max(1),
             ejected: AtomicBool::new(false),
             returning: AtomicBool::new(false),
-            tell: Tell::Cluster(cluster, lane),
+            tell,
         }
     }
 
@@ -188,15 +238,7 @@ impl Layout {
         let changed = Arc::new(Notify::new());
         let health = match spec.eject {
             Some(Eject { failure_limit, .. }) => (0..servers.len())
-                .map(|_| {
-                    Arc::new(Health {
-                        failures: AtomicU32::new(0),
-                        limit: failure_limit.max(1),
-                        ejected: AtomicBool::new(false),
-                        returning: AtomicBool::new(false),
-                        tell: Tell::Layout(changed.clone()),
-                    })
-                })
+                .map(|_| Arc::new(Health::new(failure_limit, Tell::Layout(changed.clone()))))
                 .collect(),
             None => Vec::new(),
         };
@@ -220,8 +262,14 @@ impl Layout {
     /// The layout of a primary watched by `watch`, as it knows it now: lane 0 is the primary
     /// (`upstream`'s db, credentials and TLS at the address found), the other lanes the replicas.
     /// While no primary is known, lane 0's connections fail at once ([`Role::NotFound`]).
+    /// Lane 0 has a [`Health`] that tells the watch of its failures.
     pub fn sentinel(upstream: &Upstream, watch: Arc<Watch>) -> Arc<Layout> {
         let found = watch.found();
+        let health = found.as_ref().map(|found| {
+            let health =
+                Health::for_sentinel_primary(Arc::downgrade(&watch), found.primary.clone());
+            Arc::new(health)
+        });
         let at = |endpoint: &crate::config::Endpoint| Upstream {
             endpoint: endpoint.clone(),
             ..upstream.clone()
@@ -237,7 +285,11 @@ impl Layout {
             servers,
             sharding: None,
             cluster: None,
-            sentinel: Some(Watched { watch, found }),
+            sentinel: Some(Watched {
+                watch,
+                found,
+                health,
+            }),
         })
     }
 
@@ -320,10 +372,13 @@ impl Layout {
     }
 
     /// The health a server's connections report to, when ejection is on; for a cluster, every
-    /// lane's (see [`Cluster::health`]).
+    /// lane's (see [`Cluster::health`]); for an upstream watched by Sentinel, the primary's.
     pub fn health(&self, lane: Lane) -> Option<Arc<Health>> {
         if let Some(cluster) = &self.cluster {
             return cluster.health(lane);
+        }
+        if let Some(watched) = &self.sentinel {
+            return watched.health.clone().filter(|_| lane == 0);
         }
         self.sharding
             .as_ref()

@@ -277,6 +277,10 @@ struct Conn<'a> {
     /// the RESP3 pushes that arrive with nothing in flight (client-side caching's invalidations)
     /// and word of the connection's loss. `None` on shared connections.
     lessee: Option<ReplyTx>,
+    /// On a connection to the primary of an upstream watched by Sentinel, its lane's health: told
+    /// when a reply is `-READONLY` (the primary was demoted). `None` otherwise: no reply is
+    /// looked at.
+    primary: Option<&'a crate::topology::Health>,
 }
 
 impl UpstreamHandle {
@@ -654,6 +658,10 @@ impl<'a> Conn<'a> {
             chunk_count: 0,
             streaming: false,
             lessee: None,
+            primary: settings
+                .health
+                .as_deref()
+                .filter(|_| settings.role == Some(crate::sentinel::Role::Primary)),
         }
     }
 
@@ -743,6 +751,11 @@ impl<'a> Conn<'a> {
                 continue;
             }
             let bytes = &self.rbuf[self.chunk_len..self.chunk_len + frame.len];
+            if let Some(primary) = self.primary.filter(|_| bytes.starts_with(b"-READONLY")) {
+                // Redis refused the write: the client gets its -READONLY, the sentinels are
+                // asked again at once.
+                primary.readonly();
+            }
             let complete = slot.shape.completes(frame.push, bytes);
             self.chunk_len += frame.len;
             if !complete {
@@ -944,6 +957,10 @@ async fn open(settings: &UpstreamSettings) -> Result<Stream, UpstreamError> {
     }
     let limit = settings.connect_timeout;
     let addr = upstream.endpoint.to_string();
+    if let Some(primary) = settings.health.as_ref().and_then(|h| h.superseded()) {
+        let primary = primary.to_string();
+        return Err(UpstreamError::Superseded { addr, primary });
+    }
     let attempt = async {
         let io = |e| UpstreamError::io(&addr, e);
         let mut stream = match &upstream.endpoint {
@@ -952,7 +969,9 @@ async fn open(settings: &UpstreamSettings) -> Result<Stream, UpstreamError> {
                     .await
                     .map_err(io)?;
                 s.set_nodelay(true).map_err(io)?;
-                match &settings.tls {
+                // The one connector serves every TLS upstream; which ones speak TLS is theirs
+                // to say (a sentinel may, and the data nodes not, or the other way round).
+                match settings.tls.as_ref().filter(|_| upstream.tls) {
                     Some(tls) => Stream::Tls(Box::new(
                         tls.connector
                             .connect(tls.server_name.clone(), s)
@@ -1026,7 +1045,8 @@ impl Stream {
 }
 
 /// Runs the handshake of `settings` on a new connection, in an order the client's own connection
-/// could have taken: `SELECT` and `HELLO 3` first as the configured user (a client selects its db
+/// could have taken: for a connection that needs a role (Sentinel mode), `ROLE` first, refusing
+/// a server that says another; `SELECT` and `HELLO 3` first as the configured user (a client selects its db
 /// before it switches to a user that may lack `+select`, and `AUTH` keeps the db), then the switch
 /// to the client's user, then, as that user, whatever the configured user was refused. Pipelined:
 /// one round trip, two when something is retried. `Err` carries Redis's reply that refused it.
@@ -1035,14 +1055,32 @@ async fn handshake(
     settings: &UpstreamSettings,
     addr: &str,
 ) -> Result<(), UpstreamError> {
-    let plan = Handshake::new(&settings.upstream, settings.user.as_deref(), settings.resp3);
+    let wanted = settings
+        .role
+        .as_ref()
+        .and_then(crate::sentinel::Role::reported);
+    let plan = Handshake {
+        role: wanted.map(|_| resp::encode_request(&[b"ROLE"])),
+        ..Handshake::new(&settings.upstream, settings.user.as_deref(), settings.resp3)
+    };
     let commands = plan.commands();
     let replies = stream.exchange(&commands, addr).await?;
     let mut retry = Vec::new();
     let switch = plan.switch.as_ref().map(|_| commands.len() - 1);
+    let role = plan.role.as_ref().map(|_| usize::from(plan.auth.is_some()));
     for (i, (command, reply)) in commands.iter().zip(&replies).enumerate() {
         if Some(i) == switch {
             note_switch(settings, is_error(reply));
+        }
+        if let (Some(wanted), true) = (wanted, Some(i) == role && !is_error(reply)) {
+            let reported = crate::sentinel::role_of(reply).unwrap_or_default();
+            if reported != wanted {
+                return Err(UpstreamError::WrongRole {
+                    addr: addr.to_owned(),
+                    reported,
+                    wanted,
+                });
+            }
         }
         if !is_error(reply) {
             continue;
@@ -1081,7 +1119,8 @@ fn note_switch(settings: &UpstreamSettings, refused: bool) {
 
 /// The first round of the handshake of `settings`, as raw RESP: what a given-back lease is sent
 /// after `RESET` to be in its state again (a state that needs a second round fails that check,
-/// and the lease closes instead of being reused).
+/// and the lease closes instead of being reused). Without `ROLE`: the lease's server was
+/// checked when it connected.
 pub(crate) fn handshake_commands(settings: &UpstreamSettings) -> Vec<Bytes> {
     Handshake::new(&settings.upstream, settings.user.as_deref(), settings.resp3).commands()
 }
@@ -1091,6 +1130,9 @@ pub(crate) fn handshake_commands(settings: &UpstreamSettings) -> Vec<Bytes> {
 struct Handshake {
     /// `AUTH` as the configured user, when it has a password.
     auth: Option<Bytes>,
+    /// `ROLE`, as the configured user, on a connection that needs a role (Sentinel mode): the
+    /// connection is refused when the server says another.
+    role: Option<Bytes>,
     /// `SELECT db` for a non-zero db, `HELLO 3` for RESP3: the state the connection must be in.
     state: Vec<Bytes>,
     /// `AUTH` as the client's user, when the client switched to one.
@@ -1114,14 +1156,16 @@ impl Handshake {
         let switch = user.map(|u| auth_command(u.user.as_deref(), &u.password));
         Handshake {
             auth,
+            role: None,
             state,
             switch,
         }
     }
 
-    /// Every command of the first round, in order: configured `AUTH`, state, switch.
+    /// Every command of the first round, in order: configured `AUTH`, `ROLE`, state, switch.
     fn commands(&self) -> Vec<Bytes> {
         let mut commands: Vec<Bytes> = self.auth.iter().cloned().collect();
+        commands.extend(self.role.iter().cloned());
         commands.extend(self.state.iter().cloned());
         commands.extend(self.switch.iter().cloned());
         commands
@@ -1130,7 +1174,7 @@ impl Handshake {
     /// True when command `i` of [`Handshake::commands`] is a state command that, refused as the
     /// configured user, gets a second try as the client's user.
     fn retried_after_switch(&self, i: usize) -> bool {
-        let first = usize::from(self.auth.is_some());
+        let first = usize::from(self.auth.is_some()) + usize::from(self.role.is_some());
         self.switch.is_some() && (first..first + self.state.len()).contains(&i)
     }
 }

@@ -7,23 +7,49 @@
 //! are replaced as a reload replaces them (`Pools::replace_upstream`): sessions move to the new
 //! primary at their next idle point, the old pools drain, leases move at release.
 //!
-//! Discovery follows the client spec (redis-doc `sentinel-clients.md`): ask the sentinels in
-//! turn with a short timeout (`SENTINEL get-master-addr-by-name`), connect to the address named
-//! and check `ROLE` says `master`; replicas come from `SENTINEL replicas` and must say `slave`.
+//! Discovery follows the client spec (redis-doc `sentinel-clients.md`), asking every known
+//! sentinel at once, each within the connect timeout (`ask`): the one believed moves to the
+//! front of the order, and the sentinels they know are asked too from then on. When they
+//! disagree, the highest configuration epoch wins (a sentinel that has not heard of the last
+//! failover yet names the old primary). The primary named must say `ROLE master` (else the
+//! sentinels are asked again a few hundred milliseconds later); replicas come from `SENTINEL
+//! REPLICAS` and must say `slave`. When no sentinel answers, the last known primary stays.
+//!
+//! Discoveries run at start, when triggered, and every [`POLL_INTERVAL`] as a backstop (`pace`).
+//! Triggers: the sentinels' events (`events`: subscriptions on several sentinels), a connection
+//! to the primary that fails or finds another role, and a `-READONLY` from it (see
+//! `topology::Health`). Events are only triggers: what they say is never believed by itself.
+//!
+//! Sentinel TLS: a sentinel is asked over TLS when its address says so (`rediss://`), else in
+//! plaintext, whatever the data nodes use; both use the one upstream TLS configuration (CA,
+//! client certificate, server name).
 
+mod ask;
+mod events;
+mod pace;
+
+use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info, warn};
 
 use crate::config::{Endpoint, Upstream};
 use crate::resp;
 use crate::upstream::{self, UpstreamSettings};
 use crate::value::{self, Value};
+use ask::{Answer, Sentinels};
+use pace::Pace;
+pub use pace::POLL_INTERVAL;
 
-/// The sentinels are asked again this often even when nothing triggers it.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Once one sentinel has answered, the others get this much longer to answer before the
+/// discovery goes on with the answers it has (a sentinel that does not answer at all would
+/// otherwise hold every discovery for the connect timeout).
+const ANSWER_GRACE: Duration = Duration::from_millis(100);
 
 /// The `[upstream] kind = "sentinel"` configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +77,18 @@ pub enum Role {
     },
 }
 
+impl Role {
+    /// What `ROLE` says on a server in this role: `master`, `slave`; `None` for
+    /// [`Role::NotFound`] (nothing is connected to).
+    pub fn reported(&self) -> Option<&'static str> {
+        match self {
+            Role::Primary => Some("master"),
+            Role::Replica => Some("slave"),
+            Role::NotFound { .. } => None,
+        }
+    }
+}
+
 /// What the sentinels said and the servers confirmed: the primary, and the replicas serving it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -60,16 +98,17 @@ pub struct Found {
     pub replicas: Vec<Endpoint>,
 }
 
-/// Why the sentinels are asked again (the `source` label of `respipe_sentinel_discoveries_total`).
+/// Why the sentinels are asked again (the `trigger` label of `respipe_sentinel_discoveries_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Trigger {
     /// respipe started (or the sentinel configuration was reloaded).
     Start,
-    /// A sentinel published an event about the master (`+switch-master`...).
+    /// A sentinel published an event about the master (`+switch-master`...), or an event
+    /// subscription was made again after a failure (events may have been missed).
     Event,
     /// The periodic check.
     Poll,
-    /// Connections to the primary failed.
+    /// A connection to the primary failed, or found it has another role.
     ConnectFailure,
     /// The primary answered `-READONLY`: it was demoted.
     Readonly,
@@ -88,17 +127,45 @@ impl Trigger {
     }
 }
 
-/// Keeps track of the primary of one master name. Its task ends when the watch is dropped.
+/// Keeps track of the primary of one master name. Its tasks end when the watch is dropped.
 #[derive(Debug)]
 pub struct Watch {
     spec: Spec,
-    /// The data nodes' settings (credentials, TLS, timeouts) for the `ROLE` checks.
+    /// The data nodes' settings (credentials, TLS, timeouts) for the `ROLE` checks; with a
+    /// sentinel's address, credentials and TLS, for asking it.
     data: UpstreamSettings,
     found: watch::Sender<Option<Found>>,
-    /// Notified by [`Watch::rediscover`]; the task holds the other clone.
+    /// Notified by [`Watch::rediscover`]; the discovery task holds the other clone.
     wake: Arc<Notify>,
-    /// Why the next discovery runs (the first trigger since the last one).
+    /// Why the next discovery runs (the first trigger since the last one started).
     trigger: Mutex<Option<Trigger>>,
+    /// Whom to ask, in order: the configured sentinels and those learned from them.
+    sentinels: Mutex<Sentinels>,
+    /// Per event subscription, the sentinel it holds (see `events::subscribe`).
+    subscribed: Mutex<[Option<Endpoint>; events::SUBSCRIPTIONS]>,
+    /// Events heard lately, so the same one from several sentinels triggers once.
+    recent: Mutex<events::Recent>,
+    /// Cancels the event subscriptions when the watch is dropped (they hold it only weakly,
+    /// but wait on their connections for long).
+    _stop: DropGuard,
+}
+
+/// One discovery: how many sentinels answered, and what was found.
+#[derive(Debug)]
+struct Discovery {
+    reachable: usize,
+    outcome: Result<Found, Miss>,
+}
+
+/// Why a discovery found no primary (the last known one stays).
+#[derive(Debug)]
+enum Miss {
+    /// No sentinel answered, or none knows the master.
+    Sentinels(String),
+    /// The primary named does not say `ROLE master` (yet).
+    Role(String),
+    /// The primary named could not be asked its role.
+    Unreachable(String),
 }
 
 impl Watch {
@@ -107,6 +174,8 @@ impl Watch {
     /// reload), kept until the sentinels say otherwise.
     pub fn start(spec: &Spec, data: &UpstreamSettings, known: Option<Found>) -> Arc<Watch> {
         let wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let configured = spec.sentinels.iter().map(|s| s.endpoint.clone()).collect();
         let watch = Arc::new(Watch {
             spec: spec.clone(),
             data: UpstreamSettings {
@@ -114,13 +183,26 @@ impl Watch {
                 user: None,
                 user_events: None,
                 role: None,
+                dedicated: false,
                 ..data.clone()
             },
             found: watch::Sender::new(known),
             wake: wake.clone(),
             trigger: Mutex::new(Some(Trigger::Start)),
+            sentinels: Mutex::new(Sentinels::new(configured)),
+            subscribed: Mutex::default(),
+            recent: Mutex::default(),
+            _stop: stop.clone().drop_guard(),
         });
+        crate::metrics::sentinel_watched();
         tokio::spawn(keep_primary(Arc::downgrade(&watch), wake));
+        for slot in 0..events::SUBSCRIPTIONS {
+            tokio::spawn(events::subscribe(
+                Arc::downgrade(&watch),
+                slot,
+                stop.clone(),
+            ));
+        }
         watch
     }
 
@@ -139,134 +221,315 @@ impl Watch {
         self.found.subscribe()
     }
 
-    /// Asks the sentinels again soon.
+    /// Asks the sentinels again soon: coalesced with other triggers, and rate limited (see
+    /// `pace`). Cheap: a short lock and a wake-up.
     pub fn rediscover(&self, trigger: Trigger) {
-        self.trigger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(trigger);
+        lock(&self.trigger).get_or_insert(trigger);
         self.wake.notify_one();
     }
 
-    /// One discovery: the first sentinel that names a primary which says it is one.
-    async fn discover(&self) -> Result<Found, String> {
-        let mut why = Vec::new();
-        for sentinel in &self.spec.sentinels {
-            match self.ask(sentinel).await {
-                Ok(found) => return Ok(found),
-                Err(e) => why.push(format!("{}: {e}", sentinel.endpoint)),
-            }
+    /// A sentinel published `text` on `channel`: if it is about our master and not heard
+    /// lately, the sentinels are asked again.
+    fn heard(&self, channel: &str, text: &str) {
+        if !events::concerns(channel, text, &self.spec.master)
+            || !lock(&self.recent).first(&format!("{channel} {text}"), Instant::now())
+        {
+            return;
         }
-        Err(why.join("; "))
+        debug!(master = %self.spec.master, channel, text, "sentinel event");
+        self.rediscover(Trigger::Event);
     }
 
-    /// Asks one sentinel for the primary and its replicas, and checks their roles.
-    async fn ask(&self, sentinel: &Upstream) -> Result<Found, String> {
-        let settings = UpstreamSettings {
-            upstream: sentinel.clone(),
+    /// Event subscription `slot` takes a sentinel no other holds (trying others before
+    /// `after`, the one that just failed): its address and the settings to connect with.
+    fn claim(&self, slot: usize, after: Option<&Endpoint>) -> Option<(Endpoint, UpstreamSettings)> {
+        let order = lock(&self.sentinels).order().to_vec();
+        let mut subscribed = lock(&self.subscribed);
+        let at = events::pick(&order, &subscribed[..], after)?.clone();
+        subscribed[slot] = Some(at.clone());
+        let settings = self.sentinel_settings(&at);
+        Some((at, settings))
+    }
+
+    /// Event subscription `slot` let go of its sentinel.
+    fn release(&self, slot: usize) {
+        lock(&self.subscribed)[slot] = None;
+    }
+
+    /// The settings to ask the sentinel at `at` with: the sentinels' credentials and TLS.
+    fn sentinel_settings(&self, at: &Endpoint) -> UpstreamSettings {
+        UpstreamSettings {
+            upstream: Upstream {
+                endpoint: at.clone(),
+                db: 0,
+                ..self.spec.sentinels[0].clone()
+            },
             ..self.data.clone()
+        }
+    }
+
+    /// One discovery: asks every known sentinel, believes the answer with the highest epoch,
+    /// and checks the roles of the servers it names.
+    async fn discover(&self) -> Discovery {
+        let order = lock(&self.sentinels).order().to_vec();
+        let results = self.ask_all(&order).await;
+        let answers: Vec<(&Endpoint, &Answer)> = results
+            .iter()
+            .filter_map(|(at, result)| result.as_ref().ok().map(|a| (at, a)))
+            .collect();
+        let reachable = answers.len();
+        let chosen = ask::choose(&answers.iter().map(|(_, a)| *a).collect::<Vec<_>>());
+        let answered: Vec<Endpoint> = chosen
+            .into_iter()
+            .chain((0..answers.len()).filter(|&i| Some(i) != chosen))
+            .map(|i| answers[i].0.clone())
+            .collect();
+        let told: Vec<Endpoint> = answers
+            .iter()
+            .flat_map(|(_, a)| a.sentinels.iter().cloned())
+            .collect();
+        lock(&self.sentinels).answered(&answered, &told);
+        let Some(answer) = chosen.map(|i| answers[i].1) else {
+            let why = results
+                .iter()
+                .filter_map(|(at, r)| r.as_ref().err().map(|e| format!("{at}: {e}")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Discovery {
+                reachable,
+                outcome: Err(Miss::Sentinels(why)),
+            };
         };
-        let master = self.spec.master.as_bytes();
-        let commands = [
-            resp::encode_request(&[&b"SENTINEL"[..], b"GET-MASTER-ADDR-BY-NAME", master]),
-            resp::encode_request(&[&b"SENTINEL"[..], b"REPLICAS", master]),
-        ];
-        let replies = upstream::probe(&settings, &commands)
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr = value::parse(&replies[0], 1).ok_or("unreadable reply")?;
-        let primary = match addr.items() {
-            Some([host, port]) => endpoint(host, port).ok_or("unreadable address")?,
-            _ => return Err(format!("does not know master {:?}", self.spec.master)),
+        let primary = answer.primary.clone();
+        let outcome = match role(&self.data_settings(&primary)).await {
+            Ok(role) if Some(role.as_str()) == Role::Primary.reported() => Ok(Found {
+                replicas: self.replicas(&answer.replicas).await,
+                primary,
+            }),
+            Ok(role) => Err(Miss::Role(format!("{primary} says ROLE {role}"))),
+            Err(e) => Err(Miss::Unreachable(e)),
         };
-        if self.role(&primary).await? != "master" {
-            return Err(format!("{primary} does not say ROLE master"));
+        Discovery { reachable, outcome }
+    }
+
+    /// Asks the sentinels of `order` at once, each within the connect timeout; once one has
+    /// answered, the others get [`ANSWER_GRACE`]. The results in `order`'s order.
+    async fn ask_all(&self, order: &[Endpoint]) -> Vec<(Endpoint, Result<Answer, String>)> {
+        let mut asking = JoinSet::new();
+        for (i, at) in order.iter().enumerate() {
+            let settings = self.sentinel_settings(at);
+            let master = self.spec.master.clone();
+            asking.spawn(async move {
+                let replies = upstream::probe(&settings, &Answer::commands(&master)).await;
+                let answer = replies
+                    .map_err(|e| e.to_string())
+                    .and_then(|replies| Answer::parse(&replies, &master));
+                (i, answer)
+            });
+        }
+        let mut results: Vec<Option<Result<Answer, String>>> = vec![None; order.len()];
+        let mut grace: Option<Instant> = None;
+        loop {
+            let next = match grace {
+                Some(deadline) => match timeout_at(deadline, asking.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => asking.join_next().await,
+            };
+            let Some(done) = next else {
+                break;
+            };
+            if let Ok((i, answer)) = done {
+                if answer.is_ok() && grace.is_none() {
+                    grace = Some(Instant::now() + ANSWER_GRACE);
+                }
+                results[i] = Some(answer);
+            }
+        }
+        order
+            .iter()
+            .cloned()
+            .zip(results)
+            .map(|(at, r)| (at, r.unwrap_or_else(|| Err("no answer in time".into()))))
+            .collect()
+    }
+
+    /// Of the replicas a sentinel named, those that say `ROLE slave`, ordered by address.
+    async fn replicas(&self, named: &[Endpoint]) -> Vec<Endpoint> {
+        let mut checks = JoinSet::new();
+        for replica in named {
+            let settings = self.data_settings(replica);
+            let replica = replica.clone();
+            checks.spawn(async move { (role(&settings).await, replica) });
         }
         let mut replicas = Vec::new();
-        for entry in value::parse(&replies[1], 2)
-            .as_ref()
-            .and_then(Value::items)
-            .unwrap_or_default()
-        {
-            let flags = entry.field(b"flags").and_then(Value::string);
-            let up = flags.is_some_and(|f| {
-                !f.split(',')
-                    .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
-            });
-            let linked = entry.field(b"master-link-status").and_then(Value::text) == Some(b"ok");
-            let (Some(host), Some(port)) = (entry.field(b"ip"), entry.field(b"port")) else {
-                continue;
-            };
-            if let Some(replica) = endpoint(host, port).filter(|_| up && linked) {
-                if self.role(&replica).await.is_ok_and(|r| r == "slave") {
+        while let Some(done) = checks.join_next().await {
+            if let Ok((Ok(role), replica)) = done {
+                if Some(role.as_str()) == Role::Replica.reported() {
                     replicas.push(replica);
                 }
             }
         }
         replicas.sort_by_key(|r| r.to_string());
-        Ok(Found { primary, replicas })
+        replicas
     }
 
-    /// The first element of `ROLE` from the data node at `at`.
-    async fn role(&self, at: &Endpoint) -> Result<String, String> {
-        let settings = UpstreamSettings {
+    /// The settings to connect to the data node at `at` with.
+    fn data_settings(&self, at: &Endpoint) -> UpstreamSettings {
+        UpstreamSettings {
             upstream: Upstream {
                 endpoint: at.clone(),
                 ..self.data.upstream.clone()
             },
             ..self.data.clone()
+        }
+    }
+
+    /// Publishes what `discovery` found (the last known primary stays when it found nothing),
+    /// with the metrics and logs; `failing`: since when discoveries fail (logged once per
+    /// streak, at its start and at its end).
+    fn settle(&self, discovery: Discovery, failing: &mut Option<Instant>) -> pace::Outcome {
+        let master = &self.spec.master;
+        crate::metrics::sentinels_reachable(discovery.reachable);
+        let found = match discovery.outcome {
+            Ok(found) => found,
+            Err(miss) => {
+                crate::metrics::sentinel_discovery_error();
+                let last = self.found().map(|f| f.primary.to_string());
+                let last = last.as_deref().unwrap_or("none");
+                if failing.is_none() {
+                    *failing = Some(Instant::now());
+                    warn!(%master, last_known = last, why = %miss,
+                        "sentinel: no primary confirmed; keeping the last known one");
+                } else {
+                    debug!(%master, last_known = last, why = %miss, "sentinel: still no primary confirmed");
+                }
+                return match miss {
+                    Miss::Role(_) => pace::Outcome::WrongRole,
+                    Miss::Sentinels(_) | Miss::Unreachable(_) => pace::Outcome::Settled,
+                };
+            }
         };
-        let replies = upstream::probe(&settings, &[resp::encode_request(&[b"ROLE"])])
-            .await
-            .map_err(|e| e.to_string())?;
-        // A primary's reply lists its replicas, each an array: three levels.
-        value::parse(&replies[0], 3)
-            .as_ref()
-            .and_then(Value::items)
-            .and_then(|items| items.first())
-            .and_then(Value::string)
-            .ok_or_else(|| format!("{at}: unreadable ROLE reply"))
+        if let Some(since) = failing.take() {
+            info!(%master, primary = %found.primary, after = ?since.elapsed(),
+                "sentinel: a primary is confirmed again");
+        }
+        let primary = found.primary.to_string();
+        let mut old = None;
+        self.found.send_if_modified(|known| {
+            if known.as_ref() == Some(&found) {
+                return false;
+            }
+            match known.as_ref().map(|k| &k.primary) {
+                Some(before) if *before != found.primary => {
+                    warn!(%master, from = %before, to = %found.primary, "sentinel: the primary changed (failover)");
+                    old = Some(before.to_string());
+                }
+                Some(_) => info!(%master, replicas = found.replicas.len(), "sentinel: the replicas changed"),
+                None => info!(%master, %primary, replicas = found.replicas.len(), "sentinel: primary found"),
+            }
+            *known = Some(found);
+            true
+        });
+        crate::metrics::sentinel_primary(&primary, old.as_deref());
+        pace::Outcome::Settled
     }
 }
 
-/// The address in a sentinel's `host`, `port` pair.
-fn endpoint(host: &Value, port: &Value) -> Option<Endpoint> {
-    let port = resp::parse_int(port.text()?)?;
-    Some(Endpoint::Tcp {
-        host: host.string()?,
-        port: u16::try_from(port).ok()?,
-    })
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::Sentinels(why) => write!(f, "no sentinel named a primary: {why}"),
+            Miss::Role(why) => write!(f, "the primary named is not one: {why}"),
+            Miss::Unreachable(why) => write!(f, "the primary named cannot be reached: {why}"),
+        }
+    }
 }
 
-/// Discovers the primary at start and again whenever asked or [`POLL_INTERVAL`] passes, and
-/// publishes what changed. Ends when the watch is dropped.
+/// The first element of `ROLE` from the server `settings` connect to.
+async fn role(settings: &UpstreamSettings) -> Result<String, String> {
+    let replies = upstream::probe(settings, &[resp::encode_request(&[b"ROLE"])])
+        .await
+        .map_err(|e| e.to_string())?;
+    role_of(&replies[0])
+        .ok_or_else(|| format!("{}: unreadable ROLE reply", settings.upstream.endpoint))
+}
+
+/// The role a `ROLE` reply says (`master`, `slave`, `sentinel`); `None` for anything else.
+pub(crate) fn role_of(reply: &[u8]) -> Option<String> {
+    // A primary's reply lists its replicas, each an array: three levels.
+    value::parse(reply, 3)
+        .as_ref()
+        .and_then(Value::items)
+        .and_then(|items| items.first())
+        .and_then(Value::string)
+}
+
+/// Discovers the primary at start, when triggered and when the poll is due (see `pace`), and
+/// publishes what changed. Holds the watch only while discovering; ends when it is dropped.
 async fn keep_primary(watch: Weak<Watch>, wake: Arc<Notify>) {
+    let mut pace = Pace::new(Instant::now());
+    let mut failing = None;
+    let mut trigger = Trigger::Start;
     loop {
         let Some(current) = watch.upgrade() else {
             return;
         };
-        current
-            .trigger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match current.discover().await {
-            Ok(found) => {
-                current.found.send_if_modified(|known| {
-                    if known.as_ref() == Some(&found) {
-                        return false;
-                    }
-                    info!(master = %current.spec.master, primary = %found.primary,
-                        replicas = found.replicas.len(), "sentinel: primary found");
-                    *known = Some(found);
-                    true
-                });
-            }
-            Err(why) => {
-                warn!(master = %current.spec.master, %why, "sentinel: no primary found; keeping the last known one")
-            }
-        }
+        // Triggers that came before this discovery starts are served by it.
+        lock(&current.trigger).take();
+        pace.started(Instant::now());
+        crate::metrics::sentinel_discovery(trigger.label());
+        let discovery = current.discover().await;
+        let outcome = current.settle(discovery, &mut failing);
         drop(current);
-        let _ = tokio::time::timeout(POLL_INTERVAL, wake.notified()).await;
+        let due = pace.due(Instant::now(), outcome, fastrand::f64());
+        trigger = match next_trigger(&watch, &wake, &pace, due).await {
+            Some(trigger) => trigger,
+            None => return,
+        };
+    }
+}
+
+/// Waits for the next discovery's start: a trigger's (rate limited), or `due` (a poll). `None`
+/// once the watch is dropped.
+async fn next_trigger(
+    watch: &Weak<Watch>,
+    wake: &Notify,
+    pace: &Pace,
+    due: Instant,
+) -> Option<Trigger> {
+    loop {
+        let asked = *lock(&watch.upgrade()?.trigger);
+        if let Some(trigger) = asked {
+            sleep_until(pace.triggered(Instant::now(), fastrand::f64()).min(due)).await;
+            return Some(trigger);
+        }
+        // A wake-up without a trigger is a permit left by one already served: wait again.
+        if timeout_at(due, wake.notified()).await.is_err() {
+            return Some(Trigger::Poll);
+        }
+    }
+}
+
+/// Locks a mutex only held for short updates; poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_replies_of_a_primary_a_replica_and_a_sentinel() {
+        let primary = b"*3\r\n$6\r\nmaster\r\n:3129659\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n9001\r\n$7\r\n3129242\r\n";
+        assert_eq!(role_of(primary).as_deref(), Some("master"));
+        let replica =
+            b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9000\r\n$9\r\nconnected\r\n:3167038\r\n";
+        assert_eq!(role_of(replica).as_deref(), Some("slave"));
+        let sentinel = b"*2\r\n$8\r\nsentinel\r\n*1\r\n$8\r\nmymaster\r\n";
+        assert_eq!(role_of(sentinel).as_deref(), Some("sentinel"));
+        assert_eq!(role_of(b"-NOPERM no\r\n"), None);
     }
 }
