@@ -33,14 +33,18 @@ fn discoveries(trigger: &str) -> String {
 /// Polls (bounded by [`FOLLOW`]) until a `SET key value` through respipe answers `+OK` and the
 /// key is on data node `node`.
 async fn wait_write_on(set: &Sentinels, proxy: SocketAddr, node: usize, key: &str) {
-    poll_until(FOLLOW, "a write through respipe lands on the primary", || async {
-        let mut c = RawClient::try_connect(proxy).await.ok()?;
-        let set_reply = tokio::time::timeout(Duration::from_secs(2), c.cmd(&["SET", key, "v"]))
-            .await
-            .ok()?;
-        let on_node = set.try_cmd(node, &["GET", key]).await?;
-        (set_reply == Reply::ok() && on_node == Reply::bulk("v")).then_some(())
-    })
+    poll_until(
+        FOLLOW,
+        "a write through respipe lands on the primary",
+        || async {
+            let mut c = RawClient::try_connect(proxy).await.ok()?;
+            let set_reply = tokio::time::timeout(Duration::from_secs(2), c.cmd(&["SET", key, "v"]))
+                .await
+                .ok()?;
+            let on_node = set.try_cmd(node, &["GET", key]).await?;
+            (set_reply == Reply::ok() && on_node == Reply::bulk("v")).then_some(())
+        },
+    )
     .await
 }
 
@@ -52,9 +56,7 @@ async fn a_sentinel_down_at_start_is_passed_over() {
         let mut set = Sentinels::start(SentinelOptions::default()).await;
         set.stop_sentinel(0);
         let proxy = set.respipe(&[]).await;
-        proxy
-            .wait_metric(REACHABLE, FOLLOW, |v| v == 2.0)
-            .await;
+        proxy.wait_metric(REACHABLE, FOLLOW, |v| v == 2.0).await;
         let f = set.failover().await;
         wait_write_on(&set, proxy.listen, f.new, "down-at-start").await;
         eprintln!(
@@ -83,7 +85,12 @@ async fn all_sentinels_down_keeps_the_last_primary_then_recovers() {
         // ...logged once for the outage...
         proxy.bin.wait_line(KEEPING, FOLLOW);
         proxy.bin.drain_lines();
-        let logged = proxy.bin.seen.iter().filter(|l| l.contains(KEEPING)).count();
+        let logged = proxy
+            .bin
+            .seen
+            .iter()
+            .filter(|l| l.contains(KEEPING))
+            .count();
         assert_eq!(logged, 1, "{:#?}", proxy.bin.seen);
         // ...and the last known primary still takes the writes.
         wait_write_on(&set, proxy.listen, primary, "while-sentinels-down").await;
@@ -107,6 +114,14 @@ async fn all_sentinels_down_keeps_the_last_primary_then_recovers() {
             f.promoted.elapsed()
         );
         assert_eq!(proxy.metric(FAILOVERS).await, 1.0);
+        // Every Sentinel-only metric is served (tests/deploy.rs checks the rest).
+        let metrics = common::http_get(&proxy.admin, "/metrics").await.unwrap().1;
+        for name in respipe::metrics::SENTINEL_ONLY {
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "{name} not served"
+            );
+        }
     })
     .await
 }
@@ -126,7 +141,12 @@ async fn a_stale_switch_master_does_not_move_respipe() {
             stand_in.addr(),
             set.sentinels()[0].addr()
         );
-        let args = ["--upstream", &url, "--log-level", "info,respipe::sentinel=debug"];
+        let args = [
+            "--upstream",
+            &url,
+            "--log-level",
+            "info,respipe::sentinel=debug",
+        ];
         let mut proxy = BinProxy::spawn_with(&args);
         set.wait_serving(proxy.listen).await;
         let f = set.failover().await;
@@ -138,7 +158,10 @@ async fn a_stale_switch_master_does_not_move_respipe() {
         let other = "slave 127.0.0.1:1 127.0.0.1 1 @ other 127.0.0.1 2";
         let deadline = Instant::now() + FOLLOW;
         while publisher.cmd(&["PUBLISH", "+sdown", other]).await != Reply::Int(1) {
-            assert!(Instant::now() < deadline, "respipe never subscribed on the stand-in");
+            assert!(
+                Instant::now() < deadline,
+                "respipe never subscribed on the stand-in"
+            );
             tokio::time::sleep(POLL).await;
         }
         let (old, new) = (set.nodes()[f.old].addr(), set.nodes()[f.new].addr());
@@ -154,9 +177,7 @@ async fn a_stale_switch_master_does_not_move_respipe() {
             publisher.cmd(&["PUBLISH", "+switch-master", &replay]).await,
             Reply::Int(1)
         );
-        proxy
-            .bin
-            .wait_line(&format!("text=\"{replay}\""), FOLLOW);
+        proxy.bin.wait_line(&format!("text=\"{replay}\""), FOLLOW);
         // The discovery it triggered, and the next, have run (they run one after the other).
         proxy
             .wait_metric(DISCOVERIES, FOLLOW, |v| v >= before + 2.0)
@@ -200,7 +221,10 @@ async fn the_old_primary_back_after_a_kill_never_receives_a_write() {
             let reply = if i == 0 {
                 idle.cmd(&["SET", &key, "v"]).await
             } else {
-                RawClient::connect(proxy.listen).await.cmd(&["SET", &key, "v"]).await
+                RawClient::connect(proxy.listen)
+                    .await
+                    .cmd(&["SET", &key, "v"])
+                    .await
             };
             let on_old = set.try_cmd(old, &["EXISTS", &key]).await;
             let stats = set.try_cmd(old, &["INFO", "commandstats"]).await;
@@ -209,13 +233,22 @@ async fn the_old_primary_back_after_a_kill_never_receives_a_write() {
                 said_master += 1;
                 assert_eq!(on_old, Some(Reply::Int(0)), "{key} reached the old primary");
                 let stats = format!("{stats:?}");
-                assert!(!stats.contains("cmdstat_set"), "the old primary ran SET: {stats}");
-                assert!(reply == Reply::ok() || reply.error_text().is_some(), "{reply:?}");
+                assert!(
+                    !stats.contains("cmdstat_set"),
+                    "the old primary ran SET: {stats}"
+                );
+                assert!(
+                    reply == Reply::ok() || reply.error_text().is_some(),
+                    "{reply:?}"
+                );
             }
             if after.as_deref() == Some("slave") {
                 break;
             }
-            assert!(Instant::now() < deadline, "the old primary never became a replica");
+            assert!(
+                Instant::now() < deadline,
+                "the old primary never became a replica"
+            );
             tokio::time::sleep(POLL).await;
         }
         eprintln!("the old primary said ROLE master for {said_master} rounds of writes");
@@ -248,9 +281,7 @@ async fn readonly_from_the_primary_asks_the_sentinels_at_once() {
         let started = Instant::now();
         proxy.wait_metric(&readonly, FOLLOW, |v| v >= 1.0).await;
         eprintln!("-READONLY to a discovery: {:?}", started.elapsed());
-        proxy
-            .wait_metric(ERRORS, FOLLOW, |v| v > errors)
-            .await;
+        proxy.wait_metric(ERRORS, FOLLOW, |v| v > errors).await;
         set.cmd(primary, &["REPLICAOF", "NO", "ONE"]).await;
         wait_write_on(&set, proxy.listen, primary, "ro-again").await;
     })
