@@ -12,7 +12,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Up to this much is added to each poll interval, at random.
 pub const POLL_JITTER: Duration = Duration::from_millis(200);
 /// Triggered discoveries start at most this often; triggers in between are coalesced into one.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Up to this much is added to a triggered discovery's start, at random.
 pub const JITTER: Duration = Duration::from_millis(50);
 /// The first retry after the primary named did not say `ROLE master` (it may be being promoted:
