@@ -181,10 +181,7 @@ mod tests {
     use super::*;
 
     fn at(port: u16) -> Endpoint {
-        Endpoint::Tcp {
-            host: "127.0.0.1".into(),
-            port,
-        }
+        crate::config::Upstream::tcp("127.0.0.1", port).endpoint
     }
 
     fn bulk(s: &str) -> String {
