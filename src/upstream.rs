@@ -1301,6 +1301,32 @@ mod tests {
         let retried: Vec<bool> = (0..3).map(|i| plan.retried_after_switch(i)).collect();
         assert_eq!(retried, [false, true, false]);
     }
+    #[test]
+    fn a_role_check_comes_right_after_authenticating_as_the_configured_user() {
+        let bob = Credentials {
+            user: Some("bob".into()),
+            password: "123".into(),
+        };
+        let plan = Handshake {
+            role: Some(resp::encode_request(&[b"ROLE"])),
+            ..Handshake::new(&upstream(None, Some("pw"), 9), Some(&bob), false)
+        };
+        let cmds = plan.commands();
+        assert_eq!(&cmds[1][..], b"*1\r\n$4\r\nROLE\r\n");
+        assert_eq!(&cmds[2][..], b"*2\r\n$6\r\nSELECT\r\n$1\r\n9\r\n");
+        let retried: Vec<bool> = (0..4).map(|i| plan.retried_after_switch(i)).collect();
+        assert_eq!(retried, [false, false, true, false]);
+        let refused = UpstreamError::WrongRole {
+            addr: "127.0.0.1:6380".into(),
+            reported: "slave".into(),
+            wanted: "master",
+        };
+        assert_eq!(
+            refused.to_string(),
+            "upstream 127.0.0.1:6380 is a replica now (ROLE slave), not the primary the sentinels named"
+        );
+    }
+
     #[tokio::test]
     async fn write_buf_coalesces_small_and_keeps_large() {
         let mut w = WriteBuf::default();
