@@ -68,6 +68,25 @@ async fn a_sentinel_down_at_start_is_passed_over() {
     .await
 }
 
+/// Given only the first sentinel, respipe learns the others from it (`SENTINEL SENTINELS`) and
+/// asks them once it is down: a failover is still followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_learned_from_the_first_are_asked_when_it_is_down() {
+    bounded(LIMIT, "learned sentinels", async {
+        let mut set = Sentinels::start(SentinelOptions::default()).await;
+        let url = format!("redis-sentinel://{}/{MASTER}", set.sentinels()[0].addr());
+        let proxy = BinProxy::spawn_with(&["--upstream", &url]);
+        set.wait_serving(proxy.listen).await;
+        proxy.wait_metric(REACHABLE, FOLLOW, |v| v == 3.0).await;
+        set.stop_sentinel(0);
+        proxy.wait_metric(REACHABLE, FOLLOW, |v| v == 2.0).await;
+        let f = set.failover().await;
+        wait_write_on(&set, proxy.listen, f.new, "learned").await;
+        assert_eq!(proxy.metric(FAILOVERS).await, 1.0);
+    })
+    .await
+}
+
 /// All sentinels down for a while: respipe keeps writing to the last known primary, says so
 /// once in its log and in its metrics, and when they are back follows a failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +279,8 @@ async fn the_old_primary_back_after_a_kill_never_receives_a_write() {
 /// The primary, demoted behind the sentinels' back (`REPLICAOF` another server), answers writes
 /// with `-READONLY` (the client gets it: the write did not run) and respipe asks the sentinels at
 /// once; they still name it, it says `ROLE slave`, so no primary is confirmed (the last known one
-/// stays) until it is a primary again.
+/// stays) and respipe's new connections to it are refused (`ROLE` at connect) until it is a
+/// primary again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readonly_from_the_primary_asks_the_sentinels_at_once() {
     bounded(LIMIT, "-READONLY from the primary", async {
@@ -282,6 +302,24 @@ async fn readonly_from_the_primary_asks_the_sentinels_at_once() {
         proxy.wait_metric(&readonly, FOLLOW, |v| v >= 1.0).await;
         eprintln!("-READONLY to a discovery: {:?}", started.elapsed());
         proxy.wait_metric(ERRORS, FOLLOW, |v| v > errors).await;
+        // Its connections closed, respipe connects again and refuses it: ROLE says slave.
+        set.cmd(primary, &["CLIENT", "KILL", "TYPE", "normal"])
+            .await;
+        let refused = poll_until(FOLLOW, "the demoted primary refused at connect", || async {
+            let mut c = RawClient::try_connect(proxy.listen).await.ok()?;
+            let reply = c.cmd(&["SET", "ro", "x"]).await;
+            let text = reply.error_text()?.to_owned();
+            text.contains("is a replica now (ROLE slave)")
+                .then_some(text)
+        })
+        .await;
+        eprintln!("{refused}");
+        assert!(
+            proxy
+                .metric("respipe_upstream_errors_total{kind=\"wrong_role\"}")
+                .await
+                >= 1.0
+        );
         set.cmd(primary, &["REPLICAOF", "NO", "ONE"]).await;
         wait_write_on(&set, proxy.listen, primary, "ro-again").await;
     })
