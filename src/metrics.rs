@@ -419,7 +419,8 @@ fn describe() {
     describe_counter!(
         UPSTREAM_ERRORS,
         "Upstream connection failures by kind: connect_timeout, io, handshake, protocol, closed, \
-         stalled (a shared connection retired because its head command timed out)."
+         stalled (a shared connection retired because its head command timed out); Sentinel mode: \
+         no_primary, wrong_role (ROLE said another role), superseded (an old primary not reconnected to)."
     );
     describe_gauge!(
         LEASES,
