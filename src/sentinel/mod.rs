@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
@@ -137,7 +137,8 @@ pub struct Watch {
     found: watch::Sender<Option<Found>>,
     /// Notified by [`Watch::rediscover`]; the discovery task holds the other clone.
     wake: Arc<Notify>,
-    /// Why the next discovery runs (the first trigger since the last one started).
+    /// Why the next discovery runs: the first trigger since the last one started, or a later
+    /// one that replaced a failed connection's (see [`Watch::rediscover`]).
     trigger: Mutex<Option<Trigger>>,
     /// Whom to ask, in order: the configured sentinels and those learned from them.
     sentinels: Mutex<Sentinels>,
@@ -222,9 +223,13 @@ impl Watch {
     }
 
     /// Asks the sentinels again soon: coalesced with other triggers, and rate limited (see
-    /// `pace`). Cheap: a short lock and a wake-up.
+    /// `pace`; a failed connection waits longer, so any other trigger takes its place). Cheap:
+    /// a short lock and a wake-up.
     pub fn rediscover(&self, trigger: Trigger) {
-        lock(&self.trigger).get_or_insert(trigger);
+        {
+            let mut pending = lock(&self.trigger);
+            *pending = Some(pace::coalesce(*pending, trigger));
+        }
         self.wake.notify_one();
     }
 
@@ -501,13 +506,14 @@ async fn next_trigger(
 ) -> Option<Trigger> {
     loop {
         let asked = *lock(&watch.upgrade()?.trigger);
-        if let Some(trigger) = asked {
-            sleep_until(pace.triggered(Instant::now(), fastrand::f64()).min(due)).await;
-            return Some(trigger);
-        }
-        // A wake-up without a trigger is a permit left by one already served: wait again.
-        if timeout_at(due, wake.notified()).await.is_err() {
-            return Some(Trigger::Poll);
+        let start = match asked {
+            Some(trigger) => pace.triggered(trigger, Instant::now(), fastrand::f64()),
+            None => due,
+        };
+        // A wake-up looks again: another trigger may have taken the place of a failed
+        // connection's, or it is a permit left by a trigger already served.
+        if timeout_at(start.min(due), wake.notified()).await.is_err() {
+            return Some(asked.unwrap_or(Trigger::Poll));
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Trigger;
+
 /// Without a trigger, the sentinels are asked this often: the backstop for events missed (the
 /// subscriptions are down, or a sentinel did not publish).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -13,6 +15,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub const POLL_JITTER: Duration = Duration::from_millis(200);
 /// Triggered discoveries start at most this often; triggers in between are coalesced into one.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Discoveries triggered by failed connections to the primary start at most this often: while
+/// the primary is down and not yet failed over (Sentinel's `down-after-milliseconds` and more)
+/// every reconnect fails, and the sentinels, asked by every proxy, have nothing new to say
+/// before they publish `+switch-master`.
+pub const CONNECT_FAILURE_INTERVAL: Duration = Duration::from_millis(500);
 /// Up to this much is added to a triggered discovery's start, at random.
 pub const JITTER: Duration = Duration::from_millis(50);
 /// The first retry after the primary named did not say `ROLE master` (it may be being promoted:
@@ -68,10 +75,24 @@ impl Pace {
         }
     }
 
-    /// When a discovery triggered at `now` starts: at once, unless the last one started less
-    /// than [`MIN_INTERVAL`] ago; then some jitter (`jitter` in `0..=1`).
-    pub fn triggered(&self, now: Instant, jitter: f64) -> Instant {
-        now.max(self.last + MIN_INTERVAL) + JITTER.mul_f64(jitter)
+    /// When a discovery triggered by `trigger` at `now` starts: at once, unless the last one
+    /// started less than [`MIN_INTERVAL`] ago ([`CONNECT_FAILURE_INTERVAL`] for a failed
+    /// connection); then some jitter (`jitter` in `0..=1`).
+    pub fn triggered(&self, trigger: Trigger, now: Instant, jitter: f64) -> Instant {
+        let interval = match trigger {
+            Trigger::ConnectFailure => CONNECT_FAILURE_INTERVAL,
+            _ => MIN_INTERVAL,
+        };
+        now.max(self.last + interval) + JITTER.mul_f64(jitter)
+    }
+}
+
+/// The trigger a discovery waits for once `new` arrives while `pending` waits: the first,
+/// unless that was a failed connection's (which waits longer: any other takes its place).
+pub fn coalesce(pending: Option<Trigger>, new: Trigger) -> Trigger {
+    match pending {
+        None | Some(Trigger::ConnectFailure) => new,
+        Some(first) => first,
     }
 }
 
@@ -80,19 +101,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn triggers_wait_for_the_minimum_interval_then_jitter() {
+    fn triggers_wait_for_their_minimum_interval_then_jitter() {
         let t0 = Instant::now();
         let mut pace = Pace::new(t0);
         pace.started(t0);
         // Right after a discovery: held until the interval has passed.
+        let soon = t0 + Duration::from_millis(10);
+        assert_eq!(pace.triggered(Trigger::Event, soon, 0.0), t0 + MIN_INTERVAL);
         assert_eq!(
-            pace.triggered(t0 + Duration::from_millis(10), 0.0),
-            t0 + MIN_INTERVAL
+            pace.triggered(Trigger::ConnectFailure, soon, 0.0),
+            t0 + CONNECT_FAILURE_INTERVAL
         );
         // Long after: at once, plus at most the jitter.
         let later = t0 + Duration::from_secs(5);
-        assert_eq!(pace.triggered(later, 0.0), later);
-        assert_eq!(pace.triggered(later, 1.0), later + JITTER);
+        assert_eq!(pace.triggered(Trigger::Readonly, later, 0.0), later);
+        assert_eq!(pace.triggered(Trigger::Event, later, 1.0), later + JITTER);
+    }
+
+    #[test]
+    fn triggers_coalesce_into_the_first_unless_it_was_a_failed_connection() {
+        assert_eq!(
+            coalesce(None, Trigger::ConnectFailure),
+            Trigger::ConnectFailure
+        );
+        assert_eq!(
+            coalesce(Some(Trigger::Event), Trigger::Readonly),
+            Trigger::Event
+        );
+        assert_eq!(
+            coalesce(Some(Trigger::ConnectFailure), Trigger::Event),
+            Trigger::Event
+        );
+        assert_eq!(
+            coalesce(Some(Trigger::Readonly), Trigger::ConnectFailure),
+            Trigger::Readonly
+        );
     }
 
     #[test]
