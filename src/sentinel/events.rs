@@ -48,7 +48,10 @@ const RECENT_MAX: usize = 64;
 const KEEPALIVE: Duration = Duration::from_secs(5);
 /// First wait before subscribing again after a failure; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short: events are what make respipe follow a failover within milliseconds, so a sentinel
+/// that comes back is subscribed to again within a second (an attempt on a sentinel that is
+/// down costs a refused connection, or the connect timeout).
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Events heard lately, to count each once.
 #[derive(Debug, Default)]
