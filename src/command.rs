@@ -14,13 +14,16 @@
 //!
 //! [`KEYS`] and [`SUBCOMMAND_KEYS`] add where each one's keys are, and [`keys`] finds a request's
 //! keys for a router that places them on servers (sharded mode only; see `command/keys.rs`).
+//! [`is_read`] says which commands a replica may answer (`read_from`; see `command/reads.rs`).
 
 use crate::reply::RedisError;
 use crate::resp;
 
 mod keys;
+mod reads;
 
 pub use keys::{key_spec, keys, KeySpec, Keys, NoKey, Positions, Split, KEYS, SUBCOMMAND_KEYS};
+pub use reads::{is_read, NOT_ON_REPLICAS, READS, SUBCOMMAND_READS};
 
 /// What a command does to connection state, which decides where it may run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,6 +58,9 @@ pub struct Config {
     /// How the upstream is laid out: one server (`upstream`), or servers sharded by key (the
     /// `[upstream]` table with `kind = "shards"`, or a twemproxy pool).
     pub topology: Topology,
+    /// Which commands may go to replicas, and which replicas (`[upstream]`: `read_from`,
+    /// `read_your_writes`, `replicas`).
+    pub reads: Reads,
     /// Upstream connections and shutdown: how long things may take (`[timeouts]`).
     pub timeouts: Timeouts,
     /// The shared upstream connections and how commands are coalesced on them (`[batching]`).
@@ -92,6 +95,40 @@ pub struct Listen {
     /// other command; `NOAUTH` until then, as Redis answers. Default: none (respipe asks for nothing
     /// and `AUTH` goes to Redis). When set, `AUTH` is checked by respipe, not by Redis.
     pub requirepass: Option<Secret>,
+}
+
+/// The read policy (in the file's `[upstream]` section): whether commands respipe knows to be
+/// read-only (`command::is_read`) go to the primary's replicas, and which replicas those are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reads {
+    /// Where reads go. Default [`ReadFrom::Primary`]: every command goes to the primary. Other
+    /// policies need replicas (`replicas`, or those Sentinel reports) and are refused for shards
+    /// and clusters. Never writes, scripts other than `EVAL_RO`/`EVALSHA_RO`/`FCALL_RO`, or
+    /// anything in a transaction, a blocking command, a subscription or on a lease.
+    pub read_from: ReadFrom,
+    /// Read-your-writes: after a client sends a command that is not a read, its reads go to the
+    /// primary for this long, so it reads what it wrote while replicas catch up. Default 1s
+    /// (longer than the usual replication lag on a LAN); `None` (`0`) disables: a read right
+    /// after a write may then miss it on a replica. Only with `read_from` other than primary.
+    pub read_your_writes: Option<Duration>,
+    /// The replicas of a single upstream (`kind = "single"`), each at `HOST:PORT` or
+    /// `unix:/path` with the upstream's db, credentials and TLS. Default none. With `kind =
+    /// "sentinel"` the replicas are those the sentinels report, and none may be listed here.
+    pub replicas: Vec<Endpoint>,
+}
+
+/// Where commands known to be read-only go (`read_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// `primary`: everything goes to the primary.
+    #[default]
+    Primary,
+    /// `prefer-replica`: each client's reads go to one replica (clients spread evenly over
+    /// them); to another while that one's connections are down, to the primary while all are.
+    PreferReplica,
+    /// `replica`: as `prefer-replica`, but while no replica is up reads are refused with an
+    /// `-ERR` (the command is not sent) instead of loading the primary.
+    Replica,
 }
 
 /// `[timeouts]`: how long upstream connections and shutdown may take.
@@ -400,6 +437,12 @@ pub const SETTINGS: &[Setting] = &[
         "Sentinel mode: ACL user for AUTH to the sentinels (not the data nodes); overrides the URL's user"),
     setting("sentinel_password", "--sentinel-password", "RESPIPE_SENTINEL_PASSWORD", "PASSWORD", "",
         "Sentinel mode: password for AUTH to the sentinels; overrides the URL's password"),
+    setting("read_from", "--read-from", "RESPIPE_READ_FROM", "primary|prefer-replica|replica", "primary",
+        "Where commands known to be read-only go: the primary; a replica when one is up, else the primary; or a replica only (-ERR while none is up)"),
+    setting("read_your_writes", "--read-your-writes", "RESPIPE_READ_YOUR_WRITES", "DURATION", "1s",
+        "With read_from other than primary: a client's reads go to the primary for this long after its last write; 0 disables"),
+    setting("replicas", "--replicas", "RESPIPE_REPLICAS", "HOST:PORT,...", "",
+        "Replicas of a single upstream for read_from, comma-separated; they take the upstream's db, credentials and TLS"),
     setting("twemproxy", "--twemproxy", "RESPIPE_TWEMPROXY", "FILE", "",
         "Take the upstream servers (and listen, timeout, server_connections...) from a twemproxy YAML pool; anything else that sets them wins"),
     setting("twemproxy_pool", "--twemproxy-pool", "RESPIPE_TWEMPROXY_POOL", "NAME", "",
@@ -551,6 +594,7 @@ impl Default for Config {
             },
             upstream: Upstream::default(),
             topology: Topology::Single,
+            reads: Reads::default(),
             timeouts: Timeouts {
                 connect_timeout: Duration::from_secs(1),
                 command_timeout: Some(Duration::from_secs(10)),
@@ -751,6 +795,26 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
         }
+    }
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads {
+            read_from: ReadFrom::Primary,
+            read_your_writes: Some(Duration::from_secs(1)),
+            replicas: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadFrom::Primary => "primary",
+            ReadFrom::PreferReplica => "prefer-replica",
+            ReadFrom::Replica => "replica",
+        })
     }
 }
 
@@ -1093,6 +1157,7 @@ impl Values {
                     })?
                     .unwrap_or(d.listen.requirepass),
             },
+            reads: self.reads(&topology)?,
             upstream,
             topology,
             timeouts: Timeouts {
@@ -1211,6 +1276,61 @@ impl Values {
         };
         self.check_tls(&config)?;
         Ok(config)
+    }
+}
+
+impl Values {
+    /// The read policy, checked against the topology: static replicas for a single server only,
+    /// replica reads for a single server or a primary watched by Sentinel.
+    fn reads(&self, topology: &Topology) -> Result<Reads, ConfigError> {
+        let d = Reads::default();
+        let read_from = self
+            .get("read_from", |raw| {
+                match text(raw)?.trim().to_ascii_lowercase().as_str() {
+                    "primary" => Ok(ReadFrom::Primary),
+                    "prefer-replica" => Ok(ReadFrom::PreferReplica),
+                    "replica" => Ok(ReadFrom::Replica),
+                    _ => Err("expected primary, prefer-replica or replica".to_owned()),
+                }
+            })?
+            .unwrap_or(d.read_from);
+        let replicas = self.get("replicas", parse_replicas)?.unwrap_or_default();
+        let kind = match topology {
+            Topology::Single => None,
+            Topology::Sentinel(_) => Some("sentinel"),
+            Topology::Shards(_) => Some("shards"),
+            Topology::Cluster(_) => Some("cluster"),
+        };
+        if let (Some(kind), false) = (kind, replicas.is_empty()) {
+            let reason = match kind {
+                "sentinel" => {
+                    "with kind = \"sentinel\" the replicas are those the sentinels report"
+                        .to_owned()
+                }
+                kind => format!("replicas of a single server only, not kind = \"{kind}\""),
+            };
+            return Err(invalid("replicas", reason, self.origin("replicas")));
+        }
+        if let (Some(kind @ ("shards" | "cluster")), false) = (kind, read_from == ReadFrom::Primary)
+        {
+            let reason = format!(
+                "reads from replicas are for a single server or kind = \"sentinel\", not kind = \"{kind}\""
+            );
+            return Err(invalid("read_from", reason, self.origin("read_from")));
+        }
+        if kind.is_none() && replicas.is_empty() && read_from != ReadFrom::Primary {
+            let reason = "reads from replicas need replicas: list them in replicas, or use kind = \"sentinel\"".to_owned();
+            return Err(invalid("read_from", reason, self.origin("read_from")));
+        }
+        Ok(Reads {
+            read_from,
+            read_your_writes: self
+                .get("read_your_writes", |raw| {
+                    duration(raw).map(|d| (!d.is_zero()).then_some(d))
+                })?
+                .unwrap_or(d.read_your_writes),
+            replicas,
+        })
     }
 }
 
@@ -1475,6 +1595,35 @@ fn parse_listen(raw: &Raw) -> Result<Vec<ListenAddr>, String> {
         listen.push(addr);
     }
     Ok(listen)
+}
+
+/// Replica addresses (a TOML list, or comma-separated): `HOST:PORT` or `unix:/path`, no
+/// duplicates. Just the address: a replica takes the upstream's db, credentials and TLS.
+fn parse_replicas(raw: &Raw) -> Result<Vec<Endpoint>, String> {
+    let items: Vec<&str> = match raw {
+        Raw::List(items) => items.iter().map(String::as_str).collect(),
+        Raw::Text(s) => s.split(',').collect(),
+        Raw::Integer(_) => return Err("expected a list of HOST:PORT, not an integer".to_owned()),
+    };
+    let mut replicas: Vec<Endpoint> = Vec::new();
+    for item in items.into_iter().map(str::trim).filter(|s| !s.is_empty()) {
+        let endpoint = if let Some(path) = item.strip_prefix("unix:") {
+            Endpoint::Unix(parse_unix_path(path)?)
+        } else {
+            let (host, port) = split_host_port(item)?.ok_or_else(|| {
+                format!("expected HOST:PORT or unix:/path, got {item:?} (a replica takes the upstream's db, credentials and TLS)")
+            })?;
+            Endpoint::Tcp {
+                host,
+                port: nonzero_port(port)?,
+            }
+        };
+        if replicas.contains(&endpoint) {
+            return Err(format!("{endpoint} is given twice"));
+        }
+        replicas.push(endpoint);
+    }
+    Ok(replicas)
 }
 
 /// A list of command names (a TOML list, or comma-separated), upper-cased.

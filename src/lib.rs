@@ -37,6 +37,8 @@
 //!   server, a local answer or a refusal; `route::cluster` the answers a cluster needs (`CLUSTER`
 //!   as a non-cluster Redis, `INFO` merged, keyless commands on a primary).
 //! - `topology`: the servers of the upstream and the placement of keys now (ejection).
+//! - `replicas`: reads from replicas (`read_from`): the replica a session's read goes to, the
+//!   per-replica counters and the replication lag poll.
 //! - `outflow`: a client's reply flow: throttling by reply weight, read rate, pubsub output limit.
 //! - `follow`: connection state that changes only when Redis accepts the command (now or at EXEC).
 //! - [`pool`]: the upstream connections per state and server, and the leases.
@@ -69,6 +71,7 @@ pub mod metrics;
 pub(crate) mod outflow;
 pub mod pool;
 pub(crate) mod reload;
+pub(crate) mod replicas;
 pub mod reply;
 pub mod resp;
 pub(crate) mod route;

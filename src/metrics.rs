@@ -77,6 +77,11 @@ pub const SENTINEL_DISCOVERY_ERRORS: &str = "respipe_sentinel_discovery_errors_t
 pub const SENTINEL_DISCOVERIES: &str = "respipe_sentinel_discoveries_total";
 /// Sentinel mode: sentinels that answered the last discovery.
 pub const SENTINEL_REACHABLE: &str = "respipe_sentinel_sentinels_reachable";
+/// Reads sent to each replica (`read_from`), by `replica` address.
+pub const REPLICA_READS: &str = "respipe_replica_reads_total";
+/// How far each replica is behind the primary, in bytes of the replication stream (`INFO
+/// replication` offsets, polled every 2 s); -1 while it cannot be asked or its link is down.
+pub const REPLICA_LAG: &str = "respipe_replica_lag_bytes";
 
 /// Every metric respipe exports (the README and the Grafana dashboard are checked against it).
 pub const ALL: &[&str] = &[
@@ -109,7 +114,12 @@ pub const ALL: &[&str] = &[
     SENTINEL_DISCOVERY_ERRORS,
     SENTINEL_DISCOVERIES,
     SENTINEL_REACHABLE,
+    REPLICA_READS,
+    REPLICA_LAG,
 ];
+
+/// The metrics of `ALL` only served while reads go to replicas (`read_from`).
+pub const REPLICAS_ONLY: &[&str] = &[REPLICA_READS, REPLICA_LAG];
 
 /// The metrics of `ALL` only a cluster upstream serves.
 pub const CLUSTER_ONLY: &[&str] = &[
@@ -481,5 +491,14 @@ fn describe() {
     describe_counter!(
         COMMAND_TIMEOUTS,
         "Commands answered with a timeout error because the upstream did not reply in time."
+    );
+    describe_counter!(
+        REPLICA_READS,
+        "Reads sent to each replica (read_from), by replica address."
+    );
+    describe_gauge!(
+        REPLICA_LAG,
+        Unit::Bytes,
+        "Bytes of the replication stream each replica has not processed yet (INFO replication offsets, every 2 s); -1 while unknown."
     );
 }

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, Topology, Upstream};
+use crate::config::{Config, Reads, Topology, Upstream};
 use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply::ErrorReply;
@@ -148,6 +148,8 @@ pub struct Pools {
     default: Mutex<Arc<Pool>>,
     /// The servers and the placement of keys; replaced with the upstream.
     layout: Mutex<Arc<Layout>>,
+    /// The read policy the layouts are made with; replaced with the upstream.
+    reads: Mutex<Reads>,
     /// Bumped when a reload replaces the upstream: sessions move to the new pools once idle.
     generation: AtomicU64,
     /// Every pool by key, the default one included. Looked up only when a session's key changes.
@@ -198,6 +200,14 @@ impl Pool {
             .map(|i| conns[(home + i) % n].handle(settings))
             .find(UpstreamHandle::is_up)
             .unwrap_or(own)
+    }
+
+    /// True while a connection to `lane` is established (a read goes to a replica only then).
+    pub fn lane_up(&self, lane: Lane) -> bool {
+        self.lane(lane)
+            .members
+            .iter()
+            .any(|member| member.handle.load().is_up())
     }
 
     /// The connections to `lane`, started now if they have not been.
@@ -345,7 +355,8 @@ impl Pools {
             auth: None,
         };
         // Replaced by `start_default` below.
-        let layout = Layout::new(&config.upstream, &config.topology, &base);
+        let layout = Layout::new(&config.upstream, &config.topology, &config.reads, &base);
+        crate::replicas::poll_lag(&layout, base.clone());
         // Served from the start, so dashboards and alerts see it before any ejection.
         crate::metrics::ejected(0);
         let placeholder = Pool {
@@ -362,6 +373,7 @@ impl Pools {
             max_pools: config.batching.max_pools.get(),
             default: Mutex::new(Arc::new(placeholder)),
             layout: Mutex::new(layout),
+            reads: Mutex::new(config.reads.clone()),
             generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
             leases: Arc::new(Semaphore::new(config.leases.max_leases.get())),
@@ -386,11 +398,11 @@ impl Pools {
         lock(&self.base).tunables.clone()
     }
 
-    /// A reload changed the upstream (address, credentials, db) or its topology (servers,
-    /// weights, hashing): new pools start with the new settings; sessions move to them as soon as
-    /// they have nothing in flight, and the old pools' connections close when the last session
-    /// leaves them. Leases in use keep their connection.
-    pub fn replace_upstream(&self, upstream: Upstream, topology: Topology) {
+    /// A reload changed the upstream (address, credentials, db), its topology (servers,
+    /// weights, hashing) or its read policy (`reads`): new pools start with the new settings;
+    /// sessions move to them as soon as they have nothing in flight, and the old pools'
+    /// connections close when the last session leaves them. Leases in use keep their connection.
+    pub fn replace_upstream(&self, upstream: Upstream, topology: Topology, reads: Reads) {
         let base = {
             let mut base = lock(&self.base);
             base.upstream = upstream.clone();
@@ -399,10 +411,11 @@ impl Pools {
         let layout = match (&topology, self.layout().sentinel_watch()) {
             // The same sentinels: what they said stays known while the new watch asks them again.
             (Topology::Sentinel(spec), Some(old)) if old.spec() == spec => {
-                Layout::sentinel(&upstream, Watch::start(spec, &base, old.found()))
+                Layout::sentinel(&upstream, Watch::start(spec, &base, old.found()), &reads)
             }
-            _ => Layout::new(&upstream, &topology, &base),
+            _ => Layout::new(&upstream, &topology, &reads, &base),
         };
+        *lock(&self.reads) = reads;
         self.install(layout, upstream.db);
     }
 
@@ -418,7 +431,11 @@ impl Pools {
             return;
         };
         let upstream = lock(&self.base).upstream.clone();
-        self.install(Layout::sentinel(&upstream, watch.clone()), upstream.db);
+        let reads = lock(&self.reads).clone();
+        self.install(
+            Layout::sentinel(&upstream, watch.clone(), &reads),
+            upstream.db,
+        );
     }
 
     /// Replaces the layout, the pools (the default one started in `db`) and what was learnt of
@@ -429,6 +446,7 @@ impl Pools {
             resp3: false,
             auth: None,
         };
+        crate::replicas::poll_lag(&layout, lock(&self.base).clone());
         *lock(&self.layout) = layout;
         self.warm.clear();
         lock(&self.pools).clear();
@@ -695,10 +713,8 @@ impl Pools {
             index,
             layout,
         };
-        if pool.layout.cluster().is_none() {
-            for lane in 0..pool.layout.servers() {
-                pool.lane(lane as Lane);
-            }
+        for lane in 0..pool.layout.lanes_started() {
+            pool.lane(lane as Lane);
         }
         self.pools_gauge.increment(1.0);
         Arc::new(pool)
@@ -783,7 +799,8 @@ mod tests {
                 let mut layouts = vec![pools.layout()];
                 for i in 0..300 {
                     let ports: &[u16] = if i % 2 == 0 { &[1, 2, 3] } else { &[1, 2] };
-                    pools.replace_upstream(config.upstream.clone(), shards(ports));
+                    let reads = config.reads.clone();
+                    pools.replace_upstream(config.upstream.clone(), shards(ports), reads);
                     layouts.push(pools.layout());
                 }
                 done.store(true, Ordering::Release);

@@ -15,8 +15,9 @@ use crate::upstream::Tunables;
 /// upstream connection's next batch), per-client limits, `deny_commands`, `requirepass` and
 /// `lease_idle_timeout` (every session's next event; request size limits for new clients), and
 /// the upstream address and credentials, and the topology: shards added, removed or reweighted,
-/// hash, distribution, hash tag and ejection settings, a switch between one server and shards (new
-/// pools; sessions move to them when nothing is in flight; leases in use keep their connection).
+/// hash, distribution, hash tag and ejection settings, a switch between one server and shards, the
+/// read policy and static replicas (new pools; sessions move to them when nothing is in flight;
+/// leases in use keep their connection).
 /// The log level is applied by the binary.
 ///
 /// Needs a restart: the listen addresses, the metrics address, the pool and lease sizes, the
@@ -79,10 +80,15 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         shared.limits.store(limits);
         applied.push("client limits, deny_commands, requirepass, lease_idle_timeout");
     }
-    if effective.upstream != running.upstream || effective.topology != running.topology {
-        shared
-            .pools
-            .replace_upstream(effective.upstream.clone(), effective.topology.clone());
+    if effective.upstream != running.upstream
+        || effective.topology != running.topology
+        || effective.reads != running.reads
+    {
+        shared.pools.replace_upstream(
+            effective.upstream.clone(),
+            effective.topology.clone(),
+            effective.reads.clone(),
+        );
         applied.push("upstream");
     }
     if effective.observability.log_level != running.observability.log_level {

@@ -268,6 +268,10 @@ pub enum ErrorReply<'a> {
     /// A sharded upstream with every server ejected.
     #[error("ERR respipe: no live server in the sharded upstream (every server is ejected)")]
     NoLiveShard,
+    /// A read with `read_from = replica` while no replica's connections are up (the primary is
+    /// not asked instead).
+    #[error("ERR respipe: no replica available for reads (read_from = replica); the command was not sent")]
+    NoReplica,
     /// A command placed on the servers of a sharded upstream just before a reload changed them.
     #[error("ERR respipe: the upstream's server list changed while the command was placed; the command was not sent")]
     ServersChanged,

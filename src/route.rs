@@ -527,7 +527,8 @@ mod tests {
             .collect();
         let probe = UpstreamSettings::for_tests(seeds[0].clone());
         let first = seeds[0].clone();
-        let layout = Layout::new(&first, &Topology::Cluster(Spec { seeds }), &probe);
+        let topology = Topology::Cluster(Spec { seeds });
+        let layout = Layout::new(&first, &topology, &Default::default(), &probe);
         for &(slot, lane) in owners {
             layout.cluster().unwrap().moved(slot, lane);
         }

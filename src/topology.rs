@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::cluster::{self, Cluster, SlotMap};
-use crate::config::{Endpoint, Topology, Upstream};
+use crate::config::{Endpoint, Reads, Topology, Upstream};
+use crate::replicas::Replicated;
 use crate::reply::Lane;
 use crate::sentinel::{Found, Role, Trigger, Watch};
 use crate::shard::{Eject, Placement, Spec};
@@ -33,6 +34,8 @@ pub struct Layout {
     sharding: Option<Sharding>,
     cluster: Option<Arc<Cluster>>,
     sentinel: Option<Watched>,
+    /// The read policy, when reads may go to replicas (lanes 1..; see [`crate::replicas`]).
+    replicas: Option<Replicated>,
 }
 
 /// A primary watched by Sentinel, as the layout was made for: lane 0 is the primary, the other
@@ -200,31 +203,30 @@ impl Health {
 }
 
 impl Layout {
-    /// The layout for a configuration: `upstream` alone, or the shards of `topology`. With ejection
-    /// on, starts the task that keeps the placement current (it ends with the layout).
-    /// A cluster's map is kept by the cluster's own task (`probe`: the settings its slot map
-    /// queries connect with).
-    pub fn new(upstream: &Upstream, topology: &Topology, probe: &UpstreamSettings) -> Arc<Layout> {
+    /// The layout for a configuration: `upstream` alone (with the static replicas of `reads`), or
+    /// the shards of `topology`. With ejection on, starts the task that keeps the placement
+    /// current (it ends with the layout). A cluster's map is kept by the cluster's own task
+    /// (`probe`: the settings its slot map queries connect with).
+    pub fn new(
+        upstream: &Upstream,
+        topology: &Topology,
+        reads: &Reads,
+        probe: &UpstreamSettings,
+    ) -> Arc<Layout> {
         let spec = match topology {
             Topology::Shards(spec) => spec,
-            Topology::Single => {
-                return Arc::new(Layout {
-                    servers: vec![upstream.clone()],
-                    sharding: None,
-                    cluster: None,
-                    sentinel: None,
-                })
-            }
+            Topology::Single => return Layout::primary(upstream, reads),
             Topology::Cluster(spec) => {
                 return Arc::new(Layout {
                     servers: spec.seeds.clone(),
                     sharding: None,
                     cluster: Some(Cluster::new(spec, probe)),
                     sentinel: None,
+                    replicas: None,
                 })
             }
             Topology::Sentinel(spec) => {
-                return Layout::sentinel(upstream, Watch::start(spec, probe, None));
+                return Layout::sentinel(upstream, Watch::start(spec, probe, None), reads);
             }
         };
         let servers: Vec<Upstream> = spec
@@ -252,6 +254,7 @@ impl Layout {
             }),
             cluster: None,
             sentinel: None,
+            replicas: None,
         });
         if let Some(eject) = spec.eject {
             tokio::spawn(keep_placement(Arc::downgrade(&layout), changed, eject));
@@ -259,11 +262,30 @@ impl Layout {
         layout
     }
 
+    /// One server, `upstream`, on lane 0, and the static replicas of `reads` on the lanes after it
+    /// (with `upstream`'s db, credentials and TLS), where reads may go as `reads` says.
+    pub fn primary(upstream: &Upstream, reads: &Reads) -> Arc<Layout> {
+        let servers: Vec<Upstream> = std::iter::once(upstream.clone())
+            .chain(reads.replicas.iter().map(|endpoint| Upstream {
+                endpoint: endpoint.clone(),
+                ..upstream.clone()
+            }))
+            .collect();
+        Arc::new(Layout {
+            replicas: replicated(&servers, reads),
+            servers,
+            sharding: None,
+            cluster: None,
+            sentinel: None,
+        })
+    }
+
     /// The layout of a primary watched by `watch`, as it knows it now: lane 0 is the primary
-    /// (`upstream`'s db, credentials and TLS at the address found), the other lanes the replicas.
+    /// (`upstream`'s db, credentials and TLS at the address found), the other lanes the replicas,
+    /// where reads may go as `reads` says.
     /// While no primary is known, lane 0's connections fail at once ([`Role::NotFound`]).
     /// Lane 0 has a [`Health`] that tells the watch of its failures.
-    pub fn sentinel(upstream: &Upstream, watch: Arc<Watch>) -> Arc<Layout> {
+    pub fn sentinel(upstream: &Upstream, watch: Arc<Watch>, reads: &Reads) -> Arc<Layout> {
         let found = watch.found();
         let health = found.as_ref().map(|found| {
             let health =
@@ -282,6 +304,7 @@ impl Layout {
             None => vec![upstream.clone()],
         };
         Arc::new(Layout {
+            replicas: replicated(&servers, reads),
             servers,
             sharding: None,
             cluster: None,
@@ -291,6 +314,21 @@ impl Layout {
                 health,
             }),
         })
+    }
+
+    /// The read policy, when reads may go to the replicas on lanes 1...
+    pub fn replicas(&self) -> Option<&Replicated> {
+        self.replicas.as_ref()
+    }
+
+    /// How many lanes a pool starts with: every server, but a primary's replicas only when reads
+    /// go to them (a cluster's lanes start when first routed to).
+    pub fn lanes_started(&self) -> usize {
+        match (&self.cluster, &self.sharding, &self.replicas) {
+            (Some(_), ..) => 0,
+            (None, None, None) => 1,
+            _ => self.servers.len(),
+        }
     }
 
     /// The Sentinel watch, for an upstream watched by Sentinel.
@@ -406,6 +444,15 @@ impl Layout {
             .placement
             .store(Arc::new(Placement::new(&sharding.spec, &live)));
     }
+}
+
+/// The read policy of a primary and its replicas (`servers`, the primary first).
+fn replicated(servers: &[Upstream], reads: &Reads) -> Option<Replicated> {
+    let names: Vec<String> = servers[1..]
+        .iter()
+        .map(|u| u.endpoint.to_string())
+        .collect();
+    Replicated::new(reads, &names)
 }
 
 /// Ejects servers that reached their failure limit and brings each back after the retry timeout

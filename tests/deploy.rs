@@ -193,7 +193,9 @@ async fn exported_metrics_are_all_listed() {
 
         let want: BTreeSet<(String, bool)> = exported()
             .filter(|(name, _)| {
-                !metrics::CLUSTER_ONLY.contains(name) && !metrics::SENTINEL_ONLY.contains(name)
+                !metrics::CLUSTER_ONLY.contains(name)
+                    && !metrics::SENTINEL_ONLY.contains(name)
+                    && !metrics::REPLICAS_ONLY.contains(name)
             })
             .map(|(name, hist)| (name.to_string(), hist))
             .collect();

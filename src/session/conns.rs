@@ -212,9 +212,14 @@ impl Session {
         if let Err(line) = self.fresh_pool() {
             return Ok(Err(line));
         }
-        if placed_on.is_sharded() && !Arc::ptr_eq(&placed_on, self.pool.layout()) {
-            // A reload changed the servers since the command was placed on them.
-            return Ok(Err(ErrorReply::ServersChanged.line()));
+        if !Arc::ptr_eq(&placed_on, self.pool.layout()) {
+            if placed_on.is_sharded() {
+                // A reload changed the servers since the command was placed on them.
+                return Ok(Err(ErrorReply::ServersChanged.line()));
+            }
+            // A read placed on a replica of the servers before (a reload, a failover): the
+            // primary answers it.
+            self.lane = 0;
         }
         Ok(Ok(self.current_handle()))
     }

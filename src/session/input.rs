@@ -62,15 +62,16 @@ impl Session {
         if self.closing || !self.batchable() {
             return Ok(false);
         }
-        let sharded = self.sharded();
-        if sharded && self.pool_outdated() {
+        // Commands are placed on lanes: by key (shards), or reads on replicas.
+        let by_lane = self.sharded() || self.replicated();
+        if by_lane && self.pool_outdated() {
             // A reload may have changed the servers: `on_input` moves to them first.
             return Ok(false);
         }
         if self.clustered() {
             return self.forward_plain_cluster();
         }
-        if sharded {
+        if by_lane {
             // The first complete request says which server the run goes to. A complete frame
             // leaves the scanner idle, so the loop below scans it again from the start.
             let frame = match self.scanner.scan(&self.inbuf) {
@@ -82,6 +83,8 @@ impl Session {
                 Some((lane, _)) => self.lane = lane,
                 None => return Ok(false),
             }
+        } else {
+            self.lane = 0;
         }
         let Some(handle) = self.settled_route() else {
             return Ok(false);
@@ -107,7 +110,7 @@ impl Session {
                     break;
                 }
             };
-            let plain = if sharded {
+            let plain = if by_lane {
                 // The first frame's server was found above.
                 count == 0 || self.run_lane(run, &frame).map(|(lane, _)| lane) == Some(self.lane)
             } else {
@@ -142,7 +145,7 @@ impl Session {
         let mut run_count = 0u32;
         // The server the run goes to (sharded upstream): a run holds commands for one server.
         let mut run_lane: Lane = 0;
-        if self.sharded() && self.pool_outdated() && self.lease.is_none() {
+        if (self.sharded() || self.replicated()) && self.pool_outdated() && self.lease.is_none() {
             // A reload may have changed the servers: place the commands on the new ones (a pool
             // that cannot start is reported by the routing step, command by command).
             self.drain().await?;

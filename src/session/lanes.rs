@@ -296,6 +296,9 @@ impl Session {
     ) -> Result<Placed, Close> {
         if !self.pool.layout().is_sharded() {
             self.lane = 0;
+            if self.pool.layout().replicas().is_some() {
+                return self.place_read(kind, name, args, bytes).await;
+            }
             return Ok(Placed::Forward(bytes));
         }
         if self.pool_outdated() && self.lease.is_none() {
@@ -514,7 +517,10 @@ impl Session {
     pub(super) fn plain_lane(&self, name: &[u8], args: Args<'_>) -> Option<(Lane, Option<u16>)> {
         let layout = self.pool.layout();
         if !layout.is_sharded() {
-            return Some((0, None));
+            return match layout.replicas() {
+                Some(policy) => self.read_lane(policy, name, args).map(|lane| (lane, None)),
+                None => Some((0, None)),
+            };
         }
         if self.lease.is_some() || self.deferred_multi.is_some() {
             return None;

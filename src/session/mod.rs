@@ -46,6 +46,7 @@ mod identity;
 mod input;
 mod lanes;
 mod order;
+mod reads;
 mod redirect;
 mod refused;
 mod state;
@@ -274,6 +275,10 @@ struct Session {
     /// Requests in flight whose replies decide state changes: until they arrive, what the
     /// session answers from its state waits.
     undecided: usize,
+    /// When the session last sent a command that is not a read, while reads may go to replicas
+    /// with `read_your_writes` on (`reads.rs`: its clock; 0 = never). Set while requests are
+    /// scanned, with the session borrowed: hence atomic (only this task touches it).
+    last_write: std::sync::atomic::AtomicU64,
 }
 
 /// The read half of a client socket: bytes through `AsyncRead` (whose short reads clear tokio's
@@ -353,6 +358,7 @@ where
         pubsub_limit: None,
         follow: None,
         undecided: 0,
+        last_write: Default::default(),
     };
     session.shared.metrics.connections.increment(1.0);
     session.shared.metrics.accepted.increment(1);

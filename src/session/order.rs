@@ -44,6 +44,11 @@ impl Session {
 
     /// Records that `count` replies are owed for commands sent upstream.
     pub(super) fn owe(&mut self, count: u32, shown: bool) {
+        if self.lane != 0 {
+            if let Some(policy) = self.pool.layout().replicas() {
+                policy.count(self.lane, count);
+            }
+        }
         let follow = self.follow.take();
         self.undecided += usize::from(follow.is_some());
         self.owe_as(

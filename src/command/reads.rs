@@ -1,0 +1,126 @@
+//! The commands a replica may answer for the primary (`read_from`): those Redis flags `readonly`
+//! in `COMMAND`, but the few whose point is an effect on the primary ([`NOT_ON_REPLICAS`]).
+//! Scripts only in their read-only forms (`EVAL_RO`, `EVALSHA_RO`, `FCALL_RO`): Redis refuses a
+//! write in them, so they cannot write wherever they run. A test walks a real server's `COMMAND`
+//! reply and fails when the tables and Redis's flags disagree.
+
+use super::{cmp_lower, Args};
+
+/// Every command Redis flags `readonly`, by lower-case name, sorted (binary search): up to Redis
+/// 7.0 from its `COMMAND` reply, plus the hash field expiry reads of 7.4 (`HTTL`...) from their
+/// specs. Containers are in [`SUBCOMMAND_READS`]. `XREAD` is a read only without `BLOCK` (with it,
+/// it needs a dedicated connection and never comes here).
+#[rustfmt::skip]
+pub const READS: &[&str] = &[
+    "bitcount", "bitfield_ro", "bitpos", "dbsize", "dump", "eval_ro", "evalsha_ro", "exists",
+    "expiretime", "fcall_ro", "geodist", "geohash", "geopos", "georadius_ro",
+    "georadiusbymember_ro", "geosearch", "get", "getbit", "getrange", "hexists", "hexpiretime",
+    "hget", "hgetall", "hkeys", "hlen", "hmget", "hpexpiretime", "hpttl", "hrandfield", "hscan",
+    "hstrlen", "httl", "hvals", "keys", "lcs", "lindex", "llen", "lolwut", "lpos", "lrange", "mget",
+    "pexpiretime", "pfcount", "pttl", "randomkey", "scan", "scard", "sdiff", "sinter",
+    "sintercard", "sismember", "smembers", "smismember", "sort_ro", "srandmember", "sscan",
+    "strlen", "substr", "sunion", "ttl", "type", "xlen", "xpending", "xrange", "xread",
+    "xrevrange", "zcard", "zcount", "zdiff", "zinter", "zintercard", "zlexcount", "zmscore",
+    "zrandmember", "zrange", "zrangebylex", "zrangebyscore", "zrank", "zrevrange",
+    "zrevrangebylex", "zrevrangebyscore", "zrevrank", "zscan", "zscore", "zunion",
+];
+
+/// Every subcommand Redis flags `readonly`, by lower-case container and name, sorted.
+#[rustfmt::skip]
+pub const SUBCOMMAND_READS: &[(&str, &str)] = &[
+    ("memory", "usage"), ("object", "encoding"), ("object", "refcount"), ("xinfo", "consumers"),
+    ("xinfo", "groups"), ("xinfo", "stream"),
+];
+
+/// Commands Redis flags `readonly` that never go to a replica, and why: what they do or tell is
+/// the access history of a key, which a replica keeps for its own reads, not the primary's.
+pub const NOT_ON_REPLICAS: &[(&str, &str)] = &[
+    (
+        "touch",
+        "sets the keys' access time, which must be the primary's",
+    ),
+    ("object|freq", "the key's access frequency on the primary"),
+    ("object|idletime", "the key's idle time on the primary"),
+];
+
+/// True when `name` (with its arguments `args`, the name first) is a command a replica may
+/// answer ([`READS`], [`SUBCOMMAND_READS`]), in any case.
+pub fn is_read(name: &[u8], args: Args<'_>) -> bool {
+    if READS
+        .binary_search_by(|n| cmp_lower(n.as_bytes(), name))
+        .is_ok()
+    {
+        return true;
+    }
+    if !SUBCOMMAND_READS
+        .iter()
+        .any(|(container, _)| container.as_bytes().eq_ignore_ascii_case(name))
+    {
+        return false;
+    }
+    let Some(sub) = args.get(1) else {
+        return false;
+    };
+    SUBCOMMAND_READS
+        .binary_search_by(|(n, s)| {
+            cmp_lower(n.as_bytes(), name).then_with(|| cmp_lower(s.as_bytes(), sub))
+        })
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{class, Class};
+
+    fn words(words: &[&str]) -> bool {
+        let args: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        is_read(&args[0], Args::Inline(&args))
+    }
+
+    #[test]
+    fn tables_are_sorted_and_every_read_forwards_one_reply() {
+        assert!(READS.windows(2).all(|w| w[0] < w[1]));
+        assert!(SUBCOMMAND_READS.windows(2).all(|w| w[0] < w[1]));
+        for name in READS {
+            assert_eq!(class(name.as_bytes(), None), Some(Class::One), "{name}");
+        }
+        for (container, sub) in SUBCOMMAND_READS {
+            let found = class(container.as_bytes(), Some(sub.as_bytes()));
+            assert_eq!(found, Some(Class::One), "{container} {sub}");
+        }
+    }
+
+    #[test]
+    fn reads_in_any_case_and_never_writes_or_read_write_scripts() {
+        for read in [
+            &["GET", "k"][..],
+            &["get", "k"],
+            &["MGet", "a", "b"],
+            &["EVAL_RO", "return 1", "0"],
+            &["evalsha_ro", "abc", "0"],
+            &["FCALL_RO", "f", "0"],
+            &["OBJECT", "encoding", "k"],
+            &["xinfo", "STREAM", "s"],
+            &["XREAD", "STREAMS", "s", "0"],
+        ] {
+            assert!(words(read), "{read:?}");
+        }
+        for other in [
+            &["SET", "k", "v"][..],
+            &["EVAL", "return 1", "0"],
+            &["EVALSHA", "abc", "0"],
+            &["FCALL", "f", "0"],
+            &["TOUCH", "k"],
+            &["OBJECT", "IDLETIME", "k"],
+            &["OBJECT", "FREQ", "k"],
+            &["OBJECT"],
+            &["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"],
+            &["PING"],
+            &["INFO"],
+            &["NOSUCHCOMMAND"],
+        ] {
+            assert!(!words(other), "{other:?}");
+        }
+    }
+}
