@@ -1607,11 +1607,17 @@ fn parse_replicas(raw: &Raw) -> Result<Vec<Endpoint>, String> {
     };
     let mut replicas: Vec<Endpoint> = Vec::new();
     for item in items.into_iter().map(str::trim).filter(|s| !s.is_empty()) {
+        let just_address = "a replica takes the upstream's db, credentials and TLS";
+        if item.contains("://") {
+            return Err(format!(
+                "expected HOST:PORT or unix:/path, not a URL ({just_address})"
+            ));
+        }
         let endpoint = if let Some(path) = item.strip_prefix("unix:") {
             Endpoint::Unix(parse_unix_path(path)?)
         } else {
             let (host, port) = split_host_port(item)?.ok_or_else(|| {
-                format!("expected HOST:PORT or unix:/path, got {item:?} (a replica takes the upstream's db, credentials and TLS)")
+                format!("expected HOST:PORT or unix:/path, got {item:?} ({just_address})")
             })?;
             Endpoint::Tcp {
                 host,
@@ -2621,5 +2627,91 @@ mod tests {
         assert_eq!(sidecar.listen.addresses.len(), 2);
         assert_eq!(sidecar.upstream, Upstream::tcp("redis", 6379));
         assert!(sidecar.observability.metrics_listen.is_some());
+    }
+}
+
+#[cfg(test)]
+mod reads_tests {
+    use super::tests::{load, load_err, TempFile};
+    use super::*;
+
+    #[test]
+    fn read_policy_and_replicas_from_flags_env_and_file() {
+        let c = load(
+            &["--read-from", "prefer-replica", "--read-your-writes", "0"],
+            &[(
+                "RESPIPE_REPLICAS",
+                "10.0.0.2:6379, [::1]:6380,unix:/tmp/r.sock",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.reads.read_from, ReadFrom::PreferReplica);
+        assert_eq!(c.reads.read_your_writes, None);
+        assert_eq!(
+            c.reads.replicas,
+            [
+                Endpoint::Tcp {
+                    host: "10.0.0.2".into(),
+                    port: 6379
+                },
+                Endpoint::Tcp {
+                    host: "::1".into(),
+                    port: 6380
+                },
+                Endpoint::Unix("/tmp/r.sock".into()),
+            ]
+        );
+        let file = TempFile::new(
+            "reads",
+            "[upstream]\naddress = \"p:1\"\nread_from = \"replica\"\nread_your_writes = \"250ms\"\nreplicas = [\"r1:2\", \"r2:3\"]\n",
+        );
+        let c = load(&["--config", file.path()], &[]).unwrap();
+        assert_eq!(c.reads.read_from, ReadFrom::Replica);
+        assert_eq!(c.reads.read_your_writes, Some(Duration::from_millis(250)));
+        assert_eq!(c.reads.replicas.len(), 2);
+        assert_eq!(load(&[], &[]).unwrap().reads, Reads::default());
+    }
+
+    #[test]
+    fn read_policies_the_topology_cannot_serve_are_refused() {
+        let shards = "[upstream]\nkind = \"shards\"\nservers = [{ address = \"a:1\" }]\n";
+        let cluster = "[upstream]\nkind = \"cluster\"\nseeds = [\"a:1\"]\n";
+        let sentinel = "[upstream]\nkind = \"sentinel\"\nsentinels = [\"a:1\"]\nmaster = \"m\"\n";
+        for (toml, args, why) in [
+            (
+                shards,
+                &["--read-from", "replica"][..],
+                "not kind = \"shards\"",
+            ),
+            (
+                cluster,
+                &["--read-from", "prefer-replica"][..],
+                "not kind = \"cluster\"",
+            ),
+            (shards, &["--replicas", "r:1"][..], "single server only"),
+            (sentinel, &["--replicas", "r:1"][..], "the sentinels report"),
+        ] {
+            let file = TempFile::new("reads-refused", toml);
+            let mut all = vec!["--config", file.path()];
+            all.extend(args);
+            let err = load_err(&all, &[]);
+            assert!(err.contains(why), "{toml} {args:?}: {err}");
+        }
+        let file = TempFile::new("reads-sentinel", sentinel);
+        let c = load(&["--config", file.path(), "--read-from", "replica"], &[]).unwrap();
+        assert_eq!(c.reads.read_from, ReadFrom::Replica);
+        for (args, why) in [
+            (&["--read-from", "replica"][..], "need replicas"),
+            (
+                &["--read-from", "any"][..],
+                "expected primary, prefer-replica or replica",
+            ),
+            (&["--replicas", "redis://r:1"][..], "expected HOST:PORT"),
+            (&["--replicas", "r"][..], "expected HOST:PORT"),
+            (&["--replicas", "r:1,r:1"][..], "given twice"),
+        ] {
+            let err = load_err(args, &[]);
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
     }
 }
