@@ -23,7 +23,10 @@ mod keys;
 mod reads;
 
 pub use keys::{key_spec, keys, KeySpec, Keys, NoKey, Positions, Split, KEYS, SUBCOMMAND_KEYS};
-pub use reads::{is_read, NOT_ON_REPLICAS, READS, SUBCOMMAND_READS};
+pub use reads::{
+    is_read, may_write, NOT_ON_REPLICAS, READS, SCRIPT_WRITES, SUBCOMMAND_READS, SUBCOMMAND_WRITES,
+    WRITES,
+};
 
 /// What a command does to connection state, which decides where it may run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,8 +106,8 @@ pub struct Reads {
     /// and clusters. Never writes, scripts other than `EVAL_RO`/`EVALSHA_RO`/`FCALL_RO`, or
     /// anything in a transaction, a blocking command, a subscription or on a lease.
     pub read_from: ReadFrom,
-    /// Read-your-writes: after a client sends a command that is not a read, its reads go to the
-    /// primary for this long, so it reads what it wrote while replicas catch up. Default 1s
+    /// Read-your-writes: after a client sends a command that may write (one Redis flags `write`,
+    /// `EVAL`, `EVALSHA`, `FCALL`, a module's), its reads go to the primary for this long, so it reads what it wrote while replicas catch up. Default 1s
     /// (longer than the usual replication lag on a LAN); `None` (`0`) disables: a read right
     /// after a write may then miss it on a replica. Only with `read_from` other than primary.
     pub read_your_writes: Option<Duration>,

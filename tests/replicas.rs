@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, cmd_until, Proxy, RawClient, RedisServer, Reply};
+use common::{bounded, cmd_until, poll_until, Proxy, RawClient, RedisServer, Reply};
 use respipe::command;
 use respipe::config::{Endpoint, ReadFrom, Reads};
 
@@ -254,6 +254,17 @@ async fn read_your_writes_sends_a_sessions_reads_to_the_primary_after_it_writes(
             .proxy(ReadFrom::Replica, Some(Duration::from_secs(30)))
             .await;
         let mut c = reading_client(&proxy).await;
+        // Commands that write nothing leave the reads on the replica.
+        let gets = calls(replica, "get").await;
+        let replies = c
+            .send_all(&[
+                &["PING"][..],
+                &["CLIENT", "SETNAME", "me"],
+                &["GET", "seeded"],
+            ])
+            .await;
+        assert_eq!(replies[2], Reply::Bulk(Some(b"yes".to_vec())));
+        assert_eq!(calls(replica, "get").await, gets + 1);
         let (gets, primary_gets) = (
             calls(replica, "get").await,
             calls(&set.primary, "get").await,
@@ -326,16 +337,17 @@ async fn prefer_replica_falls_back_to_the_primary_and_replica_refuses() {
 }
 
 /// The commands respipe sends to replicas are those the server flags `readonly`, but the few it
-/// keeps on the primary on purpose: a command Redis adds or reflags cannot slip through.
+/// keeps on the primary on purpose, and those that restart read-your-writes are those it flags
+/// `write`: a command Redis adds or reflags cannot slip through.
 #[tokio::test]
-async fn reads_are_the_commands_redis_flags_readonly() {
+async fn reads_and_writes_are_the_commands_redis_flags_so() {
     bounded(LIMIT, "COMMAND flags", async {
         let redis = RedisServer::start().await;
         let mut c = redis.direct().await;
         let Reply::Array(Some(entries)) = c.cmd(&["COMMAND"]).await else {
             panic!("COMMAND");
         };
-        let mut readonly = Vec::new();
+        let (mut readonly, mut write) = (Vec::new(), Vec::new());
         let mut listed = Vec::new();
         let mut walk = vec![entries];
         while let Some(entries) = walk.pop() {
@@ -352,6 +364,9 @@ async fn reads_are_the_commands_redis_flags_readonly() {
                 };
                 if flags.contains(&Reply::Simple("readonly".into())) {
                     readonly.push(name.clone());
+                }
+                if flags.contains(&Reply::Simple("write".into())) {
+                    write.push(name.clone());
                 }
                 listed.push(name);
                 if let Some(Reply::Array(Some(subs))) = fields.get(9) {
@@ -384,6 +399,71 @@ async fn reads_are_the_commands_redis_flags_readonly() {
                 "{name} is not readonly for Redis"
             );
         }
+        let writes: Vec<String> = command::WRITES
+            .iter()
+            .map(|n| n.to_string())
+            .chain(
+                command::SUBCOMMAND_WRITES
+                    .iter()
+                    .map(|(c, s)| format!("{c}|{s}")),
+            )
+            .collect();
+        for name in &write {
+            assert!(
+                writes.contains(name),
+                "{name} writes for Redis but not in respipe's writes"
+            );
+        }
+        for name in writes.iter().filter(|n| listed.contains(n)) {
+            assert!(write.contains(name), "{name} is not write for Redis");
+        }
+    })
+    .await;
+}
+
+/// The binary with `--replicas` (the flag's path end to end) counts each replica's reads and
+/// reports its lag: 0 in sync, -1 once it cannot be asked.
+#[tokio::test]
+async fn replica_reads_and_lag_are_metrics() {
+    bounded(LIMIT, "replica metrics", async {
+        let mut set = Replicated::start(1).await;
+        set.seed(&[("seeded", "yes")]).await;
+        let replica = format!("127.0.0.1:{}", set.replicas[0].port());
+        let upstream = format!("127.0.0.1:{}", set.primary.port());
+        let args = ["--replicas", &replica, "--read-from", "replica"];
+        let proxy = common::BinProxy::spawn(&upstream, &args);
+        let mut c = proxy.wait_pong().await;
+        cmd_until(&mut c, &["GET", "seeded"], "a replica takes reads", |r| {
+            *r == Reply::Bulk(Some(b"yes".to_vec()))
+        })
+        .await;
+        for _ in 0..20 {
+            c.cmd(&["GET", "seeded"]).await;
+        }
+        let reads = format!("respipe_replica_reads_total{{replica=\"{replica}\"}} 21");
+        let lag = |v: &str| format!("respipe_replica_lag_bytes{{replica=\"{replica}\"}} {v}");
+        let admin = proxy.admin.clone();
+        let scrape = || async {
+            let (status, body) = common::http_get(&admin, "/metrics")
+                .await
+                .expect("GET /metrics");
+            assert_eq!(status, 200);
+            body
+        };
+        let body = poll_until(Duration::from_secs(10), "lag 0 and 21 reads", || async {
+            let body = scrape().await;
+            (body.contains(&reads) && body.contains(&lag("0"))).then_some(body)
+        })
+        .await;
+        assert!(
+            body.contains("# TYPE respipe_replica_lag_bytes gauge"),
+            "{body}"
+        );
+        set.replicas[0].kill();
+        poll_until(Duration::from_secs(10), "lag unknown", || async {
+            scrape().await.contains(&lag("-1")).then_some(())
+        })
+        .await;
     })
     .await;
 }

@@ -2,7 +2,8 @@
 //! in `COMMAND`, but the few whose point is an effect on the primary ([`NOT_ON_REPLICAS`]).
 //! Scripts only in their read-only forms (`EVAL_RO`, `EVALSHA_RO`, `FCALL_RO`): Redis refuses a
 //! write in them, so they cannot write wherever they run. A test walks a real server's `COMMAND`
-//! reply and fails when the tables and Redis's flags disagree.
+//! reply and fails when the tables and Redis's flags disagree. [`may_write`] says which commands
+//! restart a session's read-your-writes window.
 
 use super::{cmp_lower, Args};
 
@@ -43,16 +44,66 @@ pub const NOT_ON_REPLICAS: &[(&str, &str)] = &[
     ("object|idletime", "the key's idle time on the primary"),
 ];
 
+/// Every command Redis flags `write`, by lower-case name, sorted: up to Redis 7.0 from its
+/// `COMMAND` reply, plus the writes added since (hash field expiry, `HGETDEL`, `HGETEX`, `HSETEX`,
+/// `MSETEX`, `DELEX`, `XACKDEL`, `XDELEX`, vector sets) from their specs. With
+/// [`SCRIPT_WRITES`] and [`SUBCOMMAND_WRITES`], what restarts a session's read-your-writes window.
+#[rustfmt::skip]
+pub const WRITES: &[&str] = &[
+    "append", "bitfield", "bitop", "blmove", "blmpop", "blpop", "brpop", "brpoplpush", "bzmpop",
+    "bzpopmax", "bzpopmin", "copy", "decr", "decrby", "del", "delex", "expire", "expireat",
+    "flushall", "flushdb", "geoadd", "georadius", "georadiusbymember", "geosearchstore", "getdel",
+    "getex", "getset", "hdel", "hexpire", "hexpireat", "hgetdel", "hgetex", "hincrby",
+    "hincrbyfloat", "hmset", "hpersist", "hpexpire", "hpexpireat", "hset", "hsetex", "hsetnx",
+    "incr", "incrby", "incrbyfloat", "linsert", "lmove", "lmpop", "lpop", "lpush", "lpushx", "lrem",
+    "lset", "ltrim", "migrate", "move", "mset", "msetex", "msetnx", "persist", "pexpire",
+    "pexpireat", "pfadd", "pfdebug", "pfmerge", "psetex", "rename", "renamenx", "restore",
+    "restore-asking", "rpop", "rpoplpush", "rpush", "rpushx", "sadd", "sdiffstore", "set", "setbit",
+    "setex", "setnx", "setrange", "sinterstore", "smove", "sort", "spop", "srem", "sunionstore",
+    "swapdb", "unlink", "vadd", "vrem", "vsetattr", "xack", "xackdel", "xadd", "xautoclaim",
+    "xclaim", "xdel", "xdelex", "xreadgroup", "xsetid", "xtrim", "zadd", "zdiffstore", "zincrby",
+    "zinterstore", "zmpop", "zpopmax", "zpopmin", "zrangestore", "zrem", "zremrangebylex",
+    "zremrangebyrank", "zremrangebyscore", "zunionstore",
+];
+
+/// Scripts that may write (Redis flags them by what the script declares, not `write`).
+pub const SCRIPT_WRITES: &[&str] = &["eval", "evalsha", "fcall"];
+
+/// Every subcommand Redis flags `write`, by lower-case container and name, sorted.
+#[rustfmt::skip]
+pub const SUBCOMMAND_WRITES: &[(&str, &str)] = &[
+    ("function", "delete"), ("function", "flush"), ("function", "load"), ("function", "restore"),
+    ("xgroup", "create"), ("xgroup", "createconsumer"), ("xgroup", "delconsumer"),
+    ("xgroup", "destroy"), ("xgroup", "setid"),
+];
+
+/// True when `name` (with `args`) may write: a command or subcommand Redis flags `write`, a
+/// script that may write, or a command respipe's table does not know (a module's: it may).
+/// `PING`, `INFO`, `CLIENT SETNAME`... do not, so they leave a session's reads on replicas.
+pub fn may_write(name: &[u8], args: Args<'_>) -> bool {
+    let listed = |table: &[&str]| {
+        table
+            .binary_search_by(|n| cmp_lower(n.as_bytes(), name))
+            .is_ok()
+    };
+    listed(WRITES)
+        || listed(SCRIPT_WRITES)
+        || in_container(SUBCOMMAND_WRITES, name, args)
+        || super::class(name, None).is_none()
+}
+
 /// True when `name` (with its arguments `args`, the name first) is a command a replica may
 /// answer ([`READS`], [`SUBCOMMAND_READS`]), in any case.
 pub fn is_read(name: &[u8], args: Args<'_>) -> bool {
-    if READS
+    READS
         .binary_search_by(|n| cmp_lower(n.as_bytes(), name))
         .is_ok()
-    {
-        return true;
-    }
-    if !SUBCOMMAND_READS
+        || in_container(SUBCOMMAND_READS, name, args)
+}
+
+/// True when `name` is a container of `table` and its subcommand (`args`' second) is listed.
+fn in_container(table: &[(&str, &str)], name: &[u8], args: Args<'_>) -> bool {
+    if !table
         .iter()
         .any(|(container, _)| container.as_bytes().eq_ignore_ascii_case(name))
     {
@@ -61,7 +112,7 @@ pub fn is_read(name: &[u8], args: Args<'_>) -> bool {
     let Some(sub) = args.get(1) else {
         return false;
     };
-    SUBCOMMAND_READS
+    table
         .binary_search_by(|(n, s)| {
             cmp_lower(n.as_bytes(), name).then_with(|| cmp_lower(s.as_bytes(), sub))
         })
@@ -94,6 +145,38 @@ mod tests {
         for (container, sub) in SUBCOMMAND_READS {
             let found = class(container.as_bytes(), Some(sub.as_bytes()));
             assert_eq!(found, Some(Class::One), "{container} {sub}");
+        }
+    }
+
+    #[test]
+    fn writes_scripts_and_unknown_commands_may_write_and_nothing_else() {
+        assert!(WRITES.windows(2).all(|w| w[0] < w[1]));
+        assert!(SUBCOMMAND_WRITES.windows(2).all(|w| w[0] < w[1]));
+        let may = |words: &[&str]| {
+            let args: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+            may_write(&args[0], Args::Inline(&args))
+        };
+        for write in [
+            &["SET", "k", "v"][..],
+            &["incr", "k"],
+            &["EVAL", "return 1", "0"],
+            &["FCALL", "f", "0"],
+            &["XGROUP", "CREATE", "s", "g", "$"],
+            &["BLPOP", "l", "0"],
+            &["MODULECMD.X", "k"],
+        ] {
+            assert!(may(write), "{write:?}");
+        }
+        for other in [
+            &["GET", "k"][..],
+            &["PING"],
+            &["ECHO", "x"],
+            &["INFO"],
+            &["CLIENT", "SETNAME", "x"],
+            &["XGROUP", "HELP"],
+            &["EVAL_RO", "return 1", "0"],
+        ] {
+            assert!(!may(other), "{other:?}");
         }
     }
 

@@ -275,7 +275,7 @@ struct Session {
     /// Requests in flight whose replies decide state changes: until they arrive, what the
     /// session answers from its state waits.
     undecided: usize,
-    /// When the session last sent a command that is not a read, while reads may go to replicas
+    /// When the session last sent a command that may write, while reads may go to replicas
     /// with `read_your_writes` on (`reads.rs`: its clock; 0 = never). Set while requests are
     /// scanned, with the session borrowed: hence atomic (only this task touches it).
     last_write: std::sync::atomic::AtomicU64,

@@ -4,8 +4,8 @@
 //! Lane 0 is the primary, lanes 1.. the replicas ([`crate::replicas`]). A command goes to a
 //! replica only when respipe knows it is a read (`command::is_read`), it is a plain command on the
 //! shared pool (never on a lease: a transaction, `WATCH`, a blocking command, a subscription,
-//! tracking), and the session has not written within `read_your_writes`. Everything else goes to
-//! lane 0. Replies come back in command order through the reorder buffer (`lanes.rs`), as they do
+//! tracking), and the session has not sent a command that may write (`command::may_write`)
+//! within `read_your_writes`. Everything else goes to lane 0. Replies come back in command order through the reorder buffer (`lanes.rs`), as they do
 //! for shards: per lane the session keeps one connection while commands are in flight there.
 
 use std::sync::atomic::Ordering;
@@ -28,7 +28,7 @@ impl Session {
     }
 
     /// The lane of a plain command (`name`, `args`) under `policy`: a replica for a read the
-    /// session may send there, else the primary (a command that is not a read also restarts the
+    /// session may send there, else the primary (a command that may write also restarts the
     /// read-your-writes window). `None`: a read refused, no replica being up (`replica`).
     pub(super) fn read_lane(
         &self,
@@ -37,7 +37,7 @@ impl Session {
         args: Args<'_>,
     ) -> Option<Lane> {
         if !command::is_read(name, args) {
-            self.mark_write(policy);
+            self.mark_write(policy, name, args);
             return Some(0);
         }
         if self.lease.is_some() {
@@ -52,10 +52,10 @@ impl Session {
         policy.pick(self.id, |lane| self.pool.lane_up(lane))
     }
 
-    /// The session sent a command that may write: with read-your-writes on, its reads go to the
-    /// primary for a while.
-    fn mark_write(&self, policy: &Replicated) {
-        if policy.read_your_writes.is_some() {
+    /// With read-your-writes on, a command that may write (`command::may_write`) sends the
+    /// session's reads to the primary for a while.
+    fn mark_write(&self, policy: &Replicated, name: &[u8], args: Args<'_>) {
+        if policy.read_your_writes.is_some() && command::may_write(name, args) {
             self.last_write.store(now(), Ordering::Relaxed);
         }
     }
@@ -75,10 +75,10 @@ impl Session {
         };
         let lane = match kind {
             Kind::Plain => self.read_lane(policy, name, args),
-            // State changes, transactions, blocking commands, streams: on the primary, and they
-            // count as writes.
+            // State changes, transactions, blocking commands, streams: on the primary (a
+            // blocking command may write; the writes of a transaction counted as it queued them).
             _ => {
-                self.mark_write(policy);
+                self.mark_write(policy, name, args);
                 Some(0)
             }
         };
