@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::sentinel::{SentinelOptions, Sentinels};
 use common::{bounded, cmd_until, poll_until, Proxy, RawClient, RedisServer, Reply};
 use respipe::command;
 use respipe::config::{Endpoint, ReadFrom, Reads};
@@ -85,8 +86,13 @@ async fn run(c: &mut RawClient, cmds: Vec<Vec<String>>) -> Vec<Reply> {
 /// How many times `server` ran `command` (`cmdstat_<command>:calls=`), 0 when never.
 async fn calls(server: &RedisServer, command: &str) -> u64 {
     let mut c = server.direct().await;
-    let Reply::Bulk(Some(info)) = c.cmd(&["INFO", "commandstats"]).await else {
-        panic!("INFO commandstats");
+    ran(c.cmd(&["INFO", "commandstats"]).await, command)
+}
+
+/// How many times a server ran `command`, by its `INFO commandstats` reply.
+fn ran(commandstats: Reply, command: &str) -> u64 {
+    let Reply::Bulk(Some(info)) = commandstats else {
+        panic!("INFO commandstats: {commandstats:?}");
     };
     let prefix = format!("cmdstat_{command}:calls=");
     String::from_utf8_lossy(&info)
@@ -465,5 +471,66 @@ async fn replica_reads_and_lag_are_metrics() {
         })
         .await;
     })
+    .await;
+}
+
+/// With Sentinel, the replicas the sentinels report take the reads, and after a failover those
+/// of the new primary do (the old primary among them once it replicates): the primary never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_replicas_take_reads_across_a_failover() {
+    bounded(
+        Duration::from_secs(90),
+        "reads on sentinel replicas",
+        async {
+            let set = Sentinels::start(SentinelOptions::default()).await;
+            let proxy = set
+                .proxy(|c| {
+                    c.reads = Reads {
+                        read_from: ReadFrom::Replica,
+                        read_your_writes: None,
+                        replicas: Vec::new(),
+                    }
+                })
+                .await;
+            let gets = |i: usize| {
+                let set = &set;
+                async move { ran(set.cmd(i, &["INFO", "commandstats"]).await, "get") }
+            };
+            let nodes = set.nodes().len();
+            for round in ["before", "after"] {
+                let primary = set.primary().await;
+                let mut c = proxy.raw().await;
+                assert_eq!(c.cmd(&["SET", "k", round]).await, Reply::ok());
+                // A replica has the write, and this client's reads have reached one.
+                cmd_until(&mut c, &["GET", "k"], "a replica takes reads", |r| {
+                    *r == Reply::bulk(round)
+                })
+                .await;
+                let mut before = Vec::new();
+                for i in 0..nodes {
+                    before.push(gets(i).await);
+                }
+                for _ in 0..20 {
+                    assert_eq!(c.cmd(&["GET", "k"]).await, Reply::bulk(round));
+                    assert!(matches!(c.cmd(&["INCR", "n"]).await, Reply::Int(_)));
+                }
+                let mut on_replicas = 0;
+                for (i, before) in before.iter().enumerate() {
+                    let delta = gets(i).await - before;
+                    if i == primary {
+                        assert_eq!(delta, 0, "{round}: a read on the primary");
+                    } else {
+                        on_replicas += delta;
+                    }
+                }
+                assert_eq!(on_replicas, 20, "{round}");
+                if round == "before" {
+                    let f = set.failover().await;
+                    assert_eq!(f.old, primary);
+                    set.wait_settled().await;
+                }
+            }
+        },
+    )
     .await;
 }
