@@ -112,7 +112,7 @@ mod tests {
 
     use super::*;
     use crate::clients::Registry;
-    use crate::config::{Topology, Upstream};
+    use crate::config::{Endpoint, ReadFrom, Reads, Topology, Upstream};
     use crate::live::Live;
     use crate::metrics::ClientMetrics;
     use crate::outflow::ServerLimit;
@@ -142,17 +142,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_new_server_list_reaches_the_pools_and_restart_settings_stay() {
-        let running = shards(&[1, 2]);
-        let shared = Shared {
-            pools: Pools::start(&running, None),
+    /// What sessions share, for a proxy started with `config`.
+    fn shared(config: &Config) -> Shared {
+        Shared {
+            pools: Pools::start(config, None),
             metrics: ClientMetrics::new(),
-            limits: Live::new(SessionLimits::from_config(&running)),
+            limits: Live::new(SessionLimits::from_config(config)),
             shutdown: CancellationToken::new(),
             pubsub_limit: ServerLimit::default(),
             clients: Registry::new(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_server_list_reaches_the_pools_and_restart_settings_stay() {
+        let running = shards(&[1, 2]);
+        let shared = shared(&running);
         assert_eq!(shared.pools.layout().servers.len(), 2);
 
         let mut new = shards(&[1, 2, 3]);
@@ -179,6 +184,46 @@ mod tests {
             generation,
             "nothing changed, nothing replaced"
         );
+        shared.shutdown.cancel();
+    }
+
+    /// Turning reads from replicas on, or changing read-your-writes, replaces the pools (sessions
+    /// move to them when idle); with reads on the primary the replicas get no connections.
+    #[tokio::test]
+    async fn a_new_read_policy_reaches_the_pools() {
+        let running = Config {
+            upstream: Upstream::tcp("127.0.0.1", 1),
+            reads: Reads {
+                replicas: vec![Endpoint::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 2,
+                }],
+                ..Reads::default()
+            },
+            ..Config::default()
+        };
+        let shared = shared(&running);
+        let layout = shared.pools.layout();
+        assert!(layout.replicas().is_none());
+        assert_eq!((layout.servers(), layout.lanes_started()), (2, 1));
+
+        let mut new = running.clone();
+        new.reads.read_from = ReadFrom::PreferReplica;
+        let generation = shared.pools.generation();
+        let effective = apply(&running, &new, &shared);
+        assert_eq!(effective.reads, new.reads);
+        assert!(shared.pools.generation() > generation, "new pools started");
+        let layout = shared.pools.layout();
+        assert_eq!(layout.replicas().map(|r| r.replicas()), Some(1));
+        assert_eq!(layout.lanes_started(), 2);
+
+        let mut newer = new.clone();
+        newer.reads.read_your_writes = None;
+        let generation = shared.pools.generation();
+        apply(&new, &newer, &shared);
+        assert!(shared.pools.generation() > generation);
+        let layout = shared.pools.layout();
+        assert_eq!(layout.replicas().and_then(|r| r.read_your_writes), None);
         shared.shutdown.cancel();
     }
 }
