@@ -39,6 +39,13 @@ impl Replicated {
         }
     }
 
+    /// A primary and `replicas` replicas that have `pairs`.
+    async fn seeded(replicas: usize, pairs: &[(&str, &str)]) -> Replicated {
+        let set = Replicated::start(replicas).await;
+        set.seed(pairs).await;
+        set
+    }
+
     /// respipe in front of the primary, reading from the replicas as `read_from` says.
     async fn proxy(&self, read_from: ReadFrom, read_your_writes: Option<Duration>) -> Proxy {
         let replicas = self
@@ -104,7 +111,11 @@ fn ran(commandstats: Reply, command: &str) -> u64 {
 /// A client of `proxy` whose reads have started landing on a replica (`read_from = replica`:
 /// refused until the replica's connections are up).
 async fn reading_client(proxy: &Proxy) -> RawClient {
-    let mut c = proxy.raw().await;
+    reading(proxy.raw().await).await
+}
+
+/// `c`, once its reads have started landing on a replica (as [`reading_client`]).
+async fn reading(mut c: RawClient) -> RawClient {
     cmd_until(&mut c, &["GET", "seeded"], "a replica takes reads", |r| {
         *r == Reply::Bulk(Some(b"yes".to_vec()))
     })
@@ -115,8 +126,7 @@ async fn reading_client(proxy: &Proxy) -> RawClient {
 #[tokio::test]
 async fn reads_land_on_replicas_and_writes_never_do() {
     bounded(LIMIT, "reads on replicas", async {
-        let set = Replicated::start(2).await;
-        set.seed(&[("seeded", "yes"), ("k", "v")]).await;
+        let set = Replicated::seeded(2, &[("seeded", "yes"), ("k", "v")]).await;
         let proxy = set.proxy(ReadFrom::Replica, None).await;
         let mut clients = Vec::new();
         for _ in 0..4 {
@@ -171,8 +181,7 @@ async fn reads_land_on_replicas_and_writes_never_do() {
 #[tokio::test]
 async fn read_only_scripts_go_to_a_replica_and_others_and_transactions_do_not() {
     bounded(LIMIT, "scripts on replicas", async {
-        let set = Replicated::start(1).await;
-        set.seed(&[("seeded", "yes"), ("k", "v")]).await;
+        let set = Replicated::seeded(1, &[("seeded", "yes"), ("k", "v")]).await;
         let proxy = set.proxy(ReadFrom::Replica, None).await;
         let mut c = reading_client(&proxy).await;
         let script = "return redis.call('GET', KEYS[1])";
@@ -251,8 +260,7 @@ async fn a_pipeline_mixing_writes_and_reads_keeps_its_order() {
 #[tokio::test]
 async fn read_your_writes_sends_a_sessions_reads_to_the_primary_after_it_writes() {
     bounded(LIMIT, "read your writes", async {
-        let set = Replicated::start(1).await;
-        set.seed(&[("seeded", "yes")]).await;
+        let set = Replicated::seeded(1, &[("seeded", "yes")]).await;
         let replica = &set.replicas[0];
         // On: every read right after the session's write sees it (even with read_from = replica:
         // the session asked for its writes).
@@ -305,8 +313,7 @@ async fn read_your_writes_sends_a_sessions_reads_to_the_primary_after_it_writes(
 #[tokio::test]
 async fn prefer_replica_falls_back_to_the_primary_and_replica_refuses() {
     bounded(LIMIT, "replica down", async {
-        let mut set = Replicated::start(1).await;
-        set.seed(&[("seeded", "yes")]).await;
+        let mut set = Replicated::seeded(1, &[("seeded", "yes")]).await;
         let prefer = set.proxy(ReadFrom::PreferReplica, None).await;
         let only = set.proxy(ReadFrom::Replica, None).await;
         let mut p = reading_client(&prefer).await;
@@ -432,17 +439,12 @@ async fn reads_and_writes_are_the_commands_redis_flags_so() {
 #[tokio::test]
 async fn replica_reads_and_lag_are_metrics() {
     bounded(LIMIT, "replica metrics", async {
-        let mut set = Replicated::start(1).await;
-        set.seed(&[("seeded", "yes")]).await;
+        let mut set = Replicated::seeded(1, &[("seeded", "yes")]).await;
         let replica = format!("127.0.0.1:{}", set.replicas[0].port());
         let upstream = format!("127.0.0.1:{}", set.primary.port());
         let args = ["--replicas", &replica, "--read-from", "replica"];
         let proxy = common::BinProxy::spawn(&upstream, &args);
-        let mut c = proxy.wait_pong().await;
-        cmd_until(&mut c, &["GET", "seeded"], "a replica takes reads", |r| {
-            *r == Reply::Bulk(Some(b"yes".to_vec()))
-        })
-        .await;
+        let mut c = reading(proxy.wait_pong().await).await;
         for _ in 0..20 {
             c.cmd(&["GET", "seeded"]).await;
         }
