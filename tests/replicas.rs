@@ -536,3 +536,57 @@ async fn sentinel_replicas_take_reads_across_a_failover() {
     )
     .await;
 }
+
+/// Many clients at once, each pipelining writes (its own counter) and reads (seeded keys, on its
+/// replica) together: every client gets exactly its own replies, in its command order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_get_their_own_replies_in_order() {
+    bounded(LIMIT, "concurrent mixed pipelines", async {
+        let seeded: Vec<(String, String)> = (0..50)
+            .map(|i| (format!("s{i}"), format!("value-{i}")))
+            .collect();
+        let pairs: Vec<(&str, &str)> = std::iter::once(("seeded", "yes"))
+            .chain(seeded.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
+        let set = Replicated::seeded(2, &pairs).await;
+        let proxy = set.proxy(ReadFrom::Replica, None).await;
+        let mut clients = Vec::new();
+        for client in 0..16 {
+            let mut c = reading_client(&proxy).await;
+            clients.push(tokio::spawn(async move {
+                for round in 0..50 {
+                    let mut cmds = Vec::new();
+                    let mut want = Vec::new();
+                    for i in 0..8 {
+                        let n = round * 8 + i + 1;
+                        let s = (client * 7 + n) % 50;
+                        cmds.push(vec!["INCR".to_owned(), format!("c{client}")]);
+                        want.push(Reply::Int(n as i64));
+                        cmds.push(vec!["GET".to_owned(), format!("s{s}")]);
+                        want.push(Reply::bulk(format!("value-{s}")));
+                        cmds.push(vec![
+                            "SET".to_owned(),
+                            format!("own{client}"),
+                            n.to_string(),
+                        ]);
+                        want.push(Reply::ok());
+                    }
+                    assert_eq!(
+                        run(&mut c, cmds).await,
+                        want,
+                        "client {client} round {round}"
+                    );
+                }
+            }));
+        }
+        for client in clients {
+            client.await.expect("a client's task");
+        }
+        assert_eq!(
+            calls(&set.primary, "get").await,
+            0,
+            "every read on a replica"
+        );
+    })
+    .await;
+}
