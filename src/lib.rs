@@ -31,8 +31,9 @@
 //!   replicas) as the sentinels say and `ROLE` confirms; a change replaces the pools.
 //! - `session`: one client, by concern: the socket loop (`mod.rs`), input and dispatch (`input`),
 //!   client state (`state`), connections and leases (`conns`), reply order (`order`), the reorder
-//!   buffer and sharded commands (`lanes`), cluster redirects, retries and the redirect fence
-//!   (`redirect`), streams (`stream`, shard channels following their slot), identity and tracking.
+//!   buffer and sharded commands (`lanes`), reads on replicas (`reads`), cluster redirects,
+//!   retries and the redirect fence (`redirect`), streams (`stream`, shard channels following
+//!   their slot), identity and tracking.
 //! - `route`: the routing step for several servers: one server, a split with its merge, every
 //!   server, a local answer or a refusal; `route::cluster` the answers a cluster needs (`CLUSTER`
 //!   as a non-cluster Redis, `INFO` merged, keyless commands on a primary).

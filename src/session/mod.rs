@@ -11,7 +11,8 @@
 //! and writes them; the rest is split by concern: `input` (reading and dispatching requests),
 //! `state` (SELECT/AUTH/HELLO and the other state changes), `conns` (routing to the shared
 //! connection or the lease, and sending), `order` (what the client is owed, in command order),
-//! `stream` (pub/sub, MONITOR, replication), plus `identity`, `tracking` and `refused`.
+//! `stream` (pub/sub, MONITOR, replication), `reads` (reads on replicas), plus `identity`,
+//! `tracking` and `refused`.
 
 use std::collections::VecDeque;
 use std::future::Future;
