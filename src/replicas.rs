@@ -79,12 +79,12 @@ impl Replicated {
 }
 
 /// Polls the replication lag of `layout`'s replicas every [`LAG_INTERVAL`] while the layout
-/// lives (nothing when it has none): the primary's `master_repl_offset` minus each replica's
+/// lives (nothing when it has none: a Sentinel layout made before any replica was known): the primary's `master_repl_offset` minus each replica's
 /// `slave_repl_offset` (`INFO replication`, on short-lived connections made as `settings` say),
 /// in `respipe_replica_lag_bytes{replica}`; -1 while a replica cannot be asked or its link to
-/// the primary is down.
+/// the primary is down. Only while reads go to replicas.
 pub fn poll_lag(layout: &Arc<Layout>, settings: UpstreamSettings) {
-    if layout.replicas().is_none() {
+    if layout.replicas().is_none_or(|policy| policy.replicas() == 0) {
         return;
     }
     tokio::spawn(keep_lag(Arc::downgrade(layout), settings));
@@ -109,9 +109,8 @@ async fn keep_lag(layout: Weak<Layout>, settings: UpstreamSettings) {
                 value::parse(&replies[0], 1)?.string()
             }
         };
-        let servers = current.servers();
-        if gauges.len() < servers {
-            gauges = (1..servers as Lane)
+        if gauges.is_empty() {
+            gauges = (1..current.servers() as Lane)
                 .map(|lane| {
                     let name = current.server_name(lane);
                     metrics::gauge!(crate::metrics::REPLICA_LAG, "replica" => name)
