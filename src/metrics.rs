@@ -80,7 +80,8 @@ pub const SENTINEL_REACHABLE: &str = "respipe_sentinel_sentinels_reachable";
 /// Reads sent to each replica (`read_from`), by `replica` address.
 pub const REPLICA_READS: &str = "respipe_replica_reads_total";
 /// How far each replica is behind the primary, in bytes of the replication stream (`INFO
-/// replication` offsets, polled every 2 s); -1 while it cannot be asked or its link is down.
+/// replication` offsets, polled every 2 s); -1 while unknown (the primary or the replica cannot be
+/// asked, or the replica's link is down).
 pub const REPLICA_LAG: &str = "respipe_replica_lag_bytes";
 
 /// Every metric respipe exports (the README and the Grafana dashboard are checked against it).

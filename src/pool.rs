@@ -675,7 +675,8 @@ impl Pools {
             .collect()
     }
 
-    /// True while at least one connection of the default pool is established. Replaces retired
+    /// True while at least one connection of the default pool to the primary (to any shard) is
+    /// established: replicas serve reads only, so they do not make respipe ready. Replaces retired
     /// connections as routing does, so a stalled one that Redis then closed does not keep the
     /// proxy unready while no client sends anything.
     pub fn any_up(&self) -> bool {
@@ -689,7 +690,14 @@ impl Pools {
                     .iter()
                     .any(|&lane| pool.route(lane, 0).is_up());
         }
-        let up = pool.started().any(|lane| {
+        // A primary's replicas serve reads only: it is the primary that counts (lane 0, the
+        // first started); for shards, any of them.
+        let counted = if pool.layout.is_sharded() {
+            usize::MAX
+        } else {
+            1
+        };
+        let up = pool.started().take(counted).any(|lane| {
             lane.members
                 .iter()
                 .any(|m| m.handle(&lane.settings).is_up())

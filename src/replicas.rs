@@ -81,10 +81,14 @@ impl Replicated {
 /// Polls the replication lag of `layout`'s replicas every [`LAG_INTERVAL`] while the layout
 /// lives (nothing when it has none: a Sentinel layout made before any replica was known): the primary's `master_repl_offset` minus each replica's
 /// `slave_repl_offset` (`INFO replication`, on short-lived connections made as `settings` say),
-/// in `respipe_replica_lag_bytes{replica}`; -1 while a replica cannot be asked or its link to
-/// the primary is down. Only while reads go to replicas.
+/// in `respipe_replica_lag_bytes{replica}`; -1 while it cannot be known (the primary or the
+/// replica cannot be asked, or the replica's link to the primary is down). Only while reads go
+/// to replicas.
 pub fn poll_lag(layout: &Arc<Layout>, settings: UpstreamSettings) {
-    if layout.replicas().is_none_or(|policy| policy.replicas() == 0) {
+    if layout
+        .replicas()
+        .is_none_or(|policy| policy.replicas() == 0)
+    {
         return;
     }
     tokio::spawn(keep_lag(Arc::downgrade(layout), settings));

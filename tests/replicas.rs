@@ -435,7 +435,7 @@ async fn reads_and_writes_are_the_commands_redis_flags_so() {
 }
 
 /// The binary with `--replicas` (the flag's path end to end) counts each replica's reads and
-/// reports its lag: 0 in sync, -1 once it cannot be asked.
+/// reports its lag: 0 in sync, -1 once it cannot be known; `/readyz` follows the primary.
 #[tokio::test]
 async fn replica_reads_and_lag_are_metrics() {
     bounded(LIMIT, "replica metrics", async {
@@ -467,11 +467,20 @@ async fn replica_reads_and_lag_are_metrics() {
             body.contains("# TYPE respipe_replica_lag_bytes gauge"),
             "{body}"
         );
-        set.replicas[0].kill();
+        // The primary gone: not ready (a replica serves reads only), though reads still work.
+        assert_eq!(proxy.status("/readyz").await, 200);
+        set.primary.kill();
+        proxy
+            .wait_status("/readyz", 503, Duration::from_secs(10))
+            .await;
+        assert_eq!(c.cmd(&["GET", "seeded"]).await, Reply::bulk("yes"));
+        // Lag unknown: the primary cannot be asked (nor, then, the replica).
         poll_until(Duration::from_secs(10), "lag unknown", || async {
             scrape().await.contains(&lag("-1")).then_some(())
         })
         .await;
+        set.replicas[0].kill();
+        assert!(matches!(c.cmd(&["GET", "seeded"]).await, Reply::Error(_)));
     })
     .await;
 }
