@@ -223,8 +223,9 @@ async fn the_old_primary_back_after_a_kill_never_receives_a_write() {
         let proxy = set.respipe(&[]).await;
         let mut idle = RawClient::connect(proxy.listen).await;
         assert_eq!(idle.cmd(&["SET", "before-kill", "v"]).await, Reply::ok());
-        let (old, _) = set.kill_primary().await;
-        let f = set.wait_promotion(old).await;
+        let killed = set.kill_primary().await;
+        let f = set.wait_promotion(&killed).await;
+        let old = killed.old;
         wait_write_on(&set, proxy.listen, f.new, "after-kill").await;
         eprintln!(
             "writes on the new primary {:?} after its promotion was seen (kill)",

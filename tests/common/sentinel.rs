@@ -16,9 +16,10 @@
 //! let proxy = set.proxy(|_| {}).await;             // respipe in-process, once it serves
 //! let f = set.failover().await;                    // SENTINEL FAILOVER, the new primary named
 //! // f.old, f.new: node indices; f.promoted: when f.new first said ROLE master
-//! let (old, killed_at) = set.kill_primary();       // SIGKILL
-//! let f = set.wait_promotion(old).await;           // the sentinels promote a replica
-//! set.restart(old).await;                          // back on its port (empty), made a replica
+//! let killed = set.kill_primary().await;           // SIGKILL; killed.old, killed.at
+//! let f = set.wait_promoted(&killed).await;        // a replica says ROLE master (measure here)
+//! set.wait_named(f.new).await;                     // every sentinel names it
+//! set.restart(f.old).await;                        // back on its port (empty), made a replica
 //! set.wait_settled().await;                        // every node linked, every sentinel agreed
 //! ```
 
@@ -149,6 +150,18 @@ impl Proc {
         );
         wait_started(&mut self.child, &what, &log, || ping_direct(addr, password)).await
     }
+}
+
+/// A failover asked for or caused ([`Sentinels::begin_failover`], [`Sentinels::kill_primary`])
+/// and not yet waited for.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The primary being replaced (a node index).
+    pub old: usize,
+    /// When the failover was accepted, or the primary killed.
+    pub at: Instant,
+    /// The nodes that replicated it: one of them is promoted.
+    candidates: Vec<usize>,
 }
 
 /// A failover the set went through (node indices).
@@ -331,11 +344,16 @@ impl Sentinels {
         self.node(self.primary_addr().await)
     }
 
-    /// `SENTINEL FAILOVER` on the first running sentinel (asked again while it answers
-    /// `-NOGOODSLAVE` or `-INPROG`: the replicas are not ready yet), then [`Sentinels::wait_promotion`].
+    /// `SENTINEL FAILOVER` on the first running sentinel, then [`Sentinels::wait_promotion`].
     pub async fn failover(&self) -> Failover {
-        let old = self.primary().await;
-        let candidates = self.replicas_of(old).await;
+        let pending = self.begin_failover().await;
+        self.wait_promotion(&pending).await
+    }
+
+    /// `SENTINEL FAILOVER` on the first running sentinel (asked again while it answers
+    /// `-NOGOODSLAVE` or `-INPROG`: the replicas are not ready yet); returns once it is accepted.
+    pub async fn begin_failover(&self) -> Pending {
+        let pending = self.pending().await;
         let s = self.running_sentinels().next().expect("a running sentinel");
         poll_until(SENTINEL_DEADLINE, "SENTINEL FAILOVER accepted", || async {
             let reply = self
@@ -344,21 +362,65 @@ impl Sentinels {
             (reply == Some(Reply::ok())).then_some(())
         })
         .await;
-        self.promotion(old, &candidates).await
+        Pending {
+            at: Instant::now(),
+            ..pending
+        }
     }
 
-    /// SIGKILLs the primary the sentinels name; returns its index and when it was killed.
-    pub async fn kill_primary(&mut self) -> (usize, Instant) {
-        let old = self.primary().await;
-        self.kill(old);
-        (old, Instant::now())
+    /// SIGKILLs the primary the sentinels name; the sentinels fail it over in their own time
+    /// (`down_after_ms`, then an election).
+    pub async fn kill_primary(&mut self) -> Pending {
+        let pending = self.pending().await;
+        self.kill(pending.old);
+        Pending {
+            at: Instant::now(),
+            ..pending
+        }
     }
 
-    /// Waits (bounded) until one of the nodes that replicate `old` now says `ROLE` master (the
-    /// sentinels promoted it), then until every running sentinel names it.
-    pub async fn wait_promotion(&self, old: usize) -> Failover {
-        let candidates = self.replicas_of(old).await;
-        self.promotion(old, &candidates).await
+    /// [`Sentinels::wait_promoted`], then [`Sentinels::wait_named`].
+    pub async fn wait_promotion(&self, pending: &Pending) -> Failover {
+        let failover = self.wait_promoted(pending).await;
+        self.wait_named(failover.new).await;
+        failover
+    }
+
+    /// Waits (bounded, polling every [`POLL`]) until one of the replicas of the failover's old
+    /// primary says `ROLE` master.
+    pub async fn wait_promoted(&self, pending: &Pending) -> Failover {
+        let (new, promoted) = poll_until(SENTINEL_DEADLINE, "a replica promoted", || async {
+            for &i in &pending.candidates {
+                if self.role(i).await.as_deref() == Some("master") {
+                    return Some((i, Instant::now()));
+                }
+            }
+            None
+        })
+        .await;
+        Failover {
+            old: pending.old,
+            new,
+            promoted,
+        }
+    }
+
+    /// Waits (bounded) until every running sentinel names data node `new` as the primary.
+    pub async fn wait_named(&self, new: usize) {
+        let addr = self.nodes[new].addr();
+        poll_until(
+            SENTINEL_DEADLINE,
+            "every sentinel names the new primary",
+            || async {
+                for s in self.running_sentinels() {
+                    if self.named_by(s).await != Some(addr) {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
     }
 
     /// SIGKILLs data node `i` (and reaps it).
@@ -596,37 +658,19 @@ impl Sentinels {
         out
     }
 
-    /// Waits until one of `candidates` says `ROLE` master, then until every running sentinel
-    /// names it.
-    async fn promotion(&self, old: usize, candidates: &[usize]) -> Failover {
+    /// The primary now and the running nodes that replicate it: what a failover starts from.
+    async fn pending(&self) -> Pending {
+        let old = self.primary().await;
+        let candidates = self.replicas_of(old).await;
         assert!(
             !candidates.is_empty(),
             "node {old} has no replica to promote"
         );
-        let (new, promoted) = poll_until(SENTINEL_DEADLINE, "a replica promoted", || async {
-            for &i in candidates {
-                if self.role(i).await.as_deref() == Some("master") {
-                    return Some((i, Instant::now()));
-                }
-            }
-            None
-        })
-        .await;
-        let addr = self.nodes[new].addr();
-        poll_until(
-            SENTINEL_DEADLINE,
-            "every sentinel names the new primary",
-            || async {
-                for s in self.running_sentinels() {
-                    if self.named_by(s).await != Some(addr) {
-                        return None;
-                    }
-                }
-                Some(())
-            },
-        )
-        .await;
-        Failover { old, new, promoted }
+        Pending {
+            old,
+            at: Instant::now(),
+            candidates,
+        }
     }
 
     /// `INFO replication` of node `i`; `None` if it does not answer.
