@@ -171,6 +171,7 @@ impl DrillConfig {
                 value_pad: 16,
                 tags,
                 failure: failure.to_owned(),
+                other_failures: Vec::new(),
             },
         }
     }
@@ -189,6 +190,9 @@ pub struct ClientShape {
     /// How an error reply that reports a failure explicitly starts (respipe's:
     /// [`RESPIPE_FAILURE`]).
     pub failure: String,
+    /// How other error replies that count as explicit failures start (Redis's own, such as
+    /// `READONLY` from a primary that was just demoted).
+    pub other_failures: Vec<String>,
 }
 
 /// How respipe's error replies for a lost or unreachable upstream start.
@@ -202,6 +206,7 @@ impl ClientShape {
             value_pad,
             tags: Vec::new(),
             failure: RESPIPE_FAILURE.to_owned(),
+            other_failures: Vec::new(),
         }
     }
 
@@ -213,6 +218,11 @@ impl ClientShape {
         let tag = seq as usize % self.tags.len();
         (format!("{{{}}}d:{id}:{seq}", self.tags[tag]), tag)
     }
+
+    /// True if error reply `e` reports a failure explicitly.
+    fn is_failure(&self, e: &str) -> bool {
+        e.starts_with(&self.failure) || self.other_failures.iter().any(|f| e.starts_with(f))
+    }
 }
 
 /// What the drill saw.
@@ -222,8 +232,11 @@ pub struct DrillCounts {
     pub commands: AtomicU64,
     /// `+OK` to a SET, or the client's own value to a GET.
     pub ok: AtomicU64,
-    /// An error reply starting with [`ClientShape::failure`] (an explicit failure).
+    /// An error reply starting with [`ClientShape::failure`] (or one of
+    /// [`ClientShape::other_failures`]): an explicit failure.
     pub err: AtomicU64,
+    /// The explicit failures by their text (its first [`ERROR_KIND`] characters).
+    pub errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// A GET that found nothing: its SET failed or Redis restarted empty since.
     pub nil: AtomicU64,
     /// Per key tag ([`ClientShape::tags`]): explicit failures and GETs that found nothing. Empty
@@ -238,6 +251,9 @@ pub struct DrillCounts {
     /// A client connection closed by the proxy.
     pub closed: AtomicU64,
 }
+
+/// How many characters of an explicit failure's text [`DrillCounts::errors`] keeps.
+pub const ERROR_KIND: usize = 72;
 
 /// The drill's result.
 #[derive(Debug)]
@@ -282,6 +298,16 @@ impl DrillReport {
             if by_tag.is_empty() { "-".to_string() } else { by_tag.join(",") },
             if recovery.is_empty() { "-".to_string() } else { recovery.join(",") }
         )
+    }
+
+    /// Every kind of explicit failure seen, with its count: `N× TEXT; ...` (`-` for none).
+    pub fn errors(&self) -> String {
+        let errors = self.counts.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.is_empty() {
+            return "-".to_owned();
+        }
+        let kinds: Vec<String> = errors.iter().map(|(e, n)| format!("{n}× {e}")).collect();
+        kinds.join("; ")
     }
 
     /// No wrong value, no misroute, no hang, no dropped client.
@@ -395,7 +421,6 @@ pub async fn client(
     shape: Arc<ClientShape>,
 ) {
     let hang = shape.hang;
-    let failure = shape.failure.as_str();
     let pad = "x".repeat(shape.value_pad);
     let mut reader = ReplyReader::default();
     let mut seq = 0u64;
@@ -439,7 +464,12 @@ pub async fn client(
                     (Reply::Simple(v), None) if v == "OK" => &counts.ok,
                     (Reply::Bulk(Some(v)), Some(w)) if v == w.as_bytes() => &counts.ok,
                     (Reply::Bulk(None), Some(_)) => &counts.nil,
-                    (Reply::Error(e), _) if e.starts_with(failure) => &counts.err,
+                    (Reply::Error(e), _) if shape.is_failure(e) => {
+                        let kind: String = e.chars().take(ERROR_KIND).collect();
+                        let mut errors = counts.errors.lock().unwrap_or_else(|e| e.into_inner());
+                        *errors.entry(kind).or_default() += 1;
+                        &counts.err
+                    }
                     (Reply::Bulk(Some(v)), _) if !v.starts_with(own.as_bytes()) => {
                         eprintln!("drill client {id}: misrouted {reply:?}, wanted {want:?}");
                         &counts.misrouted
