@@ -25,13 +25,14 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Reads, Topology, Upstream};
 use crate::error::UpstreamError;
 use crate::live::Live;
 use crate::reply::ErrorReply;
 use crate::reply::Lane;
-use crate::sentinel::Watch;
+use crate::sentinel::{Role, Watch};
 use crate::tls::UpstreamTls;
 use crate::topology::Layout;
 use crate::upstream::{self, RawIo, Tunables, UpstreamHandle, UpstreamSettings};
@@ -173,6 +174,10 @@ pub struct Pools {
     /// of a shared pool, or a lease is lost; the task that closes the sessions of refused users
     /// waits on it (`session::close_refused`).
     user_events: Arc<Notify>,
+    /// Given to the leases on the primary of an upstream watched by Sentinel, and cancelled (and
+    /// replaced) when the sentinels name another primary: those leases end
+    /// ([`UpstreamSettings::superseded`]).
+    primary_leases: Mutex<CancellationToken>,
 }
 
 impl fmt::Debug for Credentials {
@@ -348,6 +353,7 @@ impl Pools {
             user_events: None,
             health: None,
             role: None,
+            superseded: None,
         };
         let default_key = PoolKey {
             db: config.upstream.db,
@@ -388,6 +394,7 @@ impl Pools {
             known_dbs: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
             user_events: Arc::default(),
+            primary_leases: Mutex::default(),
         };
         pools.start_default(default_key);
         pools
@@ -421,7 +428,9 @@ impl Pools {
 
     /// For an upstream watched by Sentinel: when the watch has found another primary (or other
     /// replicas) than the pools were made for, new pools start there, as [`Pools::replace_upstream`]
-    /// starts them. Nothing happens otherwise.
+    /// starts them. When the primary itself changed, the leases on the old one end as lost
+    /// connections do (their clients get errors), rather than keep a transaction, a blocked
+    /// command or a subscription on a demoted server. Nothing happens otherwise.
     pub fn follow_sentinel(&self) {
         let layout = self.layout();
         let Some(watch) = layout
@@ -432,10 +441,13 @@ impl Pools {
         };
         let upstream = lock(&self.base).upstream.clone();
         let reads = lock(&self.reads).clone();
-        self.install(
-            Layout::sentinel(&upstream, watch.clone(), &reads),
-            upstream.db,
-        );
+        let old = layout.endpoint(0).map(|u| u.endpoint);
+        let new = Layout::sentinel(&upstream, watch.clone(), &reads);
+        let moved = new.endpoint(0).map(|u| u.endpoint) != old;
+        self.install(new, upstream.db);
+        if moved {
+            std::mem::take(&mut *lock(&self.primary_leases)).cancel();
+        }
     }
 
     /// Replaces the layout, the pools (the default one started in `db`) and what was learnt of
@@ -585,11 +597,14 @@ impl Pools {
     fn spawn_lease(&self, key: &PoolKey, lane: Lane, permit: OwnedSemaphorePermit) -> Lease {
         // The generation first: a reload between the two makes the lease stale, never wrong.
         let generation = self.warm.generation();
-        let settings = UpstreamSettings {
+        let mut settings = UpstreamSettings {
             dedicated: true,
             user_events: Some(self.user_events.clone()),
             ..self.settings_for(key, lane)
         };
+        if settings.role == Some(Role::Primary) {
+            settings.superseded = Some(lock(&self.primary_leases).clone());
+        }
         Lease {
             handle: UpstreamHandle::spawn("lease".to_owned(), Arc::new(settings)),
             key: key.clone(),

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::{Batch, BatchPolicy};
@@ -114,6 +115,11 @@ pub struct UpstreamSettings {
     /// A leased connection: it carries one client's state (a transaction, subscriptions), so once
     /// lost it never reconnects (that would silently drop the state); every later request fails.
     pub dedicated: bool,
+    /// For a lease on the primary of an upstream watched by Sentinel: cancelled when the
+    /// sentinels name another primary (`Pools::follow_sentinel`). The connection then ends as a
+    /// lost one does, so nothing more runs on the demoted primary: the commands in flight get
+    /// errors, Redis discards its transaction and unblocks its blocked command.
+    pub superseded: Option<CancellationToken>,
 }
 
 #[cfg(test)]
@@ -137,6 +143,7 @@ impl UpstreamSettings {
             max_inflight: 1,
             queue_capacity: 1,
             dedicated: false,
+            superseded: None,
         }
     }
 }
@@ -211,6 +218,8 @@ enum Event {
     Wrote(std::io::Result<usize>),
     Request(Option<Request>),
     Tick,
+    /// The lease's primary is no longer the primary ([`UpstreamSettings::superseded`]).
+    Superseded,
 }
 
 /// A reply slot: where the replies of one request go, in the FIFO in exactly the order its bytes were
@@ -547,6 +556,8 @@ impl Driver {
         // Fires at (or before) the head slot's command deadline; re-armed lazily after firing.
         let mut expiry: Pin<Box<Sleep>> = Box::pin(sleep_until(Instant::now()));
         let mut expiry_armed = false;
+        // Never cancelled when the settings have none (the branch is off then anyway).
+        let superseded = self.settings.superseded.clone().unwrap_or_default();
         loop {
             conn.tunables.refresh(&self.settings.tunables);
             let now = Instant::now();
@@ -570,6 +581,9 @@ impl Driver {
                 biased;
                 r = rd.read_buf(&mut conn.rbuf) => Event::Read(r),
                 r = conn.out.chunks.write_to(&mut wr), if writing => Event::Wrote(r),
+                _ = superseded.cancelled(), if self.settings.superseded.is_some() => {
+                    Event::Superseded
+                }
                 r = self.rx.recv(), if can_take => Event::Request(r),
                 _ = &mut window, if window_due => Event::Tick,
                 _ = &mut expiry, if live && expiry_armed => {
@@ -591,6 +605,12 @@ impl Driver {
                     Ok(())
                 }
                 Event::Request(None) => return Ended::Closed,
+                Event::Superseded => Err(UpstreamError::io(
+                    &self.addr,
+                    std::io::Error::other(
+                        "no longer the primary: the sentinels named another one (failover)",
+                    ),
+                )),
                 Event::Request(Some(request)) => {
                     let was_empty = conn.batch.is_empty();
                     // One clock read for everything taken now, not one per request.
