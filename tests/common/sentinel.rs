@@ -495,6 +495,48 @@ impl Sentinels {
         .await
     }
 
+    /// Waits (bounded by [`SENTINEL_DEADLINE`]) until every running sentinel names the same
+    /// primary, which says `ROLE` master, and every other running node is its replica with its
+    /// link up: what another failover needs. What the sentinels know of the replicas may lag
+    /// (they ask each every 10 s): [`Sentinels::wait_settled`] waits for that too.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + SENTINEL_DEADLINE;
+        loop {
+            if let Some(p) = self.agreed_primary().await {
+                if self.linked(p).await {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no primary named with its replicas linked within {SENTINEL_DEADLINE:?}: {}",
+                self.describe().await
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// What every node and sentinel says now (for failure messages): each node's role and
+    /// primary, each sentinel's primary.
+    pub async fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            let what = match self.info(i).await {
+                None => "down".to_owned(),
+                Some(info) => {
+                    let f = |k| info_field(&info, k).unwrap_or("-").to_owned();
+                    let link = f("master_link_status");
+                    format!("{} of {} link {link}", f("role"), f("master_port"))
+                }
+            };
+            out.push(format!("node {i} (port {}): {what}", self.nodes[i].port));
+        }
+        for s in 0..self.sentinels.len() {
+            out.push(format!("sentinel {s} names {:?}", self.named_by(s).await));
+        }
+        out.join("; ")
+    }
+
     /// respipe in-process in front of the set (`Topology::Sentinel` over every sentinel; the data
     /// nodes' password as the upstream's), with `tweak` applied to the defaults, once a write
     /// through it lands on the primary.
@@ -709,18 +751,22 @@ impl Sentinels {
         true
     }
 
-    /// See [`Sentinels::wait_settled`].
-    async fn settled(&self) -> bool {
+    /// The data node every running sentinel names as the primary; `None` while they disagree or
+    /// one does not answer.
+    async fn agreed_primary(&self) -> Option<usize> {
         let mut named = None;
         for s in self.running_sentinels() {
-            let Some(addr) = self.named_by(s).await else {
-                return false;
-            };
+            let addr = self.named_by(s).await?;
             if *named.get_or_insert(addr) != addr {
-                return false;
+                return None;
             }
         }
-        let Some(p) = named.and_then(|a| self.nodes.iter().position(|n| n.addr() == a)) else {
+        self.nodes.iter().position(|n| Some(n.addr()) == named)
+    }
+
+    /// See [`Sentinels::wait_settled`].
+    async fn settled(&self) -> bool {
+        let Some(p) = self.agreed_primary().await else {
             return false;
         };
         if !self.linked(p).await {
