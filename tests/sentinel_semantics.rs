@@ -201,6 +201,12 @@ async fn session_state_survives_a_failover() {
     .await
 }
 
+/// True if `r` is one of respipe's explicit errors.
+fn is_respipe_error(r: &Reply) -> bool {
+    r.error_text()
+        .is_some_and(|e| e.starts_with("ERR respipe: "))
+}
+
 /// Reads `c`'s next reply within [`ANSWER`]; fails the test on a hang or a closed connection.
 async fn answer(c: &mut RawClient, what: &str) -> Reply {
     match tokio::time::timeout(ANSWER, c.try_read_reply()).await {
@@ -210,10 +216,10 @@ async fn answer(c: &mut RawClient, what: &str) -> Reply {
     }
 }
 
-/// Clients holding a lease on the old primary across a `SENTINEL FAILOVER`, an open `MULTI` and
-/// a `BLPOP`, get a clear error (never a hang, never another client's reply, never a
-/// transaction run on the demoted primary); a `WATCH`/`MULTI`/`EXEC` afterwards runs on the new
-/// primary.
+/// Clients holding a lease on the old primary across a `SENTINEL FAILOVER` (an open `MULTI`, a
+/// `WATCH`, a `BLPOP`, a `SUBSCRIBE`) get a clear error from respipe (never a hang, never another
+/// client's reply, never a transaction run on the demoted primary, which respipe leaves before
+/// the sentinels demote it); a `WATCH`/`MULTI`/`EXEC` afterwards runs on the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_across_a_failover_fail_clearly() {
     bounded(LIMIT, "leases across a failover", leases_across(false)).await
@@ -237,6 +243,8 @@ async fn leases_across(kill: bool) {
         m.cmd(&["SET", "in-tx", "1"]).await,
         Reply::Simple("QUEUED".into())
     );
+    let mut watcher = RawClient::connect(proxy.listen).await;
+    assert_eq!(watcher.cmd(&["WATCH", "w"]).await, Reply::ok());
     let mut sub = RawClient::connect(proxy.listen).await;
     let confirmed = sub.cmd(&["SUBSCRIBE", "news"]).await;
     assert!(matches!(confirmed, Reply::Array(Some(_))), "{confirmed:?}");
@@ -268,10 +276,7 @@ async fn leases_across(kill: bool) {
         answer(&mut m, "EXEC across the failover").await
     };
     eprintln!("EXEC across the failover: {exec:?}");
-    assert!(
-        exec.error_text().is_some(),
-        "EXEC across a failover ran: {exec:?}"
-    );
+    assert!(is_respipe_error(&exec), "EXEC across a failover: {exec:?}");
     assert_eq!(
         get_in(&set, f.new, "0", "in-tx").await,
         Reply::nil(),
@@ -288,15 +293,26 @@ async fn leases_across(kill: bool) {
     eprintln!("BLPOP across the failover: {blpop:?}");
     let popped = Reply::Array(Some(vec![Reply::bulk("list"), Reply::bulk("x")]));
     assert!(
-        blpop.error_text().is_some() || blpop == popped,
+        is_respipe_error(&blpop) || blpop == popped,
         "BLPOP across the failover: {blpop:?}"
     );
+
+    // A client that was watching keys: its transaction fails as a whole, nothing of it runs.
+    for args in [&["MULTI"][..], &["SET", "w", "1"], &["EXEC"]] {
+        let r = watcher.cmd(args).await;
+        assert!(
+            is_respipe_error(&r),
+            "{args:?} after WATCH across the failover: {r:?}"
+        );
+    }
+    assert_eq!(get_in(&set, f.new, "0", "w").await, Reply::nil());
+    assert_eq!(watcher.cmd(&["GET", "w"]).await, Reply::nil());
 
     // The subscriber is told, then closed (as when its connection is lost): it subscribes
     // again, to the new primary, where the publishers now are.
     let told = answer(&mut sub, "a subscriber across the failover").await;
     eprintln!("a subscriber across the failover: {told:?}");
-    assert!(told.error_text().is_some(), "{told:?}");
+    assert!(is_respipe_error(&told), "{told:?}");
     bounded(ANSWER, "the subscriber closed", sub.expect_eof()).await;
     if !kill {
         assert_eq!(set.role(old).await.as_deref(), Some("master"));
