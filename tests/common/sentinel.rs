@@ -423,6 +423,23 @@ impl Sentinels {
         .await
     }
 
+    /// The primary now and the running nodes that replicate it: what a failover starts from
+    /// (`at`: now). A test that must kill the primary where it cannot wait (a `drill::Restart`)
+    /// takes this first, then [`Sentinels::kill`]s `old` and sets `at`.
+    pub async fn pending(&self) -> Pending {
+        let old = self.primary().await;
+        let candidates = self.replicas_of(old).await;
+        assert!(
+            !candidates.is_empty(),
+            "node {old} has no replica to promote"
+        );
+        Pending {
+            old,
+            at: Instant::now(),
+            candidates,
+        }
+    }
+
     /// SIGKILLs data node `i` (and reaps it).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
@@ -698,21 +715,6 @@ impl Sentinels {
             }
         }
         out
-    }
-
-    /// The primary now and the running nodes that replicate it: what a failover starts from.
-    async fn pending(&self) -> Pending {
-        let old = self.primary().await;
-        let candidates = self.replicas_of(old).await;
-        assert!(
-            !candidates.is_empty(),
-            "node {old} has no replica to promote"
-        );
-        Pending {
-            old,
-            at: Instant::now(),
-            candidates,
-        }
     }
 
     /// `INFO replication` of node `i`; `None` if it does not answer.
