@@ -354,15 +354,9 @@ async fn commands_wait_behind_an_earlier_one_of_their_slot_being_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrity_under_resharding() {
     // `scripts/drill.sh --cluster` runs the long drill: more load and more rounds of migrations.
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     let (seconds, rounds) = (
-        env("RESPIPE_RESHARD_SECONDS", 10),
-        env("RESPIPE_RESHARD_ROUNDS", 1),
+        drill::env_or("RESPIPE_RESHARD_SECONDS", 10),
+        drill::env_or("RESPIPE_RESHARD_ROUNDS", 1),
     );
     let limit = LIMIT + Duration::from_secs(seconds + 30 * rounds);
     bounded(limit, "resharding drill", async {

@@ -9,6 +9,9 @@
 //! A write the old primary acknowledged after the promotion is lost by Redis itself (replication
 //! is asynchronous, and the old primary's data is replaced when it is made a replica): the drill
 //! counts the GET that finds nothing as `nil`, not as wrong, and the summary says how many.
+//!
+//! `scripts/drill.sh --sentinel` runs [`repeated_failovers_under_load`] (ignored here) for longer,
+//! with more rounds.
 
 mod common;
 #[path = "common/drill.rs"]
@@ -41,10 +44,26 @@ fn count(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// 1 primary, 2 replicas, 3 sentinels (quorum 2), down after [`DOWN_AFTER_MS`].
+/// 1 primary, 2 replicas, 3 sentinels (quorum 2), down after [`DOWN_AFTER_MS`]. The drill
+/// writes a fresh key per command (hundreds of MB a minute): the data nodes keep the 128 MB most
+/// recently used (a drill client reads its key right after writing it, never again), and the
+/// replicas' output buffers are unlimited, so a replica that must resync in full (a demoted or a
+/// restarted primary) catches up under that load instead of being cut off and starting over.
 async fn start() -> Sentinels {
+    let redis_args = [
+        "--maxmemory",
+        "128mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--client-output-buffer-limit",
+        "replica",
+        "0",
+        "0",
+        "0",
+    ];
     Sentinels::start(SentinelOptions {
         down_after_ms: DOWN_AFTER_MS,
+        redis_args: redis_args.map(str::to_owned).to_vec(),
         ..SentinelOptions::default()
     })
     .await
@@ -58,9 +77,38 @@ fn drill_config(duration: Duration) -> drill::DrillConfig {
     cfg
 }
 
+/// How the primary is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// `SENTINEL FAILOVER`: the replica is promoted at once, the old primary demoted later.
+    Asked,
+    /// SIGKILL: the sentinels see it down after `down-after-milliseconds`, elect a leader and
+    /// promote a replica.
+    Killed,
+}
+
+impl How {
+    fn name(self) -> &'static str {
+        match self {
+            How::Asked => "SENTINEL FAILOVER",
+            How::Killed => "SIGKILL",
+        }
+    }
+
+    /// The bound: from the promotion (`Asked`) or the kill (`Killed`) to the first write
+    /// on the new primary.
+    fn limit(self) -> Duration {
+        match self {
+            How::Asked => RESUME,
+            How::Killed => Duration::from_millis(DOWN_AFTER_MS) + RESUME,
+        }
+    }
+}
+
 /// What one failover cost.
 #[derive(Debug)]
 struct Recovery {
+    how: How,
     failover: Failover,
     /// When the failover was asked for, or the primary killed.
     began: Instant,
@@ -69,33 +117,51 @@ struct Recovery {
 }
 
 impl Recovery {
-    /// From the promotion to the first write on the new primary.
-    fn after_promotion(&self) -> Duration {
-        self.resumed
-            .saturating_duration_since(self.failover.promoted)
+    /// What [`How::limit`] bounds: from the promotion, or from the kill, to the first write on the
+    /// new primary.
+    fn recovery(&self) -> Duration {
+        let from = match self.how {
+            How::Asked => self.failover.promoted,
+            How::Killed => self.began,
+        };
+        self.resumed.saturating_duration_since(from)
     }
 
-    /// From the failover's start (the kill) to the first write on the new primary.
-    fn after_start(&self) -> Duration {
-        self.resumed.saturating_duration_since(self.began)
+    /// True if writes resumed within the bound.
+    fn in_time(&self) -> bool {
+        self.recovery() < self.how.limit()
     }
 
-    fn line(&self, how: &str) -> String {
+    /// `failover (HOW): node A -> node B, promoted .. ms after the start, writes on the new
+    /// primary .. ms after the promotion (.. ms after the start)`.
+    fn line(&self) -> String {
+        let ms = |from: Instant| self.resumed.saturating_duration_since(from).as_millis();
         format!(
-            "failover ({how}): node {} -> node {}, promoted {} ms after the start, writes on the new primary {} ms after the promotion ({} ms after the start)",
+            "failover ({}): node {} -> node {}, promoted {} ms after the start, writes on the new primary {} ms after the promotion ({} ms after the start)",
+            self.how.name(),
             self.failover.old,
             self.failover.new,
             (self.failover.promoted - self.began).as_millis(),
-            self.after_promotion().as_millis(),
-            self.after_start().as_millis()
+            ms(self.failover.promoted),
+            ms(self.began)
         )
     }
+}
+
+/// Replaces the primary `how` says, then measures until writes through respipe at `proxy` land
+/// on the new one ([`follow`]).
+async fn fail_over(set: &mut Sentinels, proxy: SocketAddr, how: How) -> Recovery {
+    let pending = match how {
+        How::Asked => set.begin_failover().await,
+        How::Killed => set.kill_primary().await,
+    };
+    follow(set, proxy, pending, how).await
 }
 
 /// Waits for the promotion of the failover `pending` started, then writes through respipe at
 /// `proxy` (a fresh key every [`POLL`]) until one lands on the promoted node; returns when. Fails
 /// the test if none does within 30 s.
-async fn follow(set: &Sentinels, proxy: SocketAddr, pending: Pending) -> Recovery {
+async fn follow(set: &Sentinels, proxy: SocketAddr, pending: Pending, how: How) -> Recovery {
     let failover = set.wait_promoted(&pending).await;
     let mut c = RawClient::connect(proxy).await;
     let mut n = 0u64;
@@ -125,6 +191,7 @@ async fn follow(set: &Sentinels, proxy: SocketAddr, pending: Pending) -> Recover
     };
     set.wait_named(failover.new).await;
     Recovery {
+        how,
         failover,
         began: pending.at,
         resumed,
@@ -152,30 +219,34 @@ fn assert_clean(report: &drill::DrillReport) {
     assert!(ok > 5_000, "too little load: {}", report.summary());
 }
 
+/// One failover (`how`) after [`WARMUP`] of a `seconds`-long drill: every reply right or an
+/// explicit failure, no client dropped or hung, writes on the new primary in time.
+async fn one_failover_under_load(how: How, seconds: u64) {
+    drill::raise_nofile();
+    let mut set = start().await;
+    let proxy = set.respipe(&[]).await;
+    let cfg = drill_config(Duration::from_secs(seconds));
+    let chaos = async {
+        tokio::time::sleep(WARMUP).await;
+        fail_over(&mut set, proxy.listen, how).await
+    };
+    let (report, recovery) = under_load(proxy.listen, &cfg, chaos).await;
+    eprintln!("{}", recovery.line());
+    assert_clean(&report);
+    if how == How::Killed {
+        let err = count(&report.counts.err);
+        assert!(err > 0, "the kill hit no command: {}", report.summary());
+    }
+    let limit = how.limit();
+    assert!(recovery.in_time(), "{} (limit {limit:?})", recovery.line());
+}
+
 /// `SENTINEL FAILOVER` under the drill's load: every reply right or an explicit failure, no
 /// client dropped or hung; writes land on the new primary within 2 s of its promotion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_under_load() {
-    bounded(LIMIT, "SENTINEL FAILOVER under load", async {
-        drill::raise_nofile();
-        let set = start().await;
-        let proxy = set.respipe(&[]).await;
-        let cfg = drill_config(Duration::from_secs(12));
-        let chaos = async {
-            tokio::time::sleep(WARMUP).await;
-            let pending = set.begin_failover().await;
-            follow(&set, proxy.listen, pending).await
-        };
-        let (report, recovery) = under_load(proxy.listen, &cfg, chaos).await;
-        eprintln!("{}", recovery.line("SENTINEL FAILOVER"));
-        assert_clean(&report);
-        assert!(
-            recovery.after_promotion() < RESUME,
-            "{}",
-            recovery.line("SENTINEL FAILOVER")
-        );
-    })
-    .await
+    let test = one_failover_under_load(How::Asked, 12);
+    bounded(LIMIT, "SENTINEL FAILOVER under load", test).await
 }
 
 /// The primary SIGKILLed under the drill's load: every reply right or an explicit failure (the
@@ -183,30 +254,104 @@ async fn sentinel_failover_under_load() {
 /// writes land on the new primary within `down-after-milliseconds` + 2 s of the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_primary_under_load() {
-    bounded(LIMIT, "primary killed under load", async {
+    let test = one_failover_under_load(How::Killed, 16);
+    bounded(LIMIT, "primary killed under load", test).await
+}
+
+/// The drill's "Redis" for repeated failovers, `SENTINEL FAILOVER` and SIGKILL in turn: the
+/// drill calls `kill` (SIGKILL of the primary, or nothing) then `restart` (the `SENTINEL
+/// FAILOVER`, or the wait for the sentinels' promotion), at times spread over its run; the drill
+/// goes on until the last round is over.
+struct Rounds<'a> {
+    set: &'a mut Sentinels,
+    proxy: SocketAddr,
+    /// The failover the next round starts from.
+    next: Pending,
+    done: Vec<Recovery>,
+}
+
+impl Rounds<'_> {
+    /// How this round replaces the primary.
+    fn how(&self) -> How {
+        [How::Asked, How::Killed][self.done.len() % 2]
+    }
+}
+
+impl drill::Restart for Rounds<'_> {
+    fn kill(&mut self) {
+        if self.how() == How::Killed {
+            self.set.kill(self.next.old);
+            self.next.at = Instant::now();
+        }
+    }
+
+    /// Measures this round's failover, restarts a killed node (empty: the sentinels make it a
+    /// replica), and waits until every node replicates the new primary: the next round's start.
+    async fn restart(&mut self) {
+        let how = self.how();
+        let pending = match how {
+            How::Asked => self.set.begin_failover().await,
+            How::Killed => self.next.clone(),
+        };
+        let recovery = follow(self.set, self.proxy, pending, how).await;
+        eprintln!("{}", recovery.line());
+        if how == How::Killed {
+            self.set.restart(recovery.failover.old).await;
+        }
+        self.done.push(recovery);
+        self.set.wait_ready().await;
+        self.next = self.set.pending().await;
+    }
+}
+
+/// The long drill behind `scripts/drill.sh --sentinel` (`RESPIPE_SENTINEL_SECONDS`, default 60;
+/// `RESPIPE_SENTINEL_ROUNDS`, default 4): failovers spread over the drill, `SENTINEL FAILOVER`
+/// and SIGKILL in turn (the killed node restarted, empty, and made a replica by the sentinels),
+/// each once every node replicates the primary again (a demoted or restarted node takes the
+/// sentinels 10 to 20 s, longer under load: the drill runs on until the last round is over); the
+/// same checks as the single failovers, for every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: scripts/drill.sh --sentinel runs it"]
+async fn repeated_failovers_under_load() {
+    let (seconds, rounds) = (
+        drill::env_or("RESPIPE_SENTINEL_SECONDS", 60),
+        drill::env_or("RESPIPE_SENTINEL_ROUNDS", 4),
+    );
+    let limit = LIMIT + Duration::from_secs(seconds + 90 * rounds);
+    bounded(limit, "repeated failovers under load", async {
         drill::raise_nofile();
         let mut set = start().await;
         let proxy = set.respipe(&[]).await;
-        let cfg = drill_config(Duration::from_secs(16));
-        let chaos = async {
-            tokio::time::sleep(WARMUP).await;
-            let pending = set.kill_primary().await;
-            follow(&set, proxy.listen, pending).await
+        let cfg = drill::DrillConfig {
+            kills: rounds as usize,
+            ..drill_config(Duration::from_secs(seconds))
         };
-        let (report, recovery) = under_load(proxy.listen, &cfg, chaos).await;
-        eprintln!("{}", recovery.line("SIGKILL"));
+        let next = set.pending().await;
+        let mut chaos = Rounds {
+            set: &mut set,
+            proxy: proxy.listen,
+            next,
+            done: Vec::new(),
+        };
+        let report = drill::run(proxy.listen, &mut chaos, &cfg).await;
+        let times: Vec<String> = chaos
+            .done
+            .iter()
+            .map(|r| {
+                let how = if r.how == How::Asked { "asked" } else { "kill" };
+                format!("{how}:{}", r.recovery().as_millis())
+            })
+            .collect();
+        eprintln!(
+            "failovers: {}, recovery_ms={}",
+            chaos.done.len(),
+            times.join(",")
+        );
         assert_clean(&report);
-        assert!(
-            count(&report.counts.err) > 0,
-            "the kill hit no command: {}",
-            report.summary()
-        );
-        let limit = Duration::from_millis(DOWN_AFTER_MS) + RESUME;
-        assert!(
-            recovery.after_start() < limit,
-            "{} (limit {limit:?})",
-            recovery.line("SIGKILL")
-        );
+        assert_eq!(chaos.done.len(), rounds as usize);
+        for r in &chaos.done {
+            assert!(r.in_time(), "{} (limit {:?})", r.line(), r.how.limit());
+        }
     })
     .await
 }

@@ -521,6 +521,15 @@ pub fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The number in environment variable `name` (how `scripts/drill.sh` makes a test's drill longer),
+/// or `default` when it is unset or not a number.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (children inherit it) and returns
 /// the new soft limit.
 pub fn raise_nofile() -> u64 {
