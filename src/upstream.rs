@@ -605,12 +605,12 @@ impl Driver {
                     Ok(())
                 }
                 Event::Request(None) => return Ended::Closed,
-                Event::Superseded => Err(UpstreamError::io(
-                    &self.addr,
-                    std::io::Error::other(
-                        "no longer the primary: the sentinels named another one (failover)",
-                    ),
-                )),
+                Event::Superseded => Err(UpstreamError::Superseded {
+                    addr: self.addr.to_string(),
+                    primary: (self.settings.health.as_ref())
+                        .and_then(|h| h.superseded())
+                        .map_or_else(|| "another".to_owned(), |p| p.to_string()),
+                }),
                 Event::Request(Some(request)) => {
                     let was_empty = conn.batch.is_empty();
                     // One clock read for everything taken now, not one per request.
