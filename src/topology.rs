@@ -159,6 +159,16 @@ impl Health {
         (primary != *at).then_some(primary)
     }
 
+    /// For the primary's lane of an upstream watched by Sentinel: sees every change of what the
+    /// watch found (a driver holding commands through an outage wakes when a new primary is
+    /// named).
+    pub fn sentinel_changes(&self) -> Option<tokio::sync::watch::Receiver<Option<Found>>> {
+        let Tell::Sentinel(watch, _) = &self.tell else {
+            return None;
+        };
+        Some(watch.upgrade()?.changes())
+    }
+
     /// Tells the Sentinel watch, if this is the health of its current primary's lane.
     fn tell_sentinel(&self, trigger: Trigger) {
         if let Tell::Sentinel(watch, at) = &self.tell {

@@ -4,7 +4,10 @@
 //! The driver survives connection loss: it fails every in-flight command with an explicit error,
 //! reconnects at once after losing a healthy connection (holding new commands during that attempt),
 //! and while Redis refuses fails new commands fast and retries with capped exponential backoff. The
-//! handle therefore stays valid for the life of the proxy.
+//! handle therefore stays valid for the life of the proxy. A shared connection to the primary of an
+//! upstream watched by Sentinel holds new commands instead, for up to the command timeout, and
+//! reconnects to whichever primary the sentinels name (at once when they name a new one): a
+//! failover costs clients only the commands that were in flight on the old primary.
 //!
 //! A shared connection whose head command gets no reply within the command timeout (a script that
 //! loops; or all of Redis stalled by `DEBUG SLEEP`, a huge `KEYS *`, a frozen process) *retires*:
@@ -385,9 +388,12 @@ impl Driver {
         let mut connected_before = false;
         // While the upstream stays unreachable, log the first failure only (at warn) and the rest at debug.
         let mut failing = false;
+        // Sentinel mode: when the primary became unreachable, while commands are held for it.
+        let mut outage: Option<Instant> = None;
         loop {
             let err = match self.connect().await {
                 Ok(stream) => {
+                    outage = None;
                     if connected_before {
                         self.metrics.reconnects.increment(1);
                     }
@@ -463,7 +469,12 @@ impl Driver {
                 while self.fail_fast(self.settings.backoff_max, &err).await {}
                 return;
             }
-            if !self.fail_fast(backoff, &err).await {
+            let since = *outage.get_or_insert_with(Instant::now);
+            let held = match self.hold_limit(&err) {
+                Some(limit) if since.elapsed() < limit => self.hold(backoff).await,
+                _ => self.fail_fast(backoff, &err).await,
+            };
+            if !held {
                 return;
             }
             backoff = (backoff * 2).min(self.settings.backoff_max);
@@ -510,9 +521,71 @@ impl Driver {
         }
     }
 
-    /// Connects and runs the handshake, bounded by the connect timeout.
+    /// Connects and runs the handshake, bounded by the connect timeout. A shared connection to
+    /// the primary of an upstream watched by Sentinel connects to the primary the sentinels name
+    /// now (the client spec: resolve again on every reconnect), so the commands it holds through
+    /// a failover reach the new primary (`ROLE`-checked like any).
     async fn connect(&self) -> Result<Stream, UpstreamError> {
-        open(&self.settings).await
+        let moved = (self.settings.health.as_ref())
+            .and_then(|health| health.superseded())
+            .filter(|_| !self.settings.dedicated);
+        match moved {
+            Some(primary) => {
+                debug!(upstream.addr = %self.addr, primary = %primary, "connecting to the primary the sentinels name now");
+                let settings = UpstreamSettings {
+                    upstream: Upstream {
+                        endpoint: primary,
+                        ..self.settings.upstream.clone()
+                    },
+                    health: None,
+                    ..(*self.settings).clone()
+                };
+                open(&settings).await
+            }
+            None => open(&self.settings).await,
+        }
+    }
+
+    /// How long commands for this connection may wait through an outage for a primary to come
+    /// back or be replaced, instead of failing fast: a shared connection to the primary of an
+    /// upstream watched by Sentinel that became unreachable (not one that says another role: the
+    /// sentinels still name it), for `command_timeout` (none when it is off). `None`: fail fast.
+    fn hold_limit(&self, err: &UpstreamError) -> Option<Duration> {
+        let unreachable = matches!(
+            err,
+            UpstreamError::Io { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Closed { .. }
+                | UpstreamError::Superseded { .. }
+        );
+        let primary = self.settings.role == Some(crate::sentinel::Role::Primary)
+            && !self.settings.dedicated
+            && !self.is_retired();
+        (primary && unreachable)
+            .then(|| self.settings.tunables.load().command_timeout)
+            .flatten()
+    }
+
+    /// Waits out one backoff period, or until the sentinels name a primary, leaving the requests
+    /// that arrive meanwhile queued for the next connection. Returns false when every handle is
+    /// gone and nothing is queued.
+    async fn hold(&mut self, period: Duration) -> bool {
+        let changes = self
+            .settings
+            .health
+            .as_ref()
+            .and_then(|h| h.sentinel_changes());
+        let changed = async {
+            match changes {
+                Some(mut changes) => changes.changed().await.is_ok(),
+                None => false,
+            }
+        };
+        tokio::select! {
+            _ = sleep(period) => {}
+            true = changed => {}
+        }
+        !(self.rx.is_closed() && self.rx.is_empty())
     }
 
     /// Waits out one backoff period, answering every request that arrives meanwhile with an

@@ -352,3 +352,38 @@ async fn readyz_is_503_until_a_primary_is_known() {
     })
     .await
 }
+
+/// With the primary gone and no sentinel to replace it, a command held for the new primary is not
+/// held for ever: after `command_timeout` it gets respipe's explicit "unavailable" error (the
+/// command was not sent), and commands after it too, rather than hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_held_for_a_primary_give_up_after_command_timeout() {
+    bounded(LIMIT, "held commands bounded by command_timeout", async {
+        let mut set = Sentinels::start(SentinelOptions::default()).await;
+        let proxy = set.respipe(&["--command-timeout", "1s"]).await;
+        let mut c = RawClient::connect(proxy.listen).await;
+        assert_eq!(c.cmd(&["SET", "held", "1"]).await, Reply::ok());
+        let primary = set.primary().await;
+        for s in 0..set.sentinels().len() {
+            set.stop_sentinel(s);
+        }
+        set.kill(primary);
+        // Once respipe has seen its connections go, nothing is in flight: the next command waits.
+        proxy
+            .wait_metric("respipe_upstream_up", FOLLOW, |v| v == 0.0)
+            .await;
+        for round in 0..2 {
+            let reply = bounded(Duration::from_secs(10), "a held command answered", async {
+                c.cmd(&["SET", "held", "2"]).await
+            })
+            .await;
+            let text = reply.error_text().unwrap_or_default();
+            assert!(
+                text.starts_with("ERR respipe: upstream unavailable")
+                    && text.ends_with("the command was not sent"),
+                "round {round}: {reply:?}"
+            );
+        }
+    })
+    .await
+}
