@@ -25,7 +25,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Reads, Topology, Upstream};
 use crate::error::UpstreamError;
@@ -174,10 +173,6 @@ pub struct Pools {
     /// of a shared pool, or a lease is lost; the task that closes the sessions of refused users
     /// waits on it (`session::close_refused`).
     user_events: Arc<Notify>,
-    /// Given to the leases on the primary of an upstream watched by Sentinel, and cancelled (and
-    /// replaced) when the sentinels name another primary: those leases end
-    /// ([`UpstreamSettings::superseded`]).
-    primary_leases: Mutex<CancellationToken>,
 }
 
 impl fmt::Debug for Credentials {
@@ -394,7 +389,6 @@ impl Pools {
             known_dbs: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
             user_events: Arc::default(),
-            primary_leases: Mutex::default(),
         };
         pools.start_default(default_key);
         pools
@@ -446,7 +440,8 @@ impl Pools {
         let moved = new.endpoint(0).map(|u| u.endpoint) != old;
         self.install(new, upstream.db);
         if moved {
-            std::mem::take(&mut *lock(&self.primary_leases)).cancel();
+            // Leases made on the old layout, even while the new one was installed, end.
+            layout.supersede_primary();
         }
     }
 
@@ -597,13 +592,14 @@ impl Pools {
     fn spawn_lease(&self, key: &PoolKey, lane: Lane, permit: OwnedSemaphorePermit) -> Lease {
         // The generation first: a reload between the two makes the lease stale, never wrong.
         let generation = self.warm.generation();
+        let layout = self.layout();
         let mut settings = UpstreamSettings {
             dedicated: true,
             user_events: Some(self.user_events.clone()),
-            ..self.settings_for(key, lane)
+            ..self.settings_in(&layout, key, lane)
         };
         if settings.role == Some(Role::Primary) {
-            settings.superseded = Some(lock(&self.primary_leases).clone());
+            settings.superseded = layout.primary_superseded();
         }
         Lease {
             handle: UpstreamHandle::spawn("lease".to_owned(), Arc::new(settings)),
@@ -750,7 +746,11 @@ impl Pools {
 
     /// The upstream settings for connections in `key`'s state.
     fn settings_for(&self, key: &PoolKey, lane: Lane) -> UpstreamSettings {
-        let layout = self.layout();
+        self.settings_in(&self.layout(), key, lane)
+    }
+
+    /// The upstream settings for connections in `key`'s state to `layout`'s lane `lane`.
+    fn settings_in(&self, layout: &Layout, key: &PoolKey, lane: Lane) -> UpstreamSettings {
         let base = lock(&self.base);
         let mut upstream: Upstream = layout
             .endpoint(lane)

@@ -47,6 +47,9 @@ struct Watched {
     found: Option<Found>,
     /// The primary lane's, when a primary is known.
     health: Option<Arc<Health>>,
+    /// Cancelled when the sentinels name another primary than this layout's: the leases on its
+    /// primary end ([`crate::upstream::UpstreamSettings::superseded`]).
+    superseded: tokio_util::sync::CancellationToken,
 }
 
 /// How keys are placed on the servers of a sharded upstream.
@@ -322,6 +325,7 @@ impl Layout {
                 watch,
                 found,
                 health,
+                superseded: Default::default(),
             }),
         })
     }
@@ -344,6 +348,19 @@ impl Layout {
     /// The Sentinel watch, for an upstream watched by Sentinel.
     pub fn sentinel_watch(&self) -> Option<&Arc<Watch>> {
         self.sentinel.as_ref().map(|s| &s.watch)
+    }
+
+    /// For an upstream watched by Sentinel: what a lease on this layout's primary is given, to end
+    /// when the sentinels name another primary ([`Layout::supersede_primary`]).
+    pub fn primary_superseded(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.sentinel.as_ref().map(|s| s.superseded.clone())
+    }
+
+    /// The sentinels name another primary than this layout's: its leases there end.
+    pub fn supersede_primary(&self) {
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.superseded.cancel();
+        }
     }
 
     /// True when the watch has found something else than this layout was made with (the pools

@@ -338,3 +338,49 @@ async fn leases_across(kill: bool) {
         Reply::bulk("done")
     );
 }
+
+/// A client with a command in flight on the old primary when the sentinels name a new one stays
+/// on the old pools (its session is not idle). What it sends next must not run on the old primary,
+/// which still says it is the master (Sentinel converts it seconds later, dropping its writes):
+/// the connection takes nothing more, and once the command in flight is answered it reconnects to
+/// the new primary, where the next command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_session_sends_nothing_more_to_the_old_primary() {
+    bounded(LIMIT, "a busy session across a failover", async {
+        // The old primary sleeps through the failover: no sentinel may call it down meanwhile.
+        let options = SentinelOptions {
+            down_after_ms: 20_000,
+            redis_args: vec!["--enable-debug-command".into(), "yes".into()],
+            ..SentinelOptions::default()
+        };
+        let set = Sentinels::start(options).await;
+        let proxy = set.respipe(&[]).await;
+        let mut busy = RawClient::connect(proxy.listen).await;
+        assert_eq!(busy.cmd(&["SET", "before", "1"]).await, Reply::ok());
+        let pending = set.begin_failover().await;
+        busy.send(&common::encode(&["DEBUG", "SLEEP", "4"])).await;
+        let failover = set.wait_promotion(&pending).await;
+        writes_reach(&set, proxy.listen, failover.new, "0").await;
+        // respipe has followed; the busy session still waits for DEBUG SLEEP on the old primary.
+        busy.send(&common::encode(&["SET", "after", "1"])).await;
+        assert_eq!(
+            bounded(ANSWER, "DEBUG SLEEP answered", busy.read_reply()).await,
+            Reply::ok()
+        );
+        assert_eq!(
+            bounded(ANSWER, "SET answered", busy.read_reply()).await,
+            Reply::ok()
+        );
+        assert_eq!(
+            set.role(pending.old).await.as_deref(),
+            Some("master"),
+            "Sentinel converted the old primary already: the check below would say nothing"
+        );
+        assert_eq!(get_in(&set, pending.old, "0", "after").await, Reply::nil());
+        assert_eq!(
+            get_in(&set, failover.new, "0", "after").await,
+            Reply::bulk("1")
+        );
+    })
+    .await
+}
