@@ -4,8 +4,11 @@
 //! A [`Watch`] keeps track of which server is the primary of the configured master name (and
 //! which replicas serve it), as the sentinels say and the servers confirm (`ROLE`). What it found
 //! is published on a `tokio::sync::watch` channel ([`Watch::changes`]); when it changes, the pools
-//! are replaced as a reload replaces them (`Pools::replace_upstream`): sessions move to the new
-//! primary at their next idle point, the old pools drain, leases move at release.
+//! are replaced as a reload replaces them (`Pools::follow_sentinel`): sessions move to the new
+//! primary at their next idle point, the old pools drain, and leases on the old primary end
+//! (`Layout::supersede_primary`). While the primary is unreachable, its shared connections hold
+//! new commands for up to the command timeout and reconnect to the primary named now
+//! (`upstream`).
 //!
 //! Discovery follows the client spec (redis-doc `sentinel-clients.md`), asking every known
 //! sentinel at once, each within the connect timeout (`ask`): the one believed moves to the
