@@ -108,9 +108,10 @@ async fn keep_lag(layout: Weak<Layout>, settings: UpstreamSettings) {
                     upstream: endpoint?,
                     ..settings.clone()
                 };
-                let info = resp::encode_request(&[&b"INFO"[..], b"replication"]);
-                let replies = upstream::probe(&settings, &[info]).await.ok()?;
-                value::parse(&replies[0], 1)?.string()
+                let reply = upstream::ask(&settings, &[b"INFO", b"replication"])
+                    .await
+                    .ok()?;
+                value::parse(&reply, 1)?.string()
             }
         };
         if gauges.is_empty() {

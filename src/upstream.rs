@@ -1122,6 +1122,13 @@ pub async fn probe(
     }
 }
 
+/// Runs the one command `args` on a short-lived connection (as [`probe`]) and returns its raw
+/// reply: what respipe asks a server for itself (`CLUSTER SLOTS`, `ROLE`, `INFO replication`).
+pub async fn ask(settings: &UpstreamSettings, args: &[&[u8]]) -> Result<Bytes, UpstreamError> {
+    let mut replies = probe(settings, &[resp::encode_request(args)]).await?;
+    Ok(replies.swap_remove(0))
+}
+
 impl Stream {
     /// Writes `commands` pipelined and reads one raw reply for each.
     async fn exchange(

@@ -1,9 +1,6 @@
 //! Hash slots: which slot a key is in, and the slot map as `CLUSTER SLOTS` reports it.
 
-use bytes::Bytes;
-
 use crate::config::{Endpoint, Upstream};
-use crate::resp;
 use crate::upstream::UpstreamSettings;
 use crate::value::{self, Value};
 
@@ -143,12 +140,10 @@ pub async fn fetch(base: &UpstreamSettings, node: &Upstream) -> Result<Vec<SlotR
         upstream: node.clone(),
         ..base.clone()
     };
-    let command = resp::encode_request(&[b"CLUSTER".as_slice(), b"SLOTS"]);
-    let replies = crate::upstream::probe(&settings, &[command])
+    let reply = crate::upstream::ask(&settings, &[b"CLUSTER", b"SLOTS"])
         .await
         .map_err(|e| e.to_string())?;
-    let reply: &Bytes = replies.first().ok_or("no reply")?;
-    parse_slots(reply)
+    parse_slots(&reply)
 }
 
 #[cfg(test)]

@@ -42,7 +42,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use crate::config::{Endpoint, Upstream};
-use crate::resp;
 use crate::upstream::{self, UpstreamSettings};
 use crate::value::{self, Value};
 use ask::{Answer, Sentinels};
@@ -457,11 +456,10 @@ impl fmt::Display for Miss {
 
 /// The first element of `ROLE` from the server `settings` connect to.
 async fn role(settings: &UpstreamSettings) -> Result<String, String> {
-    let replies = upstream::probe(settings, &[resp::encode_request(&[b"ROLE"])])
+    let reply = upstream::ask(settings, &[b"ROLE"])
         .await
         .map_err(|e| e.to_string())?;
-    role_of(&replies[0])
-        .ok_or_else(|| format!("{}: unreadable ROLE reply", settings.upstream.endpoint))
+    role_of(&reply).ok_or_else(|| format!("{}: unreadable ROLE reply", settings.upstream.endpoint))
 }
 
 /// The role a `ROLE` reply says (`master`, `slave`, `sentinel`); `None` for anything else.
