@@ -390,6 +390,11 @@ impl Client {
         self.id
     }
 
+    /// Where it connects from (`addr=`).
+    pub fn addr(&self) -> String {
+        self.peer.addr()
+    }
+
     /// Closes the session as Redis closes a killed connection.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
@@ -728,7 +733,7 @@ fn client_type(value: &[u8]) -> Result<ClientType, FilterError> {
 /// Milliseconds of the coarse monotonic clock: a few milliseconds' resolution for a fraction of
 /// `Instant::now`'s cost (`age=` and `idle=` are whole seconds).
 #[cfg(target_os = "linux")]
-fn coarse_ms() -> u64 {
+pub(crate) fn coarse_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -742,7 +747,7 @@ fn coarse_ms() -> u64 {
 
 /// Milliseconds since the first call (no coarse clock here).
 #[cfg(not(target_os = "linux"))]
-fn coarse_ms() -> u64 {
+pub(crate) fn coarse_ms() -> u64 {
     static START: OnceLock<std::time::Instant> = OnceLock::new();
     let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)

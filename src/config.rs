@@ -190,6 +190,11 @@ pub struct Batching {
     /// "Performance"). Only for cores where nothing CPU-bound runs beside respipe. Ignored elsewhere
     /// than Linux; a refusal is logged and changes nothing else.
     pub sched_batch: bool,
+    /// Worker threads (`workers`: a number, or `auto` for one per CPU respipe may run on). Default 1.
+    /// Each worker is a single-threaded event loop with its own upstream connections and leases;
+    /// new clients go to the worker serving the fewest. Every worker splits the batches N ways
+    /// (README, "Workers"): more than one pays only when one core cannot keep up with the clients.
+    pub workers: NonZeroUsize,
 }
 
 /// `[limits]`: what one client may do and hold.
@@ -459,6 +464,8 @@ pub const SETTINGS: &[Setting] = &[
         "Microseconds a batch may wait for more commands; 0 = adaptive (write as soon as the socket can take it); at most 1000000"),
     setting("sched_batch", "--sched-batch", "RESPIPE_SCHED_BATCH", "BOOL", "false",
         "Run as Linux SCHED_BATCH: a client's request does not preempt the client, and respipe serves all that arrived in one pass (less CPU where clients share its core); never where CPU-bound work shares it (wake-ups then wait milliseconds)"),
+    setting("workers", "--workers", "RESPIPE_WORKERS", "N|auto", "1",
+        "Worker threads, each with its own upstream connections; auto = one per CPU available; more than 1 splits the batches (README, Workers)"),
     setting("connect_timeout", "--connect-timeout", "RESPIPE_CONNECT_TIMEOUT", "DURATION", "1s",
         "Time allowed to connect to the upstream"),
     setting("command_timeout", "--command-timeout", "RESPIPE_COMMAND_TIMEOUT", "DURATION", "10s",
@@ -609,6 +616,7 @@ impl Default for Config {
                 max_upstream_inflight: nz(65_536),
                 max_pools: nz(32),
                 sched_batch: false,
+                workers: nz(1),
             },
             limits: Limits {
                 max_client_inflight: nz(4096),
@@ -1204,6 +1212,7 @@ impl Values {
                 sched_batch: self
                     .get("sched_batch", boolean)?
                     .unwrap_or(d.batching.sched_batch),
+                workers: self.get("workers", workers)?.unwrap_or(d.batching.workers),
             },
             limits: Limits {
                 max_client_inflight: self
@@ -1539,6 +1548,23 @@ fn count(min: usize) -> impl Fn(&Raw) -> Result<NonZeroUsize, String> {
             _ => Err(format!("must be at least {min}")),
         }
     }
+}
+
+/// Most worker threads: far past any core count this runs on, and a typo's `10000` stops here.
+const MAX_WORKERS: usize = 256;
+
+/// `workers`: a count, or `auto` for the CPUs this process may run on (its affinity mask).
+fn workers(raw: &Raw) -> Result<NonZeroUsize, String> {
+    let n = match raw {
+        Raw::Text(s) if s.trim().eq_ignore_ascii_case("auto") => {
+            std::thread::available_parallelism().map_err(|e| format!("auto: {e}"))?
+        }
+        _ => count(1)(raw).map_err(|e| format!("{e} (or auto)"))?,
+    };
+    if n.get() > MAX_WORKERS {
+        return Err(format!("at most {MAX_WORKERS}"));
+    }
+    Ok(n)
 }
 
 fn boolean(raw: &Raw) -> Result<bool, String> {

@@ -102,6 +102,14 @@ pub enum Error {
     /// A TLS setting could not be turned into a working TLS configuration.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A worker thread could not be started.
+    #[error("start {thread}: {source}")]
+    Thread {
+        /// Which thread.
+        thread: String,
+        /// The system's error.
+        source: io::Error,
+    },
 }
 
 impl UpstreamError {
@@ -145,7 +153,7 @@ impl Error {
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {
-            Error::Bind { .. } | Error::Tls(_) => Side::Internal,
+            Error::Bind { .. } | Error::Tls(_) | Error::Thread { .. } => Side::Internal,
         }
     }
 }

@@ -86,6 +86,7 @@ pub(crate) mod topology;
 pub mod upstream;
 pub(crate) mod value;
 pub(crate) mod warm;
+pub mod workers;
 
 pub use admin::Admin;
 pub use config::Config;

@@ -3,10 +3,11 @@
 //! Hot paths never look a metric up by name: components take handles once (`ClientMetrics`,
 //! `UpstreamMetrics`) and record through them. Labels never carry keys, values or client addresses.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use metrics::{
-    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Label, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -84,6 +85,12 @@ pub const REPLICA_READS: &str = "respipe_replica_reads_total";
 /// asked, or the replica's link is down).
 pub const REPLICA_LAG: &str = "respipe_replica_lag_bytes";
 
+/// Clients each worker serves now (`worker` label; only with `workers` > 1).
+pub const WORKER_CLIENTS: &str = "respipe_worker_clients";
+/// 1 while a worker's event loop runs, 0 once it stalled (no turn for `STALL` seconds) or stopped
+/// (`worker` label; only with `workers` > 1).
+pub const WORKER_UP: &str = "respipe_worker_up";
+
 /// Every metric respipe exports (the README and the Grafana dashboard are checked against it).
 pub const ALL: &[&str] = &[
     CLIENT_CONNECTIONS,
@@ -117,7 +124,43 @@ pub const ALL: &[&str] = &[
     SENTINEL_REACHABLE,
     REPLICA_READS,
     REPLICA_LAG,
+    WORKER_CLIENTS,
+    WORKER_UP,
 ];
+
+/// The metrics of `ALL` only served with more than one worker.
+pub const WORKERS_ONLY: &[&str] = &[WORKER_CLIENTS, WORKER_UP];
+
+thread_local! {
+    /// The worker the calling thread runs, when there are several.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks the calling thread as worker `index` of several: every handle it takes from now on carries
+/// the label `worker="index"`, so workers never share a counter (no cache line bouncing between
+/// cores per command) and each one's batches are seen apart.
+pub fn set_worker(index: usize) {
+    WORKER.set(Some(index));
+}
+
+/// `pairs` as labels, plus `worker` on a worker's thread.
+pub fn labels<const N: usize>(pairs: [(&'static str, String); N]) -> Vec<Label> {
+    let worker = WORKER.get().map(|w| Label::new("worker", w.to_string()));
+    pairs
+        .into_iter()
+        .map(|(key, value)| Label::new(key, value))
+        .chain(worker)
+        .collect()
+}
+
+/// Handles of one worker, taken by the acceptor.
+pub fn worker(index: usize) -> (Gauge, Gauge) {
+    let label = [("worker", index.to_string())];
+    (
+        metrics::gauge!(WORKER_CLIENTS, &label),
+        metrics::gauge!(WORKER_UP, &label),
+    )
+}
 
 /// The metrics of `ALL` only served while reads go to replicas (`read_from`).
 pub const REPLICAS_ONLY: &[&str] = &[REPLICA_READS, REPLICA_LAG];
@@ -207,14 +250,24 @@ pub struct UpstreamMetrics {
 impl ClientMetrics {
     /// Takes the handles (once per proxy).
     pub fn new() -> Self {
-        let outcome = |o: Outcome| metrics::counter!(COMMANDS, "outcome" => o.as_str());
+        let outcome =
+            |o: Outcome| metrics::counter!(COMMANDS, labels([("outcome", o.as_str().into())]));
         ClientMetrics {
-            connections: metrics::gauge!(CLIENT_CONNECTIONS),
-            accepted: metrics::counter!(CLIENT_CONNECTIONS_TOTAL),
-            rejected: metrics::counter!(CLIENT_CONNECTIONS_REJECTED),
-            closed_protocol: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "protocol_error"),
-            closed_reply_limit: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "reply_limit"),
-            closed_pubsub_limit: metrics::counter!(CLIENT_CLOSED_BY_PROXY, "reason" => "pubsub_limit"),
+            connections: metrics::gauge!(CLIENT_CONNECTIONS, labels([])),
+            accepted: metrics::counter!(CLIENT_CONNECTIONS_TOTAL, labels([])),
+            rejected: metrics::counter!(CLIENT_CONNECTIONS_REJECTED, labels([])),
+            closed_protocol: metrics::counter!(
+                CLIENT_CLOSED_BY_PROXY,
+                labels([("reason", "protocol_error".into())])
+            ),
+            closed_reply_limit: metrics::counter!(
+                CLIENT_CLOSED_BY_PROXY,
+                labels([("reason", "reply_limit".into())])
+            ),
+            closed_pubsub_limit: metrics::counter!(
+                CLIENT_CLOSED_BY_PROXY,
+                labels([("reason", "pubsub_limit".into())])
+            ),
             forwarded: outcome(Outcome::Forwarded),
             local: outcome(Outcome::Local),
             refused: outcome(Outcome::Refused),
@@ -233,16 +286,16 @@ impl UpstreamMetrics {
     /// Takes the handles of the upstream connection labelled `conn`.
     pub fn new(conn: String) -> Self {
         UpstreamMetrics {
-            inflight: metrics::gauge!(UPSTREAM_INFLIGHT, "conn" => conn.clone()),
-            up: metrics::gauge!(UPSTREAM_UP, "conn" => conn.clone()),
-            reconnects: metrics::counter!(UPSTREAM_RECONNECTS, "conn" => conn),
-            batch_commands: metrics::histogram!(BATCH_COMMANDS),
-            batch_bytes: metrics::histogram!(BATCH_BYTES),
+            inflight: metrics::gauge!(UPSTREAM_INFLIGHT, labels([("conn", conn.clone())])),
+            up: metrics::gauge!(UPSTREAM_UP, labels([("conn", conn.clone())])),
+            reconnects: metrics::counter!(UPSTREAM_RECONNECTS, labels([("conn", conn)])),
+            batch_commands: metrics::histogram!(BATCH_COMMANDS, labels([])),
+            batch_bytes: metrics::histogram!(BATCH_BYTES, labels([])),
             flushes: FlushReason::ALL
-                .map(|r| metrics::counter!(BATCH_FLUSHES, "reason" => r.as_str())),
-            queue_wait: metrics::histogram!(QUEUE_WAIT),
-            rtt: metrics::histogram!(UPSTREAM_RTT),
-            timeouts: metrics::counter!(COMMAND_TIMEOUTS),
+                .map(|r| metrics::counter!(BATCH_FLUSHES, labels([("reason", r.as_str().into())]))),
+            queue_wait: metrics::histogram!(QUEUE_WAIT, labels([])),
+            rtt: metrics::histogram!(UPSTREAM_RTT, labels([])),
+            timeouts: metrics::counter!(COMMAND_TIMEOUTS, labels([])),
         }
     }
 
@@ -260,67 +313,67 @@ impl UpstreamMetrics {
 
 /// Sets how many servers of the sharded upstream are ejected now.
 pub fn ejected(count: usize) {
-    metrics::gauge!(SHARDS_EJECTED).set(count as f64);
+    metrics::gauge!(SHARDS_EJECTED, labels([])).set(count as f64);
 }
 
 /// Counts a cluster slot map refresh asked for by `source` that installed a map, and publishes
 /// the map's coverage and primaries.
 pub fn cluster_refreshed(source: &'static str, covered: bool, primaries: usize) {
-    metrics::counter!(CLUSTER_REFRESHES, "source" => source).increment(1);
+    metrics::counter!(CLUSTER_REFRESHES, labels([("source", source.into())])).increment(1);
     cluster_map(covered, primaries);
 }
 
 /// Publishes the coverage and primaries of the cluster slot map in use (empty at start, then
 /// after every refresh and `MOVED` patch).
 pub fn cluster_map(covered: bool, primaries: usize) {
-    metrics::gauge!(CLUSTER_SLOTS_COVERED).set(if covered { 1.0 } else { 0.0 });
-    metrics::gauge!(CLUSTER_NODES).set(primaries as f64);
+    metrics::gauge!(CLUSTER_SLOTS_COVERED, labels([])).set(if covered { 1.0 } else { 0.0 });
+    metrics::gauge!(CLUSTER_NODES, labels([])).set(primaries as f64);
 }
 
 /// Counts a cluster redirect absorbed (`kind`: "moved" or "ask").
 pub fn cluster_redirect(kind: &'static str) {
-    metrics::counter!(CLUSTER_REDIRECTS, "kind" => kind).increment(1);
+    metrics::counter!(CLUSTER_REDIRECTS, labels([("kind", kind.into())])).increment(1);
 }
 
 /// Counts a command re-sent to a cluster node for `reason`.
 pub fn cluster_retry(reason: &'static str) {
-    metrics::counter!(CLUSTER_RETRIES, "reason" => reason).increment(1);
+    metrics::counter!(CLUSTER_RETRIES, labels([("reason", reason.into())])).increment(1);
 }
 
 /// Serves the Sentinel counters from the start of a watch, so dashboards and alerts see zeros.
 pub fn sentinel_watched() {
-    metrics::counter!(SENTINEL_FAILOVERS).increment(0);
-    metrics::counter!(SENTINEL_DISCOVERY_ERRORS).increment(0);
+    metrics::counter!(SENTINEL_FAILOVERS, labels([])).increment(0);
+    metrics::counter!(SENTINEL_DISCOVERY_ERRORS, labels([])).increment(0);
 }
 
 /// Counts a Sentinel discovery asked for by `trigger`.
 pub fn sentinel_discovery(trigger: &'static str) {
-    metrics::counter!(SENTINEL_DISCOVERIES, "trigger" => trigger).increment(1);
+    metrics::counter!(SENTINEL_DISCOVERIES, labels([("trigger", trigger.into())])).increment(1);
 }
 
 /// Counts a Sentinel discovery that confirmed no primary.
 pub fn sentinel_discovery_error() {
-    metrics::counter!(SENTINEL_DISCOVERY_ERRORS).increment(1);
+    metrics::counter!(SENTINEL_DISCOVERY_ERRORS, labels([])).increment(1);
 }
 
 /// Sets how many sentinels answered the last discovery.
 pub fn sentinels_reachable(count: usize) {
-    metrics::gauge!(SENTINEL_REACHABLE).set(count as f64);
+    metrics::gauge!(SENTINEL_REACHABLE, labels([])).set(count as f64);
 }
 
 /// Publishes `primary` as the primary in use; when it replaced `old`, that one goes to 0 and a
 /// failover is counted.
 pub fn sentinel_primary(primary: &str, old: Option<&str>) {
     if let Some(old) = old {
-        metrics::gauge!(SENTINEL_PRIMARY, "address" => old.to_owned()).set(0.0);
-        metrics::counter!(SENTINEL_FAILOVERS).increment(1);
+        metrics::gauge!(SENTINEL_PRIMARY, labels([("address", old.to_owned())])).set(0.0);
+        metrics::counter!(SENTINEL_FAILOVERS, labels([])).increment(1);
     }
-    metrics::gauge!(SENTINEL_PRIMARY, "address" => primary.to_owned()).set(1.0);
+    metrics::gauge!(SENTINEL_PRIMARY, labels([("address", primary.to_owned())])).set(1.0);
 }
 
 /// Counts one upstream connection failure of `kind` (see `UpstreamError::kind`).
 pub fn upstream_error(kind: &'static str) {
-    metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
+    metrics::counter!(UPSTREAM_ERRORS, labels([("kind", kind.into())])).increment(1);
 }
 
 impl Outcome {
@@ -492,6 +545,14 @@ fn describe() {
     describe_counter!(
         COMMAND_TIMEOUTS,
         "Commands answered with a timeout error because the upstream did not reply in time."
+    );
+    describe_gauge!(
+        WORKER_CLIENTS,
+        "Clients each worker serves now (workers > 1)."
+    );
+    describe_gauge!(
+        WORKER_UP,
+        "1 while a worker's event loop runs, 0 once it stalled or stopped (workers > 1)."
     );
     describe_counter!(
         REPLICA_READS,

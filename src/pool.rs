@@ -144,7 +144,8 @@ pub struct Pools {
     /// reload changes the upstream.
     base: Mutex<UpstreamSettings>,
     pool_size: usize,
-    max_pools: usize,
+    /// The `max_pools` and `max_leases` every worker's pools draw from.
+    budget: Budget,
     default: Mutex<Arc<Pool>>,
     /// The servers and the placement of keys; replaced with the upstream.
     layout: Mutex<Arc<Layout>>,
@@ -173,6 +174,63 @@ pub struct Pools {
     /// of a shared pool, or a lease is lost; the task that closes the sessions of refused users
     /// waits on it (`session::close_refused`).
     user_events: Arc<Notify>,
+}
+
+/// What the pools of every worker draw from together: `max_leases` permits, and `max_pools`
+/// distinct pool states (db, protocol, user). A state served by several workers (each has its own
+/// connections in it) counts once: the limit is on what clients ask for, as with one worker.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    leases: Arc<Semaphore>,
+    max_pools: usize,
+    /// Each pool state in use and how many workers' pools serve it.
+    states: Arc<Mutex<HashMap<PoolKey, usize>>>,
+}
+
+impl Budget {
+    /// The limits of `config`, none of them used yet.
+    pub fn new(config: &Config) -> Self {
+        Budget {
+            leases: Arc::new(Semaphore::new(config.leases.max_leases.get())),
+            max_pools: config.batching.max_pools.get(),
+            states: Arc::default(),
+        }
+    }
+
+    /// Counts one more pool in `key`'s state; `false` (nothing counted) when the state is new and
+    /// `max` states are in use already.
+    fn claim(&self, key: &PoolKey, max: usize) -> bool {
+        let mut states = lock(&self.states);
+        let in_use = states.len();
+        match states.get_mut(key) {
+            Some(pools) => *pools += 1,
+            None if in_use >= max => return false,
+            None => {
+                states.insert(key.clone(), 1);
+            }
+        }
+        true
+    }
+
+    /// Counts one pool less in each of `keys`' states.
+    fn release(&self, keys: impl IntoIterator<Item = PoolKey>) {
+        let mut states = lock(&self.states);
+        for key in keys {
+            if let Some(pools) = states.get_mut(&key) {
+                *pools -= 1;
+                if *pools == 0 {
+                    states.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        let pools = std::mem::take(self.pools.get_mut().unwrap_or_else(|e| e.into_inner()));
+        self.budget.release(pools.into_keys());
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -332,7 +390,7 @@ impl Drop for Lent {
 
 impl Pools {
     /// Starts the default pool's drivers (they connect in the background); `tls` for `rediss://`.
-    pub fn start(config: &Config, tls: Option<UpstreamTls>) -> Self {
+    pub fn start(config: &Config, tls: Option<UpstreamTls>, budget: &Budget) -> Self {
         let base = UpstreamSettings {
             upstream: config.upstream.clone(),
             resp3: false,
@@ -371,21 +429,24 @@ impl Pools {
         let pools = Pools {
             base: Mutex::new(base),
             pool_size: config.batching.pool_size.get(),
-            max_pools: config.batching.max_pools.get(),
+            budget: budget.clone(),
             default: Mutex::new(Arc::new(placeholder)),
             layout: Mutex::new(layout),
             reads: Mutex::new(config.reads.clone()),
             generation: AtomicU64::new(0),
             pools: Mutex::new(HashMap::new()),
-            leases: Arc::new(Semaphore::new(config.leases.max_leases.get())),
+            leases: budget.leases.clone(),
             warm: Arc::new(Warm::new(
                 config.leases.warm_leases,
                 config.timeouts.connect_timeout.saturating_mul(2),
             )),
             max_leases: config.leases.max_leases.get(),
-            leases_gauge: metrics::gauge!(crate::metrics::LEASES),
-            lease_refusals: metrics::counter!(crate::metrics::LEASE_REFUSALS),
-            pools_gauge: metrics::gauge!(crate::metrics::POOLS),
+            leases_gauge: metrics::gauge!(crate::metrics::LEASES, crate::metrics::labels([])),
+            lease_refusals: metrics::counter!(
+                crate::metrics::LEASE_REFUSALS,
+                crate::metrics::labels([])
+            ),
+            pools_gauge: metrics::gauge!(crate::metrics::POOLS, crate::metrics::labels([])),
             known_dbs: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
             user_events: Arc::default(),
@@ -456,7 +517,8 @@ impl Pools {
         crate::replicas::poll_lag(&layout, lock(&self.base).clone());
         *lock(&self.layout) = layout;
         self.warm.clear();
-        lock(&self.pools).clear();
+        self.budget
+            .release(lock(&self.pools).drain().map(|(key, _)| key));
         lock(&self.known_dbs).clear();
         lock(&self.verdicts).clear();
         self.start_default(key);
@@ -469,6 +531,8 @@ impl Pools {
     }
 
     fn start_default(&self, key: PoolKey) {
+        // The configured state always has its pool, whatever else counts against `max_pools`.
+        self.budget.claim(&key, usize::MAX);
         let pool = self.spawn_pool(key.clone(), 0);
         self.learn_db(None, key.db);
         lock(&self.pools).insert(key, pool.clone());
@@ -487,8 +551,8 @@ impl Pools {
         if let Some(pool) = pools.get(key) {
             return Ok(pool.clone());
         }
-        if pools.len() >= self.max_pools {
-            let max_pools = self.max_pools;
+        if !self.budget.claim(key, self.budget.max_pools) {
+            let max_pools = self.budget.max_pools;
             return Err(ErrorReply::TooManyPools { max_pools }.line());
         }
         let pool = self.spawn_pool(key.clone(), pools.len());
@@ -810,7 +874,7 @@ mod tests {
             topology: shards(&[1, 2]),
             ..Config::default()
         };
-        let pools = Arc::new(Pools::start(&config, None));
+        let pools = Arc::new(Pools::start(&config, None, &Budget::new(&config)));
         let key = pools.default_pool().key().clone();
         let done = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::current();

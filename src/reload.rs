@@ -22,7 +22,7 @@ use crate::upstream::Tunables;
 ///
 /// Needs a restart: the listen addresses, the metrics address, the pool and lease sizes, the
 /// connect and drain timeouts, TLS files and switching the upstream's TLS on or off, the log
-/// format and `sched_batch`. A twemproxy file is read again on SIGHUP and when the TOML file
+/// format, `sched_batch` and `workers`. A twemproxy file is read again on SIGHUP and when the TOML file
 /// changes, not when only the YAML changes.
 pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
     let mut effective = new.clone();
@@ -57,6 +57,7 @@ pub fn apply(running: &Config, new: &Config, shared: &Shared) -> Config {
         tls.upstream_insecure,
         observability.log_format,
         batching.sched_batch,
+        batching.workers,
     );
     if running.upstream.tls != new.upstream.tls {
         restart.push("upstream (TLS on or off)");
@@ -111,12 +112,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::clients::Registry;
     use crate::config::{Endpoint, ReadFrom, Reads, Topology, Upstream};
-    use crate::live::Live;
-    use crate::metrics::ClientMetrics;
-    use crate::outflow::ServerLimit;
-    use crate::pool::Pools;
     use crate::shard::{Server, Spec};
 
     /// Shards on loopback ports nothing listens on (the pools connect in the background).
@@ -144,14 +140,9 @@ mod tests {
 
     /// What sessions share, for a proxy started with `config`.
     fn shared(config: &Config) -> Shared {
-        Shared {
-            pools: Pools::start(config, None),
-            metrics: ClientMetrics::new(),
-            limits: Live::new(SessionLimits::from_config(config)),
-            shutdown: CancellationToken::new(),
-            pubsub_limit: ServerLimit::default(),
-            clients: Registry::new(),
-        }
+        crate::workers::Process::new(config, CancellationToken::new())
+            .expect("no TLS")
+            .worker(config)
     }
 
     #[tokio::test]

@@ -42,7 +42,12 @@ impl Replicated {
             read_your_writes: reads.read_your_writes,
             reads: replicas
                 .iter()
-                .map(|name| metrics::counter!(crate::metrics::REPLICA_READS, "replica" => name.clone()))
+                .map(|name| {
+                    metrics::counter!(
+                        crate::metrics::REPLICA_READS,
+                        crate::metrics::labels([("replica", name.clone())])
+                    )
+                })
                 .collect(),
         })
     }
@@ -118,7 +123,10 @@ async fn keep_lag(layout: Weak<Layout>, settings: UpstreamSettings) {
             gauges = (1..current.servers() as Lane)
                 .map(|lane| {
                     let name = current.server_name(lane);
-                    metrics::gauge!(crate::metrics::REPLICA_LAG, "replica" => name)
+                    metrics::gauge!(
+                        crate::metrics::REPLICA_LAG,
+                        crate::metrics::labels([("replica", name)])
+                    )
                 })
                 .collect();
         }

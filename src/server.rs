@@ -13,18 +13,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admin::{self, Admin};
-use crate::clients::{Client, Peer, Registry};
+use crate::clients::{Client, Peer};
 use crate::config::Config;
 use crate::error::Error;
-use crate::live::Live;
-use crate::metrics::ClientMetrics;
-use crate::outflow::ServerLimit;
-use crate::pool::Pools;
 use crate::reload;
 use crate::reply::RedisError;
-use crate::session::{self, SessionLimits, Shared};
+use crate::session::{self, Shared};
 use crate::tls;
-use tokio::sync::watch;
+use crate::workers::{Arrival, Handoff, Process, Seat, Socket, Workers};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 /// First pause after a failed `accept` (for example out of file descriptors); doubles up to
@@ -68,58 +65,30 @@ pub async fn run_with_updates(
     listeners: Vec<Listener>,
     admin: Option<Admin>,
     shutdown: CancellationToken,
-    mut updates: watch::Receiver<Config>,
+    updates: watch::Receiver<Config>,
 ) -> Result<(), Error> {
     // Built before anything is served: a TLS setting that does not work stops the proxy instead of
     // letting it speak plaintext.
     let acceptor = tls::acceptor(&config)?;
-    let shared = Arc::new(Shared {
-        pools: Pools::start(&config, tls::connector(&config)?),
-        metrics: ClientMetrics::new(),
-        limits: Live::new(SessionLimits::from_config(&config)),
-        shutdown: shutdown.clone(),
-        pubsub_limit: ServerLimit::default(),
-        clients: Registry::new(),
-    });
-    {
-        let mut running = config.clone();
-        // Changes of what Sentinel says, for an upstream it watches.
-        let changes =
-            |shared: &Shared| (shared.pools.layout().sentinel_watch()).map(|watch| watch.changes());
-        let mut found = changes(&shared);
-        let shared = Arc::downgrade(&shared);
-        tokio::spawn(async move {
-            loop {
-                let sentinel = async {
-                    match &mut found {
-                        Some(found) => found.changed().await.is_ok(),
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    update = updates.changed() => {
-                        let Some(shared) = shared.upgrade().filter(|_| update.is_ok()) else {
-                            return;
-                        };
-                        let new = updates.borrow_and_update().clone();
-                        running = reload::apply(&running, &new, &shared);
-                        found = changes(&shared);
-                    }
-                    true = sentinel => {
-                        let Some(shared) = shared.upgrade() else {
-                            return;
-                        };
-                        shared.pools.follow_sentinel();
-                    }
-                }
-            }
-        });
+    let process = Process::new(&config, shutdown.clone())?;
+    let sessions = TaskTracker::new();
+    // Worker 0 runs here, beside the acceptor; `Workers::start` starts the others.
+    if config.batching.workers.get() > 1 {
+        crate::metrics::set_worker(0);
     }
-    tokio::spawn(session::close_refused(
-        Arc::downgrade(&shared),
-        shared.pools.user_events(),
-        shutdown.clone(),
-    ));
+    let shared = Arc::new(process.worker(&config));
+    let follow = {
+        let config = config.clone();
+        move |shared: &Arc<Shared>| follow(shared, config.clone(), updates.clone())
+    };
+    follow(&shared);
+    let serve = {
+        let (sessions, acceptor) = (sessions.clone(), acceptor.clone());
+        move |arrival: Arrival, shared: &Arc<Shared>| {
+            serve_arrival(arrival, shared, &sessions, acceptor.clone())
+        }
+    };
+    let workers = Workers::start(&config, &process, serve, follow)?;
     // Cancelled when `run` returns, after the drain; until then /metrics and /healthz keep answering.
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();
@@ -135,11 +104,12 @@ pub async fn run_with_updates(
     // Permits for client connections: `max_clients`. A connection holds one for its whole life;
     // when none is left, new connections get Redis's "max number of clients reached" and are closed.
     let permits = Arc::new(Semaphore::new(config.listen.max_clients.get()));
-    let sessions = TaskTracker::new();
+    let workers = Arc::new(workers);
     let mut accepting = Vec::new();
     for listener in listeners {
         let accept = Accept {
             shared: shared.clone(),
+            workers: workers.clone(),
             sessions: sessions.clone(),
             permits: permits.clone(),
             acceptor: acceptor.clone(),
@@ -164,12 +134,59 @@ pub async fn run_with_updates(
             "drain timeout expired; closing the remaining sessions"
         );
     }
+    if let Some(workers) = Arc::into_inner(workers) {
+        workers.stop().await;
+    }
     Ok(())
+}
+
+/// Starts what a worker runs beside its sessions: it follows configuration reloads (`updates`,
+/// from `running`) and, for an upstream Sentinel watches, what the sentinels say; and it closes
+/// the sessions of users Redis starts refusing.
+fn follow(shared: &Arc<Shared>, mut running: Config, mut updates: watch::Receiver<Config>) {
+    // Changes of what Sentinel says, for an upstream it watches.
+    let changes =
+        |shared: &Shared| (shared.pools.layout().sentinel_watch()).map(|watch| watch.changes());
+    let mut found = changes(shared);
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            let sentinel = async {
+                match &mut found {
+                    Some(found) => found.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                update = updates.changed() => {
+                    let Some(shared) = weak.upgrade().filter(|_| update.is_ok()) else {
+                        return;
+                    };
+                    let new = updates.borrow_and_update().clone();
+                    running = reload::apply(&running, &new, &shared);
+                    found = changes(&shared);
+                }
+                true = sentinel => {
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
+                    shared.pools.follow_sentinel();
+                }
+            }
+        }
+    });
+    tokio::spawn(session::close_refused(
+        Arc::downgrade(shared),
+        shared.pools.user_events(),
+        shared.shutdown.clone(),
+    ));
 }
 
 /// One listener's accept loop.
 struct Accept {
+    /// Worker 0's.
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     sessions: TaskTracker,
     permits: Arc<Semaphore>,
     /// TLS for TCP clients, when configured.
@@ -212,33 +229,102 @@ impl Accept {
             return;
         };
         let id = self.shared.clients.next_id();
-        let shared = self.shared.clone();
-        let span = tracing::debug_span!("client", client.addr = %peer.addr(), session = id);
         // Registered here, not in the task: the task then carries one pointer, not the addresses.
         let client = self.shared.clients.register(id, peer);
-        let acceptor = self.acceptor.clone();
-        self.sessions.spawn(
-            async move {
-                let _permit = permit;
-                match stream {
-                    // Boxed: the TLS handshake and a TLS session are large futures, and this task
-                    // would otherwise be that large for every plain client too.
-                    ClientStream::Tcp(mut s) => match acceptor {
-                        Some(acceptor) => Box::pin(serve_tls(s, acceptor, client, shared)).await,
-                        None => {
-                            let (rd, wr) = s.split();
-                            session::serve(rd, wr, client, shared).await
-                        }
-                    },
-                    ClientStream::Unix(mut s) => {
+        let handoff = self
+            .workers
+            .hand((stream, permit), |(stream, permit), seat| {
+                Ok(Arrival {
+                    stream: stream.into_std()?,
+                    client: client.clone(),
+                    permit,
+                    seat,
+                })
+            });
+        let (stream, permit, seat) = match handoff {
+            Handoff::Here((stream, permit), seat) => (stream, permit, seat),
+            Handoff::Back(arrival) => {
+                return serve_arrival(arrival, &self.shared, &self.sessions, self.acceptor.clone())
+            }
+            Handoff::Sent => return,
+            Handoff::Failed(err) => {
+                self.shared.clients.remove(id);
+                warn!(error = %err, "cannot hand a new client to a worker; closing it");
+                return;
+            }
+        };
+        spawn_session(
+            stream,
+            client,
+            self.shared.clone(),
+            &self.sessions,
+            self.acceptor.clone(),
+            (permit, seat),
+        );
+    }
+}
+
+/// Starts, on the calling thread's worker, the session of a client handed over by the acceptor.
+fn serve_arrival(
+    arrival: Arrival,
+    shared: &Arc<Shared>,
+    sessions: &TaskTracker,
+    acceptor: Option<TlsAcceptor>,
+) {
+    let Arrival {
+        stream,
+        client,
+        permit,
+        seat,
+    } = arrival;
+    match ClientStream::from_std(stream) {
+        Ok(stream) => spawn_session(
+            stream,
+            client,
+            shared.clone(),
+            sessions,
+            acceptor,
+            (permit, seat),
+        ),
+        Err(err) => {
+            shared.clients.remove(client.id());
+            warn!(error = %err, "a worker cannot take a client's socket; closing it");
+        }
+    }
+}
+
+/// Starts a client's session on the calling thread's runtime; `held` (its `max_clients` permit
+/// and its seat on the worker) is released when the session ends.
+fn spawn_session(
+    stream: ClientStream,
+    client: Arc<Client>,
+    shared: Arc<Shared>,
+    sessions: &TaskTracker,
+    acceptor: Option<TlsAcceptor>,
+    held: (OwnedSemaphorePermit, Seat),
+) {
+    let span = tracing::debug_span!("client", client.addr = %client.addr(), session = client.id());
+    sessions.spawn(
+        async move {
+            let _held = held;
+            match stream {
+                // Boxed: the TLS handshake and a TLS session are large futures, and this task
+                // would otherwise be that large for every plain client too.
+                ClientStream::Tcp(mut s) => match acceptor {
+                    Some(acceptor) => Box::pin(serve_tls(s, acceptor, client, shared)).await,
+                    None => {
                         let (rd, wr) = s.split();
                         session::serve(rd, wr, client, shared).await
                     }
+                },
+                ClientStream::Unix(mut s) => {
+                    let (rd, wr) = s.split();
+                    session::serve(rd, wr, client, shared).await
                 }
             }
-            .instrument(span),
-        );
-    }
+        }
+        .instrument(span),
+    );
 }
 
 /// A TLS client: the handshake (bounded), then its session.
@@ -268,6 +354,24 @@ async fn serve_tls(
 enum ClientStream {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+}
+
+impl ClientStream {
+    /// The socket, taken off this thread's event loop.
+    fn into_std(self) -> std::io::Result<Socket> {
+        Ok(match self {
+            ClientStream::Tcp(s) => Socket::Tcp(s.into_std()?),
+            ClientStream::Unix(s) => Socket::Unix(s.into_std()?),
+        })
+    }
+
+    /// The socket, on this thread's event loop.
+    fn from_std(socket: Socket) -> std::io::Result<Self> {
+        Ok(match socket {
+            Socket::Tcp(s) => ClientStream::Tcp(tokio::net::TcpStream::from_std(s)?),
+            Socket::Unix(s) => ClientStream::Unix(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<(ClientStream, Peer)> {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use common::{bounded, encode, poll_until, Proxy, RawClient, RedisServer, Reply};
 use respipe::command::Shape;
 use respipe::config::Upstream;
-use respipe::pool::{Lease, PoolKey, Pools};
+use respipe::pool::{Budget, Lease, PoolKey, Pools};
 use respipe::reply::{self, Response};
 use respipe::upstream::Request;
 use respipe::Config;
@@ -307,7 +307,7 @@ async fn a_given_back_lease_is_scrubbed_before_reuse() {
         };
         config.leases.max_leases = nz(2);
         config.leases.warm_leases = 1;
-        let pools = Arc::new(Pools::start(&config, None));
+        let pools = Arc::new(Pools::start(&config, None, &Budget::new(&config)));
         let key = PoolKey {
             db: 0,
             resp3: false,

@@ -40,6 +40,7 @@ pub const SECTIONS: &[(&str, &str, &str)] = &[
     ("batching", "max_upstream_inflight", "max_upstream_inflight"),
     ("batching", "max_pools", "max_pools"),
     ("batching", "sched_batch", "sched_batch"),
+    ("batching", "workers", "workers"),
     ("limits", "max_client_inflight", "max_client_inflight"),
     ("limits", "max_client_reply_bytes", "max_client_reply_bytes"),
     ("limits", "max_request_bytes", "max_request_bytes"),

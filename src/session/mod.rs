@@ -123,8 +123,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Redis's `client-output-buffer-limit pubsub`, read when the first client subscribes.
     pub pubsub_limit: ServerLimit,
-    /// Every connected session, for `CLIENT LIST`, `KILL` and `UNBLOCK`.
-    pub clients: Registry,
+    /// Every connected session, of every worker, for `CLIENT LIST`, `KILL` and `UNBLOCK`.
+    pub clients: Arc<Registry>,
 }
 
 /// An answer the client is owed, in command order.
