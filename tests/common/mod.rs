@@ -324,6 +324,10 @@ impl Proxy {
             upstream: Upstream::tcp("127.0.0.1", upstream_port),
             ..Config::default()
         };
+        // `RESPIPE_WORKERS=N` runs the in-process proxies with N workers, as it does the binary.
+        if let Some(n) = std::env::var("RESPIPE_WORKERS").ok().and_then(|n| n.parse().ok()) {
+            config.batching.workers = n;
+        }
         tweak(&mut config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy listener");
         listener
