@@ -57,6 +57,9 @@ On a larger machine, give each part its own cores so that Redis, not the load ge
 the bottleneck (workers = auto is one per CPU of the proxy= list):
   scripts/bench.sh --cpus "redis=0 proxy=1-4 load=5-7" --bench-threads 3 --workers "1 2 4"
 --workers, --cpus and --bench-threads are for this single-Redis run, not --shards or --cluster.
+One report of two invocations (medians over both, ratios paired within each round):
+  scripts/bench_chart.py --proxy respipe-w1 --proxy respipe-w2 --svg DIR/chart.svg \
+    --report DIR/report.md OUT1/harness OUT2/harness
 
 Outputs in --out: report.md (respipe vs twemproxy vs direct, the harness report embedded),
 chart.svg, summary.tsv and runs.tsv (the harness's), harness/ (everything the harness wrote:

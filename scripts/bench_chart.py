@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Chart and summary of one shared-harness invocation (../shared/bench/run.sh output dir).
+"""Chart and summary of shared-harness invocations (../shared/bench/run.sh output dirs).
 
-Usage: bench_chart.py [options] HARNESS_DIR
+Usage: bench_chart.py [options] HARNESS_DIR [HARNESS_DIR ...]
 
-  --svg FILE        write the chart here (default HARNESS_DIR/chart.svg)
+With several dirs (invocations with the same targets), their runs are pooled, rounds numbered on,
+and ratios still pair runs of the same round: the medians of two invocations in one report.
+
+  --svg FILE        write the chart here (default HARNESS_DIR/chart.svg; needed with several dirs)
   --report FILE     write a Markdown report here: a summary of PROXY vs nutcracker and vs direct,
-                    then HARNESS_DIR/report.md embedded (default: no report)
+                    then HARNESS_DIR/report.md embedded (one dir only; default: no report)
   --proxy NAME      a target under test (default respipe); may be repeated (bench.sh --workers gives
                     respipe-w1, respipe-w2, ...): the report then also puts them side by side, each
                     with its ratios to the first
@@ -237,15 +240,25 @@ def main():
             sys.exit(f"bench_chart: unknown option {a}\n{__doc__}")
         else:
             pos.append(a)
-    if len(pos) != 1:
+    if not pos:
         sys.exit(__doc__)
+    if len(pos) > 1 and not opts["--svg"]:
+        sys.exit("bench_chart: several dirs: say where the chart goes with --svg FILE")
     d = pos[0]
     proxies = ordered(proxies) or ["respipe"]
     proxy = " / ".join(proxies)
-    rows = load_runs(d, float(opts["--max-other"]))
+    rows = []
+    for dd in pos:
+        offset = max((r["round"] for r in rows), default=0)
+        rs = load_runs(dd, float(opts["--max-other"]))
+        if not rs:
+            sys.exit(f"bench_chart: no runs in {dd}/runs.tsv")
+        for r in rs:
+            r["round"] += offset
+        rows += rs
     meta = load_meta(d)
-    if not rows:
-        sys.exit(f"bench_chart: no runs in {d}/runs.tsv")
+    if len(pos) > 1:
+        meta["date"] = ", ".join(load_meta(dd).get("date", "?") for dd in pos)
     base = [r for r in rows if r["pipeline"] == 1]
     targets = ordered(r["target"] for r in base)
     tests = ordered(r["test"] for r in base)
@@ -425,8 +438,11 @@ def main():
         P(f"Noise: other processes used a median {med(ou):.2f} cores (max {max(ou):.2f}) during the runs; "
           f"loadavg(1m) median {f(med(r['load1'] for r in rows if isinstance(r.get('load1'), float)), 2)}.")
         P("")
+    if len(pos) > 1:
+        P(f"Pooled from {len(pos)} invocations: " + ", ".join(f"`{dd}`" for dd in pos) + ".")
+        P("")
     hr = os.path.join(d, "report.md")
-    if os.path.exists(hr):
+    if len(pos) == 1 and os.path.exists(hr):
         P("## The harness's report")
         P("")
         P(f"(`{os.path.relpath(hr, os.path.dirname(os.path.abspath(opts['--report'])))}`, "
