@@ -2,7 +2,9 @@
 # respipe's benchmark entry point: builds the release binary and runs the shared side-by-side
 # harness (../shared/bench/run.sh: direct Redis vs twemproxy vs respipe, interleaved round by round),
 # then writes a Markdown report with respipe's ratios and an SVG chart of throughput and Redis CPU
-# against concurrency. With --shards N it runs scripts/bench_shards.py instead: N redis-server shards
+# against concurrency. With --workers "1 2" it runs one respipe per worker count in the same rounds and
+# reports them side by side with their ratios to the first; --cpus places Redis, the proxies and the
+# load generator on chosen CPUs. With --shards N it runs scripts/bench_shards.py instead: N redis-server shards
 # behind respipe's sharded mode and behind twemproxy's equivalent ketama pool, side by side. With
 # --cluster it runs scripts/bench_cluster.py: a 3-primary Redis Cluster, respipe in cluster mode beside
 # redis-benchmark --cluster straight at the primaries.
@@ -26,6 +28,16 @@ Usage: scripts/bench.sh [options] [-- extra run.sh options]
   --clients "LIST"    concurrencies (harness default "1 50 200 1000")
   --tests "LIST"      redis-benchmark tests (harness default "set get")
   --pin               Redis on CPU 0, proxies + load generator on CPU 1 (proxy CPU efficiency)
+  --cpus "LAYOUT"     a core layout (implies --pin): "redis=LIST proxy=LIST load=LIST", each LIST
+                      as taskset -c takes it (0 | 1-4 | 1,3,5-7); proxy= (or respipe=) holds every
+                      proxy (each respipe and twemproxy), load= redis-benchmark; an omitted key keeps
+                      --pin's default (redis=0 load=1 proxy=the load CPUs)
+  --workers "LIST"    one respipe per worker count (N or auto), all in the same rounds: targets
+                      respipe-w1, respipe-w2, ...; the report puts them side by side with their
+                      ratios to the first in the list (default: one respipe, named respipe, with
+                      the binary's default workers)
+  --bench-threads N   redis-benchmark --threads N (default: single-threaded), for a load generator
+                      that needs more than one core to saturate several workers
   --out DIR           output dir (default target/bench/<timestamp>)
   --label TEXT        free text for the report and chart titles
   --max-other CORES   drop runs during which other processes kept more than CORES cores busy
@@ -37,6 +49,17 @@ Usage: scripts/bench.sh [options] [-- extra run.sh options]
   -h, --help
 
 Anything after `--` goes to ../shared/bench/run.sh as is (see its --help), e.g. -- --requests 300000
+
+Workers (--workers): the cost of splitting the batches, in one invocation, e.g.
+  scripts/bench.sh --workers "1 2" --clients "200 1000"          # workers = 2 against workers = 1
+  scripts/bench.sh --workers "1 2" --clients "200 1000" --pin    # the same, proxies on one CPU
+On a larger machine, give each part its own cores so that Redis, not the load generator, ends up
+the bottleneck (workers = auto is one per CPU of the proxy= list):
+  scripts/bench.sh --cpus "redis=0 proxy=1-4 load=5-7" --bench-threads 3 --workers "1 2 4"
+--workers, --cpus and --bench-threads are for this single-Redis run, not --shards or --cluster.
+One report of two invocations (medians over both, ratios paired within each round):
+  scripts/bench_chart.py --proxy respipe-w1 --proxy respipe-w2 --svg DIR/chart.svg \
+    --report DIR/report.md OUT1/harness OUT2/harness
 
 Outputs in --out: report.md (respipe vs twemproxy vs direct, the harness report embedded),
 chart.svg, summary.tsv and runs.tsv (the harness's), harness/ (everything the harness wrote:
@@ -83,6 +106,7 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 need_arg() { [[ $# -ge 2 && -n $2 ]] || { echo "bench: $1 needs a value" >&2; usage >&2; exit 2; }; }
 
 ROUNDS="" CLIENTS="" TESTS="" PIN=0 QUICK=0 OUT="" LABEL="" RESPIPE_ARGS="" BUILD=1 SHARDS="" CLUSTER=0 MAX_OTHER=""
+CPUS="" WORKERS="" BENCH_THREADS=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -91,6 +115,9 @@ while [[ $# -gt 0 ]]; do
     --clients) need_arg "$@"; CLIENTS=$2; shift 2;;
     --tests) need_arg "$@"; TESTS=$2; shift 2;;
     --pin) PIN=1; shift;;
+    --cpus) need_arg "$@"; CPUS=$2; PIN=1; shift 2;;
+    --workers) need_arg "$@"; WORKERS=$2; shift 2;;
+    --bench-threads) need_arg "$@"; BENCH_THREADS=$2; shift 2;;
     --out) need_arg "$@"; OUT=$2; shift 2;;
     --label) need_arg "$@"; LABEL=$2; shift 2;;
     --max-other) need_arg "$@"; MAX_OTHER=$2; shift 2;;
@@ -123,6 +150,60 @@ done
 MODE=harness
 [[ -z $SHARDS ]] || MODE=shards
 [[ $CLUSTER == 0 ]] || MODE=cluster
+[[ $MODE == harness || -z $WORKERS$CPUS$BENCH_THREADS ]] \
+  || die "--workers, --cpus and --bench-threads are for the single-Redis harness, not --shards or --cluster"
+
+# --workers: the worker counts, one respipe target each
+WLIST=()
+if [[ -n $WORKERS ]]; then
+  read -ra ws <<<"${WORKERS//,/ }"
+  [[ ${#ws[@]} -gt 0 ]] || die "--workers: no worker count in '$WORKERS'"
+  for w in "${ws[@]}"; do
+    [[ $w =~ ^([1-9][0-9]*|auto)$ ]] || die "--workers: not a positive number or auto: '$w'"
+    [[ " ${WLIST[*]} " != *" $w "* ]] || die "--workers: $w is in the list twice"
+    WLIST+=("$w")
+  done
+  [[ " $RESPIPE_ARGS" != *" --workers"* ]] || die "--workers sets each respipe's workers: leave them out of --respipe-args"
+fi
+[[ -z $BENCH_THREADS || $BENCH_THREADS =~ ^[1-9][0-9]*$ ]] || die "--bench-threads: not a positive number: '$BENCH_THREADS'"
+
+# --cpus: the core layout, checked against the CPUs this process may run on
+cpu_set() { # cpu_set LIST: CPU_SET=(each CPU of a taskset -c list such as 0,2-4)
+  local part a b
+  local -a parts
+  CPU_SET=()
+  IFS=, read -ra parts <<<"$1"
+  for part in "${parts[@]}"; do
+    a=$((10#${part%-*})) b=$((10#${part#*-}))
+    ((a <= b)) || die "--cpus: '$part' is not a range (low-high)"
+    for ((; a <= b; a++)); do CPU_SET+=("$a"); done
+  done
+}
+REDIS_CPUS="" PROXY_CPUS="" LOAD_CPUS=""
+if [[ -n $CPUS ]]; then
+  allowed=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status 2>/dev/null || true)
+  allowed_set=""
+  if [[ -n $allowed ]]; then cpu_set "$allowed"; allowed_set=" ${CPU_SET[*]} "; fi
+  read -ra items <<<"$CPUS"
+  for it in "${items[@]}"; do
+    key=${it%%=*} val=${it#*=}
+    [[ $it == *=* && $val =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] \
+      || die "--cpus: '$it' is not KEY=LIST, a LIST as taskset -c takes it (0, 1-4, 1,3,5-7)"
+    cpu_set "$val"
+    for c in "${CPU_SET[@]}"; do
+      [[ -z $allowed_set || $allowed_set == *" $c "* ]] || die "--cpus: CPU $c ($it) is not one this process may run on ($allowed)"
+    done
+    case $key in
+      redis) var=REDIS_CPUS;;
+      proxy|respipe) var=PROXY_CPUS;;
+      load) var=LOAD_CPUS;;
+      *) die "--cpus: unknown key '$key' in '$it' (redis=, proxy= or its alias respipe=, load=)";;
+    esac
+    name=${var%_CPUS}
+    [[ -z ${!var} ]] || die "--cpus: '$it': the ${name,,} CPUs are given twice (respipe= is proxy=)"
+    printf -v "$var" '%s' "$val"
+  done
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS=${BENCH_HARNESS:-$ROOT/../shared/bench/run.sh}
@@ -183,7 +264,7 @@ OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 label=${LABEL:-respipe $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')}
-[[ $PIN == 1 ]] && label+=", pinned"
+if [[ -n $CPUS ]]; then label+=", pinned: $CPUS"; elif [[ $PIN == 1 ]]; then label+=", pinned"; fi
 
 # ------------------------------------------------------------------ sharded, cluster: bench_*.py
 if [[ $MODE != harness ]]; then
@@ -226,16 +307,39 @@ HOUT=$OUT/harness
 
 printf -v proxy_cmd '%q --listen {listen} --upstream {upstream}' "$BIN"
 [[ -z $RESPIPE_ARGS ]] || proxy_cmd+=" $RESPIPE_ARGS"
-args=(--proxy "$proxy_cmd" --proxy-name respipe --out "$HOUT" --label "$label")
+args=() names=()
+if [[ ${#WLIST[@]} -eq 0 ]]; then
+  args+=(--proxy "$proxy_cmd" --proxy-name respipe); names+=(respipe)
+else
+  for w in "${WLIST[@]}"; do
+    args+=(--proxy "$proxy_cmd --workers $w" --proxy-name "respipe-w$w"); names+=("respipe-w$w")
+  done
+fi
+args+=(--out "$HOUT" --label "$label")
 [[ -z $ROUNDS ]] || args+=(--rounds "$ROUNDS")
 [[ -z $CLIENTS ]] || args+=(--clients "$CLIENTS")
 [[ -z $TESTS ]] || args+=(--tests "$TESTS")
 [[ $PIN == 0 ]] || args+=(--pin)
+[[ -z $REDIS_CPUS ]] || args+=(--redis-cpus "$REDIS_CPUS")
+[[ -z $PROXY_CPUS ]] || args+=(--proxy-cpus "$PROXY_CPUS")
+[[ -z $LOAD_CPUS ]] || args+=(--other-cpus "$LOAD_CPUS")
+[[ -z $BENCH_THREADS ]] || args+=(--bench-threads "$BENCH_THREADS")
 [[ $QUICK == 0 ]] || args+=(--no-ceiling)
 args+=("${EXTRA[@]}")
 
 log "harness: $HARNESS"
-log "proxy under test: $proxy_cmd"
+if [[ ${#WLIST[@]} -eq 0 ]]; then
+  log "proxy under test: $proxy_cmd"
+else
+  log "proxies under test: ${names[*]}: $proxy_cmd --workers N"
+fi
+if [[ $PIN == 1 && ${#WLIST[@]} -gt 0 ]]; then
+  cpu_set "${PROXY_CPUS:-${LOAD_CPUS:-1}}"
+  for w in "${WLIST[@]}"; do
+    [[ $w == auto || $w -le ${#CPU_SET[@]} ]] \
+      || log "note: respipe-w$w runs $w workers on ${#CPU_SET[@]} proxy CPU(s): they take turns on a core"
+  done
+fi
 log "output: $OUT"
 T0=$SECONDS
 rc=0
@@ -255,7 +359,8 @@ if [[ -n $MAX_OTHER ]]; then
 fi
 [[ -s $HOUT/report.md ]] || "${summarize[@]}" "$HOUT" >"$HOUT/report.md" || die "summarizing $HOUT failed"
 for f in summary.tsv runs.tsv; do [[ ! -f $HOUT/$f ]] || cp "$HOUT/$f" "$OUT/$f"; done
-"${chart[@]}" --proxy respipe --svg "$OUT/chart.svg" --report "$OUT/report.md" --title "$label" "$HOUT" \
+for n in "${names[@]}"; do chart+=(--proxy "$n"); done
+"${chart[@]}" --svg "$OUT/chart.svg" --report "$OUT/report.md" --title "$label" "$HOUT" \
   || die "bench_chart.py failed"
 rm -f "$OUT/harness-stdout.md"
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Chart and summary of one shared-harness invocation (../shared/bench/run.sh output dir).
+"""Chart and summary of shared-harness invocations (../shared/bench/run.sh output dirs).
 
-Usage: bench_chart.py [options] HARNESS_DIR
+Usage: bench_chart.py [options] HARNESS_DIR [HARNESS_DIR ...]
 
-  --svg FILE        write the chart here (default HARNESS_DIR/chart.svg)
+With several dirs (invocations with the same targets), their runs are pooled, rounds numbered on,
+and ratios still pair runs of the same round: the medians of two invocations in one report.
+
+  --svg FILE        write the chart here (default HARNESS_DIR/chart.svg; needed with several dirs)
   --report FILE     write a Markdown report here: a summary of PROXY vs nutcracker and vs direct,
-                    then HARNESS_DIR/report.md embedded (default: no report)
-  --proxy NAME      the target under test (default respipe)
+                    then HARNESS_DIR/report.md embedded (one dir only; default: no report)
+  --proxy NAME      a target under test (default respipe); may be repeated (bench.sh --workers gives
+                    respipe-w1, respipe-w2, ...): the report then also puts them side by side, each
+                    with its ratios to the first
   --max-other CORES drop runs during which other processes kept more than CORES cores busy, as the
                     harness's summarize.py does (default 0.35; negative keeps every run)
   --title TEXT      extra text for the chart title and the report heading
@@ -64,12 +69,16 @@ def load_runs(d, max_other):
 
 
 def load_meta(d):
-    meta = {}
+    """meta.txt as a dict; its proxy_cmd lines (one per proxy) as a list under proxy_cmd."""
+    meta = {"proxy_cmd": []}
     p = os.path.join(d, "meta.txt")
     if os.path.exists(p):
         for line in open(p):
             k, _, v = line.rstrip("\n").partition("\t")
-            meta.setdefault(k, v)
+            if k == "proxy_cmd":
+                meta[k].append(v)
+            else:
+                meta.setdefault(k, v)
     return meta
 
 
@@ -212,29 +221,44 @@ def krps(x):
 
 def main():
     args = sys.argv[1:]
-    opts = {"--svg": None, "--report": None, "--proxy": "respipe", "--max-other": "0.35", "--title": ""}
+    opts = {"--svg": None, "--report": None, "--max-other": "0.35", "--title": ""}
+    proxies = []
     pos = []
     while args:
         a = args.pop(0)
         if a in ("-h", "--help"):
             print(__doc__)
             return 0
-        if a in opts:
+        if a in opts or a == "--proxy":
             if not args:
                 sys.exit(f"bench_chart: {a} needs a value")
-            opts[a] = args.pop(0)
+            if a == "--proxy":
+                proxies.append(args.pop(0))
+            else:
+                opts[a] = args.pop(0)
         elif a.startswith("--"):
             sys.exit(f"bench_chart: unknown option {a}\n{__doc__}")
         else:
             pos.append(a)
-    if len(pos) != 1:
+    if not pos:
         sys.exit(__doc__)
+    if len(pos) > 1 and not opts["--svg"]:
+        sys.exit("bench_chart: several dirs: say where the chart goes with --svg FILE")
     d = pos[0]
-    proxy = opts["--proxy"]
-    rows = load_runs(d, float(opts["--max-other"]))
+    proxies = ordered(proxies) or ["respipe"]
+    proxy = " / ".join(proxies)
+    rows = []
+    for dd in pos:
+        offset = max((r["round"] for r in rows), default=0)
+        rs = load_runs(dd, float(opts["--max-other"]))
+        if not rs:
+            sys.exit(f"bench_chart: no runs in {dd}/runs.tsv")
+        for r in rs:
+            r["round"] += offset
+        rows += rs
     meta = load_meta(d)
-    if not rows:
-        sys.exit(f"bench_chart: no runs in {d}/runs.tsv")
+    if len(pos) > 1:
+        meta["date"] = ", ".join(load_meta(dd).get("date", "?") for dd in pos)
     base = [r for r in rows if r["pipeline"] == 1]
     targets = ordered(r["target"] for r in base)
     tests = ordered(r["test"] for r in base)
@@ -293,9 +317,8 @@ def main():
     P(f"{meta.get('date', '')}; {meta.get('nproc', '?')} CPUs, kernel {meta.get('kernel', '?')}; "
       f"redis {meta.get('redis', '?')}; {meta.get('nutcracker', '')}; pinning: {pin}; "
       f"{rounds} round(s); clients {meta.get('clients', '')}; requests {meta.get('requests', '')}.")
-    for k, v in meta.items():
-        if k == "proxy_cmd":
-            P(f"Proxy: `{v}`.")
+    for v in meta["proxy_cmd"]:
+        P(f"Proxy: `{v}`.")
     P("")
     P("![throughput and Redis CPU vs concurrency](chart.svg)")
     P("")
@@ -326,19 +349,21 @@ def main():
                   f"{f(gmed(t, test, c, 'redis_cpu_100k'), 3)} | {f(pc, 3) if t != 'direct' else '–'} | "
                   f"{f(gmed(t, test, c, 'other_util'), 2)} | {f(gmed(t, test, c, 'cmd_ratio'), 3)} |")
     P("")
-    if proxy in targets:
-        P(f"## {proxy}: ratios (same round's runs paired; median, (min–max) over rounds)")
+    tested = [p for p in proxies if p in targets]
+    multi = len(tested) > 1
+    if tested:
+        P(f"## {' / '.join(tested)}: ratios (same round's runs paired; median, (min–max) over rounds)")
         P("")
         P("rps ratio > 1 is faster; p50, Redis CPU and proxy CPU ratios < 1 are better. "
           "cmds/read is the batching Redis sees.")
         P("")
         has_nc = "nutcracker" in targets
-        hdr = "| test | c | rps ÷ direct |"
-        sep = "|---|--:|--:|"
+        hdr = "| test | c |" + (" target |" if multi else "") + " rps ÷ direct |"
+        sep = "|---|--:|" + ("---|" if multi else "") + "--:|"
         if has_nc:
             hdr += " rps ÷ nutcracker | p50 ÷ nutcracker | proxy CPU/100k ÷ nutcracker |"
             sep += "--:|--:|--:|"
-        hdr += f" cmds/read {proxy}" + (" / nutcracker" if has_nc else "") + " | Redis CPU/100k ÷ direct |"
+        hdr += f" cmds/read {'target' if multi else tested[0]}" + (" / nutcracker" if has_nc else "") + " | Redis CPU/100k ÷ direct |"
         sep += "--:|--:|"
         if has_nc:
             hdr += " Redis CPU/100k ÷ nutcracker |"
@@ -347,46 +372,77 @@ def main():
         P(sep)
         for test in tests:
             for c in clients:
-                if not groups.get((proxy, test, c)):
-                    continue
-                cells = [test.upper(), str(c), rt(paired(proxy, "direct", test, c, "rps"))]
-                if has_nc:
-                    cells += [rt(paired(proxy, "nutcracker", test, c, "rps")),
-                              rt(paired(proxy, "nutcracker", test, c, "p50_ms")),
-                              rt(paired(proxy, "nutcracker", test, c, "proxy_cpu_100k"))]
-                cpr = f(gmed(proxy, test, c, "cmds_per_read"), 1)
-                if has_nc:
-                    cpr += " / " + f(gmed("nutcracker", test, c, "cmds_per_read"), 1)
-                cells += [cpr, rt(paired(proxy, "direct", test, c, "redis_cpu_100k"))]
-                if has_nc:
-                    cells.append(rt(paired(proxy, "nutcracker", test, c, "redis_cpu_100k")))
-                P("| " + " | ".join(cells) + " |")
+                for t in tested:
+                    if not groups.get((t, test, c)):
+                        continue
+                    cells = [test.upper(), str(c)] + ([t] if multi else []) + [rt(paired(t, "direct", test, c, "rps"))]
+                    if has_nc:
+                        cells += [rt(paired(t, "nutcracker", test, c, "rps")),
+                                  rt(paired(t, "nutcracker", test, c, "p50_ms")),
+                                  rt(paired(t, "nutcracker", test, c, "proxy_cpu_100k"))]
+                    cpr = f(gmed(t, test, c, "cmds_per_read"), 1)
+                    if has_nc:
+                        cpr += " / " + f(gmed("nutcracker", test, c, "cmds_per_read"), 1)
+                    cells += [cpr, rt(paired(t, "direct", test, c, "redis_cpu_100k"))]
+                    if has_nc:
+                        cells.append(rt(paired(t, "nutcracker", test, c, "redis_cpu_100k")))
+                    P("| " + " | ".join(cells) + " |")
         P("")
-    peers = [t for t in targets if t not in (proxy, "direct", "nutcracker")]
-    if proxy in targets and peers:
-        P(f"## {proxy} against the other proxies in the same rounds (paired; median, (min–max) over rounds)")
+    if multi:
+        b = tested[0]
+        P(f"## {' / '.join(tested)} side by side (ratios to {b}: same round's runs paired; median, (min–max))")
+        P("")
+        P(f"Medians per target, then each one's ratio to {b}. With one respipe per worker count (bench.sh "
+          "--workers) this is the cost of splitting the work: proxy CPU/100k ÷ is what running that many "
+          "workers costs per command; cmds/read ÷ and Redis CPU/100k ÷ show the upstream batches split "
+          "among the workers' connections.")
+        P("")
+        P(f"| test | c | target | rps | p50 ms | proxy CPU/100k | cmds/read | Redis CPU/100k | rps ÷ {b} | "
+          f"p50 ÷ | proxy CPU/100k ÷ | cmds/read ÷ | Redis CPU/100k ÷ |")
+        P("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        keys = ("rps", "p50_ms", "proxy_cpu_100k", "cmds_per_read", "redis_cpu_100k")
+        for test in tests:
+            for c in clients:
+                for t in tested:
+                    if not groups.get((t, test, c)):
+                        continue
+                    cells = [test.upper(), str(c), t, krps(gmed(t, test, c, "rps")), f(gmed(t, test, c, "p50_ms"), 3),
+                             f(gmed(t, test, c, "proxy_cpu_100k"), 3), f(gmed(t, test, c, "cmds_per_read"), 1),
+                             f(gmed(t, test, c, "redis_cpu_100k"), 3)]
+                    cells += ["–"] * len(keys) if t == b else [rt(paired(t, b, test, c, k)) for k in keys]
+                    P("| " + " | ".join(cells) + " |")
+        P("")
+    peers = [t for t in targets if t not in tested and t not in ("direct", "nutcracker")]
+    if tested and peers:
+        P(f"## {' / '.join(tested)} against the other proxies in the same rounds (paired; median, (min–max) over rounds)")
         P("")
         P("With an older build as the other proxy this is the regression check: its proxy CPU/100k ratio.")
         P("")
-        P(f"| test | c | vs | rps ÷ | p50 ÷ | proxy CPU/100k ÷ | Redis CPU/100k ÷ | cmds/read {proxy} / it |")
-        P("|---|--:|---|--:|--:|--:|--:|--:|")
-        for peer in peers:
-            for test in tests:
-                for c in clients:
-                    if not groups.get((proxy, test, c)) or not groups.get((peer, test, c)):
-                        continue
-                    P(f"| {test.upper()} | {c} | {peer} | {rt(paired(proxy, peer, test, c, 'rps'))} | "
-                      f"{rt(paired(proxy, peer, test, c, 'p50_ms'))} | {rt(paired(proxy, peer, test, c, 'proxy_cpu_100k'))} | "
-                      f"{rt(paired(proxy, peer, test, c, 'redis_cpu_100k'))} | "
-                      f"{f(gmed(proxy, test, c, 'cmds_per_read'), 1)} / {f(gmed(peer, test, c, 'cmds_per_read'), 1)} |")
+        P("| test | c |" + (" target |" if multi else "") + " vs | rps ÷ | p50 ÷ | proxy CPU/100k ÷ | Redis CPU/100k ÷ | "
+          f"cmds/read {'target' if multi else tested[0]} / it |")
+        P("|---|--:|" + ("---|" if multi else "") + "---|--:|--:|--:|--:|--:|")
+        for t in tested:
+            for peer in peers:
+                for test in tests:
+                    for c in clients:
+                        if not groups.get((t, test, c)) or not groups.get((peer, test, c)):
+                            continue
+                        P(f"| {test.upper()} | {c} | " + (f"{t} | " if multi else "") + f"{peer} | "
+                          f"{rt(paired(t, peer, test, c, 'rps'))} | "
+                          f"{rt(paired(t, peer, test, c, 'p50_ms'))} | {rt(paired(t, peer, test, c, 'proxy_cpu_100k'))} | "
+                          f"{rt(paired(t, peer, test, c, 'redis_cpu_100k'))} | "
+                          f"{f(gmed(t, test, c, 'cmds_per_read'), 1)} / {f(gmed(peer, test, c, 'cmds_per_read'), 1)} |")
         P("")
     ou = [r["other_util"] for r in rows if r["other_util"] is not None]
     if ou:
         P(f"Noise: other processes used a median {med(ou):.2f} cores (max {max(ou):.2f}) during the runs; "
           f"loadavg(1m) median {f(med(r['load1'] for r in rows if isinstance(r.get('load1'), float)), 2)}.")
         P("")
+    if len(pos) > 1:
+        P(f"Pooled from {len(pos)} invocations: " + ", ".join(f"`{dd}`" for dd in pos) + ".")
+        P("")
     hr = os.path.join(d, "report.md")
-    if os.path.exists(hr):
+    if len(pos) == 1 and os.path.exists(hr):
         P("## The harness's report")
         P("")
         P(f"(`{os.path.relpath(hr, os.path.dirname(os.path.abspath(opts['--report'])))}`, "
