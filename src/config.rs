@@ -1954,6 +1954,33 @@ mod tests {
         load(args, env).expect_err("should fail").to_string()
     }
 
+    #[test]
+    fn workers_is_a_count_or_auto() {
+        assert_eq!(load(&[], &[]).unwrap().batching.workers.get(), 1);
+        assert_eq!(
+            load(&["--workers", "4"], &[])
+                .unwrap()
+                .batching
+                .workers
+                .get(),
+            4
+        );
+        let cpus = std::thread::available_parallelism().unwrap();
+        let auto = load(&[], &[("RESPIPE_WORKERS", "AUTO")]).unwrap();
+        assert_eq!(auto.batching.workers, cpus);
+        let file = TempFile::new("workers", "[batching]\nworkers = \"auto\"\n");
+        let from_file = load(&["--config", file.path()], &[]).unwrap();
+        assert_eq!(from_file.batching.workers, cpus);
+        for (bad, why) in [
+            ("0", "must be at least 1 (or auto)"),
+            ("257", "at most 256"),
+            ("two", "or auto"),
+        ] {
+            let err = load_err(&["--workers", bad], &[]);
+            assert!(err.contains("workers") && err.contains(why), "{bad}: {err}");
+        }
+    }
+
     fn upstream(s: &str) -> Upstream {
         Upstream::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }

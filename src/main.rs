@@ -39,10 +39,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    // One thread, like Redis and twemproxy: every session and upstream driver meet on it, so handing a
-    // request to a driver and a reply back is a queue push, not a cross-thread wake-up (futex +
-    // context switch). Measured side by side on 2 cores, a multi-thread runtime cost 1.2-1.4x more
-    // proxy CPU per command at 50-200 clients (README, "Performance").
+    // One thread per worker, like Redis and twemproxy: a worker's sessions and upstream drivers meet
+    // on it, so handing a request to a driver and a reply back is a queue push, not a cross-thread
+    // wake-up (futex + context switch). Measured side by side on 2 cores, a multi-thread runtime cost
+    // 1.2-1.4x more proxy CPU per command at 50-200 clients (README, "Performance"). This thread is
+    // worker 0 and the acceptor; `workers` > 1 starts the others (`respipe::workers`).
+    log_panics();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,6 +62,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs a panic (of a session, or a whole worker) through tracing, where the operator looks,
+/// before the default hook prints it: one session's panic ends only that session; a worker's is
+/// also reported by the worker (`respipe::workers`).
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "panic"
+        );
+        default(info);
+    }));
 }
 
 /// Puts the calling thread (and the threads it starts later) under Linux's `SCHED_BATCH` policy:
@@ -141,6 +159,7 @@ async fn serve(config: Config, log: LogReload) -> anyhow::Result<()> {
         listen = %bound.join(" "),
         upstream = %config.upstream,
         pool_size = config.batching.pool_size.get(),
+        workers = config.batching.workers.get(),
         "respipe ready"
     );
     respipe::server::run_with_updates(config, listeners, admin, shutdown, updates_rx).await?;

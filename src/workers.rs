@@ -411,3 +411,135 @@ fn watch(slots: &[Arc<Slot>], stop: &CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::Peer;
+    use tokio::sync::Semaphore;
+
+    /// Workers 0 (here) and 1 (a thread whose receiver `rx` stands for it).
+    fn two() -> (Workers, mpsc::UnboundedReceiver<Arrival>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let workers = Workers {
+            slots: vec![(Slot::new(0), Door::Here), (Slot::new(1), Door::Thread(tx))],
+            threads: Vec::new(),
+            stop: CancellationToken::new(),
+        };
+        (workers, rx)
+    }
+
+    /// A connected socket, its registry entry and a permit, as the acceptor has them.
+    fn client(registry: &Registry) -> (std::net::TcpStream, Arc<Client>, OwnedSemaphorePermit) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = Peer::Tcp {
+            addr: stream.local_addr().unwrap(),
+            laddr: stream.peer_addr().unwrap(),
+            fd: 0,
+        };
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        (stream, registry.register(registry.next_id(), peer), permit)
+    }
+
+    fn hand(workers: &Workers, registry: &Registry) -> Handoff<()> {
+        let (stream, client, permit) = client(registry);
+        workers.hand((), |(), seat| {
+            Ok(Arrival {
+                stream: Socket::Tcp(stream),
+                client,
+                permit,
+                seat,
+            })
+        })
+    }
+
+    #[test]
+    fn new_clients_go_to_the_worker_with_the_fewest() {
+        let (workers, mut rx) = two();
+        let registry = Registry::new();
+        let counts = || -> Vec<usize> {
+            (workers.slots.iter())
+                .map(|(slot, _)| slot.clients.load(Ordering::Relaxed))
+                .collect()
+        };
+        // Equal counts: the lowest worker; so clients alternate.
+        let mut here = Vec::new();
+        let mut sent = Vec::new();
+        for i in 0..4 {
+            match hand(&workers, &registry) {
+                Handoff::Here((), seat) if i % 2 == 0 => here.push(seat),
+                Handoff::Sent if i % 2 == 1 => sent.push(rx.try_recv().expect("worker 1's")),
+                _ => panic!("client {i} went to the wrong worker"),
+            }
+        }
+        assert_eq!(counts(), [2, 2]);
+        // Worker 0's clients leave: the next two go to it.
+        here.clear();
+        assert_eq!(counts(), [0, 2]);
+        for _ in 0..2 {
+            let Handoff::Here((), seat) = hand(&workers, &registry) else {
+                panic!("not to the worker with the fewest")
+            };
+            here.push(seat);
+        }
+        assert_eq!(counts(), [2, 2]);
+        // A client handed to a thread counts there until its session ends.
+        sent.pop();
+        assert_eq!(counts(), [2, 1]);
+    }
+
+    /// A worker whose loop stops turning is reported stalled by the watchdog and gets no new
+    /// clients until it turns again.
+    #[test]
+    fn a_stalled_worker_gets_no_new_clients_until_it_runs_again() {
+        let (workers, mut rx) = two();
+        let registry = Registry::new();
+        let slots: Vec<Arc<Slot>> = workers.slots.iter().map(|(s, _)| s.clone()).collect();
+        let stop = CancellationToken::new();
+        let watchdog = std::thread::spawn({
+            let (slots, stop) = (slots.clone(), stop.clone());
+            move || watch(&slots, &stop)
+        });
+        // Worker 0 already has a client, so worker 1 would be picked; its last beat is old.
+        let Handoff::Here((), _seat) = hand(&workers, &registry) else {
+            panic!("first client to worker 0")
+        };
+        slots[1].beat.store(0, Ordering::Relaxed);
+        let until = |state: u8| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while slots[1].state.load(Ordering::Relaxed) != state {
+                assert!(std::time::Instant::now() < deadline, "state never {state}");
+                slots[0].beat.store(coarse_ms(), Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+        };
+        until(STALLED);
+        assert!(matches!(hand(&workers, &registry), Handoff::Here(..)));
+        assert!(rx.try_recv().is_err());
+        slots[1].beat.store(u64::MAX / 2, Ordering::Relaxed);
+        until(RUNNING);
+        assert!(matches!(hand(&workers, &registry), Handoff::Sent));
+        stop.cancel();
+        watchdog.join().unwrap();
+    }
+
+    /// A worker thread that ended (its receiver gone) is marked stopped and the client it was
+    /// handed goes to worker 0 instead, with its socket.
+    #[test]
+    fn a_client_for_a_worker_that_ended_goes_to_another() {
+        let (workers, rx) = two();
+        let registry = Registry::new();
+        let Handoff::Here((), _seat) = hand(&workers, &registry) else {
+            panic!("first client to worker 0")
+        };
+        drop(rx);
+        let Handoff::Back(arrival) = hand(&workers, &registry) else {
+            panic!("the second client comes back to worker 0")
+        };
+        assert!(matches!(arrival.stream, Socket::Tcp(_)));
+        assert_eq!(workers.slots[1].0.state.load(Ordering::Relaxed), STOPPED);
+        assert_eq!(workers.slots[0].0.clients.load(Ordering::Relaxed), 2);
+        assert_eq!(workers.slots[1].0.clients.load(Ordering::Relaxed), 0);
+    }
+}

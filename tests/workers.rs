@@ -14,13 +14,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
-    bounded, encode, free_port, http_get, respipe_command, Binary, BinProxy, Proxy, RawClient,
+    bounded, encode, free_port, http_get, respipe_command, BinProxy, Binary, Proxy, RawClient,
     RedisServer, Reply, POLL,
 };
 
 /// The samples of `name` on `/metrics` that carry `worker="N"`, by worker.
 async fn per_worker(proxy: &BinProxy, name: &str, workers: usize) -> Vec<f64> {
-    let (status, body) = http_get(&proxy.admin, "/metrics").await.expect("GET /metrics");
+    let (status, body) = http_get(&proxy.admin, "/metrics")
+        .await
+        .expect("GET /metrics");
     assert_eq!(status, 200);
     (0..workers)
         .map(|w| {
@@ -63,7 +65,12 @@ async fn integrity_drill_with_2_and_4_workers() {
                 "too little load to mean anything: {}",
                 report.summary()
             );
-            let forwarded = per_worker(&proxy, "respipe_commands_total{outcome=\"forwarded\"", workers).await;
+            let forwarded = per_worker(
+                &proxy,
+                "respipe_commands_total{outcome=\"forwarded\"",
+                workers,
+            )
+            .await;
             assert!(
                 forwarded.iter().all(|&f| f > 500.0),
                 "workers = {workers}: commands forwarded per worker {forwarded:?}"
@@ -104,7 +111,12 @@ async fn clients_spread_evenly_and_are_seen_across_workers() {
             clients[0].cmd(&["CLIENT", "KILL", "ID", &id]).await,
             Reply::Int(1)
         );
-        bounded(Duration::from_secs(5), "killed client closed", clients[1].expect_eof()).await;
+        bounded(
+            Duration::from_secs(5),
+            "killed client closed",
+            clients[1].expect_eof(),
+        )
+        .await;
         // The worker that served it counts one client less.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -145,7 +157,10 @@ async fn limits_are_process_wide() {
         }
         // One lease: a transaction on worker 0 holds it; worker 1 cannot have another.
         assert_eq!(c[2].cmd(&["MULTI"]).await, Reply::ok());
-        assert_eq!(c[2].cmd(&["INCR", "n"]).await, Reply::Simple("QUEUED".into()));
+        assert_eq!(
+            c[2].cmd(&["INCR", "n"]).await,
+            Reply::Simple("QUEUED".into())
+        );
         match c[3].cmd(&["MULTI"]).await {
             Reply::Error(e) => assert!(e.contains("max_leases=1"), "{e}"),
             other => panic!("a second lease: {other:?}"),
@@ -163,7 +178,9 @@ async fn limits_are_process_wide() {
         let selected = c[1].cmd(&["SELECT", "2"]).await;
         let set = c[1].cmd(&["SET", "k", "2"]).await;
         match (&selected, &set) {
-            (Reply::Error(e), _) | (_, Reply::Error(e)) => assert!(e.contains("max_pools=2"), "{e}"),
+            (Reply::Error(e), _) | (_, Reply::Error(e)) => {
+                assert!(e.contains("max_pools=2"), "{e}")
+            }
             _ => panic!("SELECT 2: {selected:?}, SET: {set:?}"),
         }
         proxy.shutdown().await;
@@ -207,7 +224,10 @@ async fn reload_and_drain_reach_every_worker() {
         let mut bin = Binary::spawn(cmd);
         let listen: SocketAddr = bin.ready_field("listen").parse().unwrap();
         let admin = bin.ready_field("metrics");
-        let admin = admin.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let admin = admin
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
         let mut clients = Vec::new();
         for _ in 0..8 {
             let mut c = RawClient::connect(listen).await;
@@ -220,7 +240,10 @@ async fn reload_and_drain_reach_every_worker() {
         for c in clients.iter_mut() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while answering_port(c).await != b.port() {
-                assert!(Instant::now() < deadline, "a client stayed on the old upstream");
+                assert!(
+                    Instant::now() < deadline,
+                    "a client stayed on the old upstream"
+                );
                 tokio::time::sleep(POLL).await;
             }
         }
@@ -236,7 +259,10 @@ async fn reload_and_drain_reach_every_worker() {
             if common::metric_sum(&body, "respipe_upstream_inflight") >= 8.0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "commands never in flight:\n{body}");
+            assert!(
+                Instant::now() < deadline,
+                "commands never in flight:\n{body}"
+            );
             tokio::time::sleep(POLL).await;
         }
         bin.signal(libc::SIGTERM);
@@ -248,7 +274,12 @@ async fn reload_and_drain_reach_every_worker() {
                 Reply::Int(n) => got.push(n),
                 other => panic!("drained reply: {other:?}"),
             }
-            bounded(Duration::from_secs(10), "closed after the drain", c.expect_eof()).await;
+            bounded(
+                Duration::from_secs(10),
+                "closed after the drain",
+                c.expect_eof(),
+            )
+            .await;
         }
         got.sort_unstable();
         assert_eq!(got, (1..=8).collect::<Vec<i64>>());

@@ -325,7 +325,10 @@ impl Proxy {
             ..Config::default()
         };
         // `RESPIPE_WORKERS=N` runs the in-process proxies with N workers, as it does the binary.
-        if let Some(n) = std::env::var("RESPIPE_WORKERS").ok().and_then(|n| n.parse().ok()) {
+        if let Some(n) = std::env::var("RESPIPE_WORKERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
             config.batching.workers = n;
         }
         tweak(&mut config);
