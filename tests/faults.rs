@@ -553,8 +553,10 @@ async fn upstream_reset_by_peer() {
     bounded(Duration::from_secs(60), "upstream reset by peer", async {
         let redis = RedisServer::start().await;
         let link = ChaosLink::start(redis.addr()).await;
+        // Both clients on the one upstream connection the link resets: one worker.
         let proxy = Proxy::start(link.addr.port(), |c| {
             c.batching.pool_size = 1.try_into().unwrap();
+            c.batching.workers = 1.try_into().unwrap();
             c.timeouts.reconnect_backoff_max = Duration::from_millis(100);
         })
         .await;

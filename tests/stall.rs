@@ -20,8 +20,10 @@ const WAIT: Duration = Duration::from_secs(10);
 /// and a short command timeout.
 async fn stall_fixture() -> (RedisServer, Proxy) {
     let redis = RedisServer::start_with(&["--busy-reply-threshold", BUSY_AFTER]).await;
+    // One shared connection: one worker too (a second one has its own, which Redis answers -BUSY).
     let proxy = Proxy::ready_with(&redis, |c| {
         c.batching.pool_size = 1.try_into().unwrap();
+        c.batching.workers = 1.try_into().unwrap();
         c.timeouts.command_timeout = Some(TIMEOUT);
     })
     .await;
@@ -300,7 +302,8 @@ async fn client_kill_does_not_refuse_commands() {
 async fn idle_timeout_does_not_refuse_commands() {
     bounded(Duration::from_secs(60), "idle timeout", async {
         let redis = RedisServer::start_with(&["--timeout", "1"]).await;
-        let proxy = Proxy::ready(&redis).await;
+        // It watches respipe's one upstream connection: one worker.
+        let proxy = Proxy::ready_with(&redis, |c| c.batching.workers = 1.try_into().unwrap()).await;
         let mut c = proxy.raw().await;
         assert_eq!(c.cmd(&["PING"]).await, Reply::Simple("PONG".into()));
         let mut direct = redis.direct().await;

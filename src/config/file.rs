@@ -206,6 +206,7 @@ mod tests {
             ("max_upstream_inflight", "7"),
             ("max_pools", "3"),
             ("sched_batch", "true"),
+            ("workers", "3"),
             ("max_client_inflight", "8"),
             ("max_client_reply_bytes", "9"),
             ("max_request_bytes", "10"),
