@@ -14,8 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
-    bounded, encode, free_port, http_get, respipe_command, BinProxy, Binary, Proxy, RawClient,
-    RedisServer, Reply, POLL,
+    bounded, encode, free_port, http_get, BinProxy, Proxy, RawClient, RedisServer, Reply, POLL,
 };
 
 /// The samples of `name` on `/metrics` that carry `worker="N"`, by worker.
@@ -190,7 +189,7 @@ async fn limits_are_process_wide() {
 
 fn write_config(path: &Path, upstream: SocketAddr) {
     let text = format!(
-        "listen = [\"127.0.0.1:0\"]\nupstream = \"{upstream}\"\nworkers = 4\ndrain_timeout = \"20s\"\ncommand_timeout = \"20s\"\nmetrics_listen = \"127.0.0.1:0\"\n"
+        "upstream = \"{upstream}\"\nworkers = 4\ndrain_timeout = \"20s\"\ncommand_timeout = \"20s\"\n"
     );
     // Write beside and rename, as editors and ConfigMaps do: the watcher never sees half a file.
     let tmp = path.with_extension("tmp");
@@ -219,24 +218,16 @@ async fn reload_and_drain_reach_every_worker() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("respipe.toml");
         write_config(&path, a.addr());
-        let mut cmd = respipe_command();
-        cmd.arg("--config").arg(&path);
-        let mut bin = Binary::spawn(cmd);
-        let listen: SocketAddr = bin.ready_field("listen").parse().unwrap();
-        let admin = bin.ready_field("metrics");
-        let admin = admin
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
+        let mut proxy = BinProxy::spawn_with(&["--config", path.to_str().unwrap()]);
         let mut clients = Vec::new();
         for _ in 0..8 {
-            let mut c = RawClient::connect(listen).await;
+            let mut c = RawClient::connect(proxy.listen).await;
             assert_eq!(answering_port(&mut c).await, a.port());
             clients.push(c);
         }
 
         write_config(&path, b.addr());
-        bin.signal(libc::SIGHUP);
+        proxy.bin.signal(libc::SIGHUP);
         for c in clients.iter_mut() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while answering_port(c).await != b.port() {
@@ -253,20 +244,14 @@ async fn reload_and_drain_reach_every_worker() {
         for c in clients.iter_mut() {
             c.send(&encode(&["INCR", "drained"])).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, body) = http_get(&admin, "/metrics").await.unwrap();
-            if common::metric_sum(&body, "respipe_upstream_inflight") >= 8.0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "commands never in flight:\n{body}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        bin.signal(libc::SIGTERM);
-        bin.wait_line("shutdown requested", Duration::from_secs(5));
+        let limit = Duration::from_secs(10);
+        proxy
+            .wait_metric("respipe_upstream_inflight", limit, |n| n >= 8.0)
+            .await;
+        proxy.bin.signal(libc::SIGTERM);
+        proxy
+            .bin
+            .wait_line("shutdown requested", Duration::from_secs(5));
         b.signal(libc::SIGCONT);
         let mut got = Vec::new();
         for c in clients.iter_mut() {
@@ -283,7 +268,7 @@ async fn reload_and_drain_reach_every_worker() {
         }
         got.sort_unstable();
         assert_eq!(got, (1..=8).collect::<Vec<i64>>());
-        let status = bin.wait_exit(Duration::from_secs(20));
+        let status = proxy.bin.wait_exit(Duration::from_secs(20));
         assert!(status.success(), "respipe exited with {status}");
     })
     .await
