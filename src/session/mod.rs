@@ -15,7 +15,6 @@
 //! `tracking` and `refused`.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -286,33 +285,36 @@ struct Session {
 /// cached readiness, so a drained socket costs no extra `EAGAIN` read), plus a readiness wait used
 /// while the session holds no read buffer at all (an idle client spends no memory on one).
 pub trait ClientRead: AsyncRead + Unpin {
-    /// True when `readable` reports the socket's readiness; false when it is always ready and
+    /// True when `poll_readable` reports the socket's readiness; false when it is always ready and
     /// only a read can tell (the session then waits in `read` with a buffer).
     const READINESS: bool = true;
 
-    /// Resolves when the socket may be readable.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when the socket may be readable. The socket's own read waker slot (the one
+    /// `poll_read` uses), not `readable()`'s future: that one links a waiter into the socket's
+    /// list and unlinks it when dropped, two locked list updates each time an idle session waits
+    /// and its wait is cut short by a reply.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-macro_rules! client_read {
-    ($($half:ty),*) => {$(
-        impl ClientRead for $half {
-            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-                <$half>::readable(self)
-            }
-        }
-    )*};
+impl ClientRead for tcp::ReadHalf<'_> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
+    }
 }
 
-client_read!(tcp::ReadHalf<'_>, unix::ReadHalf<'_>);
+impl ClientRead for unix::ReadHalf<'_> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
+    }
+}
 
 /// A TLS stream's read half: TLS has no readiness of its own (bytes on the socket may not be a
 /// whole record), so it reports ready and the session waits in `read` with a buffer.
 impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
     const READINESS: bool = false;
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -429,7 +431,7 @@ impl Session {
                     }
                     // Idle clients hold no buffer: wait for bytes, then take one.
                     loop {
-                        rd.readable().await?;
+                        std::future::poll_fn(|cx| rd.poll_readable(cx)).await?;
                         *inbuf = spare::take(fresh);
                         if !R::READINESS {
                             return rd.read_buf(inbuf).await;
