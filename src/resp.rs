@@ -181,6 +181,19 @@ enum IntLine {
     Done { value: i64, next: usize },
 }
 
+impl IntLine {
+    /// The same line with its offsets moved `by` bytes on.
+    fn after(self, by: usize) -> IntLine {
+        match self {
+            IntLine::Pending(at) => IntLine::Pending(at + by),
+            IntLine::Done { value, next } => IntLine::Done {
+                value,
+                next: next + by,
+            },
+        }
+    }
+}
+
 /// Why a header line is bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineError {
@@ -740,6 +753,39 @@ pub fn encode_request<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
 /// arrived: a byte other than a digit, `-` or `\r` is invalid at once, `\r` must be followed by `\n`,
 /// and the number must be a `string2ll` integer.
 fn scan_int_line(buf: &[u8], start: usize, from: usize) -> Result<IntLine, LineError> {
+    if from <= start.saturating_add(1) {
+        if let Some(line) = short_int_line(buf.get(start.saturating_add(1)..).unwrap_or_default()) {
+            return Ok(line.after(start + 1));
+        }
+    }
+    scan_int_line_slow(buf, start, from)
+}
+
+/// The common header in one pass: a whole line holding a canonical non-negative number of at most
+/// 18 digits (so it cannot overflow), which `parse_int` would read the same. `None` for anything
+/// else, which [`scan_int_line_slow`] then settles. Offsets are relative to `text`.
+#[inline]
+fn short_int_line(text: &[u8]) -> Option<IntLine> {
+    let digits = text
+        .iter()
+        .take(18)
+        .take_while(|d| d.is_ascii_digit())
+        .count();
+    let canonical = digits == 1 || text.first().is_some_and(|&d| d != b'0');
+    if digits == 0 || !canonical || text.get(digits..digits + 2) != Some(b"\r\n") {
+        return None;
+    }
+    let value = text[..digits]
+        .iter()
+        .fold(0i64, |value, &d| value * 10 + i64::from(d - b'0'));
+    Some(IntLine::Done {
+        value,
+        next: digits + 2,
+    })
+}
+
+/// [`scan_int_line`] byte by byte: resumable, and every invalid or partial line.
+fn scan_int_line_slow(buf: &[u8], start: usize, from: usize) -> Result<IntLine, LineError> {
     let mut i = from.max(start.saturating_add(1));
     loop {
         let Some(&byte) = buf.get(i) else {
@@ -1929,6 +1975,24 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_one_pass_integer_line_agrees_with_the_byte_by_byte_one(
+            text in "[-0-9]{0,22}(\r\n|\r|\n|x)?",
+            start in 0usize..3,
+        ) {
+            let mut buf = vec![b'$'; start + 1];
+            buf.extend_from_slice(text.as_bytes());
+            let fresh = start + 1;
+            prop_assert_eq!(
+                scan_int_line(&buf, start, fresh),
+                scan_int_line_slow(&buf, start, fresh)
+            );
+            prop_assert_eq!(
+                scan_int_line(&buf, start, start),
+                scan_int_line_slow(&buf, start, start)
+            );
+        }
+
         #[test]
         fn requests_frame_the_same_however_they_arrive(reqs in vec(req_strategy(), 1..12), cuts in cuts()) {
             let data: Vec<u8> = reqs.iter().flat_map(Req::encode).collect();

@@ -286,33 +286,36 @@ struct Session {
 /// cached readiness, so a drained socket costs no extra `EAGAIN` read), plus a readiness wait used
 /// while the session holds no read buffer at all (an idle client spends no memory on one).
 pub trait ClientRead: AsyncRead + Unpin {
-    /// True when `readable` reports the socket's readiness; false when it is always ready and
+    /// True when `poll_readable` reports the socket's readiness; false when it is always ready and
     /// only a read can tell (the session then waits in `read` with a buffer).
     const READINESS: bool = true;
 
-    /// Resolves when the socket may be readable.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when the socket may be readable. The socket's own read waker slot (the one
+    /// `poll_read` uses), not `readable()`'s future: that one links a waiter into the socket's
+    /// list and unlinks it when dropped, two locked list updates each time an idle session waits
+    /// and its wait is cut short by a reply.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-macro_rules! client_read {
-    ($($half:ty),*) => {$(
-        impl ClientRead for $half {
-            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-                <$half>::readable(self)
-            }
-        }
-    )*};
+impl ClientRead for tcp::ReadHalf<'_> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
+    }
 }
 
-client_read!(tcp::ReadHalf<'_>, unix::ReadHalf<'_>);
+impl ClientRead for unix::ReadHalf<'_> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
+    }
+}
 
 /// A TLS stream's read half: TLS has no readiness of its own (bytes on the socket may not be a
 /// whole record), so it reports ready and the session waits in `read` with a buffer.
 impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
     const READINESS: bool = false;
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -378,9 +381,11 @@ impl Session {
     {
         let shutdown = self.shared.shutdown.clone();
         // Made once: a fresh `cancelled()` each pass would lock the token's waiter list every event.
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut cancelled = Armed::new(cancelled, || shutdown.is_cancelled());
         let client = self.client.clone();
-        let mut killed = std::pin::pin!(client.killed());
+        let killed = std::pin::pin!(client.killed());
+        let mut killed = Armed::new(killed, || client.is_killed());
         loop {
             if self.client.is_killed() {
                 // Like Redis freeing a killed client: at once, whatever is pending.
@@ -429,7 +434,7 @@ impl Session {
                     }
                     // Idle clients hold no buffer: wait for bytes, then take one.
                     loop {
-                        rd.readable().await?;
+                        std::future::poll_fn(|cx| rd.poll_readable(cx)).await?;
                         *inbuf = spare::take(fresh);
                         if !R::READINESS {
                             return rd.read_buf(inbuf).await;
@@ -525,6 +530,45 @@ impl Session {
     }
 }
 
+/// A wake-up that rarely comes (shutdown, `CLIENT KILL`), waited for in every pass of the session
+/// loop. Once its future has returned `Pending` it holds the task's waker, so later polls with the
+/// same waker only ask `fired` instead of polling it again (each poll of a `Notified` locks its
+/// `Notify`'s waiter list: twice per command for a non-pipelined client). `fired` must be true
+/// before the future wakes the task: `Client::kill` sets its flag before `notify_one`, and a
+/// `CancellationToken` is cancelled before its waiters are woken (tokio-util's
+/// `WaitForCancellationFuture::poll` relies on the same order).
+struct Armed<F, C> {
+    future: F,
+    fired: C,
+    /// The waker the future was last polled with (it holds a clone of it).
+    waker: Option<Waker>,
+}
+
+impl<F, C> Armed<F, C> {
+    fn new(future: F, fired: C) -> Self {
+        Armed {
+            future,
+            fired,
+            waker: None,
+        }
+    }
+}
+
+impl<F: Future + Unpin, C: Fn() -> bool + Unpin> Future for Armed<F, C> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let armed = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if armed && !(this.fired)() {
+            return Poll::Pending;
+        }
+        let poll = Pin::new(&mut this.future).poll(cx);
+        this.waker = poll.is_pending().then(|| cx.waker().clone());
+        poll
+    }
+}
+
 /// One read attempt now, without waiting: `None` when the socket has nothing to read (tokio then
 /// clears its readiness, so the next wait is a real one).
 fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Option<io::Result<usize>> {
@@ -532,5 +576,61 @@ fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Option<io::
     match tokio_util::io::poll_read_buf(Pin::new(rd), &mut cx, buf) {
         Poll::Ready(read) => Some(read),
         Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn an_armed_wait_sees_a_signal_sent_after_it_was_armed() {
+        let (notify, flag) = (Notify::new(), AtomicBool::new(false));
+        let fire = || {
+            flag.store(true, Ordering::Relaxed);
+            notify.notify_one();
+        };
+        let notified = std::pin::pin!(notify.notified());
+        let mut armed = Armed::new(notified, || flag.load(Ordering::Relaxed));
+        let mut polls = 0;
+        std::future::poll_fn(|cx| {
+            polls += 1;
+            match polls {
+                // Arms it, then waits on the flag alone.
+                1 | 2 => assert!(Pin::new(&mut armed).poll(cx).is_pending()),
+                // The signal comes while it waits: the task is woken and the next poll is ready.
+                3 => {
+                    fire();
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                _ => return Pin::new(&mut armed).poll(cx),
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+        assert_eq!(polls, 4);
+    }
+
+    #[tokio::test]
+    async fn an_armed_wait_wakes_the_task_when_the_signal_comes() {
+        let notify = Arc::new(Notify::new());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (n, f) = (notify.clone(), flag.clone());
+        let waiter = tokio::spawn(async move {
+            let notified = std::pin::pin!(n.notified());
+            Armed::new(notified, || f.load(Ordering::Relaxed)).await;
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        flag.store(true, Ordering::Relaxed);
+        notify.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("no panic");
     }
 }
