@@ -23,6 +23,8 @@
 //! - [`command`]: the table that classifies every command (forward with its reply shape, lease,
 //!   answer locally, refuse) and knows where its keys are.
 //! - [`server`]: listeners, the connection limit, `run` and the drain at shutdown.
+//! - [`workers`]: `workers = N`: N single-threaded event loops, each with its own pools; the
+//!   acceptor's handoff to the one with the fewest clients; the stall watchdog.
 //! - `clients`: respipe's clients as `CLIENT ID|LIST|INFO|KILL` show and act on them.
 //! - [`shard`]: twemproxy-compatible placement of keys on independent servers.
 //! - [`cluster`]: Redis Cluster: hash slots, and the slot map (the view most of up to 3 nodes agree
