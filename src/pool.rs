@@ -185,6 +185,8 @@ pub struct Budget {
     max_pools: usize,
     /// Each pool state in use and how many workers' pools serve it.
     states: Arc<Mutex<HashMap<PoolKey, usize>>>,
+    /// Every worker's warm leases: a worker out of permits closes a warm lease of any worker.
+    warm: Arc<Mutex<Vec<std::sync::Weak<Warm>>>>,
 }
 
 impl Budget {
@@ -194,7 +196,17 @@ impl Budget {
             leases: Arc::new(Semaphore::new(config.leases.max_leases.get())),
             max_pools: config.batching.max_pools.get(),
             states: Arc::default(),
+            warm: Arc::default(),
         }
+    }
+
+    /// The permit a warm lease of any worker holds (that lease closes), if one does.
+    fn evict_warm(&self) -> Option<OwnedSemaphorePermit> {
+        let warm: Vec<Arc<Warm>> = lock(&self.warm)
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        warm.iter().find_map(|w| w.evict_one())
     }
 
     /// Counts one more pool in `key`'s state; `false` (nothing counted) when the state is new and
@@ -451,6 +463,7 @@ impl Pools {
             verdicts: Mutex::new(HashMap::new()),
             user_events: Arc::default(),
         };
+        lock(&budget.warm).push(Arc::downgrade(&pools.warm));
         pools.start_default(default_key);
         pools
     }
@@ -631,7 +644,7 @@ impl Pools {
         if let Ok(permit) = self.leases.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        if let Some(permit) = self.warm.evict_one() {
+        if let Some(permit) = self.warm.evict_one().or_else(|| self.budget.evict_warm()) {
             return Ok(permit);
         }
         self.lease_refusals.increment(1);
